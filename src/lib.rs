@@ -1,0 +1,11 @@
+//! rlayerfs: a union filesystem over FUSE with kernel-overlayfs semantics.
+//!
+//! Layout: `union` is the FUSE-independent core (lookup, readdir, copy-up, mutations);
+//! `fuse` is the thin fuser adapter; `mount` owns the session; `options` parses mount
+//! options; `image` (unpack/commit) sits beside the core; `sys` holds the raw syscalls.
+
+pub mod cli;
+pub mod error;
+pub mod options;
+pub mod sys;
+pub mod union;

@@ -1,0 +1,5 @@
+//! The `rlayerfs` binary: everything lives in the library; this only hands over to the CLI.
+
+fn main() {
+    std::process::exit(rlayerfs::cli::main());
+}
