@@ -6,6 +6,8 @@
 
 pub mod cli;
 pub mod error;
+pub mod fuse;
+pub mod mount;
 pub mod options;
 pub mod sys;
 pub mod union;

@@ -1,1 +1,308 @@
-//! placeholder
+//! Raw system-call helpers: the only place that knows about `/proc/self/fd`, `openat2`
+//! resolve flags and data-copy strategies.
+//!
+//! Every name is resolved relative to a directory fd with `openat2(RESOLVE_BENEATH |
+//! RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS)`, so a symlink planted in a layer (or a
+//! `..`) can never lead the daemon outside the layer. Callers pass relative paths built
+//! from single name components; this module never joins a path onto an absolute root.
+
+use std::ffi::{CString, OsStr, OsString};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::Path;
+
+use rustix::fs::{Mode, OFlags, ResolveFlags, SeekFrom};
+use rustix::io::{Errno, Result};
+
+/// The resolve flags of every lookup inside a layer.
+pub const RESOLVE_SAFE: ResolveFlags = ResolveFlags::BENEATH
+    .union(ResolveFlags::NO_SYMLINKS)
+    .union(ResolveFlags::NO_MAGICLINKS);
+
+/// Opens `path` (relative, "" for the root itself) beneath `root` without following any
+/// symlink. `O_NOFOLLOW | O_CLOEXEC` are always added.
+pub fn open_beneath(root: BorrowedFd<'_>, path: &Path, flags: OFlags, mode: Mode) -> Result<OwnedFd> {
+    let path: &Path = if path.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        path
+    };
+    rustix::fs::openat2(
+        root,
+        path,
+        flags | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        mode,
+        RESOLVE_SAFE,
+    )
+}
+
+/// An `O_PATH` handle on the object at `path` (which may be a symlink, fifo or device:
+/// opening it this way never blocks and never follows).
+pub fn open_path(root: BorrowedFd<'_>, path: &Path) -> Result<OwnedFd> {
+    open_beneath(root, path, OFlags::PATH, Mode::empty())
+}
+
+/// An `O_PATH` handle on the directory at `path`.
+pub fn open_dir_path(root: BorrowedFd<'_>, path: &Path) -> Result<OwnedFd> {
+    open_beneath(root, path, OFlags::PATH | OFlags::DIRECTORY, Mode::empty())
+}
+
+/// `/proc/self/fd/N`: lets the path-based xattr calls act on an `O_PATH` fd (the magic
+/// link lands on the object itself, a symlink included).
+fn proc_fd_path(fd: BorrowedFd<'_>) -> CString {
+    // The formatted string never holds a NUL byte.
+    CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap_or_default()
+}
+
+/// Reads one xattr of the object behind `fd` (any kind of fd). `Ok(None)` when absent.
+pub fn get_xattr(fd: BorrowedFd<'_>, name: &OsStr) -> Result<Option<Vec<u8>>> {
+    let path = proc_fd_path(fd);
+    let mut buf = vec![0u8; 256];
+    loop {
+        match rustix::fs::getxattr(&*path, name, &mut buf[..]) {
+            Ok(n) => {
+                buf.truncate(n);
+                return Ok(Some(buf));
+            }
+            Err(Errno::NODATA) => return Ok(None),
+            Err(Errno::RANGE) => {
+                let size = rustix::fs::getxattr_query(&*path, name)?;
+                buf.resize(size.max(buf.len() * 2), 0);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Lists the xattr names of the object behind `fd`.
+pub fn list_xattrs(fd: BorrowedFd<'_>) -> Result<Vec<OsString>> {
+    let path = proc_fd_path(fd);
+    let mut buf = vec![0u8; 1024];
+    let n = loop {
+        match rustix::fs::listxattr(&*path, &mut buf[..]) {
+            Ok(n) => break n,
+            Err(Errno::RANGE) => {
+                let size = rustix::fs::listxattr_query(&*path)?;
+                buf.resize(size.max(buf.len() * 2), 0);
+            }
+            Err(Errno::NOTSUP) => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        }
+    };
+    Ok(buf[..n]
+        .split(|b| *b == 0)
+        .filter(|s| !s.is_empty())
+        .map(|s| OsString::from_vec(s.to_vec()))
+        .collect())
+}
+
+/// Sets one xattr on the object behind `fd`.
+pub fn set_xattr(fd: BorrowedFd<'_>, name: &OsStr, value: &[u8], flags: i32) -> Result<()> {
+    let path = proc_fd_path(fd);
+    let flags = rustix::fs::XattrFlags::from_bits_retain(flags as u32);
+    rustix::fs::setxattr(&*path, name, value, flags)
+}
+
+/// Removes one xattr from the object behind `fd`.
+pub fn remove_xattr(fd: BorrowedFd<'_>, name: &OsStr) -> Result<()> {
+    let path = proc_fd_path(fd);
+    rustix::fs::removexattr(&*path, name)
+}
+
+/// One entry of a directory listing.
+#[derive(Debug, Clone)]
+pub struct RawEntry {
+    pub name: OsString,
+    pub ino: u64,
+    pub file_type: rustix::fs::FileType,
+}
+
+/// Lists a directory (without `.` and `..`). `dir` must be opened for reading.
+pub fn read_dir(dir: OwnedFd) -> Result<Vec<RawEntry>> {
+    let mut d = rustix::fs::Dir::new(dir)?;
+    let mut out = Vec::new();
+    while let Some(entry) = d.read() {
+        let entry = entry?;
+        let name = entry.file_name().to_bytes();
+        if name == b"." || name == b".." {
+            continue;
+        }
+        out.push(RawEntry {
+            name: OsStr::from_bytes(name).to_os_string(),
+            ino: entry.ino(),
+            file_type: entry.file_type(),
+        });
+    }
+    Ok(out)
+}
+
+/// Opens the directory `path` beneath `root` for listing.
+pub fn open_dir_for_read(root: BorrowedFd<'_>, path: &Path) -> Result<OwnedFd> {
+    open_beneath(
+        root,
+        path,
+        OFlags::RDONLY | OFlags::DIRECTORY,
+        Mode::empty(),
+    )
+}
+
+/// Copies `len` bytes of file data, keeping holes: data extents found with
+/// SEEK_DATA/SEEK_HOLE are copied with `copy_file_range` (which reflinks or copies inside
+/// the kernel), falling back to a read/write loop where the kernel refuses.
+pub fn copy_file_data(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, len: u64) -> Result<()> {
+    let mut pos = 0u64;
+    while pos < len {
+        let data = match rustix::fs::seek(src, SeekFrom::Data(pos)) {
+            Ok(d) => d,
+            Err(Errno::NXIO) => break, // only a hole remains
+            Err(Errno::INVAL) | Err(Errno::OPNOTSUPP) => pos, // no SEEK_DATA: copy all
+            Err(e) => return Err(e),
+        };
+        if data >= len {
+            break;
+        }
+        let hole = match rustix::fs::seek(src, SeekFrom::Hole(data)) {
+            Ok(h) => h.min(len),
+            Err(_) => len,
+        };
+        copy_range(src, dst, data, hole - data)?;
+        pos = hole;
+    }
+    rustix::fs::ftruncate(dst, len)
+}
+
+fn copy_range(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, start: u64, len: u64) -> Result<()> {
+    let mut off_in = start;
+    let mut off_out = start;
+    let end = start + len;
+    while off_in < end {
+        let want = (end - off_in).min(1 << 30) as usize;
+        match rustix::fs::copy_file_range(src, Some(&mut off_in), dst, Some(&mut off_out), want) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(Errno::XDEV) | Err(Errno::NOSYS) | Err(Errno::OPNOTSUPP) | Err(Errno::INVAL) => {
+                return copy_range_rw(src, dst, off_in, end - off_in);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+fn copy_range_rw(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, start: u64, len: u64) -> Result<()> {
+    let mut buf = vec![0u8; 1 << 20];
+    let mut off = start;
+    let end = start + len;
+    while off < end {
+        let want = ((end - off) as usize).min(buf.len());
+        let n = rustix::io::pread(src, &mut buf[..want], off)?;
+        if n == 0 {
+            break;
+        }
+        let mut written = 0;
+        while written < n {
+            written += rustix::io::pwrite(dst, &buf[written..n], off + written as u64)?;
+        }
+        off += n as u64;
+    }
+    Ok(())
+}
+
+/// Whether the daemon can create char-device whiteouts (mknod 0/0) in `dir`: probed once
+/// at mount time in the work directory.
+pub fn can_mknod_whiteout(work: BorrowedFd<'_>) -> bool {
+    let name = c"rlayerfs-probe-whiteout";
+    let _ = rustix::fs::unlinkat(work, name, rustix::fs::AtFlags::empty());
+    let ok = rustix::fs::mknodat(
+        work,
+        name,
+        rustix::fs::FileType::CharacterDevice,
+        Mode::empty(),
+        0,
+    )
+    .is_ok();
+    let _ = rustix::fs::unlinkat(work, name, rustix::fs::AtFlags::empty());
+    ok
+}
+
+/// Whether `trusted.*` xattrs can be written (needs CAP_SYS_ADMIN): probed at mount time.
+pub fn can_set_trusted_xattr(work: BorrowedFd<'_>) -> bool {
+    let name = c"rlayerfs-probe-xattr";
+    let _ = rustix::fs::unlinkat(work, name, rustix::fs::AtFlags::REMOVEDIR);
+    if rustix::fs::mkdirat(work, name, Mode::from_raw_mode(0o700)).is_err() {
+        return false;
+    }
+    let ok = match open_dir_path(work, Path::new("rlayerfs-probe-xattr")) {
+        Ok(fd) => set_xattr(fd.as_fd(), OsStr::new("trusted.overlay.probe"), b"y", 0).is_ok(),
+        Err(_) => false,
+    };
+    let _ = rustix::fs::unlinkat(work, name, rustix::fs::AtFlags::REMOVEDIR);
+    ok
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    #[test]
+    fn open_beneath_refuses_symlinks_and_dotdot() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("d")).unwrap();
+        symlink("/etc", dir.path().join("evil")).unwrap();
+        symlink("d", dir.path().join("inner")).unwrap();
+        let root = rustix::fs::open(dir.path(), OFlags::PATH | OFlags::DIRECTORY, Mode::empty())
+            .unwrap();
+        // The symlink itself can be opened with O_PATH ...
+        assert!(open_path(root.as_fd(), Path::new("evil")).is_ok());
+        // ... but never traversed, even when it stays inside.
+        for p in ["evil/passwd", "inner/x", "../x", "d/../../x"] {
+            let err = open_path(root.as_fd(), Path::new(p)).unwrap_err();
+            assert!(
+                [Errno::LOOP, Errno::XDEV, Errno::NOENT].contains(&err),
+                "{p}: {err:?}"
+            );
+        }
+        assert!(open_dir_path(root.as_fd(), Path::new("d")).is_ok());
+    }
+
+    #[test]
+    fn sparse_copy_keeps_holes_and_data() {
+        use std::io::{Seek, Write};
+        let dir = tempfile::tempdir().unwrap();
+        let mut f = std::fs::File::create(dir.path().join("src")).unwrap();
+        f.write_all(b"head").unwrap();
+        f.seek(std::io::SeekFrom::Start(8 << 20)).unwrap();
+        f.write_all(b"tail").unwrap();
+        drop(f);
+        let src = std::fs::File::open(dir.path().join("src")).unwrap();
+        let dst = std::fs::File::create(dir.path().join("dst")).unwrap();
+        let len = src.metadata().unwrap().len();
+        copy_file_data(src.as_fd(), dst.as_fd(), len).unwrap();
+        let data = std::fs::read(dir.path().join("dst")).unwrap();
+        assert_eq!(data.len() as u64, len);
+        assert_eq!(&data[..4], b"head");
+        assert_eq!(&data[data.len() - 4..], b"tail");
+        use std::os::unix::fs::MetadataExt;
+        let blocks = std::fs::metadata(dir.path().join("dst")).unwrap().blocks();
+        assert!(blocks < 1024, "hole was filled: {blocks} blocks");
+    }
+
+    #[test]
+    fn xattrs_on_o_path_fds() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("f"), b"x").unwrap();
+        let root = rustix::fs::open(dir.path(), OFlags::PATH | OFlags::DIRECTORY, Mode::empty())
+            .unwrap();
+        let fd = open_path(root.as_fd(), Path::new("f")).unwrap();
+        set_xattr(fd.as_fd(), OsStr::new("user.t"), b"v", 0).unwrap();
+        assert_eq!(
+            get_xattr(fd.as_fd(), OsStr::new("user.t")).unwrap().as_deref(),
+            Some(&b"v"[..])
+        );
+        assert_eq!(get_xattr(fd.as_fd(), OsStr::new("user.none")).unwrap(), None);
+        assert!(list_xattrs(fd.as_fd()).unwrap().contains(&OsString::from("user.t")));
+        remove_xattr(fd.as_fd(), OsStr::new("user.t")).unwrap();
+        assert_eq!(get_xattr(fd.as_fd(), OsStr::new("user.t")).unwrap(), None);
+    }
+}

@@ -1,1 +1,324 @@
-//! placeholder
+//! The union core: a merged view of a stack of layers, with no knowledge of FUSE.
+//!
+//! Every operation takes inode numbers and names, and returns plain values or an
+//! [`Error`](crate::error::Error) carrying an errno. The fuser adapter (`crate::fuse`) only
+//! translates. Submodules: `lookup` (resolving names through the layers, and the cached
+//! per-directory index of lower layers), `readdir` (merged listings), `copy_up`,
+//! `mutate` (create, unlink, rmdir, rename, link), `attr` (stat, setattr, xattrs),
+//! `handle` (open files and directories).
+//!
+//! Locking: the node table sits behind an `RwLock` held only for table updates, never
+//! across I/O. Changes to the namespace (create, remove, rename, copy-up) are serialised
+//! by `ns_lock`, so two of them never interleave half-way; lookups, reads and writes to
+//! open files run in parallel with each other and with those changes.
+
+pub mod attr;
+pub mod copy_up;
+pub mod handle;
+pub mod inode;
+pub mod layer;
+pub mod lookup;
+pub mod mutate;
+pub mod readdir;
+pub mod whiteout;
+
+use std::ffi::OsStr;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
+
+use crate::error::{Error, Result, Where};
+use inode::{LowerRef, NodeTable, ROOT_INO};
+use layer::{LowerIdx, Stack, StackPaths};
+use whiteout::{WhiteoutKind, WriteFormat, XattrNs};
+
+pub use inode::ROOT_INO as ROOT;
+
+/// A point in time with nanoseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Timespec {
+    pub sec: i64,
+    pub nsec: u32,
+}
+
+/// Attributes of a merged object, as `stat` would show them through the mount.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Attr {
+    pub ino: u64,
+    /// Full `st_mode` (type and permission bits).
+    pub mode: u32,
+    pub nlink: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub rdev: u64,
+    pub size: u64,
+    pub blocks: u64,
+    pub blksize: u32,
+    pub atime: Timespec,
+    pub mtime: Timespec,
+    pub ctime: Timespec,
+}
+
+impl Attr {
+    pub fn from_stat(ino: u64, st: &rustix::fs::Stat) -> Attr {
+        Attr {
+            ino,
+            mode: st.st_mode,
+            nlink: st.st_nlink as u32,
+            uid: st.st_uid,
+            gid: st.st_gid,
+            rdev: st.st_rdev,
+            size: st.st_size as u64,
+            blocks: st.st_blocks as u64,
+            blksize: st.st_blksize as u32,
+            atime: Timespec {
+                sec: st.st_atime as i64,
+                nsec: st.st_atime_nsec as u32,
+            },
+            mtime: Timespec {
+                sec: st.st_mtime as i64,
+                nsec: st.st_mtime_nsec as u32,
+            },
+            ctime: Timespec {
+                sec: st.st_ctime as i64,
+                nsec: st.st_ctime_nsec as u32,
+            },
+        }
+    }
+
+    pub fn is_dir(&self) -> bool {
+        self.mode & libc::S_IFMT == libc::S_IFDIR
+    }
+}
+
+/// Who asks: the credentials new objects get.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+    pub pid: u32,
+}
+
+impl Caller {
+    pub const ROOT: Caller = Caller {
+        uid: 0,
+        gid: 0,
+        pid: 0,
+    };
+}
+
+/// Options of the core that are not part of the stack itself.
+#[derive(Debug, Clone, Default)]
+pub struct CoreOptions {
+    /// Never fsync (kernel `volatile`): copy-ups are not made durable.
+    pub volatile: bool,
+    /// Mount read-only even with an upper layer.
+    pub read_only: bool,
+}
+
+/// Maps (device, inode) of layer objects to stable, unique inode numbers of the mount.
+#[derive(Debug)]
+struct InoMap {
+    devs: Mutex<Vec<u64>>,
+    next_synthetic: AtomicU64,
+}
+
+/// Bits of a merged inode number that carry the device index.
+const DEV_SHIFT: u32 = 48;
+/// Synthetic inode numbers (for objects whose real number does not fit) start here.
+const SYNTHETIC_BASE: u64 = 1 << 62;
+
+impl InoMap {
+    fn new(devs: Vec<u64>) -> Self {
+        InoMap {
+            devs: Mutex::new(devs),
+            next_synthetic: AtomicU64::new(SYNTHETIC_BASE),
+        }
+    }
+
+    /// The mount's inode number for a layer object. When every layer shares one
+    /// filesystem this is the real inode number, as with kernel overlayfs.
+    fn map(&self, dev: u64, ino: u64) -> u64 {
+        let idx = {
+            let mut devs = self.devs.lock();
+            match devs.iter().position(|d| *d == dev) {
+                Some(i) => i as u64,
+                None => {
+                    devs.push(dev);
+                    (devs.len() - 1) as u64
+                }
+            }
+        };
+        if ino >> DEV_SHIFT == 0 && idx < (1 << (62 - DEV_SHIFT)) {
+            let v = (idx << DEV_SHIFT) | ino;
+            if v != ROOT_INO && v != 0 {
+                return v;
+            }
+        }
+        self.synthetic()
+    }
+
+    fn synthetic(&self) -> u64 {
+        self.next_synthetic.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// The merged filesystem.
+#[derive(Debug)]
+pub struct UnionFs {
+    pub(crate) stack: Stack,
+    /// How this mount writes metadata; `None` when read-only.
+    pub(crate) format: Option<WriteFormat>,
+    pub(crate) opts: CoreOptions,
+    pub(crate) nodes: RwLock<NodeTable>,
+    pub(crate) lower_index: lookup::LowerIndexCache,
+    pub(crate) handles: handle::HandleTable,
+    /// Serialises namespace changes and copy-ups.
+    pub(crate) ns_lock: Mutex<()>,
+    inos: InoMap,
+    tmp_seq: AtomicU64,
+}
+
+impl UnionFs {
+    /// Opens and checks the stack. Errors are one line for the user.
+    pub fn new(paths: &StackPaths, opts: CoreOptions) -> std::result::Result<UnionFs, String> {
+        let stack = Stack::open(paths)?;
+        let format = match (&stack.work, opts.read_only) {
+            (Some(work), false) => Some(WriteFormat {
+                whiteout: if crate::sys::can_mknod_whiteout(work.as_fd()) {
+                    WhiteoutKind::CharDev
+                } else {
+                    WhiteoutKind::WhFile
+                },
+                xattr_ns: if crate::sys::can_set_trusted_xattr(work.as_fd()) {
+                    XattrNs::Trusted
+                } else {
+                    XattrNs::User
+                },
+            }),
+            _ => None,
+        };
+        let mut devs = Vec::new();
+        for l in stack.upper.iter().chain(stack.lowers.iter()) {
+            if !devs.contains(&l.dev) {
+                devs.push(l.dev);
+            }
+        }
+        let root_lower = Arc::new(LowerRef {
+            path: Default::default(),
+            layers: (0..stack.lowers.len() as LowerIdx).collect(),
+        });
+        let fs = UnionFs {
+            nodes: RwLock::new(NodeTable::new(stack.upper.is_some(), root_lower)),
+            stack,
+            format,
+            opts,
+            lower_index: lookup::LowerIndexCache::new(),
+            handles: handle::HandleTable::default(),
+            ns_lock: Mutex::new(()),
+            inos: InoMap::new(devs),
+            tmp_seq: AtomicU64::new(0),
+        };
+        fs.check_upper_features()?;
+        Ok(fs)
+    }
+
+    /// True when the mount accepts no change.
+    pub fn is_read_only(&self) -> bool {
+        self.format.is_none()
+    }
+
+    /// The write format, or EROFS.
+    pub(crate) fn writable(&self) -> Result<WriteFormat> {
+        self.format.ok_or(Error::ReadOnly)
+    }
+
+    pub(crate) fn upper_root(&self) -> Result<BorrowedFd<'_>> {
+        self.stack
+            .upper
+            .as_ref()
+            .map(|l| l.root.as_fd())
+            .ok_or(Error::ReadOnly)
+    }
+
+    pub(crate) fn work_dir(&self) -> Result<BorrowedFd<'_>> {
+        self.stack.work.as_ref().map(|w| w.as_fd()).ok_or(Error::ReadOnly)
+    }
+
+    pub(crate) fn lower_root(&self, idx: LowerIdx) -> BorrowedFd<'_> {
+        self.stack.lower(idx).root.as_fd()
+    }
+
+    pub(crate) fn map_ino(&self, st: &rustix::fs::Stat) -> u64 {
+        self.inos.map(st.st_dev, st.st_ino)
+    }
+
+    pub(crate) fn map_dev_ino(&self, dev: u64, ino: u64) -> u64 {
+        self.inos.map(dev, ino)
+    }
+
+    pub(crate) fn synthetic_ino(&self) -> u64 {
+        self.inos.synthetic()
+    }
+
+    /// A fresh name for something being built in the work directory.
+    pub(crate) fn tmp_name(&self) -> std::ffi::OsString {
+        let n = self.tmp_seq.fetch_add(1, Ordering::Relaxed);
+        format!("#rlayerfs-{}-{n}", std::process::id()).into()
+    }
+
+    /// Refuses uppers written with kernel features this implementation does not honour
+    /// (a metacopy file would read as its empty upper copy). Only the upper root is
+    /// checked eagerly; deeper objects are refused with EIO when met.
+    fn check_upper_features(&self) -> std::result::Result<(), String> {
+        let Some(upper) = &self.stack.upper else { return Ok(()) };
+        let names = crate::sys::list_xattrs(upper.root.as_fd()).unwrap_or_default();
+        for n in names {
+            if let Some(feature) = whiteout::unsupported_xattr(&n) {
+                return Err(format!(
+                    "upperdir {} uses the kernel overlayfs feature {feature}, which rlayerfs cannot honour",
+                    upper.path.display()
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Number of nodes the kernel holds (for tests and memory accounting).
+    pub fn node_count(&self) -> usize {
+        self.nodes.read().len()
+    }
+
+    /// Statistics of the filesystem holding the upper (or the top lower when read-only).
+    pub fn statfs(&self) -> Result<rustix::fs::StatVfs> {
+        let fd = match &self.stack.upper {
+            Some(u) => u.root.as_fd(),
+            None => self.stack.lowers[0].root.as_fd(),
+        };
+        let dir = crate::sys::open_dir_for_read(fd, Path::new("")).map_err(|e| Error::os("statfs", e, Where::Upper))?;
+        rustix::fs::fstatvfs(&dir).map_err(|e| Error::os("statfs", e, Where::Upper))
+    }
+}
+
+/// Checks a name given by the kernel: one component, not reserved.
+pub(crate) fn check_name(name: &OsStr) -> Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let b = name.as_bytes();
+    if b.len() > 255 {
+        return Err(Error::NameTooLong);
+    }
+    if b.is_empty() || b == b"." || b == b".." || b.contains(&b'/') || b.contains(&0) {
+        return Err(Error::Invalid);
+    }
+    Ok(())
+}
+
+impl UnionFs {
+    /// The kernel dropped `n` lookups of `ino`.
+    pub fn forget(&self, ino: u64, n: u64) {
+        self.nodes.write().forget(ino, n);
+    }
+}

@@ -1,0 +1,478 @@
+//! The fuser adapter: translates FUSE requests into calls on the union core and its
+//! results into replies. No union logic lives here.
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{
+    CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
+    KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
+    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request,
+    TimeOrNow, WriteFlags,
+};
+
+use crate::error::Error;
+use crate::union::attr::{SetAttr, TimeSet};
+use crate::union::mutate::NewKind;
+use crate::union::{Attr, Caller, Timespec, UnionFs};
+
+/// How long the kernel may trust entries and attributes. Only this daemon changes the
+/// layers while mounted, and every change goes through the kernel, which updates its
+/// own caches, so the TTL can be long.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(3600);
+
+/// The filesystem handed to fuser.
+#[derive(Debug)]
+pub struct FuseAdapter {
+    fs: Arc<UnionFs>,
+    ttl: Duration,
+}
+
+impl FuseAdapter {
+    pub fn new(fs: Arc<UnionFs>, ttl: Duration) -> Self {
+        FuseAdapter { fs, ttl }
+    }
+}
+
+fn errno(e: &Error, op: &'static str) -> Errno {
+    if e.is_expected() {
+        tracing::debug!(op, error = %e);
+    } else if matches!(e, Error::Invariant(_)) {
+        tracing::error!(op, error = %e);
+    } else {
+        tracing::warn!(op, error = %e);
+    }
+    Errno::from_i32(e.errno())
+}
+
+fn system_time(t: Timespec) -> SystemTime {
+    if t.sec >= 0 {
+        UNIX_EPOCH + Duration::new(t.sec as u64, t.nsec)
+    } else {
+        UNIX_EPOCH - Duration::new(t.sec.unsigned_abs(), 0) + Duration::new(0, t.nsec)
+    }
+}
+
+fn file_type(mode: u32) -> FileType {
+    match mode & libc::S_IFMT {
+        libc::S_IFDIR => FileType::Directory,
+        libc::S_IFLNK => FileType::Symlink,
+        libc::S_IFIFO => FileType::NamedPipe,
+        libc::S_IFSOCK => FileType::Socket,
+        libc::S_IFCHR => FileType::CharDevice,
+        libc::S_IFBLK => FileType::BlockDevice,
+        _ => FileType::RegularFile,
+    }
+}
+
+fn kind_of(ft: rustix::fs::FileType) -> FileType {
+    file_type(ft.as_raw_mode())
+}
+
+fn to_fuse(a: &Attr) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(a.ino),
+        size: a.size,
+        blocks: a.blocks,
+        atime: system_time(a.atime),
+        mtime: system_time(a.mtime),
+        ctime: system_time(a.ctime),
+        crtime: UNIX_EPOCH,
+        kind: file_type(a.mode),
+        perm: (a.mode & 0o7777) as u16,
+        nlink: a.nlink,
+        uid: a.uid,
+        gid: a.gid,
+        rdev: a.rdev as u32,
+        blksize: a.blksize,
+        flags: 0,
+    }
+}
+
+fn time_set(t: Option<TimeOrNow>) -> Option<TimeSet> {
+    t.map(|t| match t {
+        TimeOrNow::Now => TimeSet::Now,
+        TimeOrNow::SpecificTime(st) => match st.duration_since(UNIX_EPOCH) {
+            Ok(d) => TimeSet::At(Timespec {
+                sec: d.as_secs() as i64,
+                nsec: d.subsec_nanos(),
+            }),
+            Err(e) => {
+                let d = e.duration();
+                TimeSet::At(Timespec {
+                    sec: -(d.as_secs() as i64) - i64::from(d.subsec_nanos() > 0),
+                    nsec: if d.subsec_nanos() > 0 { 1_000_000_000 - d.subsec_nanos() } else { 0 },
+                })
+            }
+        },
+    })
+}
+
+fn caller(req: &Request) -> Caller {
+    Caller {
+        uid: req.uid(),
+        gid: req.gid(),
+        pid: req.pid(),
+    }
+}
+
+impl FuseAdapter {
+    fn entry(&self, reply: ReplyEntry, r: crate::error::Result<Attr>, op: &'static str) {
+        match r {
+            Ok(a) => reply.entry(&self.ttl, &to_fuse(&a), Generation(0)),
+            Err(e) => reply.error(errno(&e, op)),
+        }
+    }
+
+    fn empty(&self, reply: ReplyEmpty, r: crate::error::Result<()>, op: &'static str) {
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e, op)),
+        }
+    }
+
+    fn xattr_reply(reply: ReplyXattr, data: &[u8], size: u32) {
+        if size == 0 {
+            reply.size(data.len() as u32);
+        } else if data.len() > size as usize {
+            reply.error(Errno::ERANGE);
+        } else {
+            reply.data(data);
+        }
+    }
+}
+
+impl Filesystem for FuseAdapter {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let wanted = InitFlags::FUSE_PARALLEL_DIROPS
+            | InitFlags::FUSE_DO_READDIRPLUS
+            | InitFlags::FUSE_READDIRPLUS_AUTO
+            | InitFlags::FUSE_CACHE_SYMLINKS
+            | InitFlags::FUSE_ASYNC_READ
+            | InitFlags::FUSE_BIG_WRITES
+            | InitFlags::FUSE_MAX_PAGES;
+        let offered = config.capabilities() & wanted;
+        if let Err(missing) = config.add_capabilities(offered) {
+            tracing::debug!(?missing, "kernel lacks some FUSE capabilities");
+        }
+        let _ = config.set_max_write(1 << 20);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        self.entry(reply, self.fs.lookup(parent.0, name), "lookup");
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.fs.forget(ino.0, nlookup);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.fs.getattr(ino.0) {
+            Ok(a) => reply.attr(&self.ttl, &to_fuse(&a)),
+            Err(e) => reply.error(errno(&e, "getattr")),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let set = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            atime: time_set(atime),
+            mtime: time_set(mtime),
+            fh: fh.map(|f| f.0),
+        };
+        match self.fs.setattr(ino.0, &set) {
+            Ok(a) => reply.attr(&self.ttl, &to_fuse(&a)),
+            Err(e) => reply.error(errno(&e, "setattr")),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.fs.readlink(ino.0) {
+            Ok(t) => reply.data(&t),
+            Err(e) => reply.error(errno(&e, "readlink")),
+        }
+    }
+
+    fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, rdev: u32, reply: ReplyEntry) {
+        let kind = if mode & libc::S_IFMT == libc::S_IFREG || mode & libc::S_IFMT == 0 {
+            NewKind::File { flags: libc::O_RDONLY }
+        } else {
+            NewKind::Node { rdev: rdev as u64 }
+        };
+        let r = self.fs.create(parent.0, name, kind, mode, umask, caller(req)).map(|(a, fh)| {
+            if let Some(fh) = fh {
+                self.fs.release(fh);
+            }
+            a
+        });
+        self.entry(reply, r, "mknod");
+    }
+
+    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
+        let r = self.fs.create(parent.0, name, NewKind::Dir, mode, umask, caller(req)).map(|(a, _)| a);
+        self.entry(reply, r, "mkdir");
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.empty(reply, self.fs.unlink(parent.0, name), "unlink");
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.empty(reply, self.fs.rmdir(parent.0, name), "rmdir");
+    }
+
+    fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
+        let r = self
+            .fs
+            .create(parent.0, link_name, NewKind::Symlink(target.as_os_str().as_bytes()), 0o777, 0, caller(req))
+            .map(|(a, _)| a);
+        self.entry(reply, r, "symlink");
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.empty(reply, self.fs.rename(parent.0, name, newparent.0, newname, flags.bits()), "rename");
+    }
+
+    fn link(&self, req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+        let r = self.fs.create(newparent.0, newname, NewKind::Link(ino.0), 0, 0, caller(req)).map(|(a, _)| a);
+        self.entry(reply, r, "link");
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        match self.fs.open(ino.0, flags.0) {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+            Err(e) => reply.error(errno(&e, "open")),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        match self.fs.read(fh.0, offset, size) {
+            Ok(d) => reply.data(&d),
+            Err(e) => reply.error(errno(&e, "read")),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        match self.fs.write(fh.0, offset, data) {
+            Ok(n) => reply.written(n),
+            Err(e) => reply.error(errno(&e, "write")),
+        }
+    }
+
+    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+        reply.ok();
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.fs.release(fh.0);
+        reply.ok();
+    }
+
+    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
+        self.empty(reply, self.fs.fsync(fh.0, datasync), "fsync");
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.fs.opendir(ino.0) {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Err(e) => reply.error(errno(&e, "opendir")),
+        }
+    }
+
+    fn readdir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        let dir = match self.fs.readdir(fh.0, offset) {
+            Ok(d) => d,
+            Err(e) => return reply.error(errno(&e, "readdir")),
+        };
+        for (i, e) in dir.entries.iter().enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(e.ino), (i + 1) as u64, kind_of(e.kind), &e.name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn readdirplus(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+        let dir = match self.fs.readdir(fh.0, offset) {
+            Ok(d) => d,
+            Err(e) => return reply.error(errno(&e, "readdirplus")),
+        };
+        for (i, e) in dir.entries.iter().enumerate().skip(offset as usize) {
+            let attr = if e.name == "." || e.name == ".." {
+                // The kernel does not take a lookup reference for these.
+                match self.fs.getattr(if e.name == "." { ino.0 } else { e.ino }) {
+                    Ok(a) => a,
+                    Err(_) => continue,
+                }
+            } else {
+                match self.fs.lookup(ino.0, &e.name) {
+                    Ok(a) => a,
+                    Err(_) => continue,
+                }
+            };
+            if reply.add(INodeNo(attr.ino), (i + 1) as u64, &e.name, &self.ttl, &to_fuse(&attr), Generation(0)) {
+                if e.name != "." && e.name != ".." {
+                    // Not sent: give the reference back.
+                    self.fs.forget(attr.ino, 1);
+                }
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+        self.fs.releasedir(fh.0);
+        reply.ok();
+    }
+
+    fn fsyncdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        self.empty(reply, self.fs.fsyncdir(ino.0), "fsyncdir");
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        match self.fs.statfs() {
+            Ok(s) => reply.statfs(
+                s.f_blocks,
+                s.f_bfree,
+                s.f_bavail,
+                s.f_files,
+                s.f_ffree,
+                s.f_bsize as u32,
+                s.f_namemax as u32,
+                s.f_frsize as u32,
+            ),
+            Err(e) => reply.error(errno(&e, "statfs")),
+        }
+    }
+
+    fn setxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, value: &[u8], flags: i32, _position: u32, reply: ReplyEmpty) {
+        self.empty(reply, self.fs.setxattr(ino.0, name, value, flags), "setxattr");
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        match self.fs.getxattr(ino.0, name) {
+            Ok(v) => Self::xattr_reply(reply, &v, size),
+            Err(e) => reply.error(errno(&e, "getxattr")),
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        match self.fs.listxattr(ino.0) {
+            Ok(names) => {
+                let mut buf = Vec::new();
+                for n in names {
+                    buf.extend_from_slice(n.as_bytes());
+                    buf.push(0);
+                }
+                Self::xattr_reply(reply, &buf, size)
+            }
+            Err(e) => reply.error(errno(&e, "listxattr")),
+        }
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.empty(reply, self.fs.removexattr(ino.0, name), "removexattr");
+    }
+
+    fn create(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, flags: i32, reply: ReplyCreate) {
+        match self.fs.create(parent.0, name, NewKind::File { flags }, mode, umask, caller(req)) {
+            Ok((a, Some(fh))) => reply.created(&self.ttl, &to_fuse(&a), Generation(0), FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+            Ok((_, None)) => reply.error(Errno::EIO),
+            Err(e) => reply.error(errno(&e, "create")),
+        }
+    }
+
+    fn fallocate(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, length: u64, mode: i32, reply: ReplyEmpty) {
+        self.empty(reply, self.fs.fallocate(fh.0, offset, length, mode), "fallocate");
+    }
+
+    fn lseek(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: i64, whence: i32, reply: ReplyLseek) {
+        match self.fs.lseek(fh.0, offset, whence) {
+            Ok(o) => reply.offset(o),
+            Err(e) => reply.error(errno(&e, "lseek")),
+        }
+    }
+
+    fn copy_file_range(
+        &self,
+        _req: &Request,
+        _ino_in: INodeNo,
+        fh_in: FileHandle,
+        offset_in: u64,
+        _ino_out: INodeNo,
+        fh_out: FileHandle,
+        offset_out: u64,
+        len: u64,
+        _flags: CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        match self.fs.copy_file_range(fh_in.0, offset_in, fh_out.0, offset_out, len) {
+            Ok(n) => reply.written(n),
+            Err(e) => reply.error(errno(&e, "copy_file_range")),
+        }
+    }
+}

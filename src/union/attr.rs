@@ -1,0 +1,257 @@
+//! Attributes: stat, setattr (chmod, chown, truncate, utimens), readlink and xattrs.
+//! Reads go to wherever the object lives now; every change copies the object up first.
+
+use std::ffi::{CString, OsStr, OsString};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use rustix::fs::{AtFlags, Mode, OFlags, Timestamps};
+
+use crate::error::{Error, OsContext, Result, Where};
+use crate::sys;
+use crate::union::layer::LowerIdx;
+use crate::union::{whiteout, Attr, Timespec, UnionFs};
+
+/// Where the object behind a node is now.
+#[derive(Debug, Clone)]
+pub enum RealLoc {
+    Upper(PathBuf),
+    Lower(LowerIdx, PathBuf),
+    /// No name any more: only this handle reaches it.
+    Detached(Arc<OwnedFd>),
+}
+
+impl RealLoc {
+    pub fn at(&self) -> Where {
+        match self {
+            RealLoc::Upper(_) => Where::Upper,
+            RealLoc::Lower(l, _) => Where::Lower(*l),
+            RealLoc::Detached(_) => Where::Unknown,
+        }
+    }
+}
+
+/// A time to set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeSet {
+    Now,
+    At(Timespec),
+}
+
+/// The changes of one setattr call.
+#[derive(Debug, Clone, Default)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<TimeSet>,
+    pub mtime: Option<TimeSet>,
+    /// Open handle the change came through, if any.
+    pub fh: Option<u64>,
+}
+
+/// `/proc/self/fd/N` for path-based calls on an `O_PATH` fd.
+pub(crate) fn proc_path(fd: &impl AsRawFd) -> CString {
+    CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap_or_default()
+}
+
+fn to_timestamp(t: Option<TimeSet>) -> rustix::fs::Timespec {
+    match t {
+        None => rustix::fs::Timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_OMIT,
+        },
+        Some(TimeSet::Now) => rustix::fs::Timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_NOW,
+        },
+        Some(TimeSet::At(ts)) => rustix::fs::Timespec {
+            tv_sec: ts.sec,
+            tv_nsec: ts.nsec as _,
+        },
+    }
+}
+
+impl UnionFs {
+    /// Where the object of `ino` lives now.
+    pub(crate) fn real(&self, ino: u64) -> Result<RealLoc> {
+        let nodes = self.nodes.read();
+        let node = nodes.get(ino)?;
+        if let Some(fd) = &node.detached {
+            return Ok(RealLoc::Detached(fd.clone()));
+        }
+        if node.upper {
+            return Ok(RealLoc::Upper(nodes.path_of(ino)?));
+        }
+        match &node.lower {
+            Some(l) => match l.top() {
+                Some(top) => Ok(RealLoc::Lower(top, l.path.clone())),
+                None => Err(Error::Invariant("lower reference without layers")),
+            },
+            None => Err(Error::NotFound),
+        }
+    }
+
+    /// An `O_PATH` handle on the real object.
+    pub(crate) fn open_real_path(&self, loc: &RealLoc) -> Result<Arc<OwnedFd>> {
+        match loc {
+            RealLoc::Upper(p) => Ok(Arc::new(sys::open_path(self.upper_root()?, p).at("open", Where::Upper)?)),
+            RealLoc::Lower(l, p) => Ok(Arc::new(sys::open_path(self.lower_root(*l), p).at("open", Where::Lower(*l))?)),
+            RealLoc::Detached(fd) => Ok(fd.clone()),
+        }
+    }
+
+    /// stat of a node.
+    pub fn getattr(&self, ino: u64) -> Result<Attr> {
+        let loc = self.real(ino)?;
+        let fd = self.open_real_path(&loc)?;
+        let st = rustix::fs::fstat(&*fd).at("stat", loc.at())?;
+        let mut attr = Attr::from_stat(ino, &st);
+        let nodes = self.nodes.read();
+        let node = nodes.get(ino)?;
+        let merged = match (&node.lower, node.upper) {
+            (Some(_), true) => true,
+            (Some(l), false) => l.layers.len() > 1,
+            _ => false,
+        };
+        if node.is_dir && merged {
+            attr.nlink = 1;
+        }
+        Ok(attr)
+    }
+
+    /// Reads a symlink.
+    pub fn readlink(&self, ino: u64) -> Result<Vec<u8>> {
+        let loc = self.real(ino)?;
+        let fd = self.open_real_path(&loc)?;
+        let target = rustix::fs::readlinkat(&*fd, "", Vec::new()).at("readlink", loc.at())?;
+        Ok(target.into_bytes())
+    }
+
+    /// Changes attributes, copying the object up first.
+    pub fn setattr(&self, ino: u64, set: &SetAttr) -> Result<Attr> {
+        self.writable()?;
+        {
+            let _ns = self.ns_lock.lock();
+            if !matches!(self.real(ino)?, RealLoc::Detached(_)) {
+                self.copy_up(ino)?;
+            }
+        }
+        let loc = self.real(ino)?;
+        let at = loc.at();
+        if let RealLoc::Lower(..) = loc {
+            return Err(Error::Invariant("setattr on a lower object"));
+        }
+        let fd = self.open_real_path(&loc)?;
+        let st = rustix::fs::fstat(&*fd).at("stat", at)?;
+        let is_link = st.st_mode & libc::S_IFMT == libc::S_IFLNK;
+        if set.uid.is_some() || set.gid.is_some() {
+            rustix::fs::chownat(
+                &*fd,
+                "",
+                set.uid.map(rustix::fs::Uid::from_raw),
+                set.gid.map(rustix::fs::Gid::from_raw),
+                AtFlags::EMPTY_PATH,
+            )
+            .at("chown", at)?;
+        }
+        if let Some(mode) = set.mode {
+            if is_link {
+                return Err(Error::NotSupported);
+            }
+            rustix::fs::chmod(&*proc_path(&*fd), Mode::from_raw_mode(mode & 0o7777)).at("chmod", at)?;
+        }
+        if let Some(size) = set.size {
+            let via_handle = set.fh.and_then(|fh| self.handles.file(fh).ok());
+            match via_handle {
+                Some(h) if h.writable => rustix::fs::ftruncate(&h.file, size).at("truncate", at)?,
+                _ => {
+                    let w = rustix::fs::open(&*proc_path(&*fd), OFlags::WRONLY | OFlags::CLOEXEC, Mode::empty())
+                        .at("open for truncate", at)?;
+                    rustix::fs::ftruncate(&w, size).at("truncate", at)?;
+                }
+            }
+        }
+        if set.atime.is_some() || set.mtime.is_some() {
+            let ts = Timestamps {
+                last_access: to_timestamp(set.atime),
+                last_modification: to_timestamp(set.mtime),
+            };
+            rustix::fs::utimensat(rustix::fs::CWD, &*proc_path(&*fd), &ts, AtFlags::empty()).at("utimens", at)?;
+        }
+        self.getattr(ino)
+    }
+
+    /// Reads one xattr. Private overlay xattrs do not exist for users.
+    pub fn getxattr(&self, ino: u64, name: &OsStr) -> Result<Vec<u8>> {
+        if whiteout::is_private_xattr(name) {
+            return Err(Error::Os {
+                op: "getxattr",
+                errno: libc::ENODATA,
+                at: Where::Unknown,
+            });
+        }
+        let loc = self.real(ino)?;
+        let fd = self.open_real_path(&loc)?;
+        match sys::get_xattr(fd.as_fd(), name).at("getxattr", loc.at())? {
+            Some(v) => Ok(v),
+            None => Err(Error::Os {
+                op: "getxattr",
+                errno: libc::ENODATA,
+                at: loc.at(),
+            }),
+        }
+    }
+
+    /// Lists xattrs, without the private ones.
+    pub fn listxattr(&self, ino: u64) -> Result<Vec<OsString>> {
+        let loc = self.real(ino)?;
+        let fd = self.open_real_path(&loc)?;
+        let mut names = sys::list_xattrs(fd.as_fd()).at("listxattr", loc.at())?;
+        names.retain(|n| !whiteout::is_private_xattr(n));
+        Ok(names)
+    }
+
+    /// Sets an xattr (copy-up first).
+    pub fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> Result<()> {
+        if whiteout::is_private_xattr(name) {
+            return Err(Error::NotSupported);
+        }
+        let fd = self.upper_object(ino)?;
+        sys::set_xattr(fd.as_fd(), name, value, flags).at("setxattr", Where::Upper)
+    }
+
+    /// Removes an xattr (copy-up first).
+    pub fn removexattr(&self, ino: u64, name: &OsStr) -> Result<()> {
+        if whiteout::is_private_xattr(name) {
+            return Err(Error::NotSupported);
+        }
+        // Removing an xattr that does not exist must not copy up.
+        let loc = self.real(ino)?;
+        let fd = self.open_real_path(&loc)?;
+        if sys::get_xattr(fd.as_fd(), name).at("getxattr", loc.at())?.is_none() {
+            return Err(Error::Os {
+                op: "removexattr",
+                errno: libc::ENODATA,
+                at: loc.at(),
+            });
+        }
+        let fd = self.upper_object(ino)?;
+        sys::remove_xattr(fd.as_fd(), name).at("removexattr", Where::Upper)
+    }
+
+    /// Copies up and returns an `O_PATH` handle on the upper object.
+    fn upper_object(&self, ino: u64) -> Result<Arc<OwnedFd>> {
+        self.writable()?;
+        {
+            let _ns = self.ns_lock.lock();
+            if !matches!(self.real(ino)?, RealLoc::Detached(_)) {
+                self.copy_up(ino)?;
+            }
+        }
+        let loc = self.real(ino)?;
+        self.open_real_path(&loc)
+    }
+}

@@ -1,0 +1,221 @@
+//! The layers of a stack: directory fds opened once at mount time, plus the checks that
+//! refuse a bad stack before anything is mounted or changed.
+//!
+//! Lower layers are read-only and ordered top first (as in `lowerdir=TOP:...:BOTTOM`).
+//! The upper layer and the work directory are optional (without them the mount is
+//! read-only). The work directory's `work/` subdirectory is the scratch space where
+//! copy-ups and replacements are built before being renamed into place; it is emptied at
+//! every mount, which discards whatever a killed daemon left half-built.
+
+use std::ffi::OsStr;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{AtFlags, Mode, OFlags};
+
+use crate::sys;
+
+/// Index of a lower layer, 0 being the top lower.
+pub type LowerIdx = u16;
+
+/// One layer directory.
+#[derive(Debug)]
+pub struct Layer {
+    pub root: OwnedFd,
+    pub dev: u64,
+    pub path: PathBuf,
+}
+
+/// The paths that make up a stack, as given by the user.
+#[derive(Debug, Clone, Default)]
+pub struct StackPaths {
+    pub lowers: Vec<PathBuf>,
+    pub upper: Option<PathBuf>,
+    pub work: Option<PathBuf>,
+}
+
+/// The opened stack.
+#[derive(Debug)]
+pub struct Stack {
+    pub lowers: Vec<Layer>,
+    pub upper: Option<Layer>,
+    /// `WORKDIR/work`, the scratch directory on the upper's filesystem.
+    pub work: Option<OwnedFd>,
+}
+
+/// Name of the scratch directory inside the workdir (the kernel uses the same name).
+pub const WORK_SUBDIR: &str = "work";
+
+fn open_layer(path: &Path, what: &str) -> Result<Layer, String> {
+    let meta = std::fs::metadata(path)
+        .map_err(|e| format!("{what} {}: {e}", path.display()))?;
+    if !meta.is_dir() {
+        return Err(format!("{what} {}: not a directory", path.display()));
+    }
+    let root = rustix::fs::open(path, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+        .map_err(|e| format!("{what} {}: {e}", path.display()))?;
+    let st = rustix::fs::fstat(&root).map_err(|e| format!("{what} {}: {e}", path.display()))?;
+    let path = path
+        .canonicalize()
+        .map_err(|e| format!("{what} {}: {e}", path.display()))?;
+    Ok(Layer {
+        root,
+        dev: st.st_dev,
+        path,
+    })
+}
+
+/// True when `inner` is `outer` or lies below it (both canonical).
+pub fn is_within(inner: &Path, outer: &Path) -> bool {
+    inner.starts_with(outer)
+}
+
+impl Stack {
+    /// Opens and checks a stack. Every refusal is one line naming the offending path.
+    pub fn open(paths: &StackPaths) -> Result<Stack, String> {
+        if paths.lowers.is_empty() {
+            return Err("no lower layer given (lowerdir= is empty)".into());
+        }
+        if paths.lowers.len() > LowerIdx::MAX as usize {
+            return Err(format!("too many lower layers: {}", paths.lowers.len()));
+        }
+        let lowers = paths
+            .lowers
+            .iter()
+            .map(|p| open_layer(p, "lowerdir"))
+            .collect::<Result<Vec<_>, _>>()?;
+        let (upper, work) = match (&paths.upper, &paths.work) {
+            (None, None) => (None, None),
+            (Some(_), None) => return Err("upperdir given without workdir".into()),
+            (None, Some(_)) => return Err("workdir given without upperdir".into()),
+            (Some(u), Some(w)) => {
+                let upper = open_layer(u, "upperdir")?;
+                let workdir = open_layer(w, "workdir")?;
+                for l in &lowers {
+                    for (p, what) in [(&upper.path, "upperdir"), (&workdir.path, "workdir")] {
+                        if is_within(p, &l.path) || is_within(&l.path, p) {
+                            return Err(format!(
+                                "{what} {} overlaps lowerdir {}",
+                                p.display(),
+                                l.path.display()
+                            ));
+                        }
+                    }
+                }
+                if is_within(&upper.path, &workdir.path) || is_within(&workdir.path, &upper.path) {
+                    return Err(format!(
+                        "workdir {} and upperdir {} must be separate subtrees",
+                        workdir.path.display(),
+                        upper.path.display()
+                    ));
+                }
+                if upper.dev != workdir.dev {
+                    return Err(format!(
+                        "workdir {} is not on the same filesystem as upperdir {}",
+                        workdir.path.display(),
+                        upper.path.display()
+                    ));
+                }
+                let scratch = prepare_scratch(workdir.root.as_fd())
+                    .map_err(|e| format!("workdir {}: {e}", workdir.path.display()))?;
+                (Some(upper), Some(scratch))
+            }
+        };
+        Ok(Stack {
+            lowers,
+            upper,
+            work: work.map(|w: OwnedFd| w),
+        })
+    }
+
+    /// The lower layer `idx`.
+    pub fn lower(&self, idx: LowerIdx) -> &Layer {
+        &self.lowers[idx as usize]
+    }
+}
+
+/// Creates `WORKDIR/work` if needed and removes everything a previous run left in it.
+fn prepare_scratch(workdir: BorrowedFd<'_>) -> rustix::io::Result<OwnedFd> {
+    match rustix::fs::mkdirat(workdir, WORK_SUBDIR, Mode::from_raw_mode(0o700)) {
+        Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+        Err(e) => return Err(e),
+    }
+    let scratch = sys::open_dir_path(workdir, Path::new(WORK_SUBDIR))?;
+    let listing = sys::read_dir(sys::open_dir_for_read(scratch.as_fd(), Path::new(""))?)?;
+    for entry in listing {
+        remove_tree(scratch.as_fd(), &entry.name)?;
+    }
+    Ok(scratch)
+}
+
+/// Removes `name` in `dir`, recursively, never following symlinks.
+pub fn remove_tree(dir: BorrowedFd<'_>, name: &OsStr) -> rustix::io::Result<()> {
+    match rustix::fs::unlinkat(dir, name, AtFlags::empty()) {
+        Ok(()) => return Ok(()),
+        Err(rustix::io::Errno::ISDIR) | Err(rustix::io::Errno::PERM) => {}
+        Err(rustix::io::Errno::NOENT) => return Ok(()),
+        Err(e) => return Err(e),
+    }
+    let sub = sys::open_dir_for_read(dir, Path::new(name))?;
+    let sub_path = rustix::fs::openat(&sub, ".", OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
+    for entry in sys::read_dir(sub)? {
+        remove_tree(sub_path.as_fd(), &entry.name)?;
+    }
+    rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn paths(l: &[&Path], u: Option<&Path>, w: Option<&Path>) -> StackPaths {
+        StackPaths {
+            lowers: l.iter().map(|p| p.to_path_buf()).collect(),
+            upper: u.map(Path::to_path_buf),
+            work: w.map(Path::to_path_buf),
+        }
+    }
+
+    #[test]
+    fn refuses_bad_stacks() {
+        let t = tempfile::tempdir().unwrap();
+        let d = |n: &str| {
+            let p = t.path().join(n);
+            std::fs::create_dir_all(&p).unwrap();
+            p
+        };
+        let (l1, u, w) = (d("l1"), d("u"), d("w"));
+        std::fs::write(t.path().join("file"), b"").unwrap();
+        let file = t.path().join("file");
+        let inner = d("l1/inner");
+        let cases: Vec<(StackPaths, &str)> = vec![
+            (paths(&[], None, None), "no lower"),
+            (paths(&[&t.path().join("missing")], None, None), "lowerdir"),
+            (paths(&[&file], None, None), "not a directory"),
+            (paths(&[&l1], Some(&u), None), "without workdir"),
+            (paths(&[&l1], None, Some(&w)), "without upperdir"),
+            (paths(&[&l1], Some(&inner), Some(&w)), "overlaps"),
+            (paths(&[&l1], Some(&u), Some(&u.join("."))), "separate"),
+        ];
+        for (p, want) in cases {
+            let err = Stack::open(&p).unwrap_err();
+            assert!(err.contains(want), "{p:?}: {err}");
+            assert!(!err.contains('\n'));
+        }
+        assert!(Stack::open(&paths(&[&l1], Some(&u), Some(&w))).is_ok());
+    }
+
+    #[test]
+    fn scratch_is_emptied() {
+        let t = tempfile::tempdir().unwrap();
+        for n in ["l", "u", "w/work/leftover/deep"] {
+            std::fs::create_dir_all(t.path().join(n)).unwrap();
+        }
+        std::fs::write(t.path().join("w/work/partial"), b"half").unwrap();
+        std::os::unix::fs::symlink("/etc", t.path().join("w/work/leftover/link")).unwrap();
+        let p = paths(&[&t.path().join("l")], Some(&t.path().join("u")), Some(&t.path().join("w")));
+        Stack::open(&p).unwrap();
+        assert_eq!(std::fs::read_dir(t.path().join("w/work")).unwrap().count(), 0);
+        assert!(Path::new("/etc/passwd").exists());
+    }
+}

@@ -1,0 +1,542 @@
+//! Resolving a name through the layers.
+//!
+//! The upper layer changes under us (only through this daemon), so it is asked on every
+//! lookup: one `fstatat`, plus one for a `.wh.NAME` file when the name is absent. The
+//! lower layers never change, so each lower directory is read once into a
+//! [`LowerDir`] index (name → which layers hold it, whiteouts applied) kept in a bounded
+//! LRU cache: after the first lookup in a directory, hits and misses cost a hash lookup
+//! whatever the number of layers.
+//!
+//! Rules (kernel overlayfs): a non-directory in a higher layer hides everything below;
+//! directories merge until one is opaque; a whiteout hides the name in every layer below
+//! its own; an object in a layer is never hidden by a whiteout of that same layer.
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::{OsStr, OsString};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use lru::LruCache;
+use parking_lot::Mutex;
+use rustix::fs::{AtFlags, FileType, Stat};
+use rustix::io::Errno;
+
+use crate::error::{Error, OsContext, Result, Where};
+use crate::sys;
+use crate::union::inode::{LowerRef, Node};
+use crate::union::layer::LowerIdx;
+use crate::union::whiteout::{self, OpaqueXattr};
+use crate::union::{check_name, Attr, UnionFs};
+
+/// How many names the lower index cache may hold in all (about 100 bytes each).
+const MAX_INDEX_ENTRIES: usize = 256 * 1024;
+
+/// What the lower layers hold under one name of a directory.
+#[derive(Debug)]
+pub enum LowerChild {
+    /// A whiteout hides the name.
+    Hidden,
+    /// A non-directory, from `layer`.
+    NonDir { layer: LowerIdx, ino: u64, kind: FileType },
+    /// A directory present in `candidates` (top first; merging stops at a non-directory or
+    /// whiteout). `merged` caches the candidates cut after the first opaque one.
+    Dir {
+        candidates: Vec<LowerIdx>,
+        ino: u64,
+        merged: OnceLock<Arc<[LowerIdx]>>,
+    },
+}
+
+/// The merged lower listing of one directory.
+#[derive(Debug, Default)]
+pub struct LowerDir {
+    pub children: HashMap<OsString, LowerChild>,
+}
+
+/// LRU cache of [`LowerDir`]s keyed by lower path and layer list.
+#[derive(Debug)]
+pub struct LowerIndexCache {
+    cache: Mutex<LruCache<LowerRef, Arc<LowerDir>>>,
+    entries: AtomicUsize,
+}
+
+impl LowerIndexCache {
+    pub fn new() -> Self {
+        LowerIndexCache {
+            cache: Mutex::new(LruCache::unbounded()),
+            entries: AtomicUsize::new(0),
+        }
+    }
+
+    fn get(&self, key: &LowerRef) -> Option<Arc<LowerDir>> {
+        self.cache.lock().get(key).cloned()
+    }
+
+    fn put(&self, key: LowerRef, dir: Arc<LowerDir>) {
+        let mut cache = self.cache.lock();
+        let mut total = self.entries.load(Ordering::Relaxed) + dir.children.len();
+        if let Some(old) = cache.put(key, dir) {
+            total -= old.children.len();
+        }
+        while total > MAX_INDEX_ENTRIES && cache.len() > 1 {
+            match cache.pop_lru() {
+                Some((_, old)) => total -= old.children.len(),
+                None => break,
+            }
+        }
+        self.entries.store(total, Ordering::Relaxed);
+    }
+}
+
+impl Default for LowerIndexCache {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The result of resolving one name.
+#[derive(Debug)]
+pub struct Resolved {
+    pub is_dir: bool,
+    pub upper: Option<Stat>,
+    pub lower: Option<Arc<LowerRef>>,
+    pub lower_stat: Option<Stat>,
+}
+
+impl Resolved {
+    /// The stat the user sees.
+    pub fn stat(&self) -> Option<&Stat> {
+        self.upper.as_ref().or(self.lower_stat.as_ref())
+    }
+}
+
+/// What a parent directory looks like to a child lookup.
+#[derive(Debug, Clone)]
+pub struct DirInfo {
+    pub upper: Option<PathBuf>,
+    pub lower: Option<Arc<LowerRef>>,
+}
+
+/// Reads the opaque state of a directory (xattr in any namespace, or marker file).
+pub fn dir_opaque(dir: BorrowedFd<'_>) -> Result<OpaqueXattr> {
+    let names = sys::list_xattrs(dir).at("listxattr", Where::Unknown)?;
+    let mut state = OpaqueXattr::None;
+    for want in whiteout::opaque_xattr_names() {
+        if names.iter().any(|n| n == want) {
+            if let Some(v) = sys::get_xattr(dir, OsStr::new(want)).at("getxattr", Where::Unknown)? {
+                match whiteout::classify_opaque(&v) {
+                    OpaqueXattr::Opaque => return Ok(OpaqueXattr::Opaque),
+                    OpaqueXattr::HasXattrWhiteouts => state = OpaqueXattr::HasXattrWhiteouts,
+                    OpaqueXattr::None => {}
+                }
+            }
+        }
+    }
+    match rustix::fs::statat(dir, whiteout::OPAQUE_MARKER, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(_) => Ok(OpaqueXattr::Opaque),
+        Err(Errno::NOENT) => Ok(state),
+        Err(e) => Err(Error::os("stat opaque marker", e, Where::Unknown)),
+    }
+}
+
+/// True when the zero-size regular file `name` in `dir` carries a whiteout xattr.
+fn is_xattr_whiteout(dir: BorrowedFd<'_>, name: &OsStr) -> Result<bool> {
+    let fd = rustix::fs::openat(
+        dir,
+        name,
+        rustix::fs::OFlags::PATH | rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .at("open", Where::Unknown)?;
+    for n in whiteout::whiteout_xattr_names() {
+        if sys::get_xattr(fd.as_fd(), OsStr::new(n)).at("getxattr", Where::Unknown)?.is_some() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Whether a stat of `name` in `dir` shows a whiteout, in any format that is an object.
+fn stat_is_whiteout(dir: BorrowedFd<'_>, name: &OsStr, st: &Stat, xattr_whiteouts: bool) -> Result<bool> {
+    if whiteout::is_chardev_whiteout(st.st_mode, st.st_rdev) {
+        return Ok(true);
+    }
+    if xattr_whiteouts && st.st_mode & libc::S_IFMT == libc::S_IFREG && st.st_size == 0 {
+        return is_xattr_whiteout(dir, name);
+    }
+    Ok(false)
+}
+
+impl UnionFs {
+    /// The cached lower index of `dir`, built on first use.
+    pub(crate) fn lower_dir(&self, dir: &LowerRef) -> Result<Arc<LowerDir>> {
+        if let Some(d) = self.lower_index.get(dir) {
+            return Ok(d);
+        }
+        let built = Arc::new(self.build_lower_dir(dir)?);
+        self.lower_index.put(dir.clone(), built.clone());
+        Ok(built)
+    }
+
+    fn build_lower_dir(&self, dir: &LowerRef) -> Result<LowerDir> {
+        struct Slot {
+            child: LowerChild,
+            open: bool,
+        }
+        let mut map: HashMap<OsString, Slot> = HashMap::new();
+        for &layer in dir.layers.iter() {
+            let at = Where::Lower(layer);
+            let root = self.lower_root(layer);
+            let pfd = match sys::open_dir_path(root, &dir.path) {
+                Ok(fd) => fd,
+                Err(Errno::NOENT) | Err(Errno::NOTDIR) | Err(Errno::LOOP) => continue,
+                Err(e) => return Err(Error::os("open lower dir", e, at)),
+            };
+            let xattr_whiteouts = dir_opaque(pfd.as_fd())? == OpaqueXattr::HasXattrWhiteouts;
+            let listing = sys::read_dir(sys::open_dir_for_read(root, &dir.path).at("opendir", at)?)
+                .at("readdir", at)?;
+            let mut whiteouts: Vec<OsString> = Vec::new();
+            let mut objects: Vec<(OsString, FileType, u64)> = Vec::new();
+            for e in listing {
+                if e.name == whiteout::OPAQUE_MARKER {
+                    continue;
+                }
+                if let Some(target) = whiteout::whiteout_target(&e.name) {
+                    whiteouts.push(target.to_os_string());
+                    continue;
+                }
+                if whiteout::is_reserved_name(&e.name) {
+                    continue;
+                }
+                let mut kind = e.file_type;
+                let needs_stat = matches!(kind, FileType::Unknown | FileType::CharacterDevice)
+                    || (xattr_whiteouts && kind == FileType::RegularFile);
+                if needs_stat {
+                    let st = match rustix::fs::statat(&pfd, &e.name, AtFlags::SYMLINK_NOFOLLOW) {
+                        Ok(st) => st,
+                        Err(Errno::NOENT) => continue,
+                        Err(err) => return Err(Error::os("stat", err, at)),
+                    };
+                    if stat_is_whiteout(pfd.as_fd(), &e.name, &st, xattr_whiteouts)? {
+                        whiteouts.push(e.name);
+                        continue;
+                    }
+                    kind = FileType::from_raw_mode(st.st_mode);
+                }
+                objects.push((e.name, kind, e.ino));
+            }
+            let mut present: HashSet<&OsStr> = HashSet::new();
+            for (name, kind, ino) in &objects {
+                present.insert(name.as_os_str());
+                match map.get_mut(name.as_os_str()) {
+                    None => {
+                        let child = if *kind == FileType::Directory {
+                            LowerChild::Dir {
+                                candidates: vec![layer],
+                                ino: *ino,
+                                merged: OnceLock::new(),
+                            }
+                        } else {
+                            LowerChild::NonDir {
+                                layer,
+                                ino: *ino,
+                                kind: *kind,
+                            }
+                        };
+                        let open = *kind == FileType::Directory;
+                        map.insert(name.clone(), Slot { child, open });
+                    }
+                    Some(slot) if slot.open => {
+                        if let (LowerChild::Dir { candidates, .. }, FileType::Directory) = (&mut slot.child, kind) {
+                            candidates.push(layer);
+                        } else {
+                            slot.open = false;
+                        }
+                    }
+                    Some(_) => {}
+                }
+            }
+            for name in whiteouts {
+                if present.contains(name.as_os_str()) {
+                    continue;
+                }
+                match map.get_mut(&name) {
+                    None => {
+                        map.insert(
+                            name,
+                            Slot {
+                                child: LowerChild::Hidden,
+                                open: false,
+                            },
+                        );
+                    }
+                    Some(slot) => slot.open = false,
+                }
+            }
+        }
+        Ok(LowerDir {
+            children: map.into_iter().map(|(k, v)| (k, v.child)).collect(),
+        })
+    }
+
+    /// The merged layer list of a lower directory child: candidates cut after the first
+    /// opaque one (the bottom candidate's opaqueness does not matter).
+    pub(crate) fn merged_layers(&self, parent: &LowerRef, name: &OsStr, child: &LowerChild) -> Result<Option<Arc<[LowerIdx]>>> {
+        let LowerChild::Dir { candidates, merged, .. } = child else { return Ok(None) };
+        if let Some(m) = merged.get() {
+            return Ok(Some(m.clone()));
+        }
+        let path = parent.path.join(name);
+        let mut cut = candidates.len();
+        for (i, &layer) in candidates.iter().enumerate().take(candidates.len().saturating_sub(1)) {
+            let fd = sys::open_dir_path(self.lower_root(layer), &path).at("open lower dir", Where::Lower(layer))?;
+            if dir_opaque(fd.as_fd())? == OpaqueXattr::Opaque {
+                cut = i + 1;
+                break;
+            }
+        }
+        let layers: Arc<[LowerIdx]> = candidates[..cut].into();
+        Ok(Some(merged.get_or_init(|| layers).clone()))
+    }
+
+    /// The lower reference of `name` inside lower directory `parent`, if visible there.
+    pub(crate) fn lower_child(&self, parent: &LowerRef, name: &OsStr) -> Result<Option<(Arc<LowerRef>, bool)>> {
+        let dir = self.lower_dir(parent)?;
+        let Some(child) = dir.children.get(name) else { return Ok(None) };
+        match child {
+            LowerChild::Hidden => Ok(None),
+            LowerChild::NonDir { layer, .. } => Ok(Some((
+                Arc::new(parent.child(name, Arc::from(vec![*layer]))),
+                false,
+            ))),
+            LowerChild::Dir { .. } => {
+                let layers = self.merged_layers(parent, name, child)?.unwrap_or_else(|| Arc::from(Vec::new()));
+                Ok(Some((Arc::new(parent.child(name, layers)), true)))
+            }
+        }
+    }
+
+    /// Resolves an absolute lower path (a redirect from the root) component by component.
+    fn lower_from_root(&self, path: &Path) -> Result<Option<Arc<LowerRef>>> {
+        let mut cur = self.nodes.read().get(crate::union::ROOT)?.lower.clone();
+        for comp in path.components() {
+            let std::path::Component::Normal(name) = comp else { continue };
+            let Some(dir) = cur else { return Ok(None) };
+            match self.lower_child(&dir, name)? {
+                Some((child, true)) => cur = Some(child),
+                _ => return Ok(None),
+            }
+        }
+        Ok(cur)
+    }
+
+    /// Where a directory node's children are looked up.
+    pub(crate) fn dir_info(&self, ino: u64) -> Result<DirInfo> {
+        let nodes = self.nodes.read();
+        let node = nodes.get(ino)?;
+        if !node.is_dir {
+            return Err(Error::NotDir);
+        }
+        if node.detached.is_some() {
+            return Err(Error::NotFound);
+        }
+        Ok(DirInfo {
+            upper: if node.upper { Some(nodes.path_of(ino)?) } else { None },
+            lower: node.lower.clone(),
+        })
+    }
+
+    /// Resolves `name` in a directory. `Err(NotFound)` when hidden or absent.
+    pub(crate) fn resolve(&self, parent: &DirInfo, name: &OsStr) -> Result<Resolved> {
+        let mut upper = None;
+        let mut redirect: Option<Vec<u8>> = None;
+        let mut opaque = false;
+        if let Some(pu) = &parent.upper {
+            let root = self.upper_root()?;
+            let pfd = sys::open_dir_path(root, pu).at("open upper dir", Where::Upper)?;
+            match rustix::fs::statat(&pfd, name, AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(st) => {
+                    if stat_is_whiteout(pfd.as_fd(), name, &st, true)? {
+                        return Err(Error::NotFound);
+                    }
+                    if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+                        let dfd = sys::open_dir_path(pfd.as_fd(), Path::new(name)).at("open upper dir", Where::Upper)?;
+                        opaque = dir_opaque(dfd.as_fd())? == OpaqueXattr::Opaque;
+                        for n in whiteout::redirect_xattr_names() {
+                            if let Some(v) = sys::get_xattr(dfd.as_fd(), OsStr::new(n)).at("getxattr", Where::Upper)? {
+                                redirect = Some(v);
+                                break;
+                            }
+                        }
+                    } else if st.st_mode & libc::S_IFMT == libc::S_IFREG {
+                        self.refuse_metacopy(pfd.as_fd(), name)?;
+                    }
+                    upper = Some(st);
+                }
+                Err(Errno::NOENT) => {
+                    let wh = whiteout::whiteout_file_name(name);
+                    if wh.len() <= 255 && rustix::fs::statat(&pfd, &wh, AtFlags::SYMLINK_NOFOLLOW).is_ok() {
+                        return Err(Error::NotFound);
+                    }
+                }
+                Err(e) => return Err(Error::os("stat", e, Where::Upper)),
+            }
+        }
+        let upper_is_dir = upper.as_ref().map(|s| s.st_mode & libc::S_IFMT == libc::S_IFDIR);
+        let lower = match upper_is_dir {
+            Some(false) => None,
+            Some(true) if opaque => None,
+            _ => match (&redirect, &parent.lower) {
+                (Some(r), _) if r.first() == Some(&b'/') => {
+                    use std::os::unix::ffi::OsStrExt;
+                    self.lower_from_root(Path::new(OsStr::from_bytes(r)))?
+                        .map(|l| (l, true))
+                }
+                (Some(r), Some(pl)) => {
+                    use std::os::unix::ffi::OsStrExt;
+                    self.lower_child(pl, OsStr::from_bytes(r))?
+                }
+                (None, Some(pl)) => self.lower_child(pl, name)?,
+                (_, None) => None,
+            }
+            .filter(|(_, is_dir)| upper_is_dir.is_none() || *is_dir)
+            .map(|(l, _)| l),
+        };
+        if upper.is_none() && lower.is_none() {
+            return Err(Error::NotFound);
+        }
+        let lower_stat = match &lower {
+            Some(l) => match l.top() {
+                Some(top) => Some(self.stat_lower(top, &l.path)?),
+                None => None,
+            },
+            None => None,
+        };
+        let is_dir = match (&upper, &lower_stat) {
+            (Some(st), _) | (None, Some(st)) => st.st_mode & libc::S_IFMT == libc::S_IFDIR,
+            (None, None) => return Err(Error::NotFound),
+        };
+        Ok(Resolved {
+            is_dir,
+            upper,
+            lower,
+            lower_stat,
+        })
+    }
+
+    fn refuse_metacopy(&self, dir: BorrowedFd<'_>, name: &OsStr) -> Result<()> {
+        // Only zero-block files can be metacopy; a cheap filter before reading xattrs.
+        let fd: OwnedFd = match rustix::fs::openat(
+            dir,
+            name,
+            rustix::fs::OFlags::PATH | rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        ) {
+            Ok(fd) => fd,
+            Err(_) => return Ok(()),
+        };
+        let st = rustix::fs::fstat(&fd).at("stat", Where::Upper)?;
+        if st.st_blocks != 0 || st.st_size == 0 {
+            return Ok(());
+        }
+        for p in whiteout::OVERLAY_PREFIXES {
+            let n = format!("{p}metacopy");
+            if sys::get_xattr(fd.as_fd(), OsStr::new(&n)).at("getxattr", Where::Upper)?.is_some() {
+                tracing::error!(?name, "metacopy file in the upper layer: not supported");
+                return Err(Error::Invariant("metacopy upper file"));
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn stat_lower(&self, layer: LowerIdx, path: &Path) -> Result<Stat> {
+        let fd = sys::open_path(self.lower_root(layer), path).at("open lower", Where::Lower(layer))?;
+        rustix::fs::fstat(&fd).at("stat lower", Where::Lower(layer))
+    }
+
+    /// The inode number of a resolved object: directories and copied-up files keep the
+    /// number of their lower origin, so st_ino does not change on copy-up.
+    pub(crate) fn identity(&self, r: &Resolved, known: Option<u64>) -> u64 {
+        if let Some(ino) = known {
+            return ino;
+        }
+        match (&r.lower_stat, &r.upper) {
+            (Some(l), _) if r.is_dir => self.map_ino(l),
+            (_, Some(u)) => self.map_ino(u),
+            (Some(l), None) => self.map_ino(l),
+            (None, None) => self.synthetic_ino(),
+        }
+    }
+
+    /// The attributes of a resolved object under inode number `ino`.
+    pub(crate) fn attr_of(&self, ino: u64, r: &Resolved) -> Result<Attr> {
+        let st = r.stat().ok_or(Error::NotFound)?;
+        let mut attr = Attr::from_stat(ino, st);
+        let merged = match (&r.upper, &r.lower) {
+            (Some(_), Some(_)) => true,
+            (None, Some(l)) => l.layers.len() > 1,
+            _ => false,
+        };
+        if r.is_dir && merged {
+            // As kernel overlayfs: counting subdirectories of a merged dir is not worth it.
+            attr.nlink = 1;
+        }
+        Ok(attr)
+    }
+
+    /// Looks up `name` in directory `parent`, pinning the result (one kernel lookup).
+    pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<Attr> {
+        check_name(name)?;
+        if whiteout::is_reserved_name(name) {
+            return Err(Error::NotFound);
+        }
+        let info = self.dir_info(parent)?;
+        let r = self.resolve(&info, name)?;
+        self.pin(parent, name, &r, None)
+    }
+
+    /// Enters a resolved object in the node table and returns its attributes.
+    pub(crate) fn pin(&self, parent: u64, name: &OsStr, r: &Resolved, forced: Option<u64>) -> Result<Attr> {
+        let mut nodes = self.nodes.write();
+        let known = forced.or_else(|| nodes.child(parent, name).filter(|ino| {
+            nodes
+                .get(*ino)
+                .map(|n| n.is_dir == r.is_dir && n.detached.is_none())
+                .unwrap_or(false)
+        }));
+        let mut ino = self.identity(r, known);
+        if known.is_none() {
+            if let Ok(n) = nodes.get(ino) {
+                // The number is held by an object that lost its name (ext4 reuses freed
+                // inode numbers) or by a different kind of object: pick a fresh one.
+                if n.detached.is_some() || n.is_dir != r.is_dir || (r.is_dir && n.parent != parent && nodes.child(n.parent, &n.name) == Some(ino)) {
+                    ino = self.synthetic_ino();
+                }
+            }
+        }
+        let attr = self.attr_of(ino, r)?;
+        let (is_dir, upper, lower) = (r.is_dir, r.upper.is_some(), r.lower.clone());
+        nodes.add_lookup(ino, parent, name, || Node {
+            parent,
+            name: OsString::new(),
+            is_dir,
+            upper,
+            lower: lower.clone(),
+            lookups: 0,
+            children: 0,
+            detached: None,
+        });
+        // Refresh what the disk says now (the object may have been copied up).
+        if let Ok(n) = nodes.get_mut(ino) {
+            if n.parent == parent && n.name == name {
+                n.upper = upper;
+                if lower.is_some() || upper {
+                    n.lower = lower;
+                }
+            }
+        }
+        Ok(attr)
+    }
+}

@@ -1,0 +1,507 @@
+//! Changes to the namespace: create (file, dir, symlink, node, hard link), unlink, rmdir
+//! and rename, with kernel overlayfs semantics.
+//!
+//! - A name that a lower layer still holds gets a whiteout when removed.
+//! - Something created where a whiteout stood is built in the work directory and renamed
+//!   over the whiteout in one step; a directory created there is opaque.
+//! - A directory removed from the upper is first moved out (to the work directory, or
+//!   swapped with a whiteout), so the name switches atomically; its leftover whiteouts
+//!   are deleted afterwards.
+//! - A renamed directory that has lower content gets a redirect xattr (relative name
+//!   within the same lower parent, absolute path otherwise), as kernel overlayfs with
+//!   `redirect_dir=on` writes it; a pure-upper directory moved over a lower name becomes
+//!   opaque.
+//!
+//! All of this runs under `ns_lock`.
+
+use std::ffi::OsStr;
+use std::fs::File;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags};
+use rustix::io::Errno;
+
+use crate::error::{Error, OsContext, Result, Where};
+use crate::sys;
+use crate::union::layer::remove_tree;
+use crate::union::lookup::{DirInfo, Resolved};
+use crate::union::whiteout::{self, WhiteoutKind, WriteFormat};
+use crate::union::{check_name, Attr, Caller, UnionFs};
+
+/// What to create.
+#[derive(Debug, Clone, Copy)]
+pub enum NewKind<'a> {
+    /// A regular file, opened with these flags.
+    File { flags: i32 },
+    Dir,
+    Symlink(&'a [u8]),
+    /// A fifo, socket or device (type bits in `mode`).
+    Node { rdev: u64 },
+    /// A hard link to this inode.
+    Link(u64),
+}
+
+/// What the upper holds at a name that is absent from the merged view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum UpperSlot {
+    Empty,
+    /// A whiteout object (char 0/0 or xattr whiteout) sits at the name.
+    WhiteoutObject,
+    /// A `.wh.NAME` file marks the name.
+    WhiteoutFile,
+}
+
+fn upper_slot(pfd: BorrowedFd<'_>, name: &OsStr) -> Result<UpperSlot> {
+    match rustix::fs::statat(pfd, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(_) => return Ok(UpperSlot::WhiteoutObject),
+        Err(Errno::NOENT) => {}
+        Err(e) => return Err(Error::os("stat", e, Where::Upper)),
+    }
+    let wh = whiteout::whiteout_file_name(name);
+    if wh.len() <= 255 && rustix::fs::statat(pfd, &wh, AtFlags::SYMLINK_NOFOLLOW).is_ok() {
+        return Ok(UpperSlot::WhiteoutFile);
+    }
+    Ok(UpperSlot::Empty)
+}
+
+fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+impl UnionFs {
+    fn upper_dir_fd(&self, ino: u64) -> Result<OwnedFd> {
+        let path = self.nodes.read().path_of(ino)?;
+        sys::open_dir_path(self.upper_root()?, &path).at("open upper dir", Where::Upper)
+    }
+
+    /// Whether the lower layers (ignoring the upper) show `name` in directory `info`.
+    fn lower_has(&self, info: &DirInfo, name: &OsStr) -> Result<bool> {
+        match &info.lower {
+            Some(l) => Ok(self.lower_child(l, name)?.is_some()),
+            None => Ok(false),
+        }
+    }
+
+    /// Puts a whiteout at `name` in upper dir `pfd`, replacing a non-directory there.
+    fn put_whiteout(&self, fmt: WriteFormat, pfd: BorrowedFd<'_>, name: &OsStr, replace: bool) -> Result<()> {
+        match fmt.whiteout {
+            WhiteoutKind::CharDev => {
+                if replace {
+                    let work = self.work_dir()?;
+                    let tmp = self.tmp_name();
+                    rustix::fs::mknodat(work, &tmp, FileType::CharacterDevice, Mode::empty(), 0).at("mknod whiteout", Where::Work)?;
+                    rustix::fs::renameat(work, &tmp, pfd, name).at("publish whiteout", Where::Upper)
+                } else {
+                    rustix::fs::mknodat(pfd, name, FileType::CharacterDevice, Mode::empty(), 0).at("mknod whiteout", Where::Upper)
+                }
+            }
+            WhiteoutKind::WhFile => {
+                let wh = whiteout::whiteout_file_name(name);
+                if wh.len() > 255 {
+                    return Err(Error::NameTooLong);
+                }
+                rustix::fs::openat(pfd, &wh, OFlags::CREATE | OFlags::WRONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW, Mode::from_raw_mode(0o600))
+                    .at("create whiteout file", Where::Upper)?;
+                if replace {
+                    rustix::fs::unlinkat(pfd, name, AtFlags::empty()).at("unlink", Where::Upper)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Node for (parent, name), pinning a new one if the kernel has not looked it up.
+    /// Returns whether a pin was added (to be dropped by the caller).
+    fn node_for(&self, parent: u64, name: &OsStr, r: &Resolved) -> Result<(u64, bool)> {
+        if let Some(ino) = self.nodes.read().child(parent, name) {
+            return Ok((ino, false));
+        }
+        let attr = self.pin(parent, name, r, None)?;
+        Ok((attr.ino, true))
+    }
+
+    /// True when the merged directory (resolved as `r` at `parent_info`/`name`) is empty.
+    fn is_empty_dir(&self, parent_info: &DirInfo, name: &OsStr, r: &Resolved) -> Result<bool> {
+        let info = DirInfo {
+            upper: match (&parent_info.upper, &r.upper) {
+                (Some(p), Some(_)) => Some(p.join(name)),
+                _ => None,
+            },
+            lower: r.lower.clone(),
+        };
+        Ok(self.merged_entries(&info, None)?.is_empty())
+    }
+
+    /// Creates an object; for files also returns the open handle.
+    pub fn create(&self, parent: u64, name: &OsStr, kind: NewKind<'_>, mode: u32, umask: u32, caller: Caller) -> Result<(Attr, Option<u64>)> {
+        check_name(name)?;
+        if whiteout::is_reserved_name(name) {
+            return Err(Error::Invalid);
+        }
+        let fmt = self.writable()?;
+        let _ns = self.ns_lock.lock();
+        let info = self.dir_info(parent)?;
+        match self.resolve(&info, name) {
+            Ok(_) => return Err(Error::Exists),
+            Err(Error::NotFound) => {}
+            Err(e) => return Err(e),
+        }
+        if let NewKind::Link(src) = kind {
+            if self.nodes.read().get(src)?.is_dir {
+                return Err(Error::Permission);
+            }
+            self.copy_up(src)?;
+        }
+        self.copy_up(parent)?;
+        let info = self.dir_info(parent)?;
+        let pfd = self.upper_dir_fd(parent)?;
+        let pst = rustix::fs::fstat(&pfd).at("stat upper dir", Where::Upper)?;
+        let slot = upper_slot(pfd.as_fd(), name)?;
+        let work = self.work_dir()?;
+        let tmp = self.tmp_name();
+        let (tdir, tname): (BorrowedFd<'_>, &OsStr) = if slot == UpperSlot::Empty { (pfd.as_fd(), name) } else { (work, &tmp) };
+        let perm = mode & 0o7777 & !umask;
+        let setgid_parent = pst.st_mode & libc::S_ISGID != 0;
+        let gid = if setgid_parent { pst.st_gid } else { caller.gid };
+        let mut file = None;
+        let made = (|| -> Result<()> {
+            match kind {
+                NewKind::File { flags } => {
+                    let oflags = OFlags::from_bits_retain((flags & (libc::O_ACCMODE | libc::O_DIRECT | libc::O_SYNC | libc::O_DSYNC | libc::O_NOATIME)) as u32)
+                        | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+                    let fd = rustix::fs::openat(tdir, tname, oflags, Mode::from_raw_mode(perm)).at("create", Where::Upper)?;
+                    file = Some(File::from(fd));
+                }
+                NewKind::Dir => {
+                    rustix::fs::mkdirat(tdir, tname, Mode::from_raw_mode(perm)).at("mkdir", Where::Upper)?;
+                }
+                NewKind::Symlink(target) => {
+                    rustix::fs::symlinkat(OsStr::from_bytes(target), tdir, tname).at("symlink", Where::Upper)?;
+                }
+                NewKind::Node { rdev } => {
+                    rustix::fs::mknodat(tdir, tname, FileType::from_raw_mode(mode), Mode::from_raw_mode(perm), rdev).at("mknod", Where::Upper)?;
+                }
+                NewKind::Link(src) => {
+                    let (sp, sn) = {
+                        let nodes = self.nodes.read();
+                        let n = nodes.get(src)?;
+                        (nodes.path_of(n.parent)?, n.name.clone())
+                    };
+                    let sfd = sys::open_dir_path(self.upper_root()?, &sp).at("open upper dir", Where::Upper)?;
+                    rustix::fs::linkat(&sfd, &sn, tdir, tname, AtFlags::empty()).at("link", Where::Upper)?;
+                    return Ok(());
+                }
+            }
+            let chown = rustix::fs::chownat(
+                tdir,
+                tname,
+                Some(rustix::fs::Uid::from_raw(caller.uid)),
+                Some(rustix::fs::Gid::from_raw(gid)),
+                AtFlags::SYMLINK_NOFOLLOW,
+            );
+            if let Err(e) = chown {
+                if is_root() {
+                    return Err(Error::os("chown new", e, Where::Upper));
+                }
+            }
+            let is_dir = matches!(kind, NewKind::Dir);
+            let want_sgid_dir = is_dir && setgid_parent && tdir.as_raw_fd_eq(work);
+            if !matches!(kind, NewKind::Symlink(_)) && (perm & 0o6000 != 0 || want_sgid_dir) {
+                let fd = rustix::fs::openat(tdir, tname, OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty()).at("open new", Where::Upper)?;
+                let extra = if want_sgid_dir { libc::S_ISGID } else { 0 };
+                rustix::fs::chmod(&*crate::union::attr::proc_path(&fd), Mode::from_raw_mode(perm | extra)).at("chmod new", Where::Upper)?;
+            }
+            if is_dir && slot != UpperSlot::Empty {
+                let fd = sys::open_dir_path(tdir, Path::new(tname)).at("open new dir", Where::Work)?;
+                sys::set_xattr(fd.as_fd(), OsStr::new(fmt.xattr_ns.opaque()), b"y", 0).at("set opaque", Where::Work)?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = made {
+            if slot != UpperSlot::Empty {
+                let _ = remove_tree(work, &tmp);
+            }
+            return Err(e);
+        }
+        match slot {
+            UpperSlot::Empty => {}
+            UpperSlot::WhiteoutObject => {
+                rustix::fs::renameat(work, &tmp, &pfd, name).at("publish over whiteout", Where::Upper)?;
+            }
+            UpperSlot::WhiteoutFile => {
+                rustix::fs::renameat_with(work, &tmp, &pfd, name, RenameFlags::NOREPLACE).at("publish", Where::Upper)?;
+                rustix::fs::unlinkat(&pfd, whiteout::whiteout_file_name(name), AtFlags::empty()).at("remove whiteout file", Where::Upper)?;
+            }
+        }
+        let r = self.resolve(&info, name)?;
+        let forced = if let NewKind::Link(src) = kind { Some(src) } else { None };
+        let attr = self.pin(parent, name, &r, forced)?;
+        let fh = file.map(|f| self.register_file(attr.ino, f, true));
+        Ok((attr, fh))
+    }
+
+    /// Removes a non-directory.
+    pub fn unlink(&self, parent: u64, name: &OsStr) -> Result<()> {
+        self.remove(parent, name, false)
+    }
+
+    /// Removes an empty (merged) directory.
+    pub fn rmdir(&self, parent: u64, name: &OsStr) -> Result<()> {
+        self.remove(parent, name, true)
+    }
+
+    fn remove(&self, parent: u64, name: &OsStr, dir: bool) -> Result<()> {
+        check_name(name)?;
+        if whiteout::is_reserved_name(name) {
+            return Err(Error::NotFound);
+        }
+        let fmt = self.writable()?;
+        let _ns = self.ns_lock.lock();
+        let info = self.dir_info(parent)?;
+        let r = self.resolve(&info, name)?;
+        match (dir, r.is_dir) {
+            (false, true) => return Err(Error::IsDir),
+            (true, false) => return Err(Error::NotDir),
+            (true, true) if !self.is_empty_dir(&info, name, &r)? => return Err(Error::NotEmpty),
+            _ => {}
+        }
+        let lower_has = self.lower_has(&info, name)?;
+        self.copy_up(parent)?;
+        let pfd = self.upper_dir_fd(parent)?;
+        let known = self.nodes.read().child(parent, name);
+        let detached = match (known, dir) {
+            (Some(_), false) => {
+                let fd = match (&r.upper, &r.lower) {
+                    (Some(_), _) => sys::open_path(pfd.as_fd(), Path::new(name)).at("open", Where::Upper)?,
+                    (None, Some(l)) => {
+                        let top = l.top().ok_or(Error::Invariant("lower without layers"))?;
+                        sys::open_path(self.lower_root(top), &l.path).at("open", Where::Lower(top))?
+                    }
+                    (None, None) => return Err(Error::NotFound),
+                };
+                Some(Arc::new(fd))
+            }
+            _ => None,
+        };
+        if r.upper.is_some() {
+            if dir {
+                let work = self.work_dir()?;
+                let tmp = self.tmp_name();
+                if lower_has && fmt.whiteout == WhiteoutKind::CharDev {
+                    rustix::fs::mknodat(work, &tmp, FileType::CharacterDevice, Mode::empty(), 0).at("mknod whiteout", Where::Work)?;
+                    rustix::fs::renameat_with(work, &tmp, &pfd, name, RenameFlags::EXCHANGE).at("swap dir for whiteout", Where::Upper)?;
+                } else {
+                    rustix::fs::renameat(&pfd, name, work, &tmp).at("move dir out", Where::Upper)?;
+                    if lower_has {
+                        self.put_whiteout(fmt, pfd.as_fd(), name, false)?;
+                    }
+                }
+                remove_tree(work, &tmp).at("remove dir", Where::Work)?;
+            } else if lower_has {
+                self.put_whiteout(fmt, pfd.as_fd(), name, true)?;
+            } else {
+                rustix::fs::unlinkat(&pfd, name, AtFlags::empty()).at("unlink", Where::Upper)?;
+            }
+        } else {
+            self.put_whiteout(fmt, pfd.as_fd(), name, false)?;
+        }
+        let aliases = !dir && r.stat().map(|s| s.st_nlink > 1).unwrap_or(false);
+        self.nodes.write().unname(parent, name, aliases, detached);
+        Ok(())
+    }
+
+    /// Renames with `flags` (`RENAME_NOREPLACE`, `RENAME_EXCHANGE`).
+    pub fn rename(&self, parent: u64, name: &OsStr, new_parent: u64, new_name: &OsStr, flags: u32) -> Result<()> {
+        check_name(name)?;
+        check_name(new_name)?;
+        if whiteout::is_reserved_name(name) {
+            return Err(Error::NotFound);
+        }
+        if whiteout::is_reserved_name(new_name) {
+            return Err(Error::Invalid);
+        }
+        let noreplace = flags & libc::RENAME_NOREPLACE != 0;
+        let exchange = flags & libc::RENAME_EXCHANGE != 0;
+        if flags & !(libc::RENAME_NOREPLACE | libc::RENAME_EXCHANGE) != 0 || (noreplace && exchange) {
+            return Err(Error::Invalid);
+        }
+        let fmt = self.writable()?;
+        let _ns = self.ns_lock.lock();
+        let sinfo = self.dir_info(parent)?;
+        let src = self.resolve(&sinfo, name)?;
+        let dinfo = self.dir_info(new_parent)?;
+        let dst = match self.resolve(&dinfo, new_name) {
+            Ok(r) => Some(r),
+            Err(Error::NotFound) => None,
+            Err(e) => return Err(e),
+        };
+        if parent == new_parent && name == new_name {
+            return Ok(());
+        }
+        let (src_ino, src_pin) = self.node_for(parent, name, &src)?;
+        let mut pins = vec![];
+        if src_pin {
+            pins.push(src_ino);
+        }
+        let dst_ino = match &dst {
+            Some(d) => {
+                let (i, p) = self.node_for(new_parent, new_name, d)?;
+                if p {
+                    pins.push(i);
+                }
+                Some(i)
+            }
+            None => None,
+        };
+        let res = (|| -> Result<()> {
+            if exchange {
+                if dst.is_none() {
+                    return Err(Error::NotFound);
+                }
+            } else if let Some(d) = &dst {
+                if noreplace {
+                    return Err(Error::Exists);
+                }
+                if dst_ino == Some(src_ino) && !src.is_dir {
+                    // Two hard links of one file: POSIX says do nothing.
+                    return Ok(());
+                }
+                match (src.is_dir, d.is_dir) {
+                    (true, false) => return Err(Error::NotDir),
+                    (false, true) => return Err(Error::IsDir),
+                    (true, true) if !self.is_empty_dir(&dinfo, new_name, d)? => return Err(Error::NotEmpty),
+                    _ => {}
+                }
+            }
+            self.copy_up(src_ino)?;
+            self.copy_up(new_parent)?;
+            if exchange {
+                if let Some(d) = dst_ino {
+                    self.copy_up(d)?;
+                }
+            }
+            let sinfo = self.dir_info(parent)?;
+            let dinfo = self.dir_info(new_parent)?;
+            let spfd = self.upper_dir_fd(parent)?;
+            let dpfd = self.upper_dir_fd(new_parent)?;
+            let src_lower_has = self.lower_has(&sinfo, name)?;
+            let dst_lower_has = self.lower_has(&dinfo, new_name)?;
+            if exchange {
+                rustix::fs::renameat_with(&spfd, name, &dpfd, new_name, RenameFlags::EXCHANGE).at("rename exchange", Where::Upper)?;
+                let dst_ino = dst_ino.ok_or(Error::Invariant("exchange without target"))?;
+                {
+                    let mut nodes = self.nodes.write();
+                    nodes.rename(src_ino, new_parent, new_name)?;
+                    nodes.rename(dst_ino, parent, name)?;
+                }
+                self.fix_moved_dir(fmt, src_ino, dpfd.as_fd(), new_name, &dinfo, dst_lower_has)?;
+                self.fix_moved_dir(fmt, dst_ino, spfd.as_fd(), name, &sinfo, src_lower_has)?;
+                return Ok(());
+            }
+            let slot = if dst.as_ref().map(|d| d.upper.is_some()).unwrap_or(false) {
+                UpperSlot::Empty
+            } else {
+                upper_slot(dpfd.as_fd(), new_name)?
+            };
+            let mut detached = None;
+            if let Some(d) = &dst {
+                if d.upper.is_some() {
+                    if d.is_dir {
+                        // Merged-empty: only whiteouts remain inside; clear them so the
+                        // rename can replace the directory.
+                        let dfd = sys::open_dir_path(dpfd.as_fd(), Path::new(new_name)).at("open", Where::Upper)?;
+                        let listing = sys::read_dir(sys::open_dir_for_read(dpfd.as_fd(), Path::new(new_name)).at("opendir", Where::Upper)?).at("readdir", Where::Upper)?;
+                        for e in listing {
+                            remove_tree(dfd.as_fd(), &e.name).at("clear whiteouts", Where::Upper)?;
+                        }
+                    } else {
+                        detached = Some(Arc::new(sys::open_path(dpfd.as_fd(), Path::new(new_name)).at("open", Where::Upper)?));
+                    }
+                }
+            }
+            let mut rflags = RenameFlags::empty();
+            if src_lower_has && fmt.whiteout == WhiteoutKind::CharDev {
+                rflags |= RenameFlags::WHITEOUT;
+            }
+            rustix::fs::renameat_with(&spfd, name, &dpfd, new_name, rflags).at("rename", Where::Upper)?;
+            if src_lower_has && fmt.whiteout == WhiteoutKind::WhFile {
+                self.put_whiteout(fmt, spfd.as_fd(), name, false)?;
+            }
+            if slot == UpperSlot::WhiteoutFile {
+                rustix::fs::unlinkat(&dpfd, whiteout::whiteout_file_name(new_name), AtFlags::empty()).at("remove whiteout file", Where::Upper)?;
+            }
+            {
+                let mut nodes = self.nodes.write();
+                if dst.is_some() {
+                    let aliases = dst.as_ref().and_then(|d| d.stat()).map(|s| s.st_nlink > 1).unwrap_or(false);
+                    nodes.unname(new_parent, new_name, aliases, detached);
+                }
+                nodes.rename(src_ino, new_parent, new_name)?;
+            }
+            self.fix_moved_dir(fmt, src_ino, dpfd.as_fd(), new_name, &dinfo, dst_lower_has)?;
+            Ok(())
+        })();
+        let mut nodes = self.nodes.write();
+        for p in pins {
+            nodes.forget(p, 1);
+        }
+        res
+    }
+
+    /// After a directory moved to `name` in upper dir `pfd` (whose merged info is
+    /// `dinfo`): point it at its lower content (redirect) or hide what the lower layers
+    /// hold at the new name (opaque).
+    fn fix_moved_dir(&self, fmt: WriteFormat, ino: u64, pfd: BorrowedFd<'_>, name: &OsStr, dinfo: &DirInfo, lower_occupied: bool) -> Result<()> {
+        let lower = {
+            let nodes = self.nodes.read();
+            let n = nodes.get(ino)?;
+            if !n.is_dir {
+                return Ok(());
+            }
+            n.lower.clone()
+        };
+        let dfd = sys::open_dir_path(pfd, Path::new(name)).at("open moved dir", Where::Upper)?;
+        match lower {
+            Some(l) => {
+                let natural = dinfo.lower.as_ref().map(|pl| pl.path.join(name));
+                if natural.as_deref() == Some(l.path.as_path()) {
+                    for n in whiteout::redirect_xattr_names() {
+                        match sys::remove_xattr(dfd.as_fd(), OsStr::new(n)) {
+                            Ok(()) | Err(Errno::NODATA) | Err(Errno::NOTSUP) | Err(Errno::PERM) => {}
+                            Err(e) => return Err(Error::os("remove redirect", e, Where::Upper)),
+                        }
+                    }
+                } else {
+                    let same_parent = dinfo.lower.as_ref().map(|pl| Some(pl.path.as_path()) == l.path.parent()).unwrap_or(false);
+                    let value: Vec<u8> = if same_parent {
+                        l.path.file_name().map(|n| n.as_bytes().to_vec()).unwrap_or_default()
+                    } else {
+                        let mut v = b"/".to_vec();
+                        v.extend_from_slice(l.path.as_os_str().as_bytes());
+                        v
+                    };
+                    sys::set_xattr(dfd.as_fd(), OsStr::new(fmt.xattr_ns.redirect()), &value, 0).at("set redirect", Where::Upper)?;
+                }
+            }
+            None if lower_occupied => {
+                sys::set_xattr(dfd.as_fd(), OsStr::new(fmt.xattr_ns.opaque()), b"y", 0).at("set opaque", Where::Upper)?;
+            }
+            None => {}
+        }
+        Ok(())
+    }
+}
+
+trait FdEq {
+    fn as_raw_fd_eq(&self, other: BorrowedFd<'_>) -> bool;
+}
+
+impl FdEq for BorrowedFd<'_> {
+    fn as_raw_fd_eq(&self, other: BorrowedFd<'_>) -> bool {
+        use std::os::fd::AsRawFd;
+        self.as_raw_fd() == other.as_raw_fd()
+    }
+}

@@ -1,0 +1,207 @@
+//! Every on-disk rule of whiteouts, opaque directories and private xattrs, read in all
+//! the variants kernel overlayfs, fuse-overlayfs and containers/storage write
+//! (see `shared/FACTS.md` and Documentation/filesystems/overlayfs.rst):
+//!
+//! - whiteout: a character device 0/0; an empty regular file `.wh.NAME`; a zero-size
+//!   regular file carrying `trusted.overlay.whiteout` / `user.overlay.whiteout` inside a
+//!   directory whose `overlay.opaque` is `x` (kernel 6.7+);
+//! - opaque directory: `trusted.overlay.opaque=y`, `user.overlay.opaque=y`,
+//!   `user.fuseoverlayfs.opaque=y`, or a file `.wh..wh..opq` inside;
+//! - private xattrs (`trusted.overlay.*`, `user.overlay.*`, `user.fuseoverlayfs.*`) are
+//!   never shown through the mount.
+//!
+//! What is written depends on privilege: [`WriteFormat`].
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+
+/// Prefix of whiteout file names (OCI / AUFS style).
+pub const WH_PREFIX: &[u8] = b".wh.";
+/// Name of the opaque-directory marker file.
+pub const OPAQUE_MARKER: &str = ".wh..wh..opq";
+
+/// The xattr namespaces overlay metadata can live in, in reading order.
+pub const OVERLAY_PREFIXES: [&str; 2] = ["trusted.overlay.", "user.overlay."];
+const FUSE_OVERLAY_OPAQUE: &str = "user.fuseoverlayfs.opaque";
+
+/// How this mount writes its metadata, chosen by probing privileges at mount time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriteFormat {
+    pub whiteout: WhiteoutKind,
+    pub xattr_ns: XattrNs,
+}
+
+/// Which whiteout this mount creates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WhiteoutKind {
+    /// Character device 0/0 (kernel format; needs mknod).
+    CharDev,
+    /// Empty file `.wh.NAME` (fuse-overlayfs fallback).
+    WhFile,
+}
+
+/// Namespace of the overlay xattrs this mount writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum XattrNs {
+    /// `trusted.overlay.*` (kernel default; needs CAP_SYS_ADMIN).
+    Trusted,
+    /// `user.overlay.*` (kernel `userxattr`).
+    User,
+}
+
+impl XattrNs {
+    pub fn opaque(self) -> &'static str {
+        match self {
+            XattrNs::Trusted => "trusted.overlay.opaque",
+            XattrNs::User => "user.overlay.opaque",
+        }
+    }
+    pub fn redirect(self) -> &'static str {
+        match self {
+            XattrNs::Trusted => "trusted.overlay.redirect",
+            XattrNs::User => "user.overlay.redirect",
+        }
+    }
+}
+
+/// True for xattr names that belong to the overlay and are hidden from users.
+pub fn is_private_xattr(name: &OsStr) -> bool {
+    let b = name.as_bytes();
+    OVERLAY_PREFIXES.iter().any(|p| b.starts_with(p.as_bytes()))
+        || b.starts_with(b"user.fuseoverlayfs.")
+}
+
+/// If `name` is a whiteout file name `.wh.X` (but not the opaque marker), returns `X`.
+pub fn whiteout_target(name: &OsStr) -> Option<&OsStr> {
+    let b = name.as_bytes();
+    if b == OPAQUE_MARKER.as_bytes() {
+        return None;
+    }
+    b.strip_prefix(WH_PREFIX)
+        .filter(|rest| !rest.is_empty())
+        .map(OsStr::from_bytes)
+}
+
+/// Names reserved by the whiteout encoding: never visible, never creatable.
+pub fn is_reserved_name(name: &OsStr) -> bool {
+    name.as_bytes().starts_with(WH_PREFIX)
+}
+
+/// The `.wh.NAME` file name for `name`.
+pub fn whiteout_file_name(name: &OsStr) -> std::ffi::OsString {
+    let mut v = WH_PREFIX.to_vec();
+    v.extend_from_slice(name.as_bytes());
+    std::ffi::OsString::from(OsStr::from_bytes(&v))
+}
+
+/// A character device 0/0 is a whiteout.
+pub fn is_chardev_whiteout(mode: u32, rdev: u64) -> bool {
+    mode & libc::S_IFMT == libc::S_IFCHR && rdev == 0
+}
+
+/// What a directory's opaque xattrs say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OpaqueXattr {
+    /// No opaque xattr.
+    #[default]
+    None,
+    /// `y`: hides everything below.
+    Opaque,
+    /// `x`: not opaque, but may hold xattr whiteouts (kernel 6.7+).
+    HasXattrWhiteouts,
+}
+
+/// Classifies the value of one opaque xattr.
+pub fn classify_opaque(value: &[u8]) -> OpaqueXattr {
+    match value {
+        b"y" => OpaqueXattr::Opaque,
+        b"x" => OpaqueXattr::HasXattrWhiteouts,
+        _ => OpaqueXattr::None,
+    }
+}
+
+/// The opaque xattr names to read, in order.
+pub fn opaque_xattr_names() -> [&'static str; 3] {
+    [
+        "trusted.overlay.opaque",
+        "user.overlay.opaque",
+        FUSE_OVERLAY_OPAQUE,
+    ]
+}
+
+/// The xattr-whiteout names to read (kernel 6.7+ format).
+pub fn whiteout_xattr_names() -> [&'static str; 2] {
+    ["trusted.overlay.whiteout", "user.overlay.whiteout"]
+}
+
+/// The redirect xattr names to read.
+pub fn redirect_xattr_names() -> [&'static str; 2] {
+    ["trusted.overlay.redirect", "user.overlay.redirect"]
+}
+
+/// Kernel features recorded in an upper that this implementation cannot honour.
+pub fn unsupported_xattr(name: &OsStr) -> Option<&'static str> {
+    let b = name.as_bytes();
+    for p in OVERLAY_PREFIXES {
+        if let Some(rest) = b.strip_prefix(p.as_bytes()) {
+            if rest == b"metacopy" {
+                return Some("metacopy");
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn whiteout_names() {
+        let table: &[(&str, Option<&str>, bool)] = &[
+            (".wh.foo", Some("foo"), true),
+            (".wh..wh..opq", None, true),
+            (".wh.", None, true),
+            ("foo", None, false),
+            ("a.wh.b", None, false),
+            (".wh..hidden", Some(".hidden"), true),
+        ];
+        for (name, target, reserved) in table {
+            let n = OsStr::new(name);
+            assert_eq!(whiteout_target(n), target.map(OsStr::new), "{name}");
+            assert_eq!(is_reserved_name(n), *reserved, "{name}");
+        }
+        assert_eq!(whiteout_file_name(OsStr::new("x")), ".wh.x");
+    }
+
+    #[test]
+    fn private_xattrs() {
+        let table = [
+            ("trusted.overlay.opaque", true),
+            ("user.overlay.redirect", true),
+            ("user.fuseoverlayfs.opaque", true),
+            ("user.containers.override_stat", false),
+            ("security.capability", false),
+            ("trusted.foo", false),
+            ("user.overlayx", false),
+        ];
+        for (name, private) in table {
+            assert_eq!(is_private_xattr(OsStr::new(name)), private, "{name}");
+        }
+    }
+
+    #[test]
+    fn opaque_values_and_chardev() {
+        assert_eq!(classify_opaque(b"y"), OpaqueXattr::Opaque);
+        assert_eq!(classify_opaque(b"x"), OpaqueXattr::HasXattrWhiteouts);
+        assert_eq!(classify_opaque(b"n"), OpaqueXattr::None);
+        assert!(is_chardev_whiteout(libc::S_IFCHR | 0o644, 0));
+        assert!(!is_chardev_whiteout(libc::S_IFCHR | 0o644, 0x0103));
+        assert!(!is_chardev_whiteout(libc::S_IFREG, 0));
+        assert_eq!(
+            unsupported_xattr(OsStr::new("trusted.overlay.metacopy")),
+            Some("metacopy")
+        );
+        assert_eq!(unsupported_xattr(OsStr::new("trusted.overlay.opaque")), None);
+    }
+}
