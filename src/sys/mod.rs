@@ -6,6 +6,8 @@
 //! `..`) can never lead the daemon outside the layer. Callers pass relative paths built
 //! from single name components; this module never joins a path onto an absolute root.
 
+pub mod process;
+
 use std::ffi::{CString, OsStr, OsString};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};

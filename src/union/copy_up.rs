@@ -122,7 +122,9 @@ impl UnionFs {
             FileType::RegularFile => {
                 let data = rustix::fs::open(
                     &*crate::union::attr::proc_path(&src.as_fd()),
-                    OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+                    // No O_NOFOLLOW: the magic link must be followed, to the object
+                    // that fstat just showed to be a regular file.
+                    OFlags::RDONLY | OFlags::CLOEXEC,
                     Mode::empty(),
                 )
                 .at("open lower data", at)?;

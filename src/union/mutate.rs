@@ -229,7 +229,9 @@ impl UnionFs {
         match slot {
             UpperSlot::Empty => {}
             UpperSlot::WhiteoutObject => {
-                rustix::fs::renameat(work, &tmp, &pfd, name).at("publish over whiteout", Where::Upper)?;
+                // Exchange, not replace: a directory cannot replace a non-directory.
+                rustix::fs::renameat_with(work, &tmp, &pfd, name, RenameFlags::EXCHANGE).at("publish over whiteout", Where::Upper)?;
+                rustix::fs::unlinkat(work, &tmp, AtFlags::empty()).at("drop whiteout", Where::Work)?;
             }
             UpperSlot::WhiteoutFile => {
                 rustix::fs::renameat_with(work, &tmp, &pfd, name, RenameFlags::NOREPLACE).at("publish", Where::Upper)?;
@@ -422,13 +424,22 @@ impl UnionFs {
                     }
                 }
             }
-            let mut rflags = RenameFlags::empty();
-            if src_lower_has && fmt.whiteout == WhiteoutKind::CharDev {
-                rflags |= RenameFlags::WHITEOUT;
-            }
-            rustix::fs::renameat_with(&spfd, name, &dpfd, new_name, rflags).at("rename", Where::Upper)?;
-            if src_lower_has && fmt.whiteout == WhiteoutKind::WhFile {
-                self.put_whiteout(fmt, spfd.as_fd(), name, false)?;
+            if slot == UpperSlot::WhiteoutObject && src.is_dir {
+                // A directory cannot replace the whiteout object: swap them, and the
+                // whiteout lands at the old name, where it is needed or removed.
+                rustix::fs::renameat_with(&spfd, name, &dpfd, new_name, RenameFlags::EXCHANGE).at("rename over whiteout", Where::Upper)?;
+                if !src_lower_has {
+                    rustix::fs::unlinkat(&spfd, name, AtFlags::empty()).at("drop whiteout", Where::Upper)?;
+                }
+            } else {
+                let mut rflags = RenameFlags::empty();
+                if src_lower_has && fmt.whiteout == WhiteoutKind::CharDev {
+                    rflags |= RenameFlags::WHITEOUT;
+                }
+                rustix::fs::renameat_with(&spfd, name, &dpfd, new_name, rflags).at("rename", Where::Upper)?;
+                if src_lower_has && fmt.whiteout == WhiteoutKind::WhFile {
+                    self.put_whiteout(fmt, spfd.as_fd(), name, false)?;
+                }
             }
             if slot == UpperSlot::WhiteoutFile {
                 rustix::fs::unlinkat(&dpfd, whiteout::whiteout_file_name(new_name), AtFlags::empty()).at("remove whiteout file", Where::Upper)?;

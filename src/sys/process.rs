@@ -1,0 +1,69 @@
+//! Process plumbing for the daemon: going to the background once the mount is live,
+//! and waiting for SIGTERM/SIGINT on a dedicated thread.
+
+use std::os::fd::AsRawFd;
+use std::path::Path;
+
+/// Forks. The parent returns `Ok(true)` (it should exit 0: the mount is live); the child
+/// returns `Ok(false)` after detaching from the terminal and pointing stdin/stdout/stderr
+/// at /dev/null (or stderr at `log`), so a caller waiting on our output (podman) is not
+/// kept waiting by the daemon. Must be called while the process has one thread.
+pub fn daemonize(log: Option<&Path>) -> std::io::Result<bool> {
+    let null = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null")?;
+    let err_target = match log {
+        Some(p) => std::fs::OpenOptions::new().create(true).append(true).open(p)?,
+        None => null.try_clone()?,
+    };
+    // SAFETY: the process is single-threaded here (the FUSE session threads start after),
+    // so the child may run arbitrary code after fork.
+    #[allow(unsafe_code)]
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if pid > 0 {
+        return Ok(true);
+    }
+    // SAFETY: plain syscalls on descriptors we own.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::setsid();
+        libc::dup2(null.as_raw_fd(), 0);
+        libc::dup2(null.as_raw_fd(), 1);
+        libc::dup2(err_target.as_raw_fd(), 2);
+    }
+    let _ = std::env::set_current_dir("/");
+    Ok(false)
+}
+
+/// Blocks SIGTERM, SIGINT and SIGHUP in the calling thread (and threads it starts later),
+/// so that only [`wait_for_termination`] receives them.
+pub fn block_termination_signals() {
+    // SAFETY: sigset manipulation on a local, then pthread_sigmask on our own thread.
+    #[allow(unsafe_code)]
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGHUP);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+}
+
+/// Waits until SIGTERM, SIGINT or SIGHUP arrives; returns the signal number.
+pub fn wait_for_termination() -> i32 {
+    // SAFETY: sigwait on a locally built set of signals blocked by
+    // `block_termination_signals`.
+    #[allow(unsafe_code)]
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGHUP);
+        let mut sig = 0;
+        libc::sigwait(&set, &mut sig);
+        sig
+    }
+}
