@@ -69,7 +69,10 @@ fn init_logging(level: &str, file: Option<&PathBuf>) -> Result<(), String> {
                 .append(true)
                 .open(p)
                 .map_err(|e| format!("log file {}: {e}", p.display()))?;
-            builder.with_ansi(false).with_writer(std::sync::Mutex::new(f)).try_init()
+            builder
+                .with_ansi(false)
+                .with_writer(std::sync::Mutex::new(f))
+                .try_init()
         }
         None => builder.with_writer(std::io::stderr).try_init(),
     };
@@ -99,7 +102,11 @@ fn mount_request(args: MountArgs) -> Result<MountRequest, String> {
 }
 
 fn run_mount(args: MountArgs) -> Result<i32, String> {
-    let level = if args.debug { "debug".to_string() } else { args.log_level.clone().unwrap_or_else(|| "warn".into()) };
+    let level = if args.debug {
+        "debug".to_string()
+    } else {
+        args.log_level.clone().unwrap_or_else(|| "warn".into())
+    };
     let log_file = args.log_file.clone();
     let req = mount_request(args)?;
     init_logging(&level, log_file.as_ref())?;

@@ -110,11 +110,7 @@ impl fmt::Display for Error {
                 std::io::Error::from_raw_os_error(*errno)
             ),
             Error::Invariant(what) => write!(f, "internal invariant broken: {what}"),
-            other => write!(
-                f,
-                "{}",
-                std::io::Error::from_raw_os_error(other.errno())
-            ),
+            other => write!(f, "{}", std::io::Error::from_raw_os_error(other.errno())),
         }
     }
 }

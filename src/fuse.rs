@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
-    CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
-    KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
-    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request,
-    TimeOrNow, WriteFlags,
+    CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
+    INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
+    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
 use crate::error::Error;
@@ -104,7 +104,11 @@ fn time_set(t: Option<TimeOrNow>) -> Option<TimeSet> {
                 let d = e.duration();
                 TimeSet::At(Timespec {
                     sec: -(d.as_secs() as i64) - i64::from(d.subsec_nanos() > 0),
-                    nsec: if d.subsec_nanos() > 0 { 1_000_000_000 - d.subsec_nanos() } else { 0 },
+                    nsec: if d.subsec_nanos() > 0 {
+                        1_000_000_000 - d.subsec_nanos()
+                    } else {
+                        0
+                    },
                 })
             }
         },
@@ -217,23 +221,48 @@ impl Filesystem for FuseAdapter {
         }
     }
 
-    fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, rdev: u32, reply: ReplyEntry) {
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
         let kind = if mode & libc::S_IFMT == libc::S_IFREG || mode & libc::S_IFMT == 0 {
-            NewKind::File { flags: libc::O_RDONLY }
+            NewKind::File {
+                flags: libc::O_RDONLY,
+            }
         } else {
             NewKind::Node { rdev: rdev as u64 }
         };
-        let r = self.fs.create(parent.0, name, kind, mode, umask, caller(req)).map(|(a, fh)| {
-            if let Some(fh) = fh {
-                self.fs.release(fh);
-            }
-            a
-        });
+        let r = self
+            .fs
+            .create(parent.0, name, kind, mode, umask, caller(req))
+            .map(|(a, fh)| {
+                if let Some(fh) = fh {
+                    self.fs.release(fh);
+                }
+                a
+            });
         self.entry(reply, r, "mknod");
     }
 
-    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
-        let r = self.fs.create(parent.0, name, NewKind::Dir, mode, umask, caller(req)).map(|(a, _)| a);
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let r = self
+            .fs
+            .create(parent.0, name, NewKind::Dir, mode, umask, caller(req))
+            .map(|(a, _)| a);
         self.entry(reply, r, "mkdir");
     }
 
@@ -245,10 +274,24 @@ impl Filesystem for FuseAdapter {
         self.empty(reply, self.fs.rmdir(parent.0, name), "rmdir");
     }
 
-    fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
         let r = self
             .fs
-            .create(parent.0, link_name, NewKind::Symlink(target.as_os_str().as_bytes()), 0o777, 0, caller(req))
+            .create(
+                parent.0,
+                link_name,
+                NewKind::Symlink(target.as_os_str().as_bytes()),
+                0o777,
+                0,
+                caller(req),
+            )
             .map(|(a, _)| a);
         self.entry(reply, r, "symlink");
     }
@@ -263,11 +306,33 @@ impl Filesystem for FuseAdapter {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        self.empty(reply, self.fs.rename(parent.0, name, newparent.0, newname, flags.bits()), "rename");
+        self.empty(
+            reply,
+            self.fs
+                .rename(parent.0, name, newparent.0, newname, flags.bits()),
+            "rename",
+        );
     }
 
-    fn link(&self, req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
-        let r = self.fs.create(newparent.0, newname, NewKind::Link(ino.0), 0, 0, caller(req)).map(|(a, _)| a);
+    fn link(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let r = self
+            .fs
+            .create(
+                newparent.0,
+                newname,
+                NewKind::Link(ino.0),
+                0,
+                0,
+                caller(req),
+            )
+            .map(|(a, _)| a);
         self.entry(reply, r, "link");
     }
 
@@ -313,7 +378,14 @@ impl Filesystem for FuseAdapter {
         }
     }
 
-    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
         reply.ok();
     }
 
@@ -331,7 +403,14 @@ impl Filesystem for FuseAdapter {
         reply.ok();
     }
 
-    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
         self.empty(reply, self.fs.fsync(fh.0, datasync), "fsync");
     }
 
@@ -342,7 +421,14 @@ impl Filesystem for FuseAdapter {
         }
     }
 
-    fn readdir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+    fn readdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
         let dir = match self.fs.readdir(fh.0, offset) {
             Ok(d) => d,
             Err(e) => return reply.error(errno(&e, "readdir")),
@@ -355,7 +441,14 @@ impl Filesystem for FuseAdapter {
         reply.ok();
     }
 
-    fn readdirplus(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
         let dir = match self.fs.readdir(fh.0, offset) {
             Ok(d) => d,
             Err(e) => return reply.error(errno(&e, "readdirplus")),
@@ -373,7 +466,14 @@ impl Filesystem for FuseAdapter {
                     Err(_) => continue,
                 }
             };
-            if reply.add(INodeNo(attr.ino), (i + 1) as u64, &e.name, &self.ttl, &to_fuse(&attr), Generation(0)) {
+            if reply.add(
+                INodeNo(attr.ino),
+                (i + 1) as u64,
+                &e.name,
+                &self.ttl,
+                &to_fuse(&attr),
+                Generation(0),
+            ) {
                 if e.name != "." && e.name != ".." {
                     // Not sent: give the reference back.
                     self.fs.forget(attr.ino, 1);
@@ -384,12 +484,26 @@ impl Filesystem for FuseAdapter {
         reply.ok();
     }
 
-    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
         self.fs.releasedir(fh.0);
         reply.ok();
     }
 
-    fn fsyncdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
         self.empty(reply, self.fs.fsyncdir(ino.0), "fsyncdir");
     }
 
@@ -409,8 +523,21 @@ impl Filesystem for FuseAdapter {
         }
     }
 
-    fn setxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, value: &[u8], flags: i32, _position: u32, reply: ReplyEmpty) {
-        self.empty(reply, self.fs.setxattr(ino.0, name, value, flags), "setxattr");
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        self.empty(
+            reply,
+            self.fs.setxattr(ino.0, name, value, flags),
+            "setxattr",
+        );
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
@@ -438,19 +565,62 @@ impl Filesystem for FuseAdapter {
         self.empty(reply, self.fs.removexattr(ino.0, name), "removexattr");
     }
 
-    fn create(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, flags: i32, reply: ReplyCreate) {
-        match self.fs.create(parent.0, name, NewKind::File { flags }, mode, umask, caller(req)) {
-            Ok((a, Some(fh))) => reply.created(&self.ttl, &to_fuse(&a), Generation(0), FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        match self.fs.create(
+            parent.0,
+            name,
+            NewKind::File { flags },
+            mode,
+            umask,
+            caller(req),
+        ) {
+            Ok((a, Some(fh))) => reply.created(
+                &self.ttl,
+                &to_fuse(&a),
+                Generation(0),
+                FileHandle(fh),
+                FopenFlags::FOPEN_KEEP_CACHE,
+            ),
             Ok((_, None)) => reply.error(Errno::EIO),
             Err(e) => reply.error(errno(&e, "create")),
         }
     }
 
-    fn fallocate(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, length: u64, mode: i32, reply: ReplyEmpty) {
-        self.empty(reply, self.fs.fallocate(fh.0, offset, length, mode), "fallocate");
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        self.empty(
+            reply,
+            self.fs.fallocate(fh.0, offset, length, mode),
+            "fallocate",
+        );
     }
 
-    fn lseek(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: i64, whence: i32, reply: ReplyLseek) {
+    fn lseek(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
         match self.fs.lseek(fh.0, offset, whence) {
             Ok(o) => reply.offset(o),
             Err(e) => reply.error(errno(&e, "lseek")),
@@ -470,7 +640,10 @@ impl Filesystem for FuseAdapter {
         _flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
-        match self.fs.copy_file_range(fh_in.0, offset_in, fh_out.0, offset_out, len) {
+        match self
+            .fs
+            .copy_file_range(fh_in.0, offset_in, fh_out.0, offset_out, len)
+        {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(errno(&e, "copy_file_range")),
         }

@@ -34,16 +34,28 @@ fn check_mountpoint(req: &MountRequest) -> Result<PathBuf, String> {
     if !meta.is_dir() {
         return Err(format!("mountpoint {}: not a directory", mp.display()));
     }
-    let canon = mp.canonicalize().map_err(|e| format!("mountpoint {}: {e}", mp.display()))?;
+    let canon = mp
+        .canonicalize()
+        .map_err(|e| format!("mountpoint {}: {e}", mp.display()))?;
     if is_mount_point(&canon) {
-        return Err(format!("mountpoint {}: already a mount point (busy)", canon.display()));
+        return Err(format!(
+            "mountpoint {}: already a mount point (busy)",
+            canon.display()
+        ));
     }
     let o = &req.options;
-    for (p, what) in [(o.upperdir.as_ref(), "upperdir"), (o.workdir.as_ref(), "workdir")] {
+    for (p, what) in [
+        (o.upperdir.as_ref(), "upperdir"),
+        (o.workdir.as_ref(), "workdir"),
+    ] {
         if let Some(p) = p {
             if let Ok(c) = p.canonicalize() {
                 if is_within(&c, &canon) {
-                    return Err(format!("{what} {} is inside the mountpoint {}", c.display(), canon.display()));
+                    return Err(format!(
+                        "{what} {} is inside the mountpoint {}",
+                        c.display(),
+                        canon.display()
+                    ));
                 }
             }
         }
@@ -51,7 +63,10 @@ fn check_mountpoint(req: &MountRequest) -> Result<PathBuf, String> {
     for l in &o.lowerdirs {
         if let Ok(c) = l.canonicalize() {
             if is_within(&c, &canon) || is_within(&canon, &c) && c == canon {
-                return Err(format!("lowerdir {} is the mountpoint or inside it", c.display()));
+                return Err(format!(
+                    "lowerdir {} is the mountpoint or inside it",
+                    c.display()
+                ));
             }
         }
     }
@@ -60,9 +75,12 @@ fn check_mountpoint(req: &MountRequest) -> Result<PathBuf, String> {
 
 /// True when `path` (canonical) is listed as a mount point in /proc/self/mountinfo.
 pub fn is_mount_point(path: &Path) -> bool {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return false };
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
     let want = path.as_os_str().to_string_lossy().replace(' ', "\\040");
-    info.lines().any(|l| l.split(' ').nth(4) == Some(want.as_str()))
+    info.lines()
+        .any(|l| l.split(' ').nth(4) == Some(want.as_str()))
 }
 
 fn fuse_config(o: &MountOptions, read_only: bool) -> Config {
@@ -95,15 +113,25 @@ fn fuse_config(o: &MountOptions, read_only: bool) -> Config {
             }
         }
     }
-    opts.push(if read_only { MountOption::RO } else { MountOption::RW });
+    opts.push(if read_only {
+        MountOption::RO
+    } else {
+        MountOption::RW
+    });
     let mut config = Config::default();
     config.mount_options = opts;
     config.acl = match o.session_acl() {
         SessionACL::Owner if root => SessionACL::All,
         other => other,
     };
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
-    config.n_threads = Some(if o.threaded == Some(false) { 1 } else { cores.clamp(2, 8) });
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
+    config.n_threads = Some(if o.threaded == Some(false) {
+        1
+    } else {
+        cores.clamp(2, 8)
+    });
     config.clone_fd = true;
     config
 }
@@ -126,7 +154,10 @@ pub fn run(req: MountRequest) -> Result<i32, String> {
         read_only: o.read_only,
     };
     let fs = Arc::new(UnionFs::new(&paths, core_opts)?);
-    let ttl = o.timeout.map(Duration::from_secs_f64).unwrap_or(DEFAULT_TTL);
+    let ttl = o
+        .timeout
+        .map(Duration::from_secs_f64)
+        .unwrap_or(DEFAULT_TTL);
     let config = fuse_config(o, fs.is_read_only());
     crate::sys::process::block_termination_signals();
     let mut session = fuser::Session::new(FuseAdapter::new(fs, ttl), &mountpoint, &config)

@@ -23,7 +23,12 @@ pub const RESOLVE_SAFE: ResolveFlags = ResolveFlags::BENEATH
 
 /// Opens `path` (relative, "" for the root itself) beneath `root` without following any
 /// symlink. `O_NOFOLLOW | O_CLOEXEC` are always added.
-pub fn open_beneath(root: BorrowedFd<'_>, path: &Path, flags: OFlags, mode: Mode) -> Result<OwnedFd> {
+pub fn open_beneath(
+    root: BorrowedFd<'_>,
+    path: &Path,
+    flags: OFlags,
+    mode: Mode,
+) -> Result<OwnedFd> {
     let path: &Path = if path.as_os_str().is_empty() {
         Path::new(".")
     } else {
@@ -253,8 +258,8 @@ mod tests {
         std::fs::create_dir(dir.path().join("d")).unwrap();
         symlink("/etc", dir.path().join("evil")).unwrap();
         symlink("d", dir.path().join("inner")).unwrap();
-        let root = rustix::fs::open(dir.path(), OFlags::PATH | OFlags::DIRECTORY, Mode::empty())
-            .unwrap();
+        let root =
+            rustix::fs::open(dir.path(), OFlags::PATH | OFlags::DIRECTORY, Mode::empty()).unwrap();
         // The symlink itself can be opened with O_PATH ...
         assert!(open_path(root.as_fd(), Path::new("evil")).is_ok());
         // ... but never traversed, even when it stays inside.
@@ -294,16 +299,23 @@ mod tests {
     fn xattrs_on_o_path_fds() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("f"), b"x").unwrap();
-        let root = rustix::fs::open(dir.path(), OFlags::PATH | OFlags::DIRECTORY, Mode::empty())
-            .unwrap();
+        let root =
+            rustix::fs::open(dir.path(), OFlags::PATH | OFlags::DIRECTORY, Mode::empty()).unwrap();
         let fd = open_path(root.as_fd(), Path::new("f")).unwrap();
         set_xattr(fd.as_fd(), OsStr::new("user.t"), b"v", 0).unwrap();
         assert_eq!(
-            get_xattr(fd.as_fd(), OsStr::new("user.t")).unwrap().as_deref(),
+            get_xattr(fd.as_fd(), OsStr::new("user.t"))
+                .unwrap()
+                .as_deref(),
             Some(&b"v"[..])
         );
-        assert_eq!(get_xattr(fd.as_fd(), OsStr::new("user.none")).unwrap(), None);
-        assert!(list_xattrs(fd.as_fd()).unwrap().contains(&OsString::from("user.t")));
+        assert_eq!(
+            get_xattr(fd.as_fd(), OsStr::new("user.none")).unwrap(),
+            None
+        );
+        assert!(list_xattrs(fd.as_fd())
+            .unwrap()
+            .contains(&OsString::from("user.t")));
         remove_xattr(fd.as_fd(), OsStr::new("user.t")).unwrap();
         assert_eq!(get_xattr(fd.as_fd(), OsStr::new("user.t")).unwrap(), None);
     }

@@ -9,9 +9,15 @@ use std::path::Path;
 /// at /dev/null (or stderr at `log`), so a caller waiting on our output (podman) is not
 /// kept waiting by the daemon. Must be called while the process has one thread.
 pub fn daemonize(log: Option<&Path>) -> std::io::Result<bool> {
-    let null = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null")?;
+    let null = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")?;
     let err_target = match log {
-        Some(p) => std::fs::OpenOptions::new().create(true).append(true).open(p)?,
+        Some(p) => std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)?,
         None => null.try_clone()?,
     };
     // SAFETY: the process is single-threaded here (the FUSE session threads start after),

@@ -97,8 +97,12 @@ impl UnionFs {
     /// An `O_PATH` handle on the real object.
     pub(crate) fn open_real_path(&self, loc: &RealLoc) -> Result<Arc<OwnedFd>> {
         match loc {
-            RealLoc::Upper(p) => Ok(Arc::new(sys::open_path(self.upper_root()?, p).at("open", Where::Upper)?)),
-            RealLoc::Lower(l, p) => Ok(Arc::new(sys::open_path(self.lower_root(*l), p).at("open", Where::Lower(*l))?)),
+            RealLoc::Upper(p) => Ok(Arc::new(
+                sys::open_path(self.upper_root()?, p).at("open", Where::Upper)?,
+            )),
+            RealLoc::Lower(l, p) => Ok(Arc::new(
+                sys::open_path(self.lower_root(*l), p).at("open", Where::Lower(*l))?,
+            )),
             RealLoc::Detached(fd) => Ok(fd.clone()),
         }
     }
@@ -161,15 +165,20 @@ impl UnionFs {
             if is_link {
                 return Err(Error::NotSupported);
             }
-            rustix::fs::chmod(&*proc_path(&*fd), Mode::from_raw_mode(mode & 0o7777)).at("chmod", at)?;
+            rustix::fs::chmod(&*proc_path(&*fd), Mode::from_raw_mode(mode & 0o7777))
+                .at("chmod", at)?;
         }
         if let Some(size) = set.size {
             let via_handle = set.fh.and_then(|fh| self.handles.file(fh).ok());
             match via_handle {
                 Some(h) if h.writable => rustix::fs::ftruncate(&h.file, size).at("truncate", at)?,
                 _ => {
-                    let w = rustix::fs::open(&*proc_path(&*fd), OFlags::WRONLY | OFlags::CLOEXEC, Mode::empty())
-                        .at("open for truncate", at)?;
+                    let w = rustix::fs::open(
+                        &*proc_path(&*fd),
+                        OFlags::WRONLY | OFlags::CLOEXEC,
+                        Mode::empty(),
+                    )
+                    .at("open for truncate", at)?;
                     rustix::fs::ftruncate(&w, size).at("truncate", at)?;
                 }
             }
@@ -179,7 +188,8 @@ impl UnionFs {
                 last_access: to_timestamp(set.atime),
                 last_modification: to_timestamp(set.mtime),
             };
-            rustix::fs::utimensat(rustix::fs::CWD, &*proc_path(&*fd), &ts, AtFlags::empty()).at("utimens", at)?;
+            rustix::fs::utimensat(rustix::fs::CWD, &*proc_path(&*fd), &ts, AtFlags::empty())
+                .at("utimens", at)?;
         }
         self.getattr(ino)
     }
@@ -231,7 +241,10 @@ impl UnionFs {
         // Removing an xattr that does not exist must not copy up.
         let loc = self.real(ino)?;
         let fd = self.open_real_path(&loc)?;
-        if sys::get_xattr(fd.as_fd(), name).at("getxattr", loc.at())?.is_none() {
+        if sys::get_xattr(fd.as_fd(), name)
+            .at("getxattr", loc.at())?
+            .is_none()
+        {
             return Err(Error::Os {
                 op: "removexattr",
                 errno: libc::ENODATA,

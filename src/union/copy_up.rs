@@ -23,7 +23,9 @@ pub(crate) fn copy_xattrs(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, at: Where) -
         if whiteout::is_private_xattr(&name) {
             continue;
         }
-        let Some(value) = sys::get_xattr(src, &name).at("getxattr", at)? else { continue };
+        let Some(value) = sys::get_xattr(src, &name).at("getxattr", at)? else {
+            continue;
+        };
         match sys::set_xattr(dst, &name, &value, 0) {
             Ok(()) => {}
             // The upper filesystem cannot hold this namespace: the kernel skips it too.
@@ -38,8 +40,13 @@ pub(crate) fn copy_xattrs(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, at: Where) -
 
 /// Applies owner, mode and timestamps of `st` to the object `name` in `dir`.
 pub(crate) fn copy_meta(dir: BorrowedFd<'_>, name: &OsStr, st: &Stat) -> Result<()> {
-    let fd = rustix::fs::openat(dir, name, OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
-        .at("open copy", Where::Work)?;
+    let fd = rustix::fs::openat(
+        dir,
+        name,
+        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .at("open copy", Where::Work)?;
     // chown before chmod: chown clears set-id bits.
     rustix::fs::chownat(
         &fd,
@@ -48,11 +55,18 @@ pub(crate) fn copy_meta(dir: BorrowedFd<'_>, name: &OsStr, st: &Stat) -> Result<
         Some(rustix::fs::Gid::from_raw(st.st_gid)),
         AtFlags::EMPTY_PATH,
     )
-    .or_else(|e| if rustix::process::geteuid().is_root() { Err(e) } else { Ok(()) })
+    .or_else(|e| {
+        if rustix::process::geteuid().is_root() {
+            Err(e)
+        } else {
+            Ok(())
+        }
+    })
     .at("chown copy", Where::Work)?;
     let path = crate::union::attr::proc_path(&fd);
     if st.st_mode & libc::S_IFMT != libc::S_IFLNK {
-        rustix::fs::chmod(&*path, Mode::from_raw_mode(st.st_mode & 0o7777)).at("chmod copy", Where::Work)?;
+        rustix::fs::chmod(&*path, Mode::from_raw_mode(st.st_mode & 0o7777))
+            .at("chmod copy", Where::Work)?;
     }
     let ts = Timestamps {
         last_access: rustix::fs::Timespec {
@@ -64,7 +78,8 @@ pub(crate) fn copy_meta(dir: BorrowedFd<'_>, name: &OsStr, st: &Stat) -> Result<
             tv_nsec: st.st_mtime_nsec as _,
         },
     };
-    rustix::fs::utimensat(rustix::fs::CWD, &*path, &ts, AtFlags::empty()).at("utimens copy", Where::Work)?;
+    rustix::fs::utimensat(rustix::fs::CWD, &*path, &ts, AtFlags::empty())
+        .at("utimens copy", Where::Work)?;
     Ok(())
 }
 
@@ -87,7 +102,9 @@ impl UnionFs {
         }
         self.copy_up(parent)?;
         let lower = lower.ok_or(Error::Invariant("node without upper or lower"))?;
-        let top = lower.top().ok_or(Error::Invariant("lower without layers"))?;
+        let top = lower
+            .top()
+            .ok_or(Error::Invariant("lower without layers"))?;
         let at = Where::Lower(top);
         let src_root = self.lower_root(top);
         let src = sys::open_path(src_root, &lower.path).at("open lower", at)?;
@@ -100,7 +117,8 @@ impl UnionFs {
             return Err(e);
         }
         let upper_parent = self.nodes.read().path_of(parent)?;
-        let pfd = sys::open_dir_path(self.upper_root()?, &upper_parent).at("open upper dir", Where::Upper)?;
+        let pfd = sys::open_dir_path(self.upper_root()?, &upper_parent)
+            .at("open upper dir", Where::Upper)?;
         if let Err(e) = rustix::fs::renameat_with(work, &tmp, &pfd, &name, RenameFlags::NOREPLACE) {
             let _ = crate::union::layer::remove_tree(work, &tmp);
             return Err(Error::os("publish copy-up", e, Where::Upper));
@@ -112,12 +130,21 @@ impl UnionFs {
         Ok(())
     }
 
-    fn build_copy(&self, work: BorrowedFd<'_>, tmp: &OsStr, src: &impl AsFd, st: &Stat, path: &Path, layer: u16) -> Result<()> {
+    fn build_copy(
+        &self,
+        work: BorrowedFd<'_>,
+        tmp: &OsStr,
+        src: &impl AsFd,
+        st: &Stat,
+        path: &Path,
+        layer: u16,
+    ) -> Result<()> {
         let at = Where::Lower(layer);
         let kind = FileType::from_raw_mode(st.st_mode);
         match kind {
             FileType::Directory => {
-                rustix::fs::mkdirat(work, tmp, Mode::from_raw_mode(0o700)).at("mkdir copy", Where::Work)?;
+                rustix::fs::mkdirat(work, tmp, Mode::from_raw_mode(0o700))
+                    .at("mkdir copy", Where::Work)?;
             }
             FileType::RegularFile => {
                 let data = rustix::fs::open(
@@ -135,22 +162,33 @@ impl UnionFs {
                     Mode::from_raw_mode(0o600),
                 )
                 .at("create copy", Where::Work)?;
-                sys::copy_file_data(data.as_fd(), dst.as_fd(), st.st_size as u64).at("copy data", Where::Work)?;
+                sys::copy_file_data(data.as_fd(), dst.as_fd(), st.st_size as u64)
+                    .at("copy data", Where::Work)?;
                 if !self.opts.volatile {
                     rustix::fs::fsync(&dst).at("fsync copy", Where::Work)?;
                 }
             }
             FileType::Symlink => {
                 let target = rustix::fs::readlinkat(src, "", Vec::new()).at("readlink", at)?;
-                rustix::fs::symlinkat(target.as_c_str(), work, tmp).at("symlink copy", Where::Work)?;
+                rustix::fs::symlinkat(target.as_c_str(), work, tmp)
+                    .at("symlink copy", Where::Work)?;
             }
-            FileType::Fifo | FileType::Socket | FileType::CharacterDevice | FileType::BlockDevice => {
-                rustix::fs::mknodat(work, tmp, kind, Mode::from_raw_mode(0o600), st.st_rdev).at("mknod copy", Where::Work)?;
+            FileType::Fifo
+            | FileType::Socket
+            | FileType::CharacterDevice
+            | FileType::BlockDevice => {
+                rustix::fs::mknodat(work, tmp, kind, Mode::from_raw_mode(0o600), st.st_rdev)
+                    .at("mknod copy", Where::Work)?;
             }
             FileType::Unknown => return Err(Error::Invariant("unknown file type in lower")),
         }
-        let copy = rustix::fs::openat(work, tmp, OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
-            .at("open copy", Where::Work)?;
+        let copy = rustix::fs::openat(
+            work,
+            tmp,
+            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .at("open copy", Where::Work)?;
         copy_xattrs(src.as_fd(), copy.as_fd(), at)?;
         copy_meta(work, tmp, st)?;
         tracing::trace!(?path, "copy built");

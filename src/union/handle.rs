@@ -113,19 +113,30 @@ impl UnionFs {
     }
 
     pub(crate) fn register_file(&self, ino: u64, file: File, writable: bool) -> u64 {
-        self.handles.insert(Handle::File(Arc::new(FileHandle { ino, file, writable })))
+        self.handles.insert(Handle::File(Arc::new(FileHandle {
+            ino,
+            file,
+            writable,
+        })))
     }
 
     pub(crate) fn open_loc(&self, loc: &RealLoc, flags: i32) -> Result<File> {
         let oflags = real_open_flags(flags);
         let fd = match loc {
-            RealLoc::Upper(p) => sys::open_beneath(self.upper_root()?, p, oflags, Mode::empty()).at("open", Where::Upper)?,
+            RealLoc::Upper(p) => sys::open_beneath(self.upper_root()?, p, oflags, Mode::empty())
+                .at("open", Where::Upper)?,
             RealLoc::Lower(l, p) => {
-                sys::open_beneath(self.lower_root(*l), p, oflags, Mode::empty()).at("open", Where::Lower(*l))?
+                sys::open_beneath(self.lower_root(*l), p, oflags, Mode::empty())
+                    .at("open", Where::Lower(*l))?
             }
             RealLoc::Detached(fd) => {
                 // Reopening through /proc lands on the nameless object itself.
-                rustix::fs::open(&*proc_path(&**fd), oflags & !OFlags::NOFOLLOW, Mode::empty()).at("reopen", Where::Unknown)?
+                rustix::fs::open(
+                    &*proc_path(&**fd),
+                    oflags & !OFlags::NOFOLLOW,
+                    Mode::empty(),
+                )
+                .at("reopen", Where::Unknown)?
             }
         };
         Ok(File::from(fd))
@@ -190,15 +201,28 @@ impl UnionFs {
         Ok(r as i64)
     }
 
-    pub fn copy_file_range(&self, fh_in: u64, off_in: u64, fh_out: u64, off_out: u64, len: u64) -> Result<u32> {
+    pub fn copy_file_range(
+        &self,
+        fh_in: u64,
+        off_in: u64,
+        fh_out: u64,
+        off_out: u64,
+        len: u64,
+    ) -> Result<u32> {
         let src = self.handles.file(fh_in)?;
         let dst = self.handles.file(fh_out)?;
         if !dst.writable {
             return Err(Error::BadHandle);
         }
         let (mut i, mut o) = (off_in, off_out);
-        let n = rustix::fs::copy_file_range(src.file.as_fd(), Some(&mut i), dst.file.as_fd(), Some(&mut o), len.min(u32::MAX as u64) as usize)
-            .at("copy_file_range", Where::Upper)?;
+        let n = rustix::fs::copy_file_range(
+            src.file.as_fd(),
+            Some(&mut i),
+            dst.file.as_fd(),
+            Some(&mut o),
+            len.min(u32::MAX as u64) as usize,
+        )
+        .at("copy_file_range", Where::Upper)?;
         Ok(n as u32)
     }
 
@@ -209,7 +233,9 @@ impl UnionFs {
     /// Opens a directory: takes the merged listing.
     pub fn opendir(&self, ino: u64) -> Result<u64> {
         let entries = self.list_merged(ino)?;
-        Ok(self.handles.insert(Handle::Dir(Arc::new(DirHandle { ino, entries }))))
+        Ok(self
+            .handles
+            .insert(Handle::Dir(Arc::new(DirHandle { ino, entries }))))
     }
 
     /// Entries of an open directory from `offset` (0 = start; entry i has offset i+1).

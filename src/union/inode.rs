@@ -181,7 +181,9 @@ impl NodeTable {
     fn release_child(&mut self, parent: u64) {
         let mut cur = parent;
         loop {
-            let Some(p) = self.nodes.get_mut(&cur) else { return };
+            let Some(p) = self.nodes.get_mut(&cur) else {
+                return;
+            };
             p.children = p.children.saturating_sub(1);
             if cur == ROOT_INO || p.children > 0 || p.lookups > 0 {
                 return;
@@ -206,7 +208,9 @@ impl NodeTable {
         if ino == ROOT_INO {
             return;
         }
-        let Some(node) = self.nodes.get_mut(&ino) else { return };
+        let Some(node) = self.nodes.get_mut(&ino) else {
+            return;
+        };
         node.lookups = node.lookups.saturating_sub(n);
         if node.lookups == 0 && node.children == 0 {
             let parent = node.parent;
@@ -238,14 +242,27 @@ impl NodeTable {
     /// Forgets the name (parent, name). When it was the node's own location, the node
     /// moves to another known name of the same object (`aliases`: the object has other
     /// hard links), or, if none is known, keeps `detached` for open handles.
-    pub fn unname(&mut self, parent: u64, name: &OsStr, aliases: bool, detached: Option<Arc<OwnedFd>>) {
-        let Some(ino) = self.names.remove(&(parent, name.to_os_string())) else { return };
-        let Some(n) = self.nodes.get(&ino) else { return };
+    pub fn unname(
+        &mut self,
+        parent: u64,
+        name: &OsStr,
+        aliases: bool,
+        detached: Option<Arc<OwnedFd>>,
+    ) {
+        let Some(ino) = self.names.remove(&(parent, name.to_os_string())) else {
+            return;
+        };
+        let Some(n) = self.nodes.get(&ino) else {
+            return;
+        };
         if n.parent != parent || n.name != name {
             return;
         }
         let other = if aliases {
-            self.names.iter().find(|(_, v)| **v == ino).map(|(k, _)| k.clone())
+            self.names
+                .iter()
+                .find(|(_, v)| **v == ino)
+                .map(|(k, _)| k.clone())
         } else {
             None
         };

@@ -47,13 +47,16 @@ pub struct Stack {
 pub const WORK_SUBDIR: &str = "work";
 
 fn open_layer(path: &Path, what: &str) -> Result<Layer, String> {
-    let meta = std::fs::metadata(path)
-        .map_err(|e| format!("{what} {}: {e}", path.display()))?;
+    let meta = std::fs::metadata(path).map_err(|e| format!("{what} {}: {e}", path.display()))?;
     if !meta.is_dir() {
         return Err(format!("{what} {}: not a directory", path.display()));
     }
-    let root = rustix::fs::open(path, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
-        .map_err(|e| format!("{what} {}: {e}", path.display()))?;
+    let root = rustix::fs::open(
+        path,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| format!("{what} {}: {e}", path.display()))?;
     let st = rustix::fs::fstat(&root).map_err(|e| format!("{what} {}: {e}", path.display()))?;
     let path = path
         .canonicalize()
@@ -157,7 +160,12 @@ pub fn remove_tree(dir: BorrowedFd<'_>, name: &OsStr) -> rustix::io::Result<()> 
         Err(e) => return Err(e),
     }
     let sub = sys::open_dir_for_read(dir, Path::new(name))?;
-    let sub_path = rustix::fs::openat(&sub, ".", OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
+    let sub_path = rustix::fs::openat(
+        &sub,
+        ".",
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
     for entry in sys::read_dir(sub)? {
         remove_tree(sub_path.as_fd(), &entry.name)?;
     }
@@ -213,9 +221,16 @@ mod tests {
         }
         std::fs::write(t.path().join("w/work/partial"), b"half").unwrap();
         std::os::unix::fs::symlink("/etc", t.path().join("w/work/leftover/link")).unwrap();
-        let p = paths(&[&t.path().join("l")], Some(&t.path().join("u")), Some(&t.path().join("w")));
+        let p = paths(
+            &[&t.path().join("l")],
+            Some(&t.path().join("u")),
+            Some(&t.path().join("w")),
+        );
         Stack::open(&p).unwrap();
-        assert_eq!(std::fs::read_dir(t.path().join("w/work")).unwrap().count(), 0);
+        assert_eq!(
+            std::fs::read_dir(t.path().join("w/work")).unwrap().count(),
+            0
+        );
         assert!(Path::new("/etc/passwd").exists());
     }
 }

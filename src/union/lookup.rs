@@ -39,7 +39,11 @@ pub enum LowerChild {
     /// A whiteout hides the name.
     Hidden,
     /// A non-directory, from `layer`.
-    NonDir { layer: LowerIdx, ino: u64, kind: FileType },
+    NonDir {
+        layer: LowerIdx,
+        ino: u64,
+        kind: FileType,
+    },
     /// A directory present in `candidates` (top first; merging stops at a non-directory or
     /// whiteout). `merged` caches the candidates cut after the first opaque one.
     Dir {
@@ -151,7 +155,10 @@ fn is_xattr_whiteout(dir: BorrowedFd<'_>, name: &OsStr) -> Result<bool> {
     )
     .at("open", Where::Unknown)?;
     for n in whiteout::whiteout_xattr_names() {
-        if sys::get_xattr(fd.as_fd(), OsStr::new(n)).at("getxattr", Where::Unknown)?.is_some() {
+        if sys::get_xattr(fd.as_fd(), OsStr::new(n))
+            .at("getxattr", Where::Unknown)?
+            .is_some()
+        {
             return Ok(true);
         }
     }
@@ -159,7 +166,12 @@ fn is_xattr_whiteout(dir: BorrowedFd<'_>, name: &OsStr) -> Result<bool> {
 }
 
 /// Whether a stat of `name` in `dir` shows a whiteout, in any format that is an object.
-fn stat_is_whiteout(dir: BorrowedFd<'_>, name: &OsStr, st: &Stat, xattr_whiteouts: bool) -> Result<bool> {
+fn stat_is_whiteout(
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+    st: &Stat,
+    xattr_whiteouts: bool,
+) -> Result<bool> {
     if whiteout::is_chardev_whiteout(st.st_mode, st.st_rdev) {
         return Ok(true);
     }
@@ -249,7 +261,9 @@ impl UnionFs {
                         map.insert(name.clone(), Slot { child, open });
                     }
                     Some(slot) if slot.open => {
-                        if let (LowerChild::Dir { candidates, .. }, FileType::Directory) = (&mut slot.child, kind) {
+                        if let (LowerChild::Dir { candidates, .. }, FileType::Directory) =
+                            (&mut slot.child, kind)
+                        {
                             candidates.push(layer);
                         } else {
                             slot.open = false;
@@ -283,15 +297,30 @@ impl UnionFs {
 
     /// The merged layer list of a lower directory child: candidates cut after the first
     /// opaque one (the bottom candidate's opaqueness does not matter).
-    pub(crate) fn merged_layers(&self, parent: &LowerRef, name: &OsStr, child: &LowerChild) -> Result<Option<Arc<[LowerIdx]>>> {
-        let LowerChild::Dir { candidates, merged, .. } = child else { return Ok(None) };
+    pub(crate) fn merged_layers(
+        &self,
+        parent: &LowerRef,
+        name: &OsStr,
+        child: &LowerChild,
+    ) -> Result<Option<Arc<[LowerIdx]>>> {
+        let LowerChild::Dir {
+            candidates, merged, ..
+        } = child
+        else {
+            return Ok(None);
+        };
         if let Some(m) = merged.get() {
             return Ok(Some(m.clone()));
         }
         let path = parent.path.join(name);
         let mut cut = candidates.len();
-        for (i, &layer) in candidates.iter().enumerate().take(candidates.len().saturating_sub(1)) {
-            let fd = sys::open_dir_path(self.lower_root(layer), &path).at("open lower dir", Where::Lower(layer))?;
+        for (i, &layer) in candidates
+            .iter()
+            .enumerate()
+            .take(candidates.len().saturating_sub(1))
+        {
+            let fd = sys::open_dir_path(self.lower_root(layer), &path)
+                .at("open lower dir", Where::Lower(layer))?;
             if dir_opaque(fd.as_fd())? == OpaqueXattr::Opaque {
                 cut = i + 1;
                 break;
@@ -302,9 +331,15 @@ impl UnionFs {
     }
 
     /// The lower reference of `name` inside lower directory `parent`, if visible there.
-    pub(crate) fn lower_child(&self, parent: &LowerRef, name: &OsStr) -> Result<Option<(Arc<LowerRef>, bool)>> {
+    pub(crate) fn lower_child(
+        &self,
+        parent: &LowerRef,
+        name: &OsStr,
+    ) -> Result<Option<(Arc<LowerRef>, bool)>> {
         let dir = self.lower_dir(parent)?;
-        let Some(child) = dir.children.get(name) else { return Ok(None) };
+        let Some(child) = dir.children.get(name) else {
+            return Ok(None);
+        };
         match child {
             LowerChild::Hidden => Ok(None),
             LowerChild::NonDir { layer, .. } => Ok(Some((
@@ -312,7 +347,9 @@ impl UnionFs {
                 false,
             ))),
             LowerChild::Dir { .. } => {
-                let layers = self.merged_layers(parent, name, child)?.unwrap_or_else(|| Arc::from(Vec::new()));
+                let layers = self
+                    .merged_layers(parent, name, child)?
+                    .unwrap_or_else(|| Arc::from(Vec::new()));
                 Ok(Some((Arc::new(parent.child(name, layers)), true)))
             }
         }
@@ -322,7 +359,9 @@ impl UnionFs {
     fn lower_from_root(&self, path: &Path) -> Result<Option<Arc<LowerRef>>> {
         let mut cur = self.nodes.read().get(crate::union::ROOT)?.lower.clone();
         for comp in path.components() {
-            let std::path::Component::Normal(name) = comp else { continue };
+            let std::path::Component::Normal(name) = comp else {
+                continue;
+            };
             let Some(dir) = cur else { return Ok(None) };
             match self.lower_child(&dir, name)? {
                 Some((child, true)) => cur = Some(child),
@@ -343,7 +382,11 @@ impl UnionFs {
             return Err(Error::NotFound);
         }
         Ok(DirInfo {
-            upper: if node.upper { Some(nodes.path_of(ino)?) } else { None },
+            upper: if node.upper {
+                Some(nodes.path_of(ino)?)
+            } else {
+                None
+            },
             lower: node.lower.clone(),
         })
     }
@@ -362,10 +405,13 @@ impl UnionFs {
                         return Err(Error::NotFound);
                     }
                     if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
-                        let dfd = sys::open_dir_path(pfd.as_fd(), Path::new(name)).at("open upper dir", Where::Upper)?;
+                        let dfd = sys::open_dir_path(pfd.as_fd(), Path::new(name))
+                            .at("open upper dir", Where::Upper)?;
                         opaque = dir_opaque(dfd.as_fd())? == OpaqueXattr::Opaque;
                         for n in whiteout::redirect_xattr_names() {
-                            if let Some(v) = sys::get_xattr(dfd.as_fd(), OsStr::new(n)).at("getxattr", Where::Upper)? {
+                            if let Some(v) = sys::get_xattr(dfd.as_fd(), OsStr::new(n))
+                                .at("getxattr", Where::Upper)?
+                            {
                                 redirect = Some(v);
                                 break;
                             }
@@ -377,14 +423,18 @@ impl UnionFs {
                 }
                 Err(Errno::NOENT) => {
                     let wh = whiteout::whiteout_file_name(name);
-                    if wh.len() <= 255 && rustix::fs::statat(&pfd, &wh, AtFlags::SYMLINK_NOFOLLOW).is_ok() {
+                    if wh.len() <= 255
+                        && rustix::fs::statat(&pfd, &wh, AtFlags::SYMLINK_NOFOLLOW).is_ok()
+                    {
                         return Err(Error::NotFound);
                     }
                 }
                 Err(e) => return Err(Error::os("stat", e, Where::Upper)),
             }
         }
-        let upper_is_dir = upper.as_ref().map(|s| s.st_mode & libc::S_IFMT == libc::S_IFDIR);
+        let upper_is_dir = upper
+            .as_ref()
+            .map(|s| s.st_mode & libc::S_IFMT == libc::S_IFDIR);
         let lower = match upper_is_dir {
             Some(false) => None,
             Some(true) if opaque => None,
@@ -443,7 +493,10 @@ impl UnionFs {
         }
         for p in whiteout::OVERLAY_PREFIXES {
             let n = format!("{p}metacopy");
-            if sys::get_xattr(fd.as_fd(), OsStr::new(&n)).at("getxattr", Where::Upper)?.is_some() {
+            if sys::get_xattr(fd.as_fd(), OsStr::new(&n))
+                .at("getxattr", Where::Upper)?
+                .is_some()
+            {
                 tracing::error!(?name, "metacopy file in the upper layer: not supported");
                 return Err(Error::Invariant("metacopy upper file"));
             }
@@ -452,7 +505,8 @@ impl UnionFs {
     }
 
     pub(crate) fn stat_lower(&self, layer: LowerIdx, path: &Path) -> Result<Stat> {
-        let fd = sys::open_path(self.lower_root(layer), path).at("open lower", Where::Lower(layer))?;
+        let fd =
+            sys::open_path(self.lower_root(layer), path).at("open lower", Where::Lower(layer))?;
         rustix::fs::fstat(&fd).at("stat lower", Where::Lower(layer))
     }
 
@@ -498,20 +552,33 @@ impl UnionFs {
     }
 
     /// Enters a resolved object in the node table and returns its attributes.
-    pub(crate) fn pin(&self, parent: u64, name: &OsStr, r: &Resolved, forced: Option<u64>) -> Result<Attr> {
+    pub(crate) fn pin(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        r: &Resolved,
+        forced: Option<u64>,
+    ) -> Result<Attr> {
         let mut nodes = self.nodes.write();
-        let known = forced.or_else(|| nodes.child(parent, name).filter(|ino| {
-            nodes
-                .get(*ino)
-                .map(|n| n.is_dir == r.is_dir && n.detached.is_none())
-                .unwrap_or(false)
-        }));
+        let known = forced.or_else(|| {
+            nodes.child(parent, name).filter(|ino| {
+                nodes
+                    .get(*ino)
+                    .map(|n| n.is_dir == r.is_dir && n.detached.is_none())
+                    .unwrap_or(false)
+            })
+        });
         let mut ino = self.identity(r, known);
         if known.is_none() {
             if let Ok(n) = nodes.get(ino) {
                 // The number is held by an object that lost its name (ext4 reuses freed
                 // inode numbers) or by a different kind of object: pick a fresh one.
-                if n.detached.is_some() || n.is_dir != r.is_dir || (r.is_dir && n.parent != parent && nodes.child(n.parent, &n.name) == Some(ino)) {
+                if n.detached.is_some()
+                    || n.is_dir != r.is_dir
+                    || (r.is_dir
+                        && n.parent != parent
+                        && nodes.child(n.parent, &n.name) == Some(ino))
+                {
                     ino = self.synthetic_ino();
                 }
             }

@@ -245,7 +245,11 @@ impl UnionFs {
     }
 
     pub(crate) fn work_dir(&self) -> Result<BorrowedFd<'_>> {
-        self.stack.work.as_ref().map(|w| w.as_fd()).ok_or(Error::ReadOnly)
+        self.stack
+            .work
+            .as_ref()
+            .map(|w| w.as_fd())
+            .ok_or(Error::ReadOnly)
     }
 
     pub(crate) fn lower_root(&self, idx: LowerIdx) -> BorrowedFd<'_> {
@@ -274,7 +278,9 @@ impl UnionFs {
     /// (a metacopy file would read as its empty upper copy). Only the upper root is
     /// checked eagerly; deeper objects are refused with EIO when met.
     fn check_upper_features(&self) -> std::result::Result<(), String> {
-        let Some(upper) = &self.stack.upper else { return Ok(()) };
+        let Some(upper) = &self.stack.upper else {
+            return Ok(());
+        };
         let names = crate::sys::list_xattrs(upper.root.as_fd()).unwrap_or_default();
         for n in names {
             if let Some(feature) = whiteout::unsupported_xattr(&n) {
@@ -298,7 +304,8 @@ impl UnionFs {
             Some(u) => u.root.as_fd(),
             None => self.stack.lowers[0].root.as_fd(),
         };
-        let dir = crate::sys::open_dir_for_read(fd, Path::new("")).map_err(|e| Error::os("statfs", e, Where::Upper))?;
+        let dir = crate::sys::open_dir_for_read(fd, Path::new(""))
+            .map_err(|e| Error::os("statfs", e, Where::Upper))?;
         rustix::fs::fstatvfs(&dir).map_err(|e| Error::os("statfs", e, Where::Upper))
     }
 }
@@ -322,3 +329,6 @@ impl UnionFs {
         self.nodes.write().forget(ino, n);
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -35,11 +35,15 @@ use crate::union::{check_name, Attr, Caller, UnionFs};
 #[derive(Debug, Clone, Copy)]
 pub enum NewKind<'a> {
     /// A regular file, opened with these flags.
-    File { flags: i32 },
+    File {
+        flags: i32,
+    },
     Dir,
     Symlink(&'a [u8]),
     /// A fifo, socket or device (type bits in `mode`).
-    Node { rdev: u64 },
+    Node {
+        rdev: u64,
+    },
     /// A hard link to this inode.
     Link(u64),
 }
@@ -86,16 +90,24 @@ impl UnionFs {
     }
 
     /// Puts a whiteout at `name` in upper dir `pfd`, replacing a non-directory there.
-    fn put_whiteout(&self, fmt: WriteFormat, pfd: BorrowedFd<'_>, name: &OsStr, replace: bool) -> Result<()> {
+    fn put_whiteout(
+        &self,
+        fmt: WriteFormat,
+        pfd: BorrowedFd<'_>,
+        name: &OsStr,
+        replace: bool,
+    ) -> Result<()> {
         match fmt.whiteout {
             WhiteoutKind::CharDev => {
                 if replace {
                     let work = self.work_dir()?;
                     let tmp = self.tmp_name();
-                    rustix::fs::mknodat(work, &tmp, FileType::CharacterDevice, Mode::empty(), 0).at("mknod whiteout", Where::Work)?;
+                    rustix::fs::mknodat(work, &tmp, FileType::CharacterDevice, Mode::empty(), 0)
+                        .at("mknod whiteout", Where::Work)?;
                     rustix::fs::renameat(work, &tmp, pfd, name).at("publish whiteout", Where::Upper)
                 } else {
-                    rustix::fs::mknodat(pfd, name, FileType::CharacterDevice, Mode::empty(), 0).at("mknod whiteout", Where::Upper)
+                    rustix::fs::mknodat(pfd, name, FileType::CharacterDevice, Mode::empty(), 0)
+                        .at("mknod whiteout", Where::Upper)
                 }
             }
             WhiteoutKind::WhFile => {
@@ -103,8 +115,13 @@ impl UnionFs {
                 if wh.len() > 255 {
                     return Err(Error::NameTooLong);
                 }
-                rustix::fs::openat(pfd, &wh, OFlags::CREATE | OFlags::WRONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW, Mode::from_raw_mode(0o600))
-                    .at("create whiteout file", Where::Upper)?;
+                rustix::fs::openat(
+                    pfd,
+                    &wh,
+                    OFlags::CREATE | OFlags::WRONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+                    Mode::from_raw_mode(0o600),
+                )
+                .at("create whiteout file", Where::Upper)?;
                 if replace {
                     rustix::fs::unlinkat(pfd, name, AtFlags::empty()).at("unlink", Where::Upper)?;
                 }
@@ -136,7 +153,15 @@ impl UnionFs {
     }
 
     /// Creates an object; for files also returns the open handle.
-    pub fn create(&self, parent: u64, name: &OsStr, kind: NewKind<'_>, mode: u32, umask: u32, caller: Caller) -> Result<(Attr, Option<u64>)> {
+    pub fn create(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        kind: NewKind<'_>,
+        mode: u32,
+        umask: u32,
+        caller: Caller,
+    ) -> Result<(Attr, Option<u64>)> {
         check_name(name)?;
         if whiteout::is_reserved_name(name) {
             return Err(Error::Invalid);
@@ -162,27 +187,54 @@ impl UnionFs {
         let slot = upper_slot(pfd.as_fd(), name)?;
         let work = self.work_dir()?;
         let tmp = self.tmp_name();
-        let (tdir, tname): (BorrowedFd<'_>, &OsStr) = if slot == UpperSlot::Empty { (pfd.as_fd(), name) } else { (work, &tmp) };
+        let (tdir, tname): (BorrowedFd<'_>, &OsStr) = if slot == UpperSlot::Empty {
+            (pfd.as_fd(), name)
+        } else {
+            (work, &tmp)
+        };
         let perm = mode & 0o7777 & !umask;
         let setgid_parent = pst.st_mode & libc::S_ISGID != 0;
-        let gid = if setgid_parent { pst.st_gid } else { caller.gid };
+        let gid = if setgid_parent {
+            pst.st_gid
+        } else {
+            caller.gid
+        };
         let mut file = None;
         let made = (|| -> Result<()> {
             match kind {
                 NewKind::File { flags } => {
-                    let oflags = OFlags::from_bits_retain((flags & (libc::O_ACCMODE | libc::O_DIRECT | libc::O_SYNC | libc::O_DSYNC | libc::O_NOATIME)) as u32)
-                        | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-                    let fd = rustix::fs::openat(tdir, tname, oflags, Mode::from_raw_mode(perm)).at("create", Where::Upper)?;
+                    let oflags = OFlags::from_bits_retain(
+                        (flags
+                            & (libc::O_ACCMODE
+                                | libc::O_DIRECT
+                                | libc::O_SYNC
+                                | libc::O_DSYNC
+                                | libc::O_NOATIME)) as u32,
+                    ) | OFlags::CREATE
+                        | OFlags::EXCL
+                        | OFlags::NOFOLLOW
+                        | OFlags::CLOEXEC;
+                    let fd = rustix::fs::openat(tdir, tname, oflags, Mode::from_raw_mode(perm))
+                        .at("create", Where::Upper)?;
                     file = Some(File::from(fd));
                 }
                 NewKind::Dir => {
-                    rustix::fs::mkdirat(tdir, tname, Mode::from_raw_mode(perm)).at("mkdir", Where::Upper)?;
+                    rustix::fs::mkdirat(tdir, tname, Mode::from_raw_mode(perm))
+                        .at("mkdir", Where::Upper)?;
                 }
                 NewKind::Symlink(target) => {
-                    rustix::fs::symlinkat(OsStr::from_bytes(target), tdir, tname).at("symlink", Where::Upper)?;
+                    rustix::fs::symlinkat(OsStr::from_bytes(target), tdir, tname)
+                        .at("symlink", Where::Upper)?;
                 }
                 NewKind::Node { rdev } => {
-                    rustix::fs::mknodat(tdir, tname, FileType::from_raw_mode(mode), Mode::from_raw_mode(perm), rdev).at("mknod", Where::Upper)?;
+                    rustix::fs::mknodat(
+                        tdir,
+                        tname,
+                        FileType::from_raw_mode(mode),
+                        Mode::from_raw_mode(perm),
+                        rdev,
+                    )
+                    .at("mknod", Where::Upper)?;
                 }
                 NewKind::Link(src) => {
                     let (sp, sn) = {
@@ -190,8 +242,10 @@ impl UnionFs {
                         let n = nodes.get(src)?;
                         (nodes.path_of(n.parent)?, n.name.clone())
                     };
-                    let sfd = sys::open_dir_path(self.upper_root()?, &sp).at("open upper dir", Where::Upper)?;
-                    rustix::fs::linkat(&sfd, &sn, tdir, tname, AtFlags::empty()).at("link", Where::Upper)?;
+                    let sfd = sys::open_dir_path(self.upper_root()?, &sp)
+                        .at("open upper dir", Where::Upper)?;
+                    rustix::fs::linkat(&sfd, &sn, tdir, tname, AtFlags::empty())
+                        .at("link", Where::Upper)?;
                     return Ok(());
                 }
             }
@@ -210,13 +264,25 @@ impl UnionFs {
             let is_dir = matches!(kind, NewKind::Dir);
             let want_sgid_dir = is_dir && setgid_parent && tdir.as_raw_fd_eq(work);
             if !matches!(kind, NewKind::Symlink(_)) && (perm & 0o6000 != 0 || want_sgid_dir) {
-                let fd = rustix::fs::openat(tdir, tname, OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty()).at("open new", Where::Upper)?;
+                let fd = rustix::fs::openat(
+                    tdir,
+                    tname,
+                    OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )
+                .at("open new", Where::Upper)?;
                 let extra = if want_sgid_dir { libc::S_ISGID } else { 0 };
-                rustix::fs::chmod(&*crate::union::attr::proc_path(&fd), Mode::from_raw_mode(perm | extra)).at("chmod new", Where::Upper)?;
+                rustix::fs::chmod(
+                    &*crate::union::attr::proc_path(&fd),
+                    Mode::from_raw_mode(perm | extra),
+                )
+                .at("chmod new", Where::Upper)?;
             }
             if is_dir && slot != UpperSlot::Empty {
-                let fd = sys::open_dir_path(tdir, Path::new(tname)).at("open new dir", Where::Work)?;
-                sys::set_xattr(fd.as_fd(), OsStr::new(fmt.xattr_ns.opaque()), b"y", 0).at("set opaque", Where::Work)?;
+                let fd =
+                    sys::open_dir_path(tdir, Path::new(tname)).at("open new dir", Where::Work)?;
+                sys::set_xattr(fd.as_fd(), OsStr::new(fmt.xattr_ns.opaque()), b"y", 0)
+                    .at("set opaque", Where::Work)?;
             }
             Ok(())
         })();
@@ -230,16 +296,24 @@ impl UnionFs {
             UpperSlot::Empty => {}
             UpperSlot::WhiteoutObject => {
                 // Exchange, not replace: a directory cannot replace a non-directory.
-                rustix::fs::renameat_with(work, &tmp, &pfd, name, RenameFlags::EXCHANGE).at("publish over whiteout", Where::Upper)?;
-                rustix::fs::unlinkat(work, &tmp, AtFlags::empty()).at("drop whiteout", Where::Work)?;
+                rustix::fs::renameat_with(work, &tmp, &pfd, name, RenameFlags::EXCHANGE)
+                    .at("publish over whiteout", Where::Upper)?;
+                rustix::fs::unlinkat(work, &tmp, AtFlags::empty())
+                    .at("drop whiteout", Where::Work)?;
             }
             UpperSlot::WhiteoutFile => {
-                rustix::fs::renameat_with(work, &tmp, &pfd, name, RenameFlags::NOREPLACE).at("publish", Where::Upper)?;
-                rustix::fs::unlinkat(&pfd, whiteout::whiteout_file_name(name), AtFlags::empty()).at("remove whiteout file", Where::Upper)?;
+                rustix::fs::renameat_with(work, &tmp, &pfd, name, RenameFlags::NOREPLACE)
+                    .at("publish", Where::Upper)?;
+                rustix::fs::unlinkat(&pfd, whiteout::whiteout_file_name(name), AtFlags::empty())
+                    .at("remove whiteout file", Where::Upper)?;
             }
         }
         let r = self.resolve(&info, name)?;
-        let forced = if let NewKind::Link(src) = kind { Some(src) } else { None };
+        let forced = if let NewKind::Link(src) = kind {
+            Some(src)
+        } else {
+            None
+        };
         let attr = self.pin(parent, name, &r, forced)?;
         let fh = file.map(|f| self.register_file(attr.ino, f, true));
         Ok((attr, fh))
@@ -277,10 +351,13 @@ impl UnionFs {
         let detached = match (known, dir) {
             (Some(_), false) => {
                 let fd = match (&r.upper, &r.lower) {
-                    (Some(_), _) => sys::open_path(pfd.as_fd(), Path::new(name)).at("open", Where::Upper)?,
+                    (Some(_), _) => {
+                        sys::open_path(pfd.as_fd(), Path::new(name)).at("open", Where::Upper)?
+                    }
                     (None, Some(l)) => {
                         let top = l.top().ok_or(Error::Invariant("lower without layers"))?;
-                        sys::open_path(self.lower_root(top), &l.path).at("open", Where::Lower(top))?
+                        sys::open_path(self.lower_root(top), &l.path)
+                            .at("open", Where::Lower(top))?
                     }
                     (None, None) => return Err(Error::NotFound),
                 };
@@ -293,10 +370,13 @@ impl UnionFs {
                 let work = self.work_dir()?;
                 let tmp = self.tmp_name();
                 if lower_has && fmt.whiteout == WhiteoutKind::CharDev {
-                    rustix::fs::mknodat(work, &tmp, FileType::CharacterDevice, Mode::empty(), 0).at("mknod whiteout", Where::Work)?;
-                    rustix::fs::renameat_with(work, &tmp, &pfd, name, RenameFlags::EXCHANGE).at("swap dir for whiteout", Where::Upper)?;
+                    rustix::fs::mknodat(work, &tmp, FileType::CharacterDevice, Mode::empty(), 0)
+                        .at("mknod whiteout", Where::Work)?;
+                    rustix::fs::renameat_with(work, &tmp, &pfd, name, RenameFlags::EXCHANGE)
+                        .at("swap dir for whiteout", Where::Upper)?;
                 } else {
-                    rustix::fs::renameat(&pfd, name, work, &tmp).at("move dir out", Where::Upper)?;
+                    rustix::fs::renameat(&pfd, name, work, &tmp)
+                        .at("move dir out", Where::Upper)?;
                     if lower_has {
                         self.put_whiteout(fmt, pfd.as_fd(), name, false)?;
                     }
@@ -316,7 +396,14 @@ impl UnionFs {
     }
 
     /// Renames with `flags` (`RENAME_NOREPLACE`, `RENAME_EXCHANGE`).
-    pub fn rename(&self, parent: u64, name: &OsStr, new_parent: u64, new_name: &OsStr, flags: u32) -> Result<()> {
+    pub fn rename(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        new_parent: u64,
+        new_name: &OsStr,
+        flags: u32,
+    ) -> Result<()> {
         check_name(name)?;
         check_name(new_name)?;
         if whiteout::is_reserved_name(name) {
@@ -327,7 +414,8 @@ impl UnionFs {
         }
         let noreplace = flags & libc::RENAME_NOREPLACE != 0;
         let exchange = flags & libc::RENAME_EXCHANGE != 0;
-        if flags & !(libc::RENAME_NOREPLACE | libc::RENAME_EXCHANGE) != 0 || (noreplace && exchange) {
+        if flags & !(libc::RENAME_NOREPLACE | libc::RENAME_EXCHANGE) != 0 || (noreplace && exchange)
+        {
             return Err(Error::Invalid);
         }
         let fmt = self.writable()?;
@@ -374,7 +462,9 @@ impl UnionFs {
                 match (src.is_dir, d.is_dir) {
                     (true, false) => return Err(Error::NotDir),
                     (false, true) => return Err(Error::IsDir),
-                    (true, true) if !self.is_empty_dir(&dinfo, new_name, d)? => return Err(Error::NotEmpty),
+                    (true, true) if !self.is_empty_dir(&dinfo, new_name, d)? => {
+                        return Err(Error::NotEmpty)
+                    }
                     _ => {}
                 }
             }
@@ -392,7 +482,8 @@ impl UnionFs {
             let src_lower_has = self.lower_has(&sinfo, name)?;
             let dst_lower_has = self.lower_has(&dinfo, new_name)?;
             if exchange {
-                rustix::fs::renameat_with(&spfd, name, &dpfd, new_name, RenameFlags::EXCHANGE).at("rename exchange", Where::Upper)?;
+                rustix::fs::renameat_with(&spfd, name, &dpfd, new_name, RenameFlags::EXCHANGE)
+                    .at("rename exchange", Where::Upper)?;
                 let dst_ino = dst_ino.ok_or(Error::Invariant("exchange without target"))?;
                 {
                     let mut nodes = self.nodes.write();
@@ -414,40 +505,61 @@ impl UnionFs {
                     if d.is_dir {
                         // Merged-empty: only whiteouts remain inside; clear them so the
                         // rename can replace the directory.
-                        let dfd = sys::open_dir_path(dpfd.as_fd(), Path::new(new_name)).at("open", Where::Upper)?;
-                        let listing = sys::read_dir(sys::open_dir_for_read(dpfd.as_fd(), Path::new(new_name)).at("opendir", Where::Upper)?).at("readdir", Where::Upper)?;
+                        let dfd = sys::open_dir_path(dpfd.as_fd(), Path::new(new_name))
+                            .at("open", Where::Upper)?;
+                        let listing = sys::read_dir(
+                            sys::open_dir_for_read(dpfd.as_fd(), Path::new(new_name))
+                                .at("opendir", Where::Upper)?,
+                        )
+                        .at("readdir", Where::Upper)?;
                         for e in listing {
-                            remove_tree(dfd.as_fd(), &e.name).at("clear whiteouts", Where::Upper)?;
+                            remove_tree(dfd.as_fd(), &e.name)
+                                .at("clear whiteouts", Where::Upper)?;
                         }
                     } else {
-                        detached = Some(Arc::new(sys::open_path(dpfd.as_fd(), Path::new(new_name)).at("open", Where::Upper)?));
+                        detached = Some(Arc::new(
+                            sys::open_path(dpfd.as_fd(), Path::new(new_name))
+                                .at("open", Where::Upper)?,
+                        ));
                     }
                 }
             }
             if slot == UpperSlot::WhiteoutObject && src.is_dir {
                 // A directory cannot replace the whiteout object: swap them, and the
                 // whiteout lands at the old name, where it is needed or removed.
-                rustix::fs::renameat_with(&spfd, name, &dpfd, new_name, RenameFlags::EXCHANGE).at("rename over whiteout", Where::Upper)?;
+                rustix::fs::renameat_with(&spfd, name, &dpfd, new_name, RenameFlags::EXCHANGE)
+                    .at("rename over whiteout", Where::Upper)?;
                 if !src_lower_has {
-                    rustix::fs::unlinkat(&spfd, name, AtFlags::empty()).at("drop whiteout", Where::Upper)?;
+                    rustix::fs::unlinkat(&spfd, name, AtFlags::empty())
+                        .at("drop whiteout", Where::Upper)?;
                 }
             } else {
                 let mut rflags = RenameFlags::empty();
                 if src_lower_has && fmt.whiteout == WhiteoutKind::CharDev {
                     rflags |= RenameFlags::WHITEOUT;
                 }
-                rustix::fs::renameat_with(&spfd, name, &dpfd, new_name, rflags).at("rename", Where::Upper)?;
+                rustix::fs::renameat_with(&spfd, name, &dpfd, new_name, rflags)
+                    .at("rename", Where::Upper)?;
                 if src_lower_has && fmt.whiteout == WhiteoutKind::WhFile {
                     self.put_whiteout(fmt, spfd.as_fd(), name, false)?;
                 }
             }
             if slot == UpperSlot::WhiteoutFile {
-                rustix::fs::unlinkat(&dpfd, whiteout::whiteout_file_name(new_name), AtFlags::empty()).at("remove whiteout file", Where::Upper)?;
+                rustix::fs::unlinkat(
+                    &dpfd,
+                    whiteout::whiteout_file_name(new_name),
+                    AtFlags::empty(),
+                )
+                .at("remove whiteout file", Where::Upper)?;
             }
             {
                 let mut nodes = self.nodes.write();
                 if dst.is_some() {
-                    let aliases = dst.as_ref().and_then(|d| d.stat()).map(|s| s.st_nlink > 1).unwrap_or(false);
+                    let aliases = dst
+                        .as_ref()
+                        .and_then(|d| d.stat())
+                        .map(|s| s.st_nlink > 1)
+                        .unwrap_or(false);
                     nodes.unname(new_parent, new_name, aliases, detached);
                 }
                 nodes.rename(src_ino, new_parent, new_name)?;
@@ -465,7 +577,15 @@ impl UnionFs {
     /// After a directory moved to `name` in upper dir `pfd` (whose merged info is
     /// `dinfo`): point it at its lower content (redirect) or hide what the lower layers
     /// hold at the new name (opaque).
-    fn fix_moved_dir(&self, fmt: WriteFormat, ino: u64, pfd: BorrowedFd<'_>, name: &OsStr, dinfo: &DirInfo, lower_occupied: bool) -> Result<()> {
+    fn fix_moved_dir(
+        &self,
+        fmt: WriteFormat,
+        ino: u64,
+        pfd: BorrowedFd<'_>,
+        name: &OsStr,
+        dinfo: &DirInfo,
+        lower_occupied: bool,
+    ) -> Result<()> {
         let lower = {
             let nodes = self.nodes.read();
             let n = nodes.get(ino)?;
@@ -481,24 +601,34 @@ impl UnionFs {
                 if natural.as_deref() == Some(l.path.as_path()) {
                     for n in whiteout::redirect_xattr_names() {
                         match sys::remove_xattr(dfd.as_fd(), OsStr::new(n)) {
-                            Ok(()) | Err(Errno::NODATA) | Err(Errno::NOTSUP) | Err(Errno::PERM) => {}
+                            Ok(()) | Err(Errno::NODATA) | Err(Errno::NOTSUP) | Err(Errno::PERM) => {
+                            }
                             Err(e) => return Err(Error::os("remove redirect", e, Where::Upper)),
                         }
                     }
                 } else {
-                    let same_parent = dinfo.lower.as_ref().map(|pl| Some(pl.path.as_path()) == l.path.parent()).unwrap_or(false);
+                    let same_parent = dinfo
+                        .lower
+                        .as_ref()
+                        .map(|pl| Some(pl.path.as_path()) == l.path.parent())
+                        .unwrap_or(false);
                     let value: Vec<u8> = if same_parent {
-                        l.path.file_name().map(|n| n.as_bytes().to_vec()).unwrap_or_default()
+                        l.path
+                            .file_name()
+                            .map(|n| n.as_bytes().to_vec())
+                            .unwrap_or_default()
                     } else {
                         let mut v = b"/".to_vec();
                         v.extend_from_slice(l.path.as_os_str().as_bytes());
                         v
                     };
-                    sys::set_xattr(dfd.as_fd(), OsStr::new(fmt.xattr_ns.redirect()), &value, 0).at("set redirect", Where::Upper)?;
+                    sys::set_xattr(dfd.as_fd(), OsStr::new(fmt.xattr_ns.redirect()), &value, 0)
+                        .at("set redirect", Where::Upper)?;
                 }
             }
             None if lower_occupied => {
-                sys::set_xattr(dfd.as_fd(), OsStr::new(fmt.xattr_ns.opaque()), b"y", 0).at("set opaque", Where::Upper)?;
+                sys::set_xattr(dfd.as_fd(), OsStr::new(fmt.xattr_ns.opaque()), b"y", 0)
+                    .at("set opaque", Where::Upper)?;
             }
             None => {}
         }

@@ -43,7 +43,11 @@ impl UnionFs {
 
     /// The merged entries of the directory described by `info` (no `.`/`..`). `ino` is
     /// the directory's node when it has one, to reuse the numbers of known children.
-    pub(crate) fn merged_entries(&self, info: &DirInfo, dir_ino: Option<u64>) -> Result<Vec<DirEntry>> {
+    pub(crate) fn merged_entries(
+        &self,
+        info: &DirInfo,
+        dir_ino: Option<u64>,
+    ) -> Result<Vec<DirEntry>> {
         let mut out = Vec::new();
         let mut seen: HashSet<OsString> = HashSet::new();
         let lower_dir = match &info.lower {
@@ -53,8 +57,11 @@ impl UnionFs {
         if let Some(up) = &info.upper {
             let root = self.upper_root()?;
             let pfd = sys::open_dir_path(root, up).at("open upper dir", Where::Upper)?;
-            let xattr_whiteouts = dir_opaque(std::os::fd::AsFd::as_fd(&pfd))? == OpaqueXattr::HasXattrWhiteouts;
-            let listing = sys::read_dir(sys::open_dir_for_read(root, up).at("opendir", Where::Upper)?).at("readdir", Where::Upper)?;
+            let xattr_whiteouts =
+                dir_opaque(std::os::fd::AsFd::as_fd(&pfd))? == OpaqueXattr::HasXattrWhiteouts;
+            let listing =
+                sys::read_dir(sys::open_dir_for_read(root, up).at("opendir", Where::Upper)?)
+                    .at("readdir", Where::Upper)?;
             let upper_dev = self.stack.upper.as_ref().map(|u| u.dev).unwrap_or(0);
             for e in listing {
                 if let Some(target) = whiteout::whiteout_target(&e.name) {
@@ -65,8 +72,13 @@ impl UnionFs {
                     continue;
                 }
                 let mut kind = e.file_type;
-                if matches!(kind, FileType::CharacterDevice | FileType::Unknown) || (xattr_whiteouts && kind == FileType::RegularFile) {
-                    let Ok(st) = rustix::fs::statat(&pfd, &e.name, AtFlags::SYMLINK_NOFOLLOW) else { continue };
+                if matches!(kind, FileType::CharacterDevice | FileType::Unknown)
+                    || (xattr_whiteouts && kind == FileType::RegularFile)
+                {
+                    let Ok(st) = rustix::fs::statat(&pfd, &e.name, AtFlags::SYMLINK_NOFOLLOW)
+                    else {
+                        continue;
+                    };
                     if whiteout::is_chardev_whiteout(st.st_mode, st.st_rdev) {
                         seen.insert(e.name);
                         continue;
@@ -83,16 +95,24 @@ impl UnionFs {
                 let known = dir_ino.and_then(|d| self.nodes.read().child(d, &e.name));
                 let lower_ino = match (&lower_dir, kind) {
                     (Some(ld), FileType::Directory) => match ld.children.get(&e.name) {
-                        Some(LowerChild::Dir { ino, candidates, .. }) => {
-                            candidates.first().map(|l| self.inos_for(self.stack.lower(*l).dev, *ino))
-                        }
+                        Some(LowerChild::Dir {
+                            ino, candidates, ..
+                        }) => candidates
+                            .first()
+                            .map(|l| self.inos_for(self.stack.lower(*l).dev, *ino)),
                         _ => None,
                     },
                     _ => None,
                 };
-                let ino = known.or(lower_ino).unwrap_or_else(|| self.inos_for(upper_dev, e.ino));
+                let ino = known
+                    .or(lower_ino)
+                    .unwrap_or_else(|| self.inos_for(upper_dev, e.ino));
                 seen.insert(e.name.clone());
-                out.push(DirEntry { ino, name: e.name, kind });
+                out.push(DirEntry {
+                    ino,
+                    name: e.name,
+                    kind,
+                });
             }
         }
         if let Some(ld) = lower_dir {
@@ -103,7 +123,9 @@ impl UnionFs {
                 let (layer, lino, kind) = match child {
                     LowerChild::Hidden => continue,
                     LowerChild::NonDir { layer, ino, kind } => (*layer, *ino, *kind),
-                    LowerChild::Dir { candidates, ino, .. } => match candidates.first() {
+                    LowerChild::Dir {
+                        candidates, ino, ..
+                    } => match candidates.first() {
                         Some(l) => (*l, *ino, FileType::Directory),
                         None => continue,
                     },

@@ -202,6 +202,9 @@ mod tests {
             unsupported_xattr(OsStr::new("trusted.overlay.metacopy")),
             Some("metacopy")
         );
-        assert_eq!(unsupported_xattr(OsStr::new("trusted.overlay.opaque")), None);
+        assert_eq!(
+            unsupported_xattr(OsStr::new("trusted.overlay.opaque")),
+            None
+        );
     }
 }

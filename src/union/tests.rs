@@ -1,0 +1,436 @@
+//! Core tests on temporary directories, without a mount: the union rules exercised
+//! through the same API the FUSE adapter calls.
+
+use std::ffi::OsStr;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use crate::error::Error;
+use crate::union::layer::StackPaths;
+use crate::union::mutate::NewKind;
+use crate::union::{Caller, CoreOptions, UnionFs, ROOT};
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    lowers: usize,
+}
+
+impl Fixture {
+    fn new(lowers: usize) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        for i in 0..lowers {
+            std::fs::create_dir(root.join(format!("l{i}"))).unwrap();
+        }
+        std::fs::create_dir(root.join("u")).unwrap();
+        std::fs::create_dir(root.join("w")).unwrap();
+        Fixture {
+            _dir: dir,
+            root,
+            lowers,
+        }
+    }
+
+    fn l(&self, i: usize) -> PathBuf {
+        self.root.join(format!("l{i}"))
+    }
+
+    fn u(&self) -> PathBuf {
+        self.root.join("u")
+    }
+
+    fn write(&self, layer: &Path, rel: &str, data: &str) {
+        let p = layer.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, data).unwrap();
+    }
+
+    fn mkdir(&self, layer: &Path, rel: &str) {
+        std::fs::create_dir_all(layer.join(rel)).unwrap();
+    }
+
+    fn whiteout(&self, layer: &Path, rel: &str) {
+        let p = layer.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &p,
+            rustix::fs::FileType::CharacterDevice,
+            rustix::fs::Mode::empty(),
+            0,
+        )
+        .unwrap();
+    }
+
+    fn fs(&self) -> UnionFs {
+        let paths = StackPaths {
+            lowers: (0..self.lowers).map(|i| self.l(i)).collect(),
+            upper: Some(self.u()),
+            work: Some(self.root.join("w")),
+        };
+        UnionFs::new(
+            &paths,
+            CoreOptions {
+                volatile: true,
+                read_only: false,
+            },
+        )
+        .unwrap()
+    }
+}
+
+fn walk(fs: &UnionFs, path: &str) -> Result<u64, Error> {
+    let mut ino = ROOT;
+    for c in path.split('/').filter(|c| !c.is_empty()) {
+        ino = fs.lookup(ino, OsStr::new(c))?.ino;
+    }
+    Ok(ino)
+}
+
+fn names(fs: &UnionFs, path: &str) -> Vec<String> {
+    let ino = walk(fs, path).unwrap();
+    let mut v: Vec<String> = fs
+        .list_merged(ino)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name.to_string_lossy().into_owned())
+        .filter(|n| n != "." && n != "..")
+        .collect();
+    v.sort();
+    v
+}
+
+fn read(fs: &UnionFs, path: &str) -> String {
+    let ino = walk(fs, path).unwrap();
+    let fh = fs.open(ino, libc::O_RDONLY).unwrap();
+    let d = fs.read(fh, 0, 1 << 16).unwrap();
+    fs.release(fh);
+    String::from_utf8(d).unwrap()
+}
+
+fn set_xattr(p: &Path, name: &str, value: &[u8]) {
+    let fd = rustix::fs::open(
+        p,
+        rustix::fs::OFlags::PATH | rustix::fs::OFlags::NOFOLLOW,
+        rustix::fs::Mode::empty(),
+    )
+    .unwrap();
+    crate::sys::set_xattr(std::os::fd::AsFd::as_fd(&fd), OsStr::new(name), value, 0).unwrap();
+}
+
+#[test]
+fn lookup_order_and_hiding() {
+    let f = Fixture::new(3);
+    f.write(&f.l(2), "a", "bottom");
+    f.write(&f.l(0), "a", "top");
+    f.write(&f.l(2), "d/x", "x2");
+    f.write(&f.l(1), "d/y", "y1");
+    f.write(&f.l(1), "f/inner", "hidden by file above");
+    f.write(&f.l(0), "f", "file hides dir");
+    let fs = f.fs();
+    assert_eq!(read(&fs, "a"), "top");
+    assert_eq!(names(&fs, "d"), ["x", "y"]);
+    assert_eq!(read(&fs, "f"), "file hides dir");
+    assert!(matches!(walk(&fs, "f/inner"), Err(Error::NotDir)));
+    assert!(matches!(walk(&fs, "nothing"), Err(Error::NotFound)));
+}
+
+#[test]
+fn every_whiteout_and_opaque_format_is_honoured() {
+    let f = Fixture::new(2);
+    for n in ["chr", "whfile", "xattr", "keep"] {
+        f.write(&f.l(1), n, "lower");
+    }
+    f.write(&f.l(1), "opq1/old", "");
+    f.write(&f.l(1), "opq2/old", "");
+    f.write(&f.l(1), "opq3/old", "");
+    f.write(&f.l(1), "opq4/old", "");
+    f.whiteout(&f.l(0), "chr");
+    f.write(&f.l(0), ".wh.whfile", "");
+    // Kernel 6.7+ xattr whiteout: zero-size file with overlay.whiteout in an "x" dir.
+    f.write(&f.l(0), "xattr", "");
+    set_xattr(&f.l(0).join("xattr"), "trusted.overlay.whiteout", b"");
+    set_xattr(&f.l(0), "trusted.overlay.opaque", b"x");
+    f.write(&f.l(0), "opq1/new", "");
+    set_xattr(&f.l(0).join("opq1"), "trusted.overlay.opaque", b"y");
+    f.write(&f.l(0), "opq2/new", "");
+    set_xattr(&f.l(0).join("opq2"), "user.overlay.opaque", b"y");
+    f.write(&f.l(0), "opq3/new", "");
+    set_xattr(&f.l(0).join("opq3"), "user.fuseoverlayfs.opaque", b"y");
+    f.write(&f.l(0), "opq4/new", "");
+    f.write(&f.l(0), "opq4/.wh..wh..opq", "");
+    let fs = f.fs();
+    assert_eq!(names(&fs, ""), ["keep", "opq1", "opq2", "opq3", "opq4"]);
+    for d in ["opq1", "opq2", "opq3", "opq4"] {
+        assert_eq!(names(&fs, d), ["new"], "{d}");
+    }
+    for hidden in ["chr", "whfile", "xattr", ".wh.whfile", "opq4/.wh..wh..opq"] {
+        assert!(walk(&fs, hidden).is_err(), "{hidden}");
+    }
+    // Private xattrs are not visible.
+    let ino = walk(&fs, "opq1").unwrap();
+    assert!(fs.listxattr(ino).unwrap().is_empty());
+}
+
+#[test]
+fn whiteout_hides_only_below_its_layer() {
+    let f = Fixture::new(3);
+    f.write(&f.l(2), "n", "bottom");
+    f.whiteout(&f.l(1), "n");
+    f.write(&f.l(0), "n", "top wins over the whiteout below it");
+    f.write(&f.l(2), "m", "bottom");
+    f.write(&f.l(1), ".wh.m", "");
+    f.write(
+        &f.l(1),
+        "m",
+        "same layer: object wins over its own whiteout",
+    );
+    let fs = f.fs();
+    assert_eq!(read(&fs, "n"), "top wins over the whiteout below it");
+    assert_eq!(
+        read(&fs, "m"),
+        "same layer: object wins over its own whiteout"
+    );
+}
+
+#[test]
+fn copy_up_keeps_data_meta_and_inode() {
+    let f = Fixture::new(1);
+    f.write(&f.l(0), "dir/file", "data");
+    std::fs::set_permissions(
+        f.l(0).join("dir/file"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o640),
+    )
+    .unwrap();
+    std::os::unix::fs::chown(f.l(0).join("dir/file"), Some(1234), Some(5678)).unwrap();
+    set_xattr(&f.l(0).join("dir/file"), "user.keep", b"v");
+    let fs = f.fs();
+    let ino = walk(&fs, "dir/file").unwrap();
+    let before = fs.getattr(ino).unwrap();
+    let fh = fs.open(ino, libc::O_WRONLY).unwrap();
+    fs.write(fh, 4, b"+more").unwrap();
+    fs.release(fh);
+    let after = fs.getattr(ino).unwrap();
+    assert_eq!(after.ino, before.ino, "st_ino survives copy-up");
+    assert_eq!(
+        (after.uid, after.gid, after.mode),
+        (1234, 5678, before.mode)
+    );
+    assert_eq!(read(&fs, "dir/file"), "data+more");
+    assert_eq!(
+        std::fs::read_to_string(f.l(0).join("dir/file")).unwrap(),
+        "data",
+        "lower untouched"
+    );
+    let up = f.u().join("dir/file");
+    assert_eq!(std::fs::metadata(&up).unwrap().uid(), 1234);
+    assert_eq!(fs.getxattr(ino, OsStr::new("user.keep")).unwrap(), b"v");
+    // The parent was copied up first, with its metadata; the work dir is left empty.
+    assert!(f.u().join("dir").is_dir());
+    assert_eq!(std::fs::read_dir(f.root.join("w/work")).unwrap().count(), 0);
+}
+
+#[test]
+fn unlink_and_rmdir_leave_whiteouts_only_where_needed() {
+    let f = Fixture::new(1);
+    f.write(&f.l(0), "lowerfile", "");
+    f.write(&f.l(0), "ldir/a", "");
+    let fs = f.fs();
+    let c = Caller::ROOT;
+    fs.create(
+        ROOT,
+        OsStr::new("upperfile"),
+        NewKind::File {
+            flags: libc::O_WRONLY,
+        },
+        0o644,
+        0,
+        c,
+    )
+    .unwrap();
+    fs.unlink(ROOT, OsStr::new("upperfile")).unwrap();
+    assert!(
+        !f.u().join("upperfile").exists()
+            && std::fs::symlink_metadata(f.u().join("upperfile")).is_err()
+    );
+    fs.unlink(ROOT, OsStr::new("lowerfile")).unwrap();
+    let wh = std::fs::symlink_metadata(f.u().join("lowerfile")).unwrap();
+    assert_eq!((wh.mode() & libc::S_IFMT, wh.rdev()), (libc::S_IFCHR, 0));
+    let ldir = walk(&fs, "ldir").unwrap();
+    assert!(matches!(
+        fs.rmdir(ROOT, OsStr::new("ldir")),
+        Err(Error::NotEmpty)
+    ));
+    fs.unlink(ldir, OsStr::new("a")).unwrap();
+    fs.rmdir(ROOT, OsStr::new("ldir")).unwrap();
+    assert_eq!(names(&fs, ""), Vec::<String>::new());
+    // A directory created where a whiteout stands is opaque.
+    fs.create(ROOT, OsStr::new("ldir"), NewKind::Dir, 0o755, 0, c)
+        .unwrap();
+    assert_eq!(names(&fs, "ldir"), Vec::<String>::new());
+    let fd = rustix::fs::open(
+        f.u().join("ldir"),
+        rustix::fs::OFlags::PATH,
+        rustix::fs::Mode::empty(),
+    )
+    .unwrap();
+    assert_eq!(
+        crate::sys::get_xattr(
+            std::os::fd::AsFd::as_fd(&fd),
+            OsStr::new("trusted.overlay.opaque")
+        )
+        .unwrap()
+        .as_deref(),
+        Some(&b"y"[..])
+    );
+}
+
+#[test]
+fn rename_errors_and_flags() {
+    let f = Fixture::new(1);
+    f.write(&f.l(0), "a", "A");
+    f.write(&f.l(0), "b", "B");
+    f.write(&f.l(0), "d/x", "");
+    f.mkdir(&f.l(0), "e");
+    let fs = f.fs();
+    for n in ["a", "b", "d", "e"] {
+        walk(&fs, n).unwrap();
+    }
+    let r = |a: &str, b: &str, fl: u32| fs.rename(ROOT, OsStr::new(a), ROOT, OsStr::new(b), fl);
+    assert!(matches!(
+        r("a", "b", libc::RENAME_NOREPLACE),
+        Err(Error::Exists)
+    ));
+    assert!(matches!(r("a", "d", 0), Err(Error::IsDir)));
+    assert!(matches!(r("d", "a", 0), Err(Error::NotDir)));
+    assert!(matches!(r("e", "d", 0), Err(Error::NotEmpty)));
+    assert!(matches!(
+        r("a", "zz", libc::RENAME_EXCHANGE),
+        Err(Error::NotFound)
+    ));
+    assert!(matches!(r("a", ".wh.x", 0), Err(Error::Invalid)));
+    r("a", "b", libc::RENAME_EXCHANGE).unwrap();
+    assert_eq!((read(&fs, "a"), read(&fs, "b")), ("B".into(), "A".into()));
+    r("d", "moved", 0).unwrap();
+    assert_eq!(names(&fs, "moved"), ["x"]);
+    assert!(walk(&fs, "d").is_err());
+    r("e", "moved", 0).unwrap_err();
+}
+
+#[test]
+fn rename_lower_dir_survives_a_new_core() {
+    let f = Fixture::new(2);
+    f.write(&f.l(1), "src/deep/file", "content");
+    f.write(&f.l(0), "src/top", "t");
+    f.mkdir(&f.l(0), "other");
+    {
+        let fs = f.fs();
+        let other = walk(&fs, "other").unwrap();
+        walk(&fs, "src").unwrap();
+        fs.rename(ROOT, OsStr::new("src"), other, OsStr::new("dst"), 0)
+            .unwrap();
+        assert_eq!(names(&fs, "other/dst"), ["deep", "top"]);
+    }
+    let fs = f.fs();
+    assert_eq!(names(&fs, "other/dst"), ["deep", "top"]);
+    assert_eq!(read(&fs, "other/dst/deep/file"), "content");
+    assert!(walk(&fs, "src").is_err());
+}
+
+#[test]
+fn hard_links_share_one_inode_across_copy_up() {
+    let f = Fixture::new(1);
+    f.write(&f.l(0), "one", "shared");
+    std::fs::hard_link(f.l(0).join("one"), f.l(0).join("two")).unwrap();
+    let fs = f.fs();
+    let a = walk(&fs, "one").unwrap();
+    let b = walk(&fs, "two").unwrap();
+    assert_eq!(a, b);
+    let fh = fs.open(a, libc::O_WRONLY).unwrap();
+    fs.write(fh, 0, b"SHARED").unwrap();
+    fs.release(fh);
+    assert_eq!(read(&fs, "two"), "SHARED");
+    // link() in the mount keeps one inode too.
+    let attr = fs
+        .create(
+            ROOT,
+            OsStr::new("three"),
+            NewKind::Link(a),
+            0,
+            0,
+            Caller::ROOT,
+        )
+        .unwrap()
+        .0;
+    assert_eq!(attr.ino, a);
+}
+
+#[test]
+fn readdir_of_many_entries_over_layers_then_remove_all() {
+    let f = Fixture::new(3);
+    for i in 0..3000 {
+        f.write(&f.l(i % 3), &format!("big/f{i}"), "");
+    }
+    f.whiteout(&f.l(0), "big/f1");
+    let fs = f.fs();
+    let big = walk(&fs, "big").unwrap();
+    let listed = names(&fs, "big");
+    assert_eq!(listed.len(), 2999);
+    for n in &listed {
+        fs.lookup(big, OsStr::new(n)).unwrap();
+        fs.unlink(big, OsStr::new(n)).unwrap();
+    }
+    assert!(names(&fs, "big").is_empty());
+    fs.rmdir(ROOT, OsStr::new("big")).unwrap();
+}
+
+#[test]
+fn reserved_names_and_read_only() {
+    let f = Fixture::new(1);
+    f.write(&f.l(0), "x", "");
+    let fs = f.fs();
+    let c = Caller::ROOT;
+    assert!(matches!(
+        fs.create(ROOT, OsStr::new(".wh.x"), NewKind::Dir, 0o755, 0, c),
+        Err(Error::Invalid)
+    ));
+    assert!(matches!(
+        fs.create(ROOT, OsStr::new("x"), NewKind::Dir, 0o755, 0, c),
+        Err(Error::Exists)
+    ));
+    let ro = UnionFs::new(
+        &StackPaths {
+            lowers: vec![f.l(0)],
+            upper: None,
+            work: None,
+        },
+        CoreOptions::default(),
+    )
+    .unwrap();
+    assert!(matches!(
+        ro.create(ROOT, OsStr::new("y"), NewKind::Dir, 0o755, 0, c),
+        Err(Error::ReadOnly)
+    ));
+    let x = walk(&ro, "x").unwrap();
+    assert!(matches!(ro.open(x, libc::O_RDWR), Err(Error::ReadOnly)));
+}
+
+#[test]
+fn forget_frees_nodes() {
+    let f = Fixture::new(1);
+    for i in 0..100 {
+        f.write(&f.l(0), &format!("d/f{i}"), "");
+    }
+    let fs = f.fs();
+    let d = walk(&fs, "d").unwrap();
+    let inos: Vec<u64> = (0..100)
+        .map(|i| fs.lookup(d, OsStr::new(&format!("f{i}"))).unwrap().ino)
+        .collect();
+    assert_eq!(fs.node_count(), 102);
+    for ino in inos {
+        fs.forget(ino, 1);
+    }
+    fs.forget(d, 1);
+    assert_eq!(fs.node_count(), 1);
+}
