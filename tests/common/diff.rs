@@ -1,0 +1,286 @@
+//! Differential runner: one stack copied twice, each copy mounted by one system (kernel
+//! overlayfs as the reference, the FUSE binary under test), the same ops applied to both,
+//! outcomes and whole-tree dumps compared after every step. On divergence it returns a
+//! report with the label (seed), the op list with both outcomes, a dump diff and both dumps.
+
+use std::fmt::Write as _;
+use std::io;
+use std::path::Path;
+
+use super::dump::{diff_dumps, dump_tree_with, DumpOptions};
+use super::fixture::Stack;
+use super::mount::{fuse_bin_name, FuseMount, KernelOverlay, MountDirs};
+use super::ops::{Op, Outcome};
+
+/// Which implementation mounts a side.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum System {
+    Kernel,
+    Fuse,
+}
+
+impl System {
+    pub fn name(self) -> String {
+        match self {
+            System::Kernel => "kernel".into(),
+            System::Fuse => fuse_bin_name().to_string_lossy().into_owned(),
+        }
+    }
+}
+
+/// A live mount of either system.
+pub enum Mounted {
+    Kernel(KernelOverlay),
+    Fuse(FuseMount),
+}
+
+impl Mounted {
+    pub fn mount(system: System, dirs: &MountDirs) -> io::Result<Mounted> {
+        Ok(match system {
+            System::Kernel => Mounted::Kernel(KernelOverlay::mount_dirs(dirs)?),
+            System::Fuse => Mounted::Fuse(FuseMount::mount_dirs(dirs)?),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        match self {
+            Mounted::Kernel(m) => m.path(),
+            Mounted::Fuse(m) => m.path(),
+        }
+    }
+
+    pub fn unmount(self) -> io::Result<()> {
+        match self {
+            Mounted::Kernel(m) => m.unmount(),
+            Mounted::Fuse(m) => m.unmount(),
+        }
+    }
+}
+
+/// One applied op and what each side answered.
+#[derive(Clone, Debug)]
+pub struct Step {
+    pub op: Op,
+    pub a: Outcome,
+    pub b: Outcome,
+}
+
+/// Two systems over identical copies of one stack. Side `a` is the reference.
+pub struct Pair {
+    // Mounts are declared before the stacks so they drop (unmount) first.
+    ma: Option<Mounted>,
+    mb: Option<Mounted>,
+    pub sa: Stack,
+    pub sb: Stack,
+    pub a: System,
+    pub b: System,
+    pub label: String,
+    pub opts: DumpOptions,
+    pub steps: Vec<Step>,
+    /// The reference dump from the last successful comparison.
+    last: String,
+}
+
+fn show(o: &Outcome) -> String {
+    match o {
+        Ok(s) => format!("Ok({s})"),
+        Err(e) => format!("Err({})", std::io::Error::from_raw_os_error(*e)),
+    }
+}
+
+impl Pair {
+    /// Kernel (reference) against the FUSE binary under test.
+    pub fn new(label: impl Into<String>, stack: &Stack) -> Pair {
+        Self::with_systems(label, stack, System::Kernel, System::Fuse)
+    }
+
+    /// Copies `stack` for each side (the kernel side gets `copy_kernel_formats`) and mounts
+    /// both. Panics if a mount fails: that is a harness or binary failure, not a divergence.
+    pub fn with_systems(label: impl Into<String>, stack: &Stack, a: System, b: System) -> Pair {
+        let copy_for = |s: System| match s {
+            System::Kernel => stack.copy_kernel_formats(),
+            System::Fuse => stack.copy(),
+        };
+        let (sa, sb) = (copy_for(a), copy_for(b));
+        let label = label.into();
+        let mount = |s: System, st: &Stack| {
+            Mounted::mount(s, &MountDirs::of(st))
+                .unwrap_or_else(|e| panic!("[{label}] mounting {}: {e}", s.name()))
+        };
+        let ma = Some(mount(a, &sa));
+        let mb = Some(mount(b, &sb));
+        Pair { ma, mb, sa, sb, a, b, label, opts: DumpOptions::default(), steps: Vec::new(), last: String::new() }
+    }
+
+    /// Mount roots (panics once unmounted).
+    pub fn roots(&self) -> (&Path, &Path) {
+        let ma = self.ma.as_ref().expect("side a not mounted");
+        let mb = self.mb.as_ref().expect("side b not mounted");
+        (ma.path(), mb.path())
+    }
+
+    /// Applies `op` to both sides, then compares outcomes and trees.
+    pub fn apply(&mut self, op: Op) -> Result<(), String> {
+        let (ra, rb) = self.roots();
+        let (oa, ob) = (op.apply(ra), op.apply(rb));
+        let same = oa == ob;
+        self.steps.push(Step { op: op.clone(), a: oa, b: ob });
+        if !same {
+            let (da, db) = self.dumps();
+            return Err(self.report(&format!("outcomes differ at `{op}`"), &da, &db));
+        }
+        self.check(&format!("after `{op}`"))
+    }
+
+    /// Applies every op in order, stopping at the first divergence.
+    pub fn apply_all(&mut self, ops: impl IntoIterator<Item = Op>) -> Result<(), String> {
+        ops.into_iter().try_for_each(|op| self.apply(op))
+    }
+
+    fn dumps(&self) -> (String, String) {
+        let (ra, rb) = self.roots();
+        (dump_tree_with(ra, self.opts), dump_tree_with(rb, self.opts))
+    }
+
+    /// Compares the two live trees.
+    pub fn check(&mut self, when: &str) -> Result<(), String> {
+        let (da, db) = self.dumps();
+        if da == db {
+            self.last = da;
+            Ok(())
+        } else {
+            Err(self.report(&format!("trees differ {when}"), &da, &db))
+        }
+    }
+
+    /// Relative paths (root excluded) in the reference tree at the last successful check.
+    pub fn reference_paths(&self) -> Vec<String> {
+        self.last
+            .lines()
+            .filter_map(|l| l.split(' ').next()?.strip_prefix('/'))
+            .filter(|p| !p.is_empty())
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Dump of the reference side's live tree.
+    pub fn reference_dump(&self) -> String {
+        dump_tree_with(self.roots().0, self.opts)
+    }
+
+    fn unmount_both(&mut self) -> Result<(), String> {
+        for m in [self.ma.take(), self.mb.take()].into_iter().flatten() {
+            let p = m.path().display().to_string();
+            m.unmount().map_err(|e| format!("[{}] unmount {p}: {e}", self.label))?;
+        }
+        Ok(())
+    }
+
+    /// Unmounts both sides and mounts them again on the same dirs (same workdirs).
+    pub fn remount(&mut self) -> Result<(), String> {
+        let before = self.reference_dump();
+        self.unmount_both()?;
+        self.ma = Some(self.mount_on(self.a, &self.sa, None)?);
+        self.mb = Some(self.mount_on(self.b, &self.sb, None)?);
+        let after = self.reference_dump();
+        if before != after {
+            let msg = format!("{} changed its own tree across a remount", self.a.name());
+            return Err(self.report(&msg, &before, &after));
+        }
+        self.check("after remount")
+    }
+
+    fn mount_on(&self, sys: System, st: &Stack, work: Option<&Path>) -> Result<Mounted, String> {
+        let mut dirs = MountDirs::of(st);
+        if let Some(w) = work {
+            dirs.work = w.to_path_buf();
+        }
+        Mounted::mount(sys, &dirs).map_err(|e| {
+            format!("[{}] mounting {} on {}: {e}", self.label, sys.name(), st.root.display())
+        })
+    }
+
+    /// Ends the live comparison: unmounts both, then checks that every system reads every
+    /// side's on-disk result as the reference did while live: a(a) remounted, b(b) remounted,
+    /// a over b's upper+lowers and b over a's (each with a fresh workdir). Reports all
+    /// mismatches at once.
+    pub fn cross_check(&mut self) -> Result<(), String> {
+        let expected = self.reference_dump();
+        self.unmount_both()?;
+        let mut problems = Vec::new();
+        let plan = [
+            (self.a, false, false),
+            (self.b, true, false),
+            (self.b, false, true),
+            (self.a, true, true),
+        ];
+        for (sys, on_b, fresh) in plan {
+            let st = if on_b { &self.sb } else { &self.sa };
+            let whose = if on_b { self.b.name() } else { self.a.name() };
+            let what = format!("{} reading {whose}'s stack after the run", sys.name());
+            if sys == System::Kernel && !st.non_kernel_formats().is_empty() {
+                st.translate_lowers_in_place();
+            }
+            let work = fresh.then(|| st.fresh_dir("work-x"));
+            let m = match self.mount_on(sys, st, work.as_deref()) {
+                Ok(m) => m,
+                Err(e) => {
+                    problems.push(format!("{what}: {e}"));
+                    continue;
+                }
+            };
+            let got = dump_tree_with(m.path(), self.opts);
+            if let Err(e) = m.unmount() {
+                problems.push(format!("{what}: unmount: {e}"));
+            }
+            if got != expected {
+                problems.push(format!(
+                    "{what} differs from the live reference\n--- diff (- live {}, + {what}):\n{}",
+                    self.a.name(),
+                    diff_dumps(&expected, &got)
+                ));
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            let mut r = self.header("cross-check failed");
+            for p in problems {
+                let _ = writeln!(r, "{p}");
+            }
+            let _ = writeln!(r, "--- live reference dump:\n{expected}");
+            Err(r)
+        }
+    }
+
+    fn header(&self, headline: &str) -> String {
+        let mut r = String::new();
+        let _ = writeln!(r, "=== DIVERGENCE [{}] {headline}", self.label);
+        let _ = writeln!(r, "systems: a={} b={}", self.a.name(), self.b.name());
+        let _ = writeln!(r, "ops ({}):", self.steps.len());
+        for (i, s) in self.steps.iter().enumerate() {
+            let mark = if s.a == s.b { "" } else { "   <-- differs" };
+            if s.a == s.b {
+                let _ = writeln!(r, "  {:3}. {}  => {}", i + 1, s.op, show(&s.a));
+            } else {
+                let _ = writeln!(
+                    r,
+                    "  {:3}. {}  => a {} / b {}{mark}",
+                    i + 1,
+                    s.op,
+                    show(&s.a),
+                    show(&s.b)
+                );
+            }
+        }
+        r
+    }
+
+    /// Full divergence report: header, dump diff, both dumps.
+    pub fn report(&self, headline: &str, da: &str, db: &str) -> String {
+        let mut r = self.header(headline);
+        let _ = writeln!(r, "--- diff (- a {}, + b {}):\n{}", self.a.name(), self.b.name(), diff_dumps(da, db));
+        let _ = writeln!(r, "--- a ({}) dump:\n{da}--- b ({}) dump:\n{db}", self.a.name(), self.b.name());
+        r
+    }
+}

@@ -1,0 +1,58 @@
+//! Integration-test harness for rlayerfs: layer-stack fixtures (`fixture`), mount guards
+//! for kernel overlayfs and the FUSE binary under test (`mount`), the canonical tree dump
+//! (`dump`), operations and their random generator (`ops`), and the differential runner
+//! (`diff`). See each module's doc.
+//!
+//! Environment: `RLAYERFS_TEST_BIN` selects the FUSE binary (default: the rlayerfs binary
+//! cargo built; e.g. `fuse-overlayfs` as a stand-in).
+
+// Each test binary uses a different part of the harness.
+#![allow(dead_code, unused_imports)]
+
+pub mod diff;
+pub mod dump;
+pub mod fixture;
+pub mod mount;
+pub mod ops;
+pub mod rng;
+pub mod sys;
+
+pub use diff::{Pair, System};
+pub use dump::{dump_tree, dump_tree_with, DumpOptions};
+pub use fixture::{random_stack, random_stack_with, GenOptions, Layer, OpaqueFormat, Stack, WhiteoutFormat};
+pub use mount::{FuseMount, KernelOverlay, MountDirs};
+pub use ops::{random_ops, Op, Outcome, RenameFlags};
+
+use std::io::Write;
+use std::path::Path;
+
+/// Why mounted tests cannot run here, if they cannot.
+pub fn skip_reason() -> Option<String> {
+    if !sys::is_root() {
+        return Some("not running as root (kernel overlay mounts need it)".into());
+    }
+    if !Path::new("/dev/fuse").exists() {
+        return Some("/dev/fuse is missing".into());
+    }
+    None
+}
+
+/// True if mounted tests can run; otherwise prints a SKIP line (bypassing the test
+/// harness's output capture, so it is always seen) and returns false.
+pub fn can_mount(test: &str) -> bool {
+    match skip_reason() {
+        None => true,
+        Some(why) => {
+            let _ = writeln!(std::io::stderr(), "SKIP {test}: {why}");
+            false
+        }
+    }
+}
+
+/// An unsigned integer from the environment, or `default`.
+pub fn env_u64(name: &str, default: u64) -> u64 {
+    match std::env::var(name) {
+        Ok(v) => v.trim().parse().unwrap_or_else(|_| panic!("{name}={v:?} is not a number")),
+        Err(_) => default,
+    }
+}

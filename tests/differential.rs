@@ -1,0 +1,315 @@
+//! Differential tests: kernel overlayfs (index=on,redirect_dir=on) is the reference; the FUSE
+//! binary under test (rlayerfs, or `RLAYERFS_TEST_BIN`, e.g. fuse-overlayfs) must give the
+//! same outcome for every op and the same tree after every op, and each system must read the
+//! other's on-disk result the same way.
+//!
+//! Env: `RLAYERFS_DIFF_SEEDS` (number of random seeds, default 8), `RLAYERFS_DIFF_SEED`
+//! (first seed, default 0), `RLAYERFS_DIFF_OPS` (ops per seed, default 30).
+//! Skips (with a message) when not root or /dev/fuse is missing.
+
+mod common;
+
+use common::fixture::{random_stack_with, GenOptions, Stack, FIXTURE_EPOCH};
+use common::ops::{random_op_in, random_ops, Op, RenameFlags};
+use common::rng::Rng;
+use common::{can_mount, dump_tree_with, env_u64, DumpOptions, OpaqueFormat, Pair, System, WhiteoutFormat};
+
+fn s(p: &str) -> String {
+    p.to_string()
+}
+
+fn create(p: &str) -> Op {
+    Op::Create { path: s(p), mode: 0o644 }
+}
+fn readdir(p: &str) -> Op {
+    Op::ReadDir { path: s(p) }
+}
+fn rename(from: &str, to: &str) -> Op {
+    Op::Rename { from: s(from), to: s(to), flags: RenameFlags::None }
+}
+fn write(p: &str, offset: u64, data: &[u8]) -> Op {
+    Op::Write { path: s(p), offset, data: data.to_vec() }
+}
+
+/// Runs `phases` of ops on a kernel/FUSE pair over `stack`, remounting between phases, then
+/// cross-checks the on-disk results; panics with the divergence report.
+fn run_scenario(name: &str, stack: &Stack, phases: &[Vec<Op>]) {
+    let mut pair = Pair::new(name, stack);
+    let result = (|| {
+        pair.check("initially")?;
+        for (i, phase) in phases.iter().enumerate() {
+            if i > 0 {
+                pair.remount()?;
+            }
+            pair.apply_all(phase.iter().cloned())?;
+        }
+        pair.cross_check()
+    })();
+    if let Err(report) = result {
+        panic!("{report}");
+    }
+}
+
+fn run_seed(seed: u64, n_ops: usize, opts: &GenOptions) -> Result<(), String> {
+    let stack = random_stack_with(seed, opts);
+    let mut pair = Pair::new(format!("seed {seed}"), &stack);
+    pair.check("initially")?;
+    // Ops are drawn against the reference tree as it evolves (deterministic, since the
+    // reference is), so that most of them reach existing entries.
+    let mut rng = Rng::new(seed, 2);
+    for _ in 0..n_ops {
+        let op = random_op_in(&mut rng, &pair.reference_paths());
+        pair.apply(op)?;
+    }
+    pair.cross_check()
+}
+
+fn run_seeds(test: &str, opts: &GenOptions, default_seeds: u64) {
+    let first = env_u64("RLAYERFS_DIFF_SEED", 0);
+    let count = env_u64("RLAYERFS_DIFF_SEEDS", default_seeds);
+    let n_ops = env_u64("RLAYERFS_DIFF_OPS", 30) as usize;
+    let mut failed = Vec::new();
+    for seed in first..first + count {
+        if let Err(report) = run_seed(seed, n_ops, opts) {
+            eprintln!("{report}");
+            failed.push(seed);
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "{test}: {} of {count} seeds diverged: {failed:?} (rerun one: RLAYERFS_DIFF_SEED=N \
+         RLAYERFS_DIFF_SEEDS=1 cargo test --test differential {test} -- --nocapture)",
+        failed.len()
+    );
+}
+
+#[test]
+fn random_differential() {
+    if !can_mount("random_differential") {
+        return;
+    }
+    run_seeds("random_differential", &GenOptions::default(), 8);
+}
+
+/// Stacks also using `.wh.*`, `user.overlay.*` and `user.fuseoverlayfs.opaque`; the kernel
+/// reads a copy translated to its own encodings.
+#[test]
+fn random_differential_non_kernel_formats() {
+    if !can_mount("random_differential_non_kernel_formats") {
+        return;
+    }
+    let opts = GenOptions { non_kernel_formats: true, ..GenOptions::default() };
+    run_seeds("random_differential_non_kernel_formats", &opts, 3);
+}
+
+#[test]
+fn rename_lower_dir_then_remount() {
+    if !can_mount("rename_lower_dir_then_remount") {
+        return;
+    }
+    let stack = Stack::new(2);
+    stack.lower(1).file("a/w", b"bottom w").file("a/x", b"bottom x");
+    stack.lower(0).file("a/x", b"top x").file("a/y/z", b"z").file("b/q", b"q");
+    stack.upper_layer().file("a/u", b"upper u");
+    let phases = vec![
+        vec![
+            rename("a", "c"),
+            readdir("c"),
+            readdir(""),
+            create("c/new"),
+            rename("c/y", "b/y"),
+            readdir("b/y"),
+        ],
+        vec![readdir("c"), rename("c", "a"), readdir("a"), Op::Read { path: s("a/x") }],
+    ];
+    run_scenario("rename_lower_dir_then_remount", &stack, &phases);
+}
+
+#[test]
+fn rm_rf_merged_dir() {
+    if !can_mount("rm_rf_merged_dir") {
+        return;
+    }
+    let stack = Stack::new(2);
+    stack.lower(1).file("d/x", b"x1").file("d/y", b"y1").file("d/sub/z", b"z1");
+    stack.lower(0).file("d/y", b"y0").file("d/w", b"w0").file("d/sub/v", b"v0");
+    stack.upper_layer().file("d/u", b"u").file("d/sub/t", b"t");
+    let phases = vec![
+        vec![
+            Op::RmRf { path: s("d") },
+            readdir(""),
+            Op::Mkdir { path: s("d"), mode: 0o755 },
+            readdir("d"),
+            create("d/x"),
+            Op::Mkdir { path: s("d/sub"), mode: 0o700 },
+        ],
+        vec![readdir("d"), readdir("d/sub")],
+    ];
+    run_scenario("rm_rf_merged_dir", &stack, &phases);
+}
+
+#[test]
+fn create_over_whiteout_is_opaque() {
+    if !can_mount("create_over_whiteout_is_opaque") {
+        return;
+    }
+    let stack = Stack::new(1);
+    stack.lower(0).file("d/x", b"x").file("d/y", b"y").dir("d/e");
+    let phases = vec![
+        vec![
+            Op::Unlink { path: s("d/x") },
+            Op::Unlink { path: s("d/y") },
+            Op::Rmdir { path: s("d/e") },
+            Op::Rmdir { path: s("d") },
+            Op::Mkdir { path: s("d"), mode: 0o755 },
+            create("d/z"),
+            readdir("d"),
+        ],
+        vec![readdir("d"), Op::Unlink { path: s("d/z") }, Op::Rmdir { path: s("d") }, readdir("")],
+    ];
+    run_scenario("create_over_whiteout_is_opaque", &stack, &phases);
+}
+
+/// Every whiteout/opaque encoding the kernel reads, then names created over them.
+#[test]
+fn kernel_whiteout_formats() {
+    if !can_mount("kernel_whiteout_formats") {
+        return;
+    }
+    let stack = Stack::new(2);
+    stack.lower(1).file("a", b"a").file("b", b"b").file("c", b"c").file("d/a", b"da");
+    stack.lower(1).file("d/b", b"db").file("e/x", b"ex");
+    stack.lower(0).whiteout("a", WhiteoutFormat::CharDev).whiteout("b", WhiteoutFormat::XattrTrusted);
+    stack.lower(0).whiteout("d/a", WhiteoutFormat::XattrTrusted).file("d/c", b"dc");
+    stack.lower(0).opaque("e", OpaqueFormat::TrustedXattr).file("e/y", b"ey");
+    stack.upper_layer().whiteout("c", WhiteoutFormat::CharDev);
+    let phases = vec![
+        vec![readdir(""), readdir("d"), readdir("e"), create("a"), Op::Mkdir { path: s("b"), mode: 0o755 }],
+        vec![readdir(""), Op::Symlink { target: s("x"), path: s("c") }],
+    ];
+    run_scenario("kernel_whiteout_formats", &stack, &phases);
+}
+
+/// Encodings only rlayerfs/fuse-overlayfs read; the kernel reference reads a translated copy.
+#[test]
+fn non_kernel_whiteout_formats() {
+    if !can_mount("non_kernel_whiteout_formats") {
+        return;
+    }
+    let stack = Stack::new(2);
+    stack.lower(1).file("a", b"a").file("b", b"b").file("d/a", b"da").file("d/b", b"db");
+    stack.lower(1).file("e/x", b"ex").file("f/x", b"fx").file("g/x", b"gx");
+    stack.lower(0).whiteout("a", WhiteoutFormat::DotWh).whiteout("d/a", WhiteoutFormat::XattrUser);
+    stack.lower(0).opaque("e", OpaqueFormat::DotWhOpq).opaque("f", OpaqueFormat::UserOverlayXattr);
+    stack.lower(0).opaque("g", OpaqueFormat::FuseOverlayfsXattr).file("g/y", b"gy");
+    assert!(!stack.non_kernel_formats().is_empty());
+    let phases = vec![vec![readdir(""), readdir("d"), readdir("e"), readdir("f"), readdir("g"), create("a")]];
+    run_scenario("non_kernel_whiteout_formats", &stack, &phases);
+}
+
+/// With index=on the kernel keeps a lower hard-link pair one inode across copy-up.
+#[test]
+fn hardlink_copy_up_keeps_link() {
+    if !can_mount("hardlink_copy_up_keeps_link") {
+        return;
+    }
+    let stack = Stack::new(1);
+    stack.lower(0).file("f", b"shared").hardlink("g", "f").hardlink("h/i", "f");
+    let phases = vec![
+        vec![write("f", 0, b"X"), Op::Read { path: s("g") }, Op::Chmod { path: s("h/i"), mode: 0o600 }],
+        vec![Op::Read { path: s("h/i") }, Op::Unlink { path: s("g") }],
+    ];
+    run_scenario("hardlink_copy_up_keeps_link", &stack, &phases);
+}
+
+#[test]
+fn open_unlink_lower_file() {
+    if !can_mount("open_unlink_lower_file") {
+        return;
+    }
+    let stack = Stack::new(1);
+    stack.lower(0).file("f", b"lower data").sparse("s", 100_000, &[(50_000, b"mid")]);
+    let phases = vec![vec![
+        Op::OpenUnlinkRead { path: s("f") },
+        Op::OpenUnlinkRead { path: s("s") },
+        readdir(""),
+    ]];
+    run_scenario("open_unlink_lower_file", &stack, &phases);
+}
+
+/// Harness self-check (no FUSE): copies are exact, translated copies hold no non-kernel
+/// encodings.
+#[test]
+fn harness_copy_is_exact() {
+    if !common::sys::is_root() {
+        eprintln!("SKIP harness_copy_is_exact: not root (trusted.* xattrs need it)");
+        return;
+    }
+    let full = DumpOptions { mtime: true, private_xattrs: true };
+    for seed in 0..10 {
+        let opts = GenOptions { non_kernel_formats: true, ..GenOptions::default() };
+        let stack = random_stack_with(seed, &opts);
+        let copy = stack.copy();
+        for (a, b) in stack.lowers.iter().chain([&stack.upper]).zip(copy.lowers.iter().chain([&copy.upper])) {
+            assert_eq!(dump_tree_with(a, full), dump_tree_with(b, full), "seed {seed} layer {}", a.display());
+        }
+        let k = stack.copy_kernel_formats();
+        assert!(k.non_kernel_formats().is_empty(), "seed {seed}: {:?}", k.non_kernel_formats());
+        stack.translate_lowers_in_place();
+        assert!(stack.non_kernel_formats().is_empty(), "seed {seed}");
+    }
+    let _ = FIXTURE_EPOCH;
+}
+
+/// Harness self-check: the kernel against itself never diverges (the generator, copier,
+/// dump and cross-check are deterministic).
+#[test]
+fn harness_kernel_vs_kernel() {
+    if !can_mount("harness_kernel_vs_kernel") {
+        return;
+    }
+    for seed in 0..4 {
+        let stack = random_stack_with(seed, &GenOptions::default());
+        let mut pair = Pair::with_systems(format!("kernel-vs-kernel seed {seed}"), &stack, System::Kernel, System::Kernel);
+        let mut rng = Rng::new(seed, 2);
+        let r = (|| {
+            pair.check("initially")?;
+            for _ in 0..30 {
+                let op = random_op_in(&mut rng, &pair.reference_paths());
+                pair.apply(op)?;
+            }
+            pair.cross_check()
+        })();
+        if let Err(report) = r {
+            panic!("{report}");
+        }
+    }
+}
+
+/// Debug aid: prints the stack layers, the ops with the reference outcomes and the final
+/// reference tree for `RLAYERFS_DIFF_SEED` (`cargo test --test differential print_seed --
+/// --ignored --nocapture`).
+#[test]
+#[ignore]
+fn print_seed() {
+    if !can_mount("print_seed") {
+        return;
+    }
+    let seed = env_u64("RLAYERFS_DIFF_SEED", 0);
+    let n_ops = env_u64("RLAYERFS_DIFF_OPS", 30) as usize;
+    let stack = random_stack_with(seed, &GenOptions::default());
+    let raw = DumpOptions { mtime: false, private_xattrs: true };
+    for (i, l) in stack.lowers.iter().enumerate() {
+        println!("--- lower {i}:\n{}", dump_tree_with(l, raw));
+    }
+    println!("--- upper:\n{}", dump_tree_with(&stack.upper, raw));
+    let mut pair = Pair::with_systems(format!("seed {seed}"), &stack, System::Kernel, System::Kernel);
+    pair.check("initially").unwrap();
+    let mut rng = Rng::new(seed, 2);
+    for _ in 0..n_ops {
+        let op = random_op_in(&mut rng, &pair.reference_paths());
+        pair.apply(op.clone()).unwrap();
+        println!("{op}  => {:?}", pair.steps.last().unwrap().a);
+    }
+    println!("--- merged (kernel):\n{}", pair.reference_dump());
+}
