@@ -123,6 +123,9 @@ impl UnionFs {
         if node.is_dir && merged {
             attr.nlink = 1;
         }
+        if !node.is_dir {
+            attr.nlink += node.extra_links;
+        }
         Ok(attr)
     }
 

@@ -125,9 +125,49 @@ impl UnionFs {
         }
         if let Ok(n) = self.nodes.write().get_mut(ino) {
             n.upper = true;
+            if st.st_mode & libc::S_IFMT == libc::S_IFREG && st.st_nlink > 1 {
+                n.extra_links = st.st_nlink as u32 - 1;
+            }
         }
         tracing::debug!(ino, path = ?lower.path, "copied up");
         Ok(())
+    }
+
+    /// Makes sure the object of `ino` exists in the upper layer under (parent, name): a
+    /// hard link whose object was copied up through another name is linked up.
+    pub(crate) fn copy_up_at(&self, ino: u64, parent: u64, name: &OsStr) -> Result<()> {
+        self.copy_up(ino)?;
+        let (at_node, src_parent, src_name) = {
+            let nodes = self.nodes.read();
+            let n = nodes.get(ino)?;
+            (
+                n.parent == parent && n.name == name,
+                n.parent,
+                n.name.clone(),
+            )
+        };
+        if at_node || self.nodes.read().get(ino)?.is_dir {
+            return Ok(());
+        }
+        self.copy_up(parent)?;
+        let (sp, dp) = {
+            let nodes = self.nodes.read();
+            (nodes.path_of(src_parent)?, nodes.path_of(parent)?)
+        };
+        let root = self.upper_root()?;
+        let sfd = sys::open_dir_path(root, &sp).at("open upper dir", Where::Upper)?;
+        let dfd = sys::open_dir_path(root, &dp).at("open upper dir", Where::Upper)?;
+        match rustix::fs::linkat(&sfd, &src_name, &dfd, name, AtFlags::empty()) {
+            Ok(()) => {
+                if let Ok(n) = self.nodes.write().get_mut(ino) {
+                    n.extra_links = n.extra_links.saturating_sub(1);
+                }
+                Ok(())
+            }
+            // Already an upper link (made by link() in the mount).
+            Err(rustix::io::Errno::EXIST) => Ok(()),
+            Err(e) => Err(Error::os("link up", e, Where::Upper)),
+        }
     }
 
     fn build_copy(

@@ -60,6 +60,9 @@ pub struct Node {
     /// Set once the object lost its last name while still referenced: an `O_PATH`
     /// handle that keeps `getattr` and open handles working.
     pub detached: Option<Arc<OwnedFd>>,
+    /// Names of a copied-up hard-linked file that still lead to the lower original: they
+    /// count in st_nlink, as with kernel overlayfs `index=on`.
+    pub extra_links: u32,
 }
 
 /// The table of nodes, guarded by one `RwLock` in the core, never held across I/O.
@@ -84,6 +87,7 @@ impl NodeTable {
                 lookups: 1,
                 children: 0,
                 detached: None,
+                extra_links: 0,
             },
         );
         t
@@ -305,6 +309,7 @@ mod tests {
             lookups: 0,
             children: 0,
             detached: None,
+            extra_links: 0,
         }
     }
 

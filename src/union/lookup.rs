@@ -594,15 +594,24 @@ impl UnionFs {
             lookups: 0,
             children: 0,
             detached: None,
+            extra_links: 0,
         });
         // Refresh what the disk says now (the object may have been copied up).
+        let mut elsewhere = false;
         if let Ok(n) = nodes.get_mut(ino) {
             if n.parent == parent && n.name == name {
                 n.upper = upper;
                 if lower.is_some() || upper {
                     n.lower = lower;
                 }
+            } else {
+                // A hard link found under another name: the object is where the node is.
+                elsewhere = n.upper || n.extra_links > 0;
             }
+        }
+        drop(nodes);
+        if elsewhere {
+            return self.getattr(ino);
         }
         Ok(attr)
     }

@@ -391,7 +391,16 @@ impl UnionFs {
             self.put_whiteout(fmt, pfd.as_fd(), name, false)?;
         }
         let aliases = !dir && r.stat().map(|s| s.st_nlink > 1).unwrap_or(false);
-        self.nodes.write().unname(parent, name, aliases, detached);
+        let mut nodes = self.nodes.write();
+        if let Some(ino) = known {
+            if let Ok(n) = nodes.get_mut(ino) {
+                if r.upper.is_none() && n.upper && (n.parent != parent || n.name != name) {
+                    // A lower name of a copied-up hard link goes away.
+                    n.extra_links = n.extra_links.saturating_sub(1);
+                }
+            }
+        }
+        nodes.unname(parent, name, aliases, detached);
         Ok(())
     }
 
@@ -468,7 +477,7 @@ impl UnionFs {
                     _ => {}
                 }
             }
-            self.copy_up(src_ino)?;
+            self.copy_up_at(src_ino, parent, name)?;
             self.copy_up(new_parent)?;
             if exchange {
                 if let Some(d) = dst_ino {

@@ -141,7 +141,11 @@ impl Layer {
     pub fn chardev(&self, rel: &str, major: u32, minor: u32) -> &Self {
         self.parent(rel);
         let p = self.path(rel);
-        ctx(sys::mknod(&p, libc::S_IFCHR | 0o644, major, minor), "mknod", &p);
+        ctx(
+            sys::mknod(&p, libc::S_IFCHR | 0o644, major, minor),
+            "mknod",
+            &p,
+        );
         self
     }
 
@@ -160,7 +164,11 @@ impl Layer {
 
     pub fn xattr(&self, rel: &str, name: &str, value: &[u8]) -> &Self {
         let p = self.path(rel);
-        ctx(sys::set_xattr(&p, name, value), &format!("setxattr {name}"), &p);
+        ctx(
+            sys::set_xattr(&p, name, value),
+            &format!("setxattr {name}"),
+            &p,
+        );
         self
     }
 
@@ -174,11 +182,13 @@ impl Layer {
                 ctx(sys::mknod(&p, libc::S_IFCHR, 0, 0), "mknod whiteout", &p);
             }
             WhiteoutFormat::XattrTrusted => {
-                self.file(rel, b"").xattr(rel, "trusted.overlay.whiteout", b"y");
+                self.file(rel, b"")
+                    .xattr(rel, "trusted.overlay.whiteout", b"y");
                 self.xattr(parent_rel, "trusted.overlay.opaque", b"x");
             }
             WhiteoutFormat::XattrUser => {
-                self.file(rel, b"").xattr(rel, "user.overlay.whiteout", b"y");
+                self.file(rel, b"")
+                    .xattr(rel, "user.overlay.whiteout", b"y");
                 self.xattr(parent_rel, "user.overlay.opaque", b"x");
             }
             WhiteoutFormat::DotWh => {
@@ -196,9 +206,7 @@ impl Layer {
         match format {
             OpaqueFormat::TrustedXattr => self.xattr(rel, "trusted.overlay.opaque", b"y"),
             OpaqueFormat::UserOverlayXattr => self.xattr(rel, "user.overlay.opaque", b"y"),
-            OpaqueFormat::FuseOverlayfsXattr => {
-                self.xattr(rel, "user.fuseoverlayfs.opaque", b"y")
-            }
+            OpaqueFormat::FuseOverlayfsXattr => self.xattr(rel, "user.fuseoverlayfs.opaque", b"y"),
             OpaqueFormat::DotWhOpq => self.file(&join(rel, ".wh..wh..opq"), b""),
         }
     }
@@ -211,7 +219,11 @@ impl Layer {
 
     pub fn chmod(&self, rel: &str, mode: u32) -> &Self {
         let p = self.path(rel);
-        ctx(fs::set_permissions(&p, fs::Permissions::from_mode(mode)), "chmod", &p);
+        ctx(
+            fs::set_permissions(&p, fs::Permissions::from_mode(mode)),
+            "chmod",
+            &p,
+        );
         self
     }
 
@@ -276,23 +288,42 @@ impl Stack {
         let (upper, work, mnt) = (root.join("upper"), root.join("work"), root.join("mnt"));
         for d in lowers.iter().chain([&upper, &work, &mnt]) {
             ctx(fs::create_dir(d), "mkdir", d);
-            ctx(fs::set_permissions(d, fs::Permissions::from_mode(0o755)), "chmod", d);
+            ctx(
+                fs::set_permissions(d, fs::Permissions::from_mode(0o755)),
+                "chmod",
+                d,
+            );
         }
-        Stack { _tmp: tmp, root, lowers, upper, work, mnt }
+        Stack {
+            _tmp: tmp,
+            root,
+            lowers,
+            upper,
+            work,
+            mnt,
+        }
     }
 
     /// Lower layer `i` (0 = top).
     pub fn lower(&self, i: usize) -> Layer {
-        Layer { root: self.lowers[i].clone() }
+        Layer {
+            root: self.lowers[i].clone(),
+        }
     }
 
     pub fn upper_layer(&self) -> Layer {
-        Layer { root: self.upper.clone() }
+        Layer {
+            root: self.upper.clone(),
+        }
     }
 
     /// `lowerdir=` value: top first, colon separated.
     pub fn lowerdir(&self) -> String {
-        self.lowers.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(":")
+        self.lowers
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(":")
     }
 
     /// A new, empty directory under the stack root (e.g. a fresh workdir for a cross-check).
@@ -323,7 +354,12 @@ impl Stack {
     fn copy_with(&self, translate: bool) -> Stack {
         let dst = Stack::new(self.lowers.len());
         let mut links = HashMap::new();
-        for (s, d) in self.lowers.iter().zip(&dst.lowers).chain([(&self.upper, &dst.upper)]) {
+        for (s, d) in self
+            .lowers
+            .iter()
+            .zip(&dst.lowers)
+            .chain([(&self.upper, &dst.upper)])
+        {
             ctx(fs::remove_dir(d), "rmdir", d);
             ctx(copy_tree(s, d, translate, &mut links), "copy", s);
         }
@@ -413,7 +449,9 @@ fn copy_entry(
     }
     if ft.is_dir() {
         fs::create_dir(dst)?;
-        let mut names: Vec<_> = fs::read_dir(src)?.map(|e| e.map(|e| e.file_name())).collect::<io::Result<_>>()?;
+        let mut names: Vec<_> = fs::read_dir(src)?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<io::Result<_>>()?;
         names.sort();
         for name in &names {
             let s = name.to_string_lossy();
@@ -442,7 +480,12 @@ fn copy_entry(
             libc::S_IFSOCK
         };
         let rdev = meta.rdev();
-        sys::mknod(dst, kind | (meta.mode() & 0o7777), libc::major(rdev), libc::minor(rdev))?;
+        sys::mknod(
+            dst,
+            kind | (meta.mode() & 0o7777),
+            libc::major(rdev),
+            libc::minor(rdev),
+        )?;
     }
     sys::lchown(dst, meta.uid(), meta.gid())?;
     if !ft.is_symlink() {
@@ -450,7 +493,11 @@ fn copy_entry(
     }
     for name in sys::list_xattrs(src)? {
         let value = sys::get_xattr(src, &name)?;
-        let name = if translate { translate_xattr(&name) } else { name };
+        let name = if translate {
+            translate_xattr(&name)
+        } else {
+            name
+        };
         extra_xattrs.entry(name).or_insert(value);
     }
     for (name, value) in &extra_xattrs {
@@ -464,8 +511,15 @@ fn copy_entry(
 /// Copies file data, leaving all-zero blocks as holes (so sparse files stay sparse).
 fn copy_file_data(src: &Path, dst: &Path, len: u64) -> io::Result<()> {
     const BLOCK: usize = 4096;
-    let mut input = OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(src)?;
-    let mut out = OpenOptions::new().write(true).create_new(true).mode(0o600).open(dst)?;
+    let mut input = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(src)?;
+    let mut out = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(dst)?;
     let mut buf = vec![0u8; BLOCK];
     let mut off = 0u64;
     loop {
@@ -495,7 +549,11 @@ pub struct GenOptions {
 
 impl Default for GenOptions {
     fn default() -> Self {
-        GenOptions { non_kernel_formats: false, max_lowers: 6, entries: (3, 10) }
+        GenOptions {
+            non_kernel_formats: false,
+            max_lowers: 6,
+            entries: (3, 10),
+        }
     }
 }
 
@@ -509,7 +567,10 @@ pub fn random_path(rng: &mut Rng) -> String {
         4..=7 => 2,
         _ => 3,
     };
-    (0..depth).map(|_| *rng.pick(&NAMES)).collect::<Vec<_>>().join("/")
+    (0..depth)
+        .map(|_| *rng.pick(&NAMES))
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -554,16 +615,27 @@ pub fn random_stack_with(seed: u64, opts: &GenOptions) -> Stack {
     // Bottom layer first, upper last (the order a real stack is built).
     for i in (0..n).rev() {
         gen_layer(&mut rng, &stack.lower(i), opts, true);
-        stack.lower(i).set_all_times(FIXTURE_EPOCH + 1000 * (n - i) as i64);
+        stack
+            .lower(i)
+            .set_all_times(FIXTURE_EPOCH + 1000 * (n - i) as i64);
     }
-    let upper_opts = GenOptions { non_kernel_formats: false, ..opts.clone() };
+    let upper_opts = GenOptions {
+        non_kernel_formats: false,
+        ..opts.clone()
+    };
     gen_layer(&mut rng, &stack.upper_layer(), &upper_opts, false);
-    stack.upper_layer().set_all_times(FIXTURE_EPOCH + 1000 * (n + 1) as i64);
+    stack
+        .upper_layer()
+        .set_all_times(FIXTURE_EPOCH + 1000 * (n + 1) as i64);
     stack
 }
 
 fn gen_layer(rng: &mut Rng, layer: &Layer, opts: &GenOptions, is_lower: bool) {
-    let mut g = LayerGen { held: HashMap::new(), marks: HashMap::new(), files: Vec::new() };
+    let mut g = LayerGen {
+        held: HashMap::new(),
+        marks: HashMap::new(),
+        files: Vec::new(),
+    };
     g.held.insert(String::new(), Held::Dir);
     let count = rng.range(opts.entries.0, opts.entries.1);
     for _ in 0..count {
@@ -634,7 +706,11 @@ impl LayerGen {
         let (uid, gid) = (*rng.pick(&OWNERS), *rng.pick(&OWNERS));
         let held = match roll {
             0..=29 => {
-                let len = if rng.chance(15) { rng.range(4000, 9000) } else { rng.below(40) };
+                let len = if rng.chance(15) {
+                    rng.range(4000, 9000)
+                } else {
+                    rng.below(40)
+                };
                 let content = rng.bytes(len);
                 layer.file_with(path, &content, *rng.pick(&FILE_MODES), uid, gid);
                 if rng.chance(30) {
@@ -705,7 +781,10 @@ impl LayerGen {
                     format = WhiteoutFormat::CharDev;
                 }
                 layer.whiteout(path, format);
-                if matches!(format, WhiteoutFormat::XattrTrusted | WhiteoutFormat::XattrUser) {
+                if matches!(
+                    format,
+                    WhiteoutFormat::XattrTrusted | WhiteoutFormat::XattrUser
+                ) {
                     self.marks.insert(parent, DirMark::XWhiteouts);
                 }
                 Held::Whiteout
@@ -751,8 +830,9 @@ fn translate_in_place(p: &Path) -> io::Result<()> {
     if !fs::symlink_metadata(p)?.is_dir() {
         return Ok(());
     }
-    let mut names: Vec<_> =
-        fs::read_dir(p)?.map(|e| e.map(|e| e.file_name())).collect::<io::Result<_>>()?;
+    let mut names: Vec<_> = fs::read_dir(p)?
+        .map(|e| e.map(|e| e.file_name()))
+        .collect::<io::Result<_>>()?;
     names.sort();
     for name in names {
         let s = name.to_string_lossy().into_owned();
