@@ -320,3 +320,99 @@ mod tests {
         assert_eq!(get_xattr(fd.as_fd(), OsStr::new("user.t")).unwrap(), None);
     }
 }
+
+/// A file handle as `name_to_handle_at` encodes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileHandle {
+    pub handle_type: i32,
+    pub bytes: Vec<u8>,
+}
+
+#[repr(C)]
+struct RawHandle {
+    handle_bytes: u32,
+    handle_type: i32,
+    f_handle: [u8; MAX_HANDLE_SZ],
+}
+
+const MAX_HANDLE_SZ: usize = 128;
+
+/// Encodes a file handle for the object behind `fd` (an `O_PATH` fd is fine).
+pub fn name_to_handle(fd: BorrowedFd<'_>) -> std::io::Result<FileHandle> {
+    let mut raw = RawHandle {
+        handle_bytes: MAX_HANDLE_SZ as u32,
+        handle_type: 0,
+        f_handle: [0; MAX_HANDLE_SZ],
+    };
+    let mut mount_id: libc::c_int = 0;
+    // SAFETY: `raw` is a properly sized `struct file_handle` with room for MAX_HANDLE_SZ
+    // bytes, the path is a valid NUL-terminated empty string used with AT_EMPTY_PATH.
+    #[allow(unsafe_code)]
+    let r = unsafe {
+        libc::name_to_handle_at(
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            &mut raw as *mut RawHandle as *mut libc::file_handle,
+            &mut mount_id,
+            libc::AT_EMPTY_PATH,
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let n = (raw.handle_bytes as usize).min(MAX_HANDLE_SZ);
+    Ok(FileHandle {
+        handle_type: raw.handle_type,
+        bytes: raw.f_handle[..n].to_vec(),
+    })
+}
+
+/// Opens (with `O_PATH`) the object a handle names, on the filesystem of `mount_fd`.
+/// Needs CAP_DAC_READ_SEARCH.
+pub fn open_by_handle(mount_fd: BorrowedFd<'_>, h: &FileHandle) -> std::io::Result<OwnedFd> {
+    if h.bytes.len() > MAX_HANDLE_SZ {
+        return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    let mut raw = RawHandle {
+        handle_bytes: h.bytes.len() as u32,
+        handle_type: h.handle_type,
+        f_handle: [0; MAX_HANDLE_SZ],
+    };
+    raw.f_handle[..h.bytes.len()].copy_from_slice(&h.bytes);
+    // SAFETY: `raw` is a valid `struct file_handle` whose length field matches its data.
+    #[allow(unsafe_code)]
+    let fd = unsafe {
+        libc::open_by_handle_at(
+            mount_fd.as_raw_fd(),
+            &mut raw as *mut RawHandle as *mut libc::file_handle,
+            libc::O_PATH | libc::O_CLOEXEC | libc::O_NOFOLLOW,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this descriptor to us; nothing else owns it.
+    #[allow(unsafe_code)]
+    Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+}
+
+/// The filesystem's UUID as the kernel's `s_uuid` (FS_IOC_GETFSUUID); all zeros when the
+/// filesystem has none or cannot tell.
+pub fn fs_uuid(dir: BorrowedFd<'_>) -> [u8; 16] {
+    #[repr(C)]
+    struct FsUuid2 {
+        len: u8,
+        uuid: [u8; 16],
+    }
+    // _IOR(0x15, 0, struct fsuuid2)
+    const FS_IOC_GETFSUUID: libc::c_ulong = 0x8011_1500;
+    let Ok(fd) = open_dir_for_read(dir, Path::new("")) else { return [0; 16] };
+    let mut out = FsUuid2 { len: 0, uuid: [0; 16] };
+    // SAFETY: FS_IOC_GETFSUUID writes at most size_of::<FsUuid2>() bytes into `out`.
+    #[allow(unsafe_code)]
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), FS_IOC_GETFSUUID, &mut out as *mut FsUuid2) };
+    if r != 0 || out.len as usize != 16 {
+        return [0; 16];
+    }
+    out.uuid
+}

@@ -3,7 +3,7 @@
 
 use std::ffi::{CString, OsStr, OsString};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustix::fs::{AtFlags, Mode, OFlags, Timestamps};
@@ -18,6 +18,8 @@ use crate::union::{whiteout, Attr, Timespec, UnionFs};
 pub enum RealLoc {
     Upper(PathBuf),
     Lower(LowerIdx, PathBuf),
+    /// An indexed hard-linked file reached through a lower name not linked up yet.
+    Index(Arc<str>),
     /// No name any more: only this handle reaches it.
     Detached(Arc<OwnedFd>),
 }
@@ -25,7 +27,7 @@ pub enum RealLoc {
 impl RealLoc {
     pub fn at(&self) -> Where {
         match self {
-            RealLoc::Upper(_) => Where::Upper,
+            RealLoc::Upper(_) | RealLoc::Index(_) => Where::Upper,
             RealLoc::Lower(l, _) => Where::Lower(*l),
             RealLoc::Detached(_) => Where::Unknown,
         }
@@ -85,6 +87,9 @@ impl UnionFs {
         if node.upper {
             return Ok(RealLoc::Upper(nodes.path_of(ino)?));
         }
+        if let Some(name) = &node.index {
+            return Ok(RealLoc::Index(name.clone()));
+        }
         match &node.lower {
             Some(l) => match l.top() {
                 Some(top) => Ok(RealLoc::Lower(top, l.path.clone())),
@@ -103,6 +108,10 @@ impl UnionFs {
             RealLoc::Lower(l, p) => Ok(Arc::new(
                 sys::open_path(self.lower_root(*l), p).at("open", Where::Lower(*l))?,
             )),
+            RealLoc::Index(name) => {
+                let index = self.stack.index.as_ref().ok_or(Error::Invariant("index entry without index"))?;
+                Ok(Arc::new(sys::open_path(index.as_fd(), Path::new(&**name)).at("open index", Where::Work)?))
+            }
             RealLoc::Detached(fd) => Ok(fd.clone()),
         }
     }
@@ -124,7 +133,7 @@ impl UnionFs {
             attr.nlink = 1;
         }
         if !node.is_dir {
-            attr.nlink += node.extra_links;
+            attr.nlink = (attr.nlink as i64 + node.nlink_offset).max(0) as u32;
         }
         Ok(attr)
     }

@@ -15,7 +15,8 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags, Stat, Timestamps}
 
 use crate::error::{Error, OsContext, Result, Where};
 use crate::sys;
-use crate::union::{whiteout, UnionFs, ROOT};
+use crate::union::{origin, whiteout, UnionFs, ROOT};
+use std::sync::Arc;
 
 /// Copies every xattr but the overlay's private ones from `src` to `dst`.
 pub(crate) fn copy_xattrs(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, at: Where) -> Result<()> {
@@ -86,7 +87,7 @@ pub(crate) fn copy_meta(dir: BorrowedFd<'_>, name: &OsStr, st: &Stat) -> Result<
 impl UnionFs {
     /// Makes sure node `ino` exists in the upper layer. Caller holds `ns_lock`.
     pub(crate) fn copy_up(&self, ino: u64) -> Result<()> {
-        let (parent, name, lower) = {
+        let (parent, name, lower, index) = {
             let nodes = self.nodes.read();
             let node = nodes.get(ino)?;
             if node.upper {
@@ -95,41 +96,105 @@ impl UnionFs {
             if node.detached.is_some() {
                 return Err(Error::NotFound);
             }
-            (node.parent, node.name.clone(), node.lower.clone())
+            (node.parent, node.name.clone(), node.lower.clone(), node.index.clone())
         };
         if ino == ROOT {
             return Err(Error::Invariant("upper root missing"));
         }
         self.copy_up(parent)?;
+        let upper_parent = self.nodes.read().path_of(parent)?;
+        let pfd = sys::open_dir_path(self.upper_root()?, &upper_parent).at("open upper dir", Where::Upper)?;
+        if let Some(entry) = index {
+            // Already copied up through another name: link this name to it.
+            rustix::fs::linkat(self.index_fd()?, &*entry, &pfd, &name, AtFlags::empty()).at("link up", Where::Upper)?;
+            if let Ok(n) = self.nodes.write().get_mut(ino) {
+                n.upper = true;
+            }
+            return self.adjust_nlink(ino, -1);
+        }
         let lower = lower.ok_or(Error::Invariant("node without upper or lower"))?;
-        let top = lower
-            .top()
-            .ok_or(Error::Invariant("lower without layers"))?;
+        let top = lower.top().ok_or(Error::Invariant("lower without layers"))?;
         let at = Where::Lower(top);
-        let src_root = self.lower_root(top);
-        let src = sys::open_path(src_root, &lower.path).at("open lower", at)?;
+        let src = sys::open_path(self.lower_root(top), &lower.path).at("open lower", at)?;
         let st = rustix::fs::fstat(&src).at("stat lower", at)?;
+        let origin = if self.index_enabled() { self.origin_of(top, src.as_fd()) } else { None };
         let work = self.work_dir()?;
         let tmp = self.tmp_name();
-        let built = self.build_copy(work, &tmp, &src, &st, &lower.path, top);
+        let is_reg = st.st_mode & libc::S_IFMT == libc::S_IFREG;
+        let linked = is_reg && st.st_nlink > 1;
+        let built = self.build_copy(work, &tmp, &src, &st, &lower.path, top).and_then(|()| {
+            let Some(o) = &origin else { return Ok(()) };
+            let fd = rustix::fs::openat(work, &tmp, OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
+                .at("open copy", Where::Work)?;
+            sys::set_xattr(fd.as_fd(), OsStr::new(origin::ORIGIN_XATTR), o, 0).at("set origin", Where::Work)?;
+            if linked {
+                let rec = origin::format_nlink(st.st_nlink as i64 - 2);
+                sys::set_xattr(fd.as_fd(), OsStr::new(origin::NLINK_XATTR), rec.as_bytes(), 0).at("set nlink", Where::Work)?;
+            }
+            Ok(())
+        });
         if let Err(e) = built {
             let _ = crate::union::layer::remove_tree(work, &tmp);
             return Err(e);
         }
-        let upper_parent = self.nodes.read().path_of(parent)?;
-        let pfd = sys::open_dir_path(self.upper_root()?, &upper_parent)
-            .at("open upper dir", Where::Upper)?;
-        if let Err(e) = rustix::fs::renameat_with(work, &tmp, &pfd, &name, RenameFlags::NOREPLACE) {
-            let _ = crate::union::layer::remove_tree(work, &tmp);
-            return Err(Error::os("publish copy-up", e, Where::Upper));
-        }
+        let (index_entry, offset) = match (&origin, linked) {
+            (Some(o), true) => {
+                let entry = origin::index_name(o);
+                self.publish_indexed(work, &tmp, &entry, pfd.as_fd(), &name)?;
+                (Some(Arc::<str>::from(entry.as_str())), st.st_nlink as i64 - 2)
+            }
+            _ => {
+                if let Err(e) = rustix::fs::renameat_with(work, &tmp, &pfd, &name, RenameFlags::NOREPLACE) {
+                    let _ = crate::union::layer::remove_tree(work, &tmp);
+                    return Err(Error::os("publish copy-up", e, Where::Upper));
+                }
+                (None, if linked { st.st_nlink as i64 - 1 } else { 0 })
+            }
+        };
         if let Ok(n) = self.nodes.write().get_mut(ino) {
             n.upper = true;
-            if st.st_mode & libc::S_IFMT == libc::S_IFREG && st.st_nlink > 1 {
-                n.extra_links = st.st_nlink as u32 - 1;
-            }
+            n.index = index_entry;
+            n.nlink_offset = offset;
         }
         tracing::debug!(ino, path = ?lower.path, "copied up");
+        Ok(())
+    }
+
+    /// Publishes a copy of a hard-linked lower file: first as its index entry, then linked
+    /// to its name, so every other lower name of it finds the copy (kernel `index=on`).
+    fn publish_indexed(&self, work: BorrowedFd<'_>, tmp: &OsStr, entry: &str, pfd: BorrowedFd<'_>, name: &OsStr) -> Result<()> {
+        let index = self.index_fd()?;
+        let mut r = rustix::fs::renameat_with(work, tmp, index, entry, RenameFlags::NOREPLACE);
+        if r == Err(rustix::io::Errno::EXIST) {
+            // A stale entry no name links to any more (the node would know otherwise).
+            let _ = rustix::fs::unlinkat(index, entry, AtFlags::empty());
+            r = rustix::fs::renameat_with(work, tmp, index, entry, RenameFlags::NOREPLACE);
+        }
+        if let Err(e) = r {
+            let _ = crate::union::layer::remove_tree(work, tmp);
+            return Err(Error::os("publish index entry", e, Where::Work));
+        }
+        if let Err(e) = rustix::fs::linkat(index, entry, pfd, name, AtFlags::empty()) {
+            let _ = rustix::fs::unlinkat(index, entry, AtFlags::empty());
+            return Err(Error::os("link copy-up", e, Where::Upper));
+        }
+        Ok(())
+    }
+
+    /// Changes the merged link count of a non-directory by `delta` (a lower name of a
+    /// copied-up hard link was linked up or removed), persisting it for indexed objects.
+    pub(crate) fn adjust_nlink(&self, ino: u64, delta: i64) -> Result<()> {
+        let (offset, persist) = {
+            let mut nodes = self.nodes.write();
+            let n = nodes.get_mut(ino)?;
+            n.nlink_offset += delta;
+            (n.nlink_offset, n.index.is_some())
+        };
+        if persist {
+            let fd = self.open_real_path(&self.real(ino)?)?;
+            let rec = origin::format_nlink(offset);
+            sys::set_xattr(fd.as_fd(), OsStr::new(origin::NLINK_XATTR), rec.as_bytes(), 0).at("set nlink", Where::Upper)?;
+        }
         Ok(())
     }
 
@@ -158,12 +223,7 @@ impl UnionFs {
         let sfd = sys::open_dir_path(root, &sp).at("open upper dir", Where::Upper)?;
         let dfd = sys::open_dir_path(root, &dp).at("open upper dir", Where::Upper)?;
         match rustix::fs::linkat(&sfd, &src_name, &dfd, name, AtFlags::empty()) {
-            Ok(()) => {
-                if let Ok(n) = self.nodes.write().get_mut(ino) {
-                    n.extra_links = n.extra_links.saturating_sub(1);
-                }
-                Ok(())
-            }
+            Ok(()) => self.adjust_nlink(ino, -1),
             // Already an upper link (made by link() in the mount).
             Err(rustix::io::Errno::EXIST) => Ok(()),
             Err(e) => Err(Error::os("link up", e, Where::Upper)),

@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -129,6 +130,7 @@ impl UnionFs {
                 sys::open_beneath(self.lower_root(*l), p, oflags, Mode::empty())
                     .at("open", Where::Lower(*l))?
             }
+            RealLoc::Index(name) => sys::open_beneath(self.index_fd()?, Path::new(&**name), oflags, Mode::empty()).at("open index", Where::Work)?,
             RealLoc::Detached(fd) => {
                 // Reopening through /proc lands on the nameless object itself.
                 rustix::fs::open(

@@ -60,9 +60,12 @@ pub struct Node {
     /// Set once the object lost its last name while still referenced: an `O_PATH`
     /// handle that keeps `getattr` and open handles working.
     pub detached: Option<Arc<OwnedFd>>,
-    /// Names of a copied-up hard-linked file that still lead to the lower original: they
-    /// count in st_nlink, as with kernel overlayfs `index=on`.
-    pub extra_links: u32,
+    /// Merged st_nlink minus the real one: lower names of a copied-up hard-linked file
+    /// still count, as with kernel overlayfs `index=on` (persisted as `overlay.nlink`
+    /// when the object is indexed).
+    pub nlink_offset: i64,
+    /// Name of the object's entry in `WORKDIR/index`, for an indexed hard-linked file.
+    pub index: Option<Arc<str>>,
 }
 
 /// The table of nodes, guarded by one `RwLock` in the core, never held across I/O.
@@ -87,7 +90,8 @@ impl NodeTable {
                 lookups: 1,
                 children: 0,
                 detached: None,
-                extra_links: 0,
+                nlink_offset: 0,
+                index: None,
             },
         );
         t
@@ -281,9 +285,13 @@ impl NodeTable {
             }
             None => {
                 if let Some(n) = self.nodes.get_mut(&ino) {
-                    n.detached = detached;
                     n.upper = false;
-                    n.lower = None;
+                    if n.index.is_none() {
+                        // An indexed object lives on in the index; anything else only
+                        // through the handle taken before the removal.
+                        n.detached = detached;
+                        n.lower = None;
+                    }
                 }
             }
         }
@@ -309,7 +317,8 @@ mod tests {
             lookups: 0,
             children: 0,
             detached: None,
-            extra_links: 0,
+            nlink_offset: 0,
+                index: None,
         }
     }
 

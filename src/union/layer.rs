@@ -24,6 +24,8 @@ pub struct Layer {
     pub root: OwnedFd,
     pub dev: u64,
     pub path: PathBuf,
+    /// The filesystem's UUID, as origin records carry it.
+    pub uuid: [u8; 16],
 }
 
 /// The paths that make up a stack, as given by the user.
@@ -41,6 +43,8 @@ pub struct Stack {
     pub upper: Option<Layer>,
     /// `WORKDIR/work`, the scratch directory on the upper's filesystem.
     pub work: Option<OwnedFd>,
+    /// `WORKDIR/index`, where hard-linked copy-ups are recorded (kernel `index=on`).
+    pub index: Option<OwnedFd>,
 }
 
 /// Name of the scratch directory inside the workdir (the kernel uses the same name).
@@ -61,10 +65,12 @@ fn open_layer(path: &Path, what: &str) -> Result<Layer, String> {
     let path = path
         .canonicalize()
         .map_err(|e| format!("{what} {}: {e}", path.display()))?;
+    let uuid = sys::fs_uuid(root.as_fd());
     Ok(Layer {
         root,
         dev: st.st_dev,
         path,
+        uuid,
     })
 }
 
@@ -87,6 +93,7 @@ impl Stack {
             .iter()
             .map(|p| open_layer(p, "lowerdir"))
             .collect::<Result<Vec<_>, _>>()?;
+        let mut index = None;
         let (upper, work) = match (&paths.upper, &paths.work) {
             (None, None) => (None, None),
             (Some(_), None) => return Err("upperdir given without workdir".into()),
@@ -121,13 +128,15 @@ impl Stack {
                 }
                 let scratch = prepare_scratch(workdir.root.as_fd())
                     .map_err(|e| format!("workdir {}: {e}", workdir.path.display()))?;
+                index = open_index(workdir.root.as_fd());
                 (Some(upper), Some(scratch))
             }
         };
         Ok(Stack {
             lowers,
             upper,
-            work: work.map(|w: OwnedFd| w),
+            work,
+            index,
         })
     }
 
@@ -135,6 +144,27 @@ impl Stack {
     pub fn lower(&self, idx: LowerIdx) -> &Layer {
         &self.lowers[idx as usize]
     }
+}
+
+/// Opens `WORKDIR/index`, creating it (mode 0, as the kernel does) when possible, and
+/// drops orphan entries (a copy-up killed before any name linked to it), as the kernel
+/// does at mount. `None` when it cannot be had (the mount then works without an index).
+fn open_index(workdir: BorrowedFd<'_>) -> Option<OwnedFd> {
+    match rustix::fs::mkdirat(workdir, crate::union::origin::INDEX_SUBDIR, Mode::empty()) {
+        Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+        Err(_) => return None,
+    }
+    let index = sys::open_dir_path(workdir, Path::new(crate::union::origin::INDEX_SUBDIR)).ok()?;
+    if let Ok(dir) = sys::open_dir_for_read(index.as_fd(), Path::new("")) {
+        for e in sys::read_dir(dir).unwrap_or_default() {
+            if let Ok(st) = rustix::fs::statat(&index, &e.name, AtFlags::SYMLINK_NOFOLLOW) {
+                if st.st_mode & libc::S_IFMT == libc::S_IFREG && st.st_nlink == 1 {
+                    let _ = rustix::fs::unlinkat(&index, &e.name, AtFlags::empty());
+                }
+            }
+        }
+    }
+    Some(index)
 }
 
 /// Creates `WORKDIR/work` if needed and removes everything a previous run left in it.

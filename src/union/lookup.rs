@@ -107,12 +107,21 @@ pub struct Resolved {
     pub upper: Option<Stat>,
     pub lower: Option<Arc<LowerRef>>,
     pub lower_stat: Option<Stat>,
+    /// For a lower hard link whose object was copied up: its index entry and stat.
+    pub index: Option<(Arc<str>, Stat)>,
+    /// Inode number of the lower origin of a copied-up non-directory.
+    pub origin_ino: Option<u64>,
+    /// Merged st_nlink minus the real one (from `overlay.nlink`).
+    pub nlink_offset: i64,
 }
 
 impl Resolved {
-    /// The stat the user sees.
+    /// The stat the user sees (its st_nlink before `nlink_offset`).
     pub fn stat(&self) -> Option<&Stat> {
-        self.upper.as_ref().or(self.lower_stat.as_ref())
+        self.upper
+            .as_ref()
+            .or(self.index.as_ref().map(|(_, st)| st))
+            .or(self.lower_stat.as_ref())
     }
 }
 
@@ -394,6 +403,7 @@ impl UnionFs {
     /// Resolves `name` in a directory. `Err(NotFound)` when hidden or absent.
     pub(crate) fn resolve(&self, parent: &DirInfo, name: &OsStr) -> Result<Resolved> {
         let mut upper = None;
+        let mut origin: (Option<u64>, i64) = (None, 0);
         let mut redirect: Option<Vec<u8>> = None;
         let mut opaque = false;
         if let Some(pu) = &parent.upper {
@@ -416,8 +426,14 @@ impl UnionFs {
                                 break;
                             }
                         }
-                    } else if st.st_mode & libc::S_IFMT == libc::S_IFREG {
-                        self.refuse_metacopy(pfd.as_fd(), name)?;
+                    } else {
+                        if st.st_mode & libc::S_IFMT == libc::S_IFREG {
+                            self.refuse_metacopy(pfd.as_fd(), name)?;
+                        }
+                        if self.index_enabled() {
+                            let fd = sys::open_path(pfd.as_fd(), Path::new(name)).at("open", Where::Upper)?;
+                            origin = self.read_identity(fd.as_fd(), st.st_nlink > 1)?;
+                        }
                     }
                     upper = Some(st);
                 }
@@ -468,12 +484,96 @@ impl UnionFs {
             (Some(st), _) | (None, Some(st)) => st.st_mode & libc::S_IFMT == libc::S_IFDIR,
             (None, None) => return Err(Error::NotFound),
         };
+        let mut index = None;
+        if let (None, Some(l), Some(st)) = (&upper, &lower, &lower_stat) {
+            if !is_dir && st.st_nlink > 1 && self.index_enabled() {
+                if let Some(found) = self.find_index(l)? {
+                    let fd = sys::open_path(self.index_fd()?, Path::new(&*found.0)).at("open index", Where::Work)?;
+                    origin = self.read_identity(fd.as_fd(), true)?;
+                    origin.0 = Some(self.map_ino(st));
+                    index = Some(found);
+                }
+            }
+        }
         Ok(Resolved {
             is_dir,
             upper,
             lower,
             lower_stat,
+            index,
+            origin_ino: origin.0,
+            nlink_offset: origin.1,
         })
+    }
+
+    /// Whether origin records and the index are read and written (needs privilege).
+    pub(crate) fn index_enabled(&self) -> bool {
+        self.stack.index.is_some() && self.format.map(|f| f.xattr_ns == whiteout::XattrNs::Trusted).unwrap_or(false)
+    }
+
+    pub(crate) fn index_fd(&self) -> Result<BorrowedFd<'_>> {
+        self.stack.index.as_ref().map(|f| f.as_fd()).ok_or(Error::Invariant("no index directory"))
+    }
+
+    /// The origin record of a lower object, when its filesystem can encode handles.
+    pub(crate) fn origin_of(&self, layer: LowerIdx, fd: BorrowedFd<'_>) -> Option<Vec<u8>> {
+        let h = sys::name_to_handle(fd).ok()?;
+        crate::union::origin::encode(&self.stack.lower(layer).uuid, &h)
+    }
+
+    /// The index entry of lower object `l`, if one exists.
+    fn find_index(&self, l: &LowerRef) -> Result<Option<(Arc<str>, Stat)>> {
+        let Some(top) = l.top() else { return Ok(None) };
+        let fd = sys::open_path(self.lower_root(top), &l.path).at("open lower", Where::Lower(top))?;
+        let Some(origin) = self.origin_of(top, fd.as_fd()) else { return Ok(None) };
+        let name = crate::union::origin::index_name(&origin);
+        match rustix::fs::statat(self.index_fd()?, name.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => Ok(Some((Arc::from(name.as_str()), st))),
+            Err(Errno::NOENT) => Ok(None),
+            Err(e) => Err(Error::os("stat index", e, Where::Work)),
+        }
+    }
+
+    /// Reads an upper object's origin (→ the inode number of its lower origin) and, for
+    /// hard-linked ones, its `overlay.nlink` offset.
+    fn read_identity(&self, fd: BorrowedFd<'_>, linked: bool) -> Result<(Option<u64>, i64)> {
+        use crate::union::origin;
+        let mut ino = None;
+        if let Some(v) = sys::get_xattr(fd, OsStr::new(origin::ORIGIN_XATTR)).at("getxattr", Where::Upper)? {
+            if let Some((uuid, h)) = origin::decode(&v) {
+                ino = self.decode_origin_ino(&uuid, &h);
+            }
+        }
+        let mut offset = 0;
+        if linked {
+            if let Some(v) = sys::get_xattr(fd, OsStr::new(origin::NLINK_XATTR)).at("getxattr", Where::Upper)? {
+                let st = rustix::fs::fstat(fd).at("stat", Where::Upper)?;
+                match origin::parse_nlink(&v) {
+                    Some((origin::NlinkBase::Upper, n)) => offset = n,
+                    // Relative to the lower count: express it against the upper one.
+                    Some((origin::NlinkBase::Lower, n)) => offset = n - st.st_nlink as i64 + 1,
+                    None => {}
+                }
+            }
+        }
+        Ok((ino, offset))
+    }
+
+    /// Finds the lower object an origin record names and returns its inode number.
+    fn decode_origin_ino(&self, uuid: &[u8; 16], h: &sys::FileHandle) -> Option<u64> {
+        let mut tried: Vec<u64> = Vec::new();
+        for layer in &self.stack.lowers {
+            if &layer.uuid != uuid || tried.contains(&layer.dev) {
+                continue;
+            }
+            tried.push(layer.dev);
+            if let Ok(fd) = sys::open_by_handle(layer.root.as_fd(), h) {
+                if let Ok(st) = rustix::fs::fstat(&fd) {
+                    return Some(self.map_ino(&st));
+                }
+            }
+        }
+        None
     }
 
     fn refuse_metacopy(&self, dir: BorrowedFd<'_>, name: &OsStr) -> Result<()> {
@@ -516,6 +616,9 @@ impl UnionFs {
         if let Some(ino) = known {
             return ino;
         }
+        if let (Some(ino), false) = (r.origin_ino, r.is_dir) {
+            return ino;
+        }
         match (&r.lower_stat, &r.upper) {
             (Some(l), _) if r.is_dir => self.map_ino(l),
             (_, Some(u)) => self.map_ino(u),
@@ -528,6 +631,9 @@ impl UnionFs {
     pub(crate) fn attr_of(&self, ino: u64, r: &Resolved) -> Result<Attr> {
         let st = r.stat().ok_or(Error::NotFound)?;
         let mut attr = Attr::from_stat(ino, st);
+        if !r.is_dir {
+            attr.nlink = (attr.nlink as i64 + r.nlink_offset).max(0) as u32;
+        }
         let merged = match (&r.upper, &r.lower) {
             (Some(_), Some(_)) => true,
             (None, Some(l)) => l.layers.len() > 1,
@@ -585,6 +691,8 @@ impl UnionFs {
         }
         let attr = self.attr_of(ino, r)?;
         let (is_dir, upper, lower) = (r.is_dir, r.upper.is_some(), r.lower.clone());
+        let index = r.index.as_ref().map(|(n, _)| n.clone());
+        let nlink_offset = r.nlink_offset;
         nodes.add_lookup(ino, parent, name, || Node {
             parent,
             name: OsString::new(),
@@ -594,7 +702,8 @@ impl UnionFs {
             lookups: 0,
             children: 0,
             detached: None,
-            extra_links: 0,
+            nlink_offset,
+            index: index.clone(),
         });
         // Refresh what the disk says now (the object may have been copied up).
         let mut elsewhere = false;
@@ -604,9 +713,13 @@ impl UnionFs {
                 if lower.is_some() || upper {
                     n.lower = lower;
                 }
+                if index.is_some() || upper {
+                    n.index = index;
+                    n.nlink_offset = nlink_offset;
+                }
             } else {
                 // A hard link found under another name: the object is where the node is.
-                elsewhere = n.upper || n.extra_links > 0;
+                elsewhere = n.upper || n.index.is_some() || n.nlink_offset != 0;
             }
         }
         drop(nodes);

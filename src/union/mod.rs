@@ -19,6 +19,7 @@ pub mod inode;
 pub mod layer;
 pub mod lookup;
 pub mod mutate;
+pub mod origin;
 pub mod readdir;
 pub mod whiteout;
 
