@@ -134,6 +134,10 @@ fn rm_rf(p: &Path) -> std::io::Result<()> {
     }
 }
 
+/// Every open is non-blocking: a FIFO must give an error, not hang the test (a regular
+/// file ignores the flag).
+const NB: i32 = libc::O_NONBLOCK;
+
 impl Op {
     /// Applies the op under `root` (a mount) and returns its outcome.
     pub fn apply(&self, root: &Path) -> Outcome {
@@ -142,7 +146,7 @@ impl Op {
                 OpenOptions::new().write(true).create_new(true).mode(*mode).open(at(root, path)),
             ),
             Op::Write { path, offset, data } => {
-                let mut f = io(OpenOptions::new().write(true).open(at(root, path)))?;
+                let mut f = io(OpenOptions::new().write(true).custom_flags(NB).open(at(root, path)))?;
                 io(f.seek(SeekFrom::Start(*offset)))?;
                 io(f.write_all(data))?;
                 Ok(format!("wrote {}", data.len()))
@@ -152,6 +156,7 @@ impl Op {
                     .append(true)
                     .create(true)
                     .mode(0o644)
+                    .custom_flags(NB)
                     .open(at(root, path)))?;
                 io(f.write_all(data))?;
                 Ok(format!("appended {}", data.len()))
@@ -163,7 +168,9 @@ impl Op {
                 done(if r < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) })
             }
             Op::Read { path } => {
-                let data = io(fs::read(at(root, path)))?;
+                let mut f = io(OpenOptions::new().read(true).custom_flags(NB).open(at(root, path)))?;
+                let mut data = Vec::new();
+                io(f.read_to_end(&mut data))?;
                 Ok(format!("len={} hash={:016x}", data.len(), fnv64(&data)))
             }
             Op::Unlink { path } => done(fs::remove_file(at(root, path))),
@@ -189,7 +196,7 @@ impl Op {
             Op::RemoveXattr { path, name } => done(sys::remove_xattr(&at(root, path), name)),
             Op::OpenUnlinkRead { path } => {
                 let p = at(root, path);
-                let mut f = io(OpenOptions::new().read(true).write(true).open(&p))?;
+                let mut f = io(OpenOptions::new().read(true).write(true).custom_flags(NB).open(&p))?;
                 io(fs::remove_file(&p))?;
                 let mut before = Vec::new();
                 io(f.read_to_end(&mut before))?;
@@ -232,28 +239,53 @@ pub fn random_ops(seed: u64, n: usize) -> Vec<Op> {
 
 /// One random op over blind random paths.
 pub fn random_op(rng: &mut Rng) -> Op {
-    random_op_in(rng, &[])
+    random_op_in(rng, &TreeView::default())
 }
 
-/// One random op whose paths are often (60%) drawn from `existing` (relative paths that
-/// exist in the reference tree now), so that more ops reach real entries.
-pub fn random_op_in(rng: &mut Rng, existing: &[String]) -> Op {
-    let mut pick_path = |rng: &mut Rng| {
-        if !existing.is_empty() && rng.chance(60) {
-            rng.pick(existing).clone()
+/// What exists in the reference tree now (relative paths, root excluded).
+#[derive(Clone, Debug, Default)]
+pub struct TreeView {
+    pub paths: Vec<String>,
+    pub dirs: Vec<String>,
+}
+
+/// One random op whose paths are often drawn from `tree`, so that more ops reach real
+/// entries: existing paths for ops on entries, a new name in an existing directory for
+/// creations; blind random paths otherwise.
+pub fn random_op_in(rng: &mut Rng, tree: &TreeView) -> Op {
+    let pick_path = |rng: &mut Rng| {
+        if !tree.paths.is_empty() && rng.chance(60) {
+            rng.pick(&tree.paths).clone()
         } else {
             random_path(rng)
         }
     };
-    let path = pick_path(rng);
+    let pick_new = |rng: &mut Rng| {
+        if rng.chance(60) {
+            let name = *rng.pick(&NAMES);
+            if tree.dirs.is_empty() || rng.chance(25) {
+                name.to_string()
+            } else {
+                format!("{}/{name}", rng.pick(&tree.dirs))
+            }
+        } else {
+            pick_path(rng)
+        }
+    };
     let data = |rng: &mut Rng| {
         let len = if rng.chance(10) { rng.range(3000, 6000) } else { rng.range(1, 16) };
         rng.bytes(len)
     };
-    match rng.below(100) {
+    let roll = rng.below(100);
+    let path = match roll {
+        0..=7 | 40..=48 | 67..=70 | 97..=99 => pick_new(rng),
+        _ => pick_path(rng),
+    };
+    match roll {
         0..=7 => Op::Create { path, mode: *rng.pick(&MODES) },
         8..=16 => {
-            let offset = if rng.chance(70) { rng.below(12) as u64 } else { rng.range(100, 9000) as u64 };
+            let offset =
+                if rng.chance(70) { rng.below(12) as u64 } else { rng.range(100, 9000) as u64 };
             Op::Write { path, offset, data: data(rng) }
         }
         17..=21 => Op::Append { path, data: data(rng) },
@@ -269,19 +301,24 @@ pub fn random_op_in(rng: &mut Rng, existing: &[String]) -> Op {
                 6..=7 => RenameFlags::NoReplace,
                 _ => RenameFlags::Exchange,
             };
-            Op::Rename { from: path, to: pick_path(rng), flags }
+            let to = if flags == RenameFlags::Exchange { pick_path(rng) } else { pick_new(rng) };
+            Op::Rename { from: path, to, flags }
         }
-        63..=66 => Op::Link { from: path, to: pick_path(rng) },
+        63..=66 => Op::Link { from: path, to: pick_new(rng) },
         67..=70 => {
-            let target = if rng.chance(50) { random_path(rng) } else { format!("../{}", rng.pick(&NAMES)) };
+            let target =
+                if rng.chance(50) { random_path(rng) } else { format!("../{}", rng.pick(&NAMES)) };
             Op::Symlink { target, path }
         }
         71..=74 => Op::Chmod { path, mode: *rng.pick(&MODES) },
-        75..=77 => Op::Chown { path, uid: *rng.pick(&[0, 1000, 65534]), gid: *rng.pick(&[0, 1000]) },
+        75..=77 => {
+            Op::Chown { path, uid: *rng.pick(&[0, 1000, 65534]), gid: *rng.pick(&[0, 1000]) }
+        }
         78..=80 => Op::Utimens { path, secs: 1_700_000_000 + rng.below(1000) as i64 },
         81..=85 => {
             // Rarely a private name: the mount must refuse or hide it the same way.
-            let name = if rng.chance(8) { "trusted.overlay.opaque" } else { rng.pick(&XATTR_NAMES) };
+            let name =
+                if rng.chance(8) { "trusted.overlay.opaque" } else { rng.pick(&XATTR_NAMES) };
             let len = rng.range(1, 8);
             Op::SetXattr { path, name: name.to_string(), value: rng.bytes(len) }
         }
