@@ -12,23 +12,36 @@ mod common;
 use common::fixture::{random_stack_with, GenOptions, Stack, FIXTURE_EPOCH};
 use common::ops::{random_op_in, Op, RenameFlags};
 use common::rng::Rng;
-use common::{can_mount, dump_tree_with, env_u64, DumpOptions, OpaqueFormat, Pair, System, WhiteoutFormat};
+use common::{
+    can_mount, dump_tree_with, env_u64, DumpOptions, OpaqueFormat, Pair, System, WhiteoutFormat,
+};
 
 fn s(p: &str) -> String {
     p.to_string()
 }
 
 fn create(p: &str) -> Op {
-    Op::Create { path: s(p), mode: 0o644 }
+    Op::Create {
+        path: s(p),
+        mode: 0o644,
+    }
 }
 fn readdir(p: &str) -> Op {
     Op::ReadDir { path: s(p) }
 }
 fn rename(from: &str, to: &str) -> Op {
-    Op::Rename { from: s(from), to: s(to), flags: RenameFlags::None }
+    Op::Rename {
+        from: s(from),
+        to: s(to),
+        flags: RenameFlags::None,
+    }
 }
 fn write(p: &str, offset: u64, data: &[u8]) -> Op {
-    Op::Write { path: s(p), offset, data: data.to_vec() }
+    Op::Write {
+        path: s(p),
+        offset,
+        data: data.to_vec(),
+    }
 }
 
 /// Runs `phases` of ops on a kernel/FUSE pair over `stack`, remounting between phases, then
@@ -98,7 +111,10 @@ fn random_differential_non_kernel_formats() {
     if !can_mount("random_differential_non_kernel_formats") {
         return;
     }
-    let opts = GenOptions { non_kernel_formats: true, ..GenOptions::from_env() };
+    let opts = GenOptions {
+        non_kernel_formats: true,
+        ..GenOptions::from_env()
+    };
     run_seeds("random_differential_non_kernel_formats", &opts, 3);
 }
 
@@ -108,8 +124,15 @@ fn rename_lower_dir_then_remount() {
         return;
     }
     let stack = Stack::new(2);
-    stack.lower(1).file("a/w", b"bottom w").file("a/x", b"bottom x");
-    stack.lower(0).file("a/x", b"top x").file("a/y/z", b"z").file("b/q", b"q");
+    stack
+        .lower(1)
+        .file("a/w", b"bottom w")
+        .file("a/x", b"bottom x");
+    stack
+        .lower(0)
+        .file("a/x", b"top x")
+        .file("a/y/z", b"z")
+        .file("b/q", b"q");
     stack.upper_layer().file("a/u", b"upper u");
     let phases = vec![
         vec![
@@ -120,7 +143,12 @@ fn rename_lower_dir_then_remount() {
             rename("c/y", "b/y"),
             readdir("b/y"),
         ],
-        vec![readdir("c"), rename("c", "a"), readdir("a"), Op::Read { path: s("a/x") }],
+        vec![
+            readdir("c"),
+            rename("c", "a"),
+            readdir("a"),
+            Op::Read { path: s("a/x") },
+        ],
     ];
     run_scenario("rename_lower_dir_then_remount", &stack, &phases);
 }
@@ -131,17 +159,31 @@ fn rm_rf_merged_dir() {
         return;
     }
     let stack = Stack::new(2);
-    stack.lower(1).file("d/x", b"x1").file("d/y", b"y1").file("d/sub/z", b"z1");
-    stack.lower(0).file("d/y", b"y0").file("d/w", b"w0").file("d/sub/v", b"v0");
+    stack
+        .lower(1)
+        .file("d/x", b"x1")
+        .file("d/y", b"y1")
+        .file("d/sub/z", b"z1");
+    stack
+        .lower(0)
+        .file("d/y", b"y0")
+        .file("d/w", b"w0")
+        .file("d/sub/v", b"v0");
     stack.upper_layer().file("d/u", b"u").file("d/sub/t", b"t");
     let phases = vec![
         vec![
             Op::RmRf { path: s("d") },
             readdir(""),
-            Op::Mkdir { path: s("d"), mode: 0o755 },
+            Op::Mkdir {
+                path: s("d"),
+                mode: 0o755,
+            },
             readdir("d"),
             create("d/x"),
-            Op::Mkdir { path: s("d/sub"), mode: 0o700 },
+            Op::Mkdir {
+                path: s("d/sub"),
+                mode: 0o700,
+            },
         ],
         vec![readdir("d"), readdir("d/sub")],
     ];
@@ -154,18 +196,30 @@ fn create_over_whiteout_is_opaque() {
         return;
     }
     let stack = Stack::new(1);
-    stack.lower(0).file("d/x", b"x").file("d/y", b"y").dir("d/e");
+    stack
+        .lower(0)
+        .file("d/x", b"x")
+        .file("d/y", b"y")
+        .dir("d/e");
     let phases = vec![
         vec![
             Op::Unlink { path: s("d/x") },
             Op::Unlink { path: s("d/y") },
             Op::Rmdir { path: s("d/e") },
             Op::Rmdir { path: s("d") },
-            Op::Mkdir { path: s("d"), mode: 0o755 },
+            Op::Mkdir {
+                path: s("d"),
+                mode: 0o755,
+            },
             create("d/z"),
             readdir("d"),
         ],
-        vec![readdir("d"), Op::Unlink { path: s("d/z") }, Op::Rmdir { path: s("d") }, readdir("")],
+        vec![
+            readdir("d"),
+            Op::Unlink { path: s("d/z") },
+            Op::Rmdir { path: s("d") },
+            readdir(""),
+        ],
     ];
     run_scenario("create_over_whiteout_is_opaque", &stack, &phases);
 }
@@ -177,15 +231,44 @@ fn kernel_whiteout_formats() {
         return;
     }
     let stack = Stack::new(2);
-    stack.lower(1).file("a", b"a").file("b", b"b").file("c", b"c").file("d/a", b"da");
+    stack
+        .lower(1)
+        .file("a", b"a")
+        .file("b", b"b")
+        .file("c", b"c")
+        .file("d/a", b"da");
     stack.lower(1).file("d/b", b"db").file("e/x", b"ex");
-    stack.lower(0).whiteout("a", WhiteoutFormat::CharDev).whiteout("b", WhiteoutFormat::XattrTrusted);
-    stack.lower(0).whiteout("d/a", WhiteoutFormat::XattrTrusted).file("d/c", b"dc");
-    stack.lower(0).opaque("e", OpaqueFormat::TrustedXattr).file("e/y", b"ey");
+    stack
+        .lower(0)
+        .whiteout("a", WhiteoutFormat::CharDev)
+        .whiteout("b", WhiteoutFormat::XattrTrusted);
+    stack
+        .lower(0)
+        .whiteout("d/a", WhiteoutFormat::XattrTrusted)
+        .file("d/c", b"dc");
+    stack
+        .lower(0)
+        .opaque("e", OpaqueFormat::TrustedXattr)
+        .file("e/y", b"ey");
     stack.upper_layer().whiteout("c", WhiteoutFormat::CharDev);
     let phases = vec![
-        vec![readdir(""), readdir("d"), readdir("e"), create("a"), Op::Mkdir { path: s("b"), mode: 0o755 }],
-        vec![readdir(""), Op::Symlink { target: s("x"), path: s("c") }],
+        vec![
+            readdir(""),
+            readdir("d"),
+            readdir("e"),
+            create("a"),
+            Op::Mkdir {
+                path: s("b"),
+                mode: 0o755,
+            },
+        ],
+        vec![
+            readdir(""),
+            Op::Symlink {
+                target: s("x"),
+                path: s("c"),
+            },
+        ],
     ];
     run_scenario("kernel_whiteout_formats", &stack, &phases);
 }
@@ -197,13 +280,38 @@ fn non_kernel_whiteout_formats() {
         return;
     }
     let stack = Stack::new(2);
-    stack.lower(1).file("a", b"a").file("b", b"b").file("d/a", b"da").file("d/b", b"db");
-    stack.lower(1).file("e/x", b"ex").file("f/x", b"fx").file("g/x", b"gx");
-    stack.lower(0).whiteout("a", WhiteoutFormat::DotWh).whiteout("d/a", WhiteoutFormat::XattrUser);
-    stack.lower(0).opaque("e", OpaqueFormat::DotWhOpq).opaque("f", OpaqueFormat::UserOverlayXattr);
-    stack.lower(0).opaque("g", OpaqueFormat::FuseOverlayfsXattr).file("g/y", b"gy");
+    stack
+        .lower(1)
+        .file("a", b"a")
+        .file("b", b"b")
+        .file("d/a", b"da")
+        .file("d/b", b"db");
+    stack
+        .lower(1)
+        .file("e/x", b"ex")
+        .file("f/x", b"fx")
+        .file("g/x", b"gx");
+    stack
+        .lower(0)
+        .whiteout("a", WhiteoutFormat::DotWh)
+        .whiteout("d/a", WhiteoutFormat::XattrUser);
+    stack
+        .lower(0)
+        .opaque("e", OpaqueFormat::DotWhOpq)
+        .opaque("f", OpaqueFormat::UserOverlayXattr);
+    stack
+        .lower(0)
+        .opaque("g", OpaqueFormat::FuseOverlayfsXattr)
+        .file("g/y", b"gy");
     assert!(!stack.non_kernel_formats().is_empty());
-    let phases = vec![vec![readdir(""), readdir("d"), readdir("e"), readdir("f"), readdir("g"), create("a")]];
+    let phases = vec![vec![
+        readdir(""),
+        readdir("d"),
+        readdir("e"),
+        readdir("f"),
+        readdir("g"),
+        create("a"),
+    ]];
     run_scenario("non_kernel_whiteout_formats", &stack, &phases);
 }
 
@@ -216,9 +324,20 @@ fn whiteout_in_unmerged_dir() {
     }
     let stack = Stack::new(2);
     stack.lower(1).file("f", b"f");
-    stack.lower(0).whiteout("d/x", WhiteoutFormat::CharDev).file("d/y", b"y");
-    stack.upper_layer().opaque("e", OpaqueFormat::TrustedXattr).whiteout("e/z", WhiteoutFormat::CharDev);
-    let phases = vec![vec![readdir("d"), readdir("e"), create("d/x"), readdir("d")]];
+    stack
+        .lower(0)
+        .whiteout("d/x", WhiteoutFormat::CharDev)
+        .file("d/y", b"y");
+    stack
+        .upper_layer()
+        .opaque("e", OpaqueFormat::TrustedXattr)
+        .whiteout("e/z", WhiteoutFormat::CharDev);
+    let phases = vec![vec![
+        readdir("d"),
+        readdir("e"),
+        create("d/x"),
+        readdir("d"),
+    ]];
     run_scenario("whiteout_in_unmerged_dir", &stack, &phases);
 }
 
@@ -229,9 +348,20 @@ fn hardlink_copy_up_keeps_link() {
         return;
     }
     let stack = Stack::new(1);
-    stack.lower(0).file("f", b"shared").hardlink("g", "f").hardlink("h/i", "f");
+    stack
+        .lower(0)
+        .file("f", b"shared")
+        .hardlink("g", "f")
+        .hardlink("h/i", "f");
     let phases = vec![
-        vec![write("f", 0, b"X"), Op::Read { path: s("g") }, Op::Chmod { path: s("h/i"), mode: 0o600 }],
+        vec![
+            write("f", 0, b"X"),
+            Op::Read { path: s("g") },
+            Op::Chmod {
+                path: s("h/i"),
+                mode: 0o600,
+            },
+        ],
         vec![Op::Read { path: s("h/i") }, Op::Unlink { path: s("g") }],
     ];
     run_scenario("hardlink_copy_up_keeps_link", &stack, &phases);
@@ -243,7 +373,10 @@ fn open_unlink_lower_file() {
         return;
     }
     let stack = Stack::new(1);
-    stack.lower(0).file("f", b"lower data").sparse("s", 100_000, &[(50_000, b"mid")]);
+    stack
+        .lower(0)
+        .file("f", b"lower data")
+        .sparse("s", 100_000, &[(50_000, b"mid")]);
     let phases = vec![vec![
         Op::OpenUnlinkRead { path: s("f") },
         Op::OpenUnlinkRead { path: s("s") },
@@ -260,16 +393,36 @@ fn harness_copy_is_exact() {
         eprintln!("SKIP harness_copy_is_exact: not root (trusted.* xattrs need it)");
         return;
     }
-    let full = DumpOptions { mtime: true, private_xattrs: true };
+    let full = DumpOptions {
+        mtime: true,
+        private_xattrs: true,
+    };
     for seed in 0..10 {
-        let opts = GenOptions { non_kernel_formats: true, ..GenOptions::default() };
+        let opts = GenOptions {
+            non_kernel_formats: true,
+            ..GenOptions::default()
+        };
         let stack = random_stack_with(seed, &opts);
         let copy = stack.copy();
-        for (a, b) in stack.lowers.iter().chain([&stack.upper]).zip(copy.lowers.iter().chain([&copy.upper])) {
-            assert_eq!(dump_tree_with(a, full), dump_tree_with(b, full), "seed {seed} layer {}", a.display());
+        for (a, b) in stack
+            .lowers
+            .iter()
+            .chain([&stack.upper])
+            .zip(copy.lowers.iter().chain([&copy.upper]))
+        {
+            assert_eq!(
+                dump_tree_with(a, full),
+                dump_tree_with(b, full),
+                "seed {seed} layer {}",
+                a.display()
+            );
         }
         let k = stack.copy_kernel_formats();
-        assert!(k.non_kernel_formats().is_empty(), "seed {seed}: {:?}", k.non_kernel_formats());
+        assert!(
+            k.non_kernel_formats().is_empty(),
+            "seed {seed}: {:?}",
+            k.non_kernel_formats()
+        );
         stack.translate_lowers_in_place();
         assert!(stack.non_kernel_formats().is_empty(), "seed {seed}");
     }
@@ -277,26 +430,36 @@ fn harness_copy_is_exact() {
 }
 
 /// Harness self-check: the kernel against itself never diverges (the generator, copier,
-/// dump and cross-check are deterministic).
+/// dump and cross-check are deterministic). `RLAYERFS_SELFTEST_SEEDS` seeds (default 3) for
+/// each generator mode.
 #[test]
 fn harness_kernel_vs_kernel() {
     if !can_mount("harness_kernel_vs_kernel") {
         return;
     }
-    for seed in 0..4 {
-        let stack = random_stack_with(seed, &GenOptions::default());
-        let mut pair = Pair::with_systems(format!("kernel-vs-kernel seed {seed}"), &stack, System::Kernel, System::Kernel);
-        let mut rng = Rng::new(seed, 2);
-        let r = (|| {
-            pair.check("initially")?;
-            for _ in 0..30 {
-                let op = random_op_in(&mut rng, &pair.reference_tree());
-                pair.apply(op)?;
+    let seeds = env_u64("RLAYERFS_SELFTEST_SEEDS", 3);
+    for non_kernel_formats in [false, true] {
+        let opts = GenOptions {
+            non_kernel_formats,
+            ..GenOptions::default()
+        };
+        for seed in 0..seeds {
+            let stack = random_stack_with(seed, &opts);
+            let label =
+                format!("kernel-vs-kernel seed {seed} non-kernel formats {non_kernel_formats}");
+            let mut pair = Pair::with_systems(label, &stack, System::Kernel, System::Kernel);
+            let mut rng = Rng::new(seed, 2);
+            let r = (|| {
+                pair.check("initially")?;
+                for _ in 0..30 {
+                    let op = random_op_in(&mut rng, &pair.reference_tree());
+                    pair.apply(op)?;
+                }
+                pair.cross_check()
+            })();
+            if let Err(report) = r {
+                panic!("{report}");
             }
-            pair.cross_check()
-        })();
-        if let Err(report) = r {
-            panic!("{report}");
         }
     }
 }
@@ -313,12 +476,20 @@ fn print_seed() {
     let seed = env_u64("RLAYERFS_DIFF_SEED", 0);
     let n_ops = env_u64("RLAYERFS_DIFF_OPS", 30) as usize;
     let stack = random_stack_with(seed, &GenOptions::from_env());
-    let raw = DumpOptions { mtime: false, private_xattrs: true };
+    let raw = DumpOptions {
+        mtime: false,
+        private_xattrs: true,
+    };
     for (i, l) in stack.lowers.iter().enumerate() {
         println!("--- lower {i}:\n{}", dump_tree_with(l, raw));
     }
     println!("--- upper:\n{}", dump_tree_with(&stack.upper, raw));
-    let mut pair = Pair::with_systems(format!("seed {seed}"), &stack, System::Kernel, System::Kernel);
+    let mut pair = Pair::with_systems(
+        format!("seed {seed}"),
+        &stack,
+        System::Kernel,
+        System::Kernel,
+    );
     pair.check("initially").unwrap();
     let mut rng = Rng::new(seed, 2);
     for _ in 0..n_ops {
@@ -349,7 +520,10 @@ fn harness_fuse_guard_cleans_up() {
     .expect_err("the closure panics")
     .downcast::<Vec<i32>>()
     .unwrap_or_else(|_| panic!("mounting failed (see output above)"));
-    assert!(!common::mount::is_mounted(&stack.mnt), "still mounted after a panic");
+    assert!(
+        !common::mount::is_mounted(&stack.mnt),
+        "still mounted after a panic"
+    );
     eprintln!("FUSE daemon pids seen: {daemons:?}");
     if daemons.is_empty() {
         eprintln!("note: no daemon process found for the FUSE mount (not daemonized by name?)");

@@ -126,7 +126,18 @@ impl Pair {
         };
         let ma = Some(mount(a, &sa));
         let mb = Some(mount(b, &sb));
-        Pair { ma, mb, sa, sb, a, b, label, opts: DumpOptions::default(), steps: Vec::new(), last: String::new() }
+        Pair {
+            ma,
+            mb,
+            sa,
+            sb,
+            a,
+            b,
+            label,
+            opts: DumpOptions::default(),
+            steps: Vec::new(),
+            last: String::new(),
+        }
     }
 
     /// Mount roots (panics once unmounted).
@@ -160,7 +171,11 @@ impl Pair {
         let (ra, rb) = self.roots();
         let (oa, ob) = self.guarded(&format!("`{op}`"), || (op.apply(ra), op.apply(rb)))?;
         let same = oa == ob;
-        self.steps.push(Step { op: op.clone(), a: oa, b: ob });
+        self.steps.push(Step {
+            op: op.clone(),
+            a: oa,
+            b: ob,
+        });
         if !same {
             let (da, db) = self.dumps()?;
             return Err(self.report(&format!("outcomes differ at `{op}`"), &da, &db));
@@ -176,7 +191,9 @@ impl Pair {
     fn dumps(&self) -> Result<(String, String), String> {
         let (ra, rb) = self.roots();
         let opts = self.opts;
-        self.guarded("dumping the trees", || (dump_tree_with(ra, opts), dump_tree_with(rb, opts)))
+        self.guarded("dumping the trees", || {
+            (dump_tree_with(ra, opts), dump_tree_with(rb, opts))
+        })
     }
 
     /// Compares the two live trees.
@@ -195,8 +212,12 @@ impl Pair {
         let mut t = TreeView::default();
         for line in self.last.lines() {
             let mut words = line.split(' ').filter(|w| !w.starts_with("hl="));
-            let (Some(path), Some(kind)) = (words.next(), words.next()) else { continue };
-            let Some(rel) = path.strip_prefix('/').filter(|p| !p.is_empty()) else { continue };
+            let (Some(path), Some(kind)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let Some(rel) = path.strip_prefix('/').filter(|p| !p.is_empty()) else {
+                continue;
+            };
             t.paths.push(rel.to_string());
             if kind == "dir" {
                 t.dirs.push(rel.to_string());
@@ -213,7 +234,8 @@ impl Pair {
     fn unmount_both(&mut self) -> Result<(), String> {
         for m in [self.ma.take(), self.mb.take()].into_iter().flatten() {
             let p = m.path().display().to_string();
-            m.unmount().map_err(|e| format!("[{}] unmount {p}: {e}", self.label))?;
+            m.unmount()
+                .map_err(|e| format!("[{}] unmount {p}: {e}", self.label))?;
         }
         Ok(())
     }
@@ -238,7 +260,12 @@ impl Pair {
             dirs.work = w.to_path_buf();
         }
         Mounted::mount(sys, &dirs).map_err(|e| {
-            format!("[{}] mounting {} on {}: {e}", self.label, sys.name(), st.root.display())
+            format!(
+                "[{}] mounting {} on {}: {e}",
+                self.label,
+                sys.name(),
+                st.root.display()
+            )
         })
     }
 
@@ -321,8 +348,19 @@ impl Pair {
     /// Full divergence report: header, dump diff, both dumps.
     pub fn report(&self, headline: &str, da: &str, db: &str) -> String {
         let mut r = self.header(headline);
-        let _ = writeln!(r, "--- diff (- a {}, + b {}):\n{}", self.a.name(), self.b.name(), diff_dumps(da, db));
-        let _ = writeln!(r, "--- a ({}) dump:\n{da}--- b ({}) dump:\n{db}", self.a.name(), self.b.name());
+        let _ = writeln!(
+            r,
+            "--- diff (- a {}, + b {}):\n{}",
+            self.a.name(),
+            self.b.name(),
+            diff_dumps(da, db)
+        );
+        let _ = writeln!(
+            r,
+            "--- a ({}) dump:\n{da}--- b ({}) dump:\n{db}",
+            self.a.name(),
+            self.b.name()
+        );
         r
     }
 }

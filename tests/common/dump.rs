@@ -60,7 +60,11 @@ pub fn dump_tree_with(root: &Path, opts: DumpOptions) -> String {
     raw.sort_by(|a, b| a.path.cmp(&b.path));
     // Hard-link groups: inodes seen more than once, numbered by first path.
     let mut count: HashMap<(u64, u64), usize> = HashMap::new();
-    for r in raw.iter().filter_map(|r| r.meta.as_ref()).filter(|m| !m.is_dir()) {
+    for r in raw
+        .iter()
+        .filter_map(|r| r.meta.as_ref())
+        .filter(|m| !m.is_dir())
+    {
         *count.entry((r.dev(), r.ino())).or_default() += 1;
     }
     let mut groups: HashMap<(u64, u64), usize> = HashMap::new();
@@ -86,13 +90,21 @@ fn walk(path: &Path, rel: &str, opts: DumpOptions, out: &mut Vec<Raw>) {
     let meta = match fs::symlink_metadata(path) {
         Ok(m) => m,
         Err(e) => {
-            out.push(Raw { path: rel.into(), meta: None, text: format!("ERROR lstat {}", sys::errno_of(&e)) });
+            out.push(Raw {
+                path: rel.into(),
+                meta: None,
+                text: format!("ERROR lstat {}", sys::errno_of(&e)),
+            });
             return;
         }
     };
     let text = describe(path, &meta, opts);
     let is_dir = meta.is_dir();
-    out.push(Raw { path: rel.into(), meta: Some(meta), text });
+    out.push(Raw {
+        path: rel.into(),
+        meta: Some(meta),
+        text,
+    });
     if !is_dir {
         return;
     }
@@ -104,7 +116,11 @@ fn walk(path: &Path, rel: &str, opts: DumpOptions, out: &mut Vec<Raw>) {
         Ok(entries) => {
             for e in entries {
                 let name = e.file_name().to_string_lossy().into_owned();
-                let child = if rel == "/" { format!("/{name}") } else { format!("{rel}/{name}") };
+                let child = if rel == "/" {
+                    format!("/{name}")
+                } else {
+                    format!("{rel}/{name}")
+                };
                 walk(&e.path(), &child, opts, out);
             }
         }
@@ -147,7 +163,11 @@ fn describe(path: &Path, m: &fs::Metadata, opts: DumpOptions) -> String {
         }
     }
     if ft.is_char_device() || ft.is_block_device() {
-        s.push_str(&format!(" rdev={}:{}", libc::major(m.rdev()), libc::minor(m.rdev())));
+        s.push_str(&format!(
+            " rdev={}:{}",
+            libc::major(m.rdev()),
+            libc::minor(m.rdev())
+        ));
     }
     if opts.mtime {
         s.push_str(&format!(" mtime={}.{:09}", m.mtime(), m.mtime_nsec()));
@@ -183,10 +203,15 @@ fn xattrs_text(path: &Path, opts: DumpOptions) -> String {
 
 /// Printable ASCII values quoted, anything else as hex.
 pub fn show_bytes(v: &[u8]) -> String {
-    if v.iter().all(|&b| (0x20..0x7f).contains(&b) && b != b'"' && b != b',') {
+    if v.iter()
+        .all(|&b| (0x20..0x7f).contains(&b) && b != b'"' && b != b',')
+    {
         format!("\"{}\"", String::from_utf8_lossy(v))
     } else {
-        format!("0x{}", v.iter().map(|b| format!("{b:02x}")).collect::<String>())
+        format!(
+            "0x{}",
+            v.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        )
     }
 }
 

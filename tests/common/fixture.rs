@@ -141,7 +141,11 @@ impl Layer {
     pub fn chardev(&self, rel: &str, major: u32, minor: u32) -> &Self {
         self.parent(rel);
         let p = self.path(rel);
-        ctx(sys::mknod(&p, libc::S_IFCHR | 0o644, major, minor), "mknod", &p);
+        ctx(
+            sys::mknod(&p, libc::S_IFCHR | 0o644, major, minor),
+            "mknod",
+            &p,
+        );
         self
     }
 
@@ -160,7 +164,11 @@ impl Layer {
 
     pub fn xattr(&self, rel: &str, name: &str, value: &[u8]) -> &Self {
         let p = self.path(rel);
-        ctx(sys::set_xattr(&p, name, value), &format!("setxattr {name}"), &p);
+        ctx(
+            sys::set_xattr(&p, name, value),
+            &format!("setxattr {name}"),
+            &p,
+        );
         self
     }
 
@@ -174,11 +182,13 @@ impl Layer {
                 ctx(sys::mknod(&p, libc::S_IFCHR, 0, 0), "mknod whiteout", &p);
             }
             WhiteoutFormat::XattrTrusted => {
-                self.file(rel, b"").xattr(rel, "trusted.overlay.whiteout", b"y");
+                self.file(rel, b"")
+                    .xattr(rel, "trusted.overlay.whiteout", b"y");
                 self.xattr(parent_rel, "trusted.overlay.opaque", b"x");
             }
             WhiteoutFormat::XattrUser => {
-                self.file(rel, b"").xattr(rel, "user.overlay.whiteout", b"y");
+                self.file(rel, b"")
+                    .xattr(rel, "user.overlay.whiteout", b"y");
                 self.xattr(parent_rel, "user.overlay.opaque", b"x");
             }
             WhiteoutFormat::DotWh => {
@@ -196,9 +206,7 @@ impl Layer {
         match format {
             OpaqueFormat::TrustedXattr => self.xattr(rel, "trusted.overlay.opaque", b"y"),
             OpaqueFormat::UserOverlayXattr => self.xattr(rel, "user.overlay.opaque", b"y"),
-            OpaqueFormat::FuseOverlayfsXattr => {
-                self.xattr(rel, "user.fuseoverlayfs.opaque", b"y")
-            }
+            OpaqueFormat::FuseOverlayfsXattr => self.xattr(rel, "user.fuseoverlayfs.opaque", b"y"),
             OpaqueFormat::DotWhOpq => self.file(&join(rel, ".wh..wh..opq"), b""),
         }
     }
@@ -211,7 +219,11 @@ impl Layer {
 
     pub fn chmod(&self, rel: &str, mode: u32) -> &Self {
         let p = self.path(rel);
-        ctx(fs::set_permissions(&p, fs::Permissions::from_mode(mode)), "chmod", &p);
+        ctx(
+            fs::set_permissions(&p, fs::Permissions::from_mode(mode)),
+            "chmod",
+            &p,
+        );
         self
     }
 
@@ -276,23 +288,42 @@ impl Stack {
         let (upper, work, mnt) = (root.join("upper"), root.join("work"), root.join("mnt"));
         for d in lowers.iter().chain([&upper, &work, &mnt]) {
             ctx(fs::create_dir(d), "mkdir", d);
-            ctx(fs::set_permissions(d, fs::Permissions::from_mode(0o755)), "chmod", d);
+            ctx(
+                fs::set_permissions(d, fs::Permissions::from_mode(0o755)),
+                "chmod",
+                d,
+            );
         }
-        Stack { _tmp: tmp, root, lowers, upper, work, mnt }
+        Stack {
+            _tmp: tmp,
+            root,
+            lowers,
+            upper,
+            work,
+            mnt,
+        }
     }
 
     /// Lower layer `i` (0 = top).
     pub fn lower(&self, i: usize) -> Layer {
-        Layer { root: self.lowers[i].clone() }
+        Layer {
+            root: self.lowers[i].clone(),
+        }
     }
 
     pub fn upper_layer(&self) -> Layer {
-        Layer { root: self.upper.clone() }
+        Layer {
+            root: self.upper.clone(),
+        }
     }
 
     /// `lowerdir=` value: top first, colon separated.
     pub fn lowerdir(&self) -> String {
-        self.lowers.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(":")
+        self.lowers
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(":")
     }
 
     /// A new, empty directory under the stack root (e.g. a fresh workdir for a cross-check).
@@ -323,7 +354,12 @@ impl Stack {
     fn copy_with(&self, translate: bool) -> Stack {
         let dst = Stack::new(self.lowers.len());
         let mut links = HashMap::new();
-        for (s, d) in self.lowers.iter().zip(&dst.lowers).chain([(&self.upper, &dst.upper)]) {
+        for (s, d) in self
+            .lowers
+            .iter()
+            .zip(&dst.lowers)
+            .chain([(&self.upper, &dst.upper)])
+        {
             ctx(fs::remove_dir(d), "rmdir", d);
             ctx(copy_tree(s, d, translate, &mut links), "copy", s);
         }
@@ -413,7 +449,9 @@ fn copy_entry(
     }
     if ft.is_dir() {
         fs::create_dir(dst)?;
-        let mut names: Vec<_> = fs::read_dir(src)?.map(|e| e.map(|e| e.file_name())).collect::<io::Result<_>>()?;
+        let mut names: Vec<_> = fs::read_dir(src)?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<io::Result<_>>()?;
         names.sort();
         for name in &names {
             let s = name.to_string_lossy();
@@ -442,7 +480,12 @@ fn copy_entry(
             libc::S_IFSOCK
         };
         let rdev = meta.rdev();
-        sys::mknod(dst, kind | (meta.mode() & 0o7777), libc::major(rdev), libc::minor(rdev))?;
+        sys::mknod(
+            dst,
+            kind | (meta.mode() & 0o7777),
+            libc::major(rdev),
+            libc::minor(rdev),
+        )?;
     }
     sys::lchown(dst, meta.uid(), meta.gid())?;
     if !ft.is_symlink() {
@@ -450,7 +493,11 @@ fn copy_entry(
     }
     for name in sys::list_xattrs(src)? {
         let value = sys::get_xattr(src, &name)?;
-        let name = if translate { translate_xattr(&name) } else { name };
+        let name = if translate {
+            translate_xattr(&name)
+        } else {
+            name
+        };
         extra_xattrs.entry(name).or_insert(value);
     }
     for (name, value) in &extra_xattrs {
@@ -464,8 +511,15 @@ fn copy_entry(
 /// Copies file data, leaving all-zero blocks as holes (so sparse files stay sparse).
 fn copy_file_data(src: &Path, dst: &Path, len: u64) -> io::Result<()> {
     const BLOCK: usize = 4096;
-    let mut input = OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(src)?;
-    let mut out = OpenOptions::new().write(true).create_new(true).mode(0o600).open(dst)?;
+    let mut input = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(src)?;
+    let mut out = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(dst)?;
     let mut buf = vec![0u8; BLOCK];
     let mut off = 0u64;
     loop {
@@ -543,7 +597,10 @@ pub fn random_path(rng: &mut Rng) -> String {
         4..=7 => 2,
         _ => 3,
     };
-    (0..depth).map(|_| *rng.pick(&NAMES)).collect::<Vec<_>>().join("/")
+    (0..depth)
+        .map(|_| *rng.pick(&NAMES))
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -589,7 +646,10 @@ pub fn random_stack_with(seed: u64, opts: &GenOptions) -> Stack {
     for i in (0..n).rev() {
         gen_layer(&mut rng, &stack.lower(i), opts, true);
     }
-    let upper_opts = GenOptions { non_kernel_formats: false, ..opts.clone() };
+    let upper_opts = GenOptions {
+        non_kernel_formats: false,
+        ..opts.clone()
+    };
     gen_layer(&mut rng, &stack.upper_layer(), &upper_opts, false);
     if opts.prune_unmerged_whiteouts {
         stack.prune_unmerged_whiteouts();
@@ -608,17 +668,26 @@ impl Stack {
     /// layers (upper on top) at `mnt` to find them. Translated (kernel) encodings only.
     pub fn prune_unmerged_whiteouts(&self) {
         let all = |s: &Stack| -> Vec<PathBuf> {
-            [s.upper.clone()].into_iter().chain(s.lowers.clone()).collect()
+            [s.upper.clone()]
+                .into_iter()
+                .chain(s.lowers.clone())
+                .collect()
         };
         let layers = all(self);
         for _round in 0..8 {
             // The kernel must see its own encodings: probe a translated copy if needed.
             let probe = (!self.non_kernel_formats().is_empty()).then(|| self.copy_kernel_formats());
             let probe_layers = probe.as_ref().map_or_else(|| layers.clone(), all);
-            let lowerdir: Vec<String> =
-                probe_layers.iter().map(|p| p.display().to_string()).collect();
+            let lowerdir: Vec<String> = probe_layers
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect();
             let data = format!("lowerdir={}", lowerdir.join(":"));
-            ctx(sys::mount("overlay", &self.mnt, "overlay", &data), "mount ro overlay", &self.mnt);
+            ctx(
+                sys::mount("overlay", &self.mnt, "overlay", &data),
+                "mount ro overlay",
+                &self.mnt,
+            );
             let mut dangling = Vec::new();
             find_dangling(&self.mnt, "", &mut dangling);
             ctx(sys::umount2(&self.mnt, 0), "umount", &self.mnt);
@@ -633,12 +702,17 @@ impl Stack {
                 }
             }
         }
-        panic!("fixture: pruning whiteouts did not converge in {}", self.root.display());
+        panic!(
+            "fixture: pruning whiteouts did not converge in {}",
+            self.root.display()
+        );
     }
 }
 
 fn find_dangling(dir: &Path, rel: &str, out: &mut Vec<String>) {
-    let Ok(entries) = fs::read_dir(dir) else { return };
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
     for e in entries.flatten() {
         let child_rel = join(rel, &e.file_name().to_string_lossy());
         match fs::symlink_metadata(e.path()) {
@@ -667,7 +741,11 @@ fn whiteout_entry(layer: &Path, rel: &str) -> Option<PathBuf> {
 }
 
 fn gen_layer(rng: &mut Rng, layer: &Layer, opts: &GenOptions, is_lower: bool) {
-    let mut g = LayerGen { held: HashMap::new(), marks: HashMap::new(), files: Vec::new() };
+    let mut g = LayerGen {
+        held: HashMap::new(),
+        marks: HashMap::new(),
+        files: Vec::new(),
+    };
     g.held.insert(String::new(), Held::Dir);
     let count = rng.range(opts.entries.0, opts.entries.1);
     for _ in 0..count {
@@ -738,7 +816,11 @@ impl LayerGen {
         let (uid, gid) = (*rng.pick(&OWNERS), *rng.pick(&OWNERS));
         let held = match roll {
             0..=29 => {
-                let len = if rng.chance(15) { rng.range(4000, 9000) } else { rng.below(40) };
+                let len = if rng.chance(15) {
+                    rng.range(4000, 9000)
+                } else {
+                    rng.below(40)
+                };
                 let content = rng.bytes(len);
                 layer.file_with(path, &content, *rng.pick(&FILE_MODES), uid, gid);
                 if rng.chance(30) {
@@ -814,7 +896,10 @@ impl LayerGen {
                     format = WhiteoutFormat::CharDev;
                 }
                 layer.whiteout(path, format);
-                if matches!(format, WhiteoutFormat::XattrTrusted | WhiteoutFormat::XattrUser) {
+                if matches!(
+                    format,
+                    WhiteoutFormat::XattrTrusted | WhiteoutFormat::XattrUser
+                ) {
                     self.marks.insert(parent, DirMark::XWhiteouts);
                 }
                 Held::Whiteout
@@ -860,8 +945,9 @@ fn translate_in_place(p: &Path) -> io::Result<()> {
     if !fs::symlink_metadata(p)?.is_dir() {
         return Ok(());
     }
-    let mut names: Vec<_> =
-        fs::read_dir(p)?.map(|e| e.map(|e| e.file_name())).collect::<io::Result<_>>()?;
+    let mut names: Vec<_> = fs::read_dir(p)?
+        .map(|e| e.map(|e| e.file_name()))
+        .collect::<io::Result<_>>()?;
     names.sort();
     for name in names {
         let s = name.to_string_lossy().into_owned();

@@ -19,7 +19,9 @@ pub mod sys;
 
 pub use diff::{Pair, System};
 pub use dump::{dump_tree, dump_tree_with, DumpOptions};
-pub use fixture::{random_stack, random_stack_with, GenOptions, Layer, OpaqueFormat, Stack, WhiteoutFormat};
+pub use fixture::{
+    random_stack, random_stack_with, GenOptions, Layer, OpaqueFormat, Stack, WhiteoutFormat,
+};
 pub use mount::{FuseMount, KernelOverlay, MountDirs};
 pub use ops::{random_ops, Op, Outcome, RenameFlags};
 
@@ -52,7 +54,10 @@ pub fn can_mount(test: &str) -> bool {
 /// An unsigned integer from the environment, or `default`.
 pub fn env_u64(name: &str, default: u64) -> u64 {
     match std::env::var(name) {
-        Ok(v) => v.trim().parse().unwrap_or_else(|_| panic!("{name}={v:?} is not a number")),
+        Ok(v) => v
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={v:?} is not a number")),
         Err(_) => default,
     }
 }

@@ -49,7 +49,11 @@ impl MountDirs {
 
     /// `lowerdir=..,upperdir=..,workdir=..`
     pub fn options(&self) -> String {
-        let lowers: Vec<String> = self.lowers.iter().map(|p| p.display().to_string()).collect();
+        let lowers: Vec<String> = self
+            .lowers
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
         format!(
             "lowerdir={},upperdir={},workdir={}",
             lowers.join(":"),
@@ -71,7 +75,10 @@ pub fn mount_info(mnt: &Path) -> Option<(String, String)> {
             return None;
         }
         let sep = fields.iter().position(|f| *f == "-")?;
-        Some((fields.get(sep + 1)?.to_string(), fields.get(sep + 2)?.to_string()))
+        Some((
+            fields.get(sep + 1)?.to_string(),
+            fields.get(sep + 2)?.to_string(),
+        ))
     })
 }
 
@@ -85,7 +92,10 @@ fn unescape_mountinfo(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
             out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
             i += 4;
         } else {
@@ -101,7 +111,11 @@ fn unescape_mountinfo(s: &str) -> String {
 fn unmount_path(mnt: &Path, first: impl Fn(&Path) -> io::Result<()>) -> io::Result<bool> {
     let mut last = None;
     for i in 0..UNMOUNT_TRIES {
-        let r = if i == 0 { first(mnt) } else { sys::umount2(mnt, 0) };
+        let r = if i == 0 {
+            first(mnt)
+        } else {
+            sys::umount2(mnt, 0)
+        };
         match r {
             Ok(()) => return Ok(true),
             Err(e) if !is_mounted(mnt) => {
@@ -113,7 +127,11 @@ fn unmount_path(mnt: &Path, first: impl Fn(&Path) -> io::Result<()>) -> io::Resu
         sleep(UNMOUNT_RETRY_DELAY);
     }
     sys::umount2(mnt, libc::MNT_DETACH)?;
-    eprintln!("warning: lazy unmount of {} after: {:?}", mnt.display(), last);
+    eprintln!(
+        "warning: lazy unmount of {} after: {:?}",
+        mnt.display(),
+        last
+    );
     Ok(false)
 }
 
@@ -133,9 +151,15 @@ impl KernelOverlay {
     pub fn mount_dirs(dirs: &MountDirs) -> io::Result<KernelOverlay> {
         let data = format!("{},{KERNEL_OPTS}", dirs.options());
         sys::mount("overlay", &dirs.mnt, "overlay", &data).map_err(|e| {
-            io::Error::new(e.kind(), format!("mount -t overlay -o {data} {}: {e}", dirs.mnt.display()))
+            io::Error::new(
+                e.kind(),
+                format!("mount -t overlay -o {data} {}: {e}", dirs.mnt.display()),
+            )
         })?;
-        Ok(KernelOverlay { mnt: dirs.mnt.clone(), mounted: true })
+        Ok(KernelOverlay {
+            mnt: dirs.mnt.clone(),
+            mounted: true,
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -173,13 +197,17 @@ fn which(bin: &std::ffi::OsStr) -> Option<PathBuf> {
     if p.components().count() > 1 {
         return Some(p.to_path_buf());
     }
-    std::env::split_paths(&std::env::var_os("PATH")?).map(|d| d.join(p)).find(|c| c.is_file())
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|d| d.join(p))
+        .find(|c| c.is_file())
 }
 
 /// Whether the FUSE binary under test is rlayerfs (takes a `mount` subcommand) rather than
 /// a fuse-overlayfs-style program (`PROG -o OPTS MNT`).
 fn takes_mount_subcommand(bin: &Path) -> bool {
-    bin.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("rlayerfs"))
+    bin.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with("rlayerfs"))
 }
 
 /// A FUSE mount made by the binary under test; unmounted (fusermount3 -u) on drop, its
@@ -207,9 +235,13 @@ impl FuseMount {
         // Output goes to an unnamed file, never a pipe: a daemon that keeps stderr open would
         // make reading a pipe to EOF hang.
         let mut log = tempfile::tempfile()?;
-        cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log.try_clone()?);
+        cmd.stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log.try_clone()?);
         let shown = format!("{cmd:?}");
-        let mut child = cmd.spawn().map_err(|e| io::Error::new(e.kind(), format!("{shown}: {e}")))?;
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| io::Error::new(e.kind(), format!("{shown}: {e}")))?;
         let start = Instant::now();
         let status = loop {
             if let Some(st) = child.try_wait()? {
@@ -220,7 +252,12 @@ impl FuseMount {
             }
             sleep(Duration::from_millis(5));
         };
-        let mut guard = FuseMount { mnt: dirs.mnt.clone(), bin: bin.clone(), daemons: Vec::new(), mounted: true };
+        let mut guard = FuseMount {
+            mnt: dirs.mnt.clone(),
+            bin: bin.clone(),
+            daemons: Vec::new(),
+            mounted: true,
+        };
         guard.daemons = guard.find_daemons();
         let output = read_log(&mut log);
         match status {
@@ -256,7 +293,9 @@ impl FuseMount {
     /// Processes whose argv contains our (unique) mountpoint and whose exe is our binary.
     fn find_daemons(&self) -> Vec<i32> {
         let me = std::process::id() as i32;
-        let Ok(dir) = fs::read_dir("/proc") else { return Vec::new() };
+        let Ok(dir) = fs::read_dir("/proc") else {
+            return Vec::new();
+        };
         let mut pids: Vec<i32> = dir
             .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
             .filter(|&pid| pid != me && self.is_our_daemon(pid))
@@ -266,7 +305,9 @@ impl FuseMount {
     }
 
     fn is_our_daemon(&self, pid: i32) -> bool {
-        let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else { return false };
+        let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else {
+            return false;
+        };
         let mnt = self.mnt.as_os_str().as_encoded_bytes();
         let has_mnt = cmdline.split(|&b| b == 0).any(|arg| arg == mnt);
         let exe = fs::read_link(format!("/proc/{pid}/exe")).ok();
@@ -312,7 +353,9 @@ impl FuseMount {
             }
         }
         if !lingering.is_empty() && lingering.iter().any(|&p| self.is_our_daemon(p)) {
-            return Err(io::Error::other(format!("daemon(s) {lingering:?} survive SIGKILL")));
+            return Err(io::Error::other(format!(
+                "daemon(s) {lingering:?} survive SIGKILL"
+            )));
         }
         if !self.daemons.is_empty() && !plain {
             return Err(io::Error::other("only a lazy unmount worked"));
@@ -322,10 +365,16 @@ impl FuseMount {
 }
 
 fn fusermount_u(mnt: &Path) -> io::Result<()> {
-    let out = Command::new("fusermount3").arg("-u").arg(mnt).stdin(Stdio::null()).output();
+    let out = Command::new("fusermount3")
+        .arg("-u")
+        .arg(mnt)
+        .stdin(Stdio::null())
+        .output();
     match out {
         Ok(o) if o.status.success() => Ok(()),
-        Ok(o) => Err(io::Error::other(String::from_utf8_lossy(&o.stderr).into_owned())),
+        Ok(o) => Err(io::Error::other(
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )),
         // No fusermount3: as root a plain umount does the same.
         Err(_) => sys::umount2(mnt, 0),
     }
@@ -334,7 +383,10 @@ fn fusermount_u(mnt: &Path) -> io::Result<()> {
 fn is_zombie(pid: i32) -> bool {
     fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
-        .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')))
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+        })
         .unwrap_or(true)
 }
 
@@ -358,5 +410,8 @@ impl Drop for FuseMount {
 
 /// The binary's display name for messages.
 pub fn fuse_bin_name() -> OsString {
-    fuse_bin().file_name().map(|n| n.to_os_string()).unwrap_or_default()
+    fuse_bin()
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default()
 }

@@ -38,42 +38,106 @@ impl RenameFlags {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Op {
     /// open(O_CREAT|O_EXCL|O_WRONLY, mode).
-    Create { path: String, mode: u32 },
+    Create {
+        path: String,
+        mode: u32,
+    },
     /// open(O_WRONLY) + pwrite at `offset` (may be past EOF).
-    Write { path: String, offset: u64, data: Vec<u8> },
+    Write {
+        path: String,
+        offset: u64,
+        data: Vec<u8>,
+    },
     /// open(O_WRONLY|O_APPEND|O_CREAT, 0644) + write.
-    Append { path: String, data: Vec<u8> },
+    Append {
+        path: String,
+        data: Vec<u8>,
+    },
     /// truncate(2).
-    Truncate { path: String, len: u64 },
+    Truncate {
+        path: String,
+        len: u64,
+    },
     /// Reads the whole file through open(O_RDONLY).
-    Read { path: String },
-    Unlink { path: String },
-    Rmdir { path: String },
-    Mkdir { path: String, mode: u32 },
+    Read {
+        path: String,
+    },
+    Unlink {
+        path: String,
+    },
+    Rmdir {
+        path: String,
+    },
+    Mkdir {
+        path: String,
+        mode: u32,
+    },
     /// Recursive removal like `rm -rf` (first error wins).
-    RmRf { path: String },
-    Rename { from: String, to: String, flags: RenameFlags },
-    Link { from: String, to: String },
-    Symlink { target: String, path: String },
+    RmRf {
+        path: String,
+    },
+    Rename {
+        from: String,
+        to: String,
+        flags: RenameFlags,
+    },
+    Link {
+        from: String,
+        to: String,
+    },
+    Symlink {
+        target: String,
+        path: String,
+    },
     /// chmod(2) (follows a symlink, as chmod does).
-    Chmod { path: String, mode: u32 },
+    Chmod {
+        path: String,
+        mode: u32,
+    },
     /// lchown(2).
-    Chown { path: String, uid: u32, gid: u32 },
+    Chown {
+        path: String,
+        uid: u32,
+        gid: u32,
+    },
     /// utimensat(AT_SYMLINK_NOFOLLOW) with atime = mtime = `secs`.
-    Utimens { path: String, secs: i64 },
-    SetXattr { path: String, name: String, value: Vec<u8> },
-    RemoveXattr { path: String, name: String },
+    Utimens {
+        path: String,
+        secs: i64,
+    },
+    SetXattr {
+        path: String,
+        name: String,
+        value: Vec<u8>,
+    },
+    RemoveXattr {
+        path: String,
+        name: String,
+    },
     /// open(O_RDWR), unlink, then write and read through the fd and fstat it.
-    OpenUnlinkRead { path: String },
+    OpenUnlinkRead {
+        path: String,
+    },
     /// Sorted names of a directory.
-    ReadDir { path: String },
+    ReadDir {
+        path: String,
+    },
     /// mknod(S_IFIFO | mode).
-    MkFifo { path: String, mode: u32 },
+    MkFifo {
+        path: String,
+        mode: u32,
+    },
 }
 
 impl fmt::Display for Op {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let p = |s: &String| if s.is_empty() { ".".to_string() } else { s.clone() };
+        let p = |s: &String| {
+            if s.is_empty() {
+                ".".to_string()
+            } else {
+                s.clone()
+            }
+        };
         match self {
             Op::Create { path, mode } => write!(f, "create {} {mode:o}", p(path)),
             Op::Write { path, offset, data } => {
@@ -122,8 +186,9 @@ fn done<T>(r: std::io::Result<T>) -> Outcome {
 fn rm_rf(p: &Path) -> std::io::Result<()> {
     let meta = fs::symlink_metadata(p)?;
     if meta.is_dir() {
-        let mut names: Vec<_> =
-            fs::read_dir(p)?.map(|e| e.map(|e| e.file_name())).collect::<Result<_, _>>()?;
+        let mut names: Vec<_> = fs::read_dir(p)?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<Result<_, _>>()?;
         names.sort();
         for n in names {
             rm_rf(&p.join(n))?;
@@ -143,10 +208,17 @@ impl Op {
     pub fn apply(&self, root: &Path) -> Outcome {
         match self {
             Op::Create { path, mode } => done(
-                OpenOptions::new().write(true).create_new(true).mode(*mode).open(at(root, path)),
+                OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(*mode)
+                    .open(at(root, path)),
             ),
             Op::Write { path, offset, data } => {
-                let mut f = io(OpenOptions::new().write(true).custom_flags(NB).open(at(root, path)))?;
+                let mut f = io(OpenOptions::new()
+                    .write(true)
+                    .custom_flags(NB)
+                    .open(at(root, path)))?;
                 io(f.seek(SeekFrom::Start(*offset)))?;
                 io(f.write_all(data))?;
                 Ok(format!("wrote {}", data.len()))
@@ -165,10 +237,17 @@ impl Op {
                 let p = sys::cpath(&at(root, path));
                 // SAFETY: p is NUL-terminated.
                 let r = unsafe { libc::truncate(p.as_ptr(), *len as libc::off_t) };
-                done(if r < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) })
+                done(if r < 0 {
+                    Err(std::io::Error::last_os_error())
+                } else {
+                    Ok(())
+                })
             }
             Op::Read { path } => {
-                let mut f = io(OpenOptions::new().read(true).custom_flags(NB).open(at(root, path)))?;
+                let mut f = io(OpenOptions::new()
+                    .read(true)
+                    .custom_flags(NB)
+                    .open(at(root, path)))?;
                 let mut data = Vec::new();
                 io(f.read_to_end(&mut data))?;
                 Ok(format!("len={} hash={:016x}", data.len(), fnv64(&data)))
@@ -179,7 +258,11 @@ impl Op {
                 let p = sys::cpath(&at(root, path));
                 // SAFETY: p is NUL-terminated.
                 let r = unsafe { libc::mkdir(p.as_ptr(), *mode as libc::mode_t) };
-                done(if r < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) })
+                done(if r < 0 {
+                    Err(std::io::Error::last_os_error())
+                } else {
+                    Ok(())
+                })
             }
             Op::RmRf { path } => done(rm_rf(&at(root, path))),
             Op::Rename { from, to, flags } => {
@@ -192,11 +275,17 @@ impl Op {
             Op::Utimens { path, secs } => {
                 done(sys::set_times(&at(root, path), (*secs, 0), (*secs, 0)))
             }
-            Op::SetXattr { path, name, value } => done(sys::set_xattr(&at(root, path), name, value)),
+            Op::SetXattr { path, name, value } => {
+                done(sys::set_xattr(&at(root, path), name, value))
+            }
             Op::RemoveXattr { path, name } => done(sys::remove_xattr(&at(root, path), name)),
             Op::OpenUnlinkRead { path } => {
                 let p = at(root, path);
-                let mut f = io(OpenOptions::new().read(true).write(true).custom_flags(NB).open(&p))?;
+                let mut f = io(OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .custom_flags(NB)
+                    .open(&p))?;
                 io(fs::remove_file(&p))?;
                 let mut before = Vec::new();
                 io(f.read_to_end(&mut before))?;
@@ -273,7 +362,11 @@ pub fn random_op_in(rng: &mut Rng, tree: &TreeView) -> Op {
         }
     };
     let data = |rng: &mut Rng| {
-        let len = if rng.chance(10) { rng.range(3000, 6000) } else { rng.range(1, 16) };
+        let len = if rng.chance(10) {
+            rng.range(3000, 6000)
+        } else {
+            rng.range(1, 16)
+        };
         rng.bytes(len)
     };
     let roll = rng.below(100);
@@ -282,18 +375,37 @@ pub fn random_op_in(rng: &mut Rng, tree: &TreeView) -> Op {
         _ => pick_path(rng),
     };
     match roll {
-        0..=7 => Op::Create { path, mode: *rng.pick(&MODES) },
+        0..=7 => Op::Create {
+            path,
+            mode: *rng.pick(&MODES),
+        },
         8..=16 => {
-            let offset =
-                if rng.chance(70) { rng.below(12) as u64 } else { rng.range(100, 9000) as u64 };
-            Op::Write { path, offset, data: data(rng) }
+            let offset = if rng.chance(70) {
+                rng.below(12) as u64
+            } else {
+                rng.range(100, 9000) as u64
+            };
+            Op::Write {
+                path,
+                offset,
+                data: data(rng),
+            }
         }
-        17..=21 => Op::Append { path, data: data(rng) },
-        22..=25 => Op::Truncate { path, len: *rng.pick(&[0, 3, 100, 5000]) },
+        17..=21 => Op::Append {
+            path,
+            data: data(rng),
+        },
+        22..=25 => Op::Truncate {
+            path,
+            len: *rng.pick(&[0, 3, 100, 5000]),
+        },
         26..=27 => Op::Read { path },
         28..=34 => Op::Unlink { path },
         35..=39 => Op::Rmdir { path },
-        40..=48 => Op::Mkdir { path, mode: *rng.pick(&[0o755, 0o700, 0o1777]) },
+        40..=48 => Op::Mkdir {
+            path,
+            mode: *rng.pick(&[0o755, 0o700, 0o1777]),
+        },
         49..=50 => Op::RmRf { path },
         51..=62 => {
             let flags = match rng.below(10) {
@@ -301,28 +413,60 @@ pub fn random_op_in(rng: &mut Rng, tree: &TreeView) -> Op {
                 6..=7 => RenameFlags::NoReplace,
                 _ => RenameFlags::Exchange,
             };
-            let to = if flags == RenameFlags::Exchange { pick_path(rng) } else { pick_new(rng) };
-            Op::Rename { from: path, to, flags }
+            let to = if flags == RenameFlags::Exchange {
+                pick_path(rng)
+            } else {
+                pick_new(rng)
+            };
+            Op::Rename {
+                from: path,
+                to,
+                flags,
+            }
         }
-        63..=66 => Op::Link { from: path, to: pick_new(rng) },
+        63..=66 => Op::Link {
+            from: path,
+            to: pick_new(rng),
+        },
         67..=70 => {
-            let target =
-                if rng.chance(50) { random_path(rng) } else { format!("../{}", rng.pick(&NAMES)) };
+            let target = if rng.chance(50) {
+                random_path(rng)
+            } else {
+                format!("../{}", rng.pick(&NAMES))
+            };
             Op::Symlink { target, path }
         }
-        71..=74 => Op::Chmod { path, mode: *rng.pick(&MODES) },
-        75..=77 => {
-            Op::Chown { path, uid: *rng.pick(&[0, 1000, 65534]), gid: *rng.pick(&[0, 1000]) }
-        }
-        78..=80 => Op::Utimens { path, secs: 1_700_000_000 + rng.below(1000) as i64 },
+        71..=74 => Op::Chmod {
+            path,
+            mode: *rng.pick(&MODES),
+        },
+        75..=77 => Op::Chown {
+            path,
+            uid: *rng.pick(&[0, 1000, 65534]),
+            gid: *rng.pick(&[0, 1000]),
+        },
+        78..=80 => Op::Utimens {
+            path,
+            secs: 1_700_000_000 + rng.below(1000) as i64,
+        },
         81..=85 => {
             // Rarely a private name: the mount must refuse or hide it the same way.
-            let name =
-                if rng.chance(8) { "trusted.overlay.opaque" } else { rng.pick(&XATTR_NAMES) };
+            let name = if rng.chance(8) {
+                "trusted.overlay.opaque"
+            } else {
+                rng.pick(&XATTR_NAMES)
+            };
             let len = rng.range(1, 8);
-            Op::SetXattr { path, name: name.to_string(), value: rng.bytes(len) }
+            Op::SetXattr {
+                path,
+                name: name.to_string(),
+                value: rng.bytes(len),
+            }
         }
-        86..=88 => Op::RemoveXattr { path, name: rng.pick(&XATTR_NAMES).to_string() },
+        86..=88 => Op::RemoveXattr {
+            path,
+            name: rng.pick(&XATTR_NAMES).to_string(),
+        },
         89..=90 => Op::OpenUnlinkRead { path },
         91..=96 => {
             let path = if rng.chance(25) { String::new() } else { path };

@@ -10,7 +10,9 @@ pub struct Rng {
 impl Rng {
     /// A generator for `seed`; different salts give independent streams for the same seed.
     pub fn new(seed: u64, salt: u64) -> Rng {
-        let mut rng = Rng { state: seed ^ salt.wrapping_mul(0xA076_1D64_78BD_642F) };
+        let mut rng = Rng {
+            state: seed ^ salt.wrapping_mul(0xA076_1D64_78BD_642F),
+        };
         rng.next_u64();
         rng
     }

@@ -33,7 +33,15 @@ pub fn errno_of(err: &io::Error) -> i32 {
 pub fn set_xattr(path: &Path, name: &str, value: &[u8]) -> io::Result<()> {
     let (p, n) = (cpath(path), cname(name));
     // SAFETY: both strings are NUL-terminated and the value pointer/length pair is valid.
-    check(unsafe { libc::lsetxattr(p.as_ptr(), n.as_ptr(), value.as_ptr().cast(), value.len(), 0) })
+    check(unsafe {
+        libc::lsetxattr(
+            p.as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    })
 }
 
 /// `lgetxattr`, sized by a first probing call.
@@ -98,7 +106,13 @@ pub fn remove_xattr(path: &Path, name: &str) -> io::Result<()> {
 pub fn mknod(path: &Path, mode: u32, major: u32, minor: u32) -> io::Result<()> {
     let p = cpath(path);
     // SAFETY: p is NUL-terminated.
-    check(unsafe { libc::mknod(p.as_ptr(), mode as libc::mode_t, libc::makedev(major, minor)) })
+    check(unsafe {
+        libc::mknod(
+            p.as_ptr(),
+            mode as libc::mode_t,
+            libc::makedev(major, minor),
+        )
+    })
 }
 
 /// `lchown`.
@@ -122,12 +136,23 @@ pub type Time = (i64, i64);
 pub fn set_times(path: &Path, atime: Time, mtime: Time) -> io::Result<()> {
     let p = cpath(path);
     let ts = [
-        libc::timespec { tv_sec: atime.0, tv_nsec: atime.1 },
-        libc::timespec { tv_sec: mtime.0, tv_nsec: mtime.1 },
+        libc::timespec {
+            tv_sec: atime.0,
+            tv_nsec: atime.1,
+        },
+        libc::timespec {
+            tv_sec: mtime.0,
+            tv_nsec: mtime.1,
+        },
     ];
     // SAFETY: p is NUL-terminated and ts holds two timespecs.
     check(unsafe {
-        libc::utimensat(libc::AT_FDCWD, p.as_ptr(), ts.as_ptr(), libc::AT_SYMLINK_NOFOLLOW)
+        libc::utimensat(
+            libc::AT_FDCWD,
+            p.as_ptr(),
+            ts.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
     })
 }
 
@@ -136,7 +161,13 @@ pub fn renameat2(from: &Path, to: &Path, flags: u32) -> io::Result<()> {
     let (f, t) = (cpath(from), cpath(to));
     // SAFETY: both paths are NUL-terminated.
     check(unsafe {
-        libc::renameat2(libc::AT_FDCWD, f.as_ptr(), libc::AT_FDCWD, t.as_ptr(), flags)
+        libc::renameat2(
+            libc::AT_FDCWD,
+            f.as_ptr(),
+            libc::AT_FDCWD,
+            t.as_ptr(),
+            flags,
+        )
     })
 }
 
