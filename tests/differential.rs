@@ -390,7 +390,9 @@ fn open_unlink_lower_file() {
 #[test]
 fn harness_copy_is_exact() {
     if !common::sys::is_root() {
-        eprintln!("SKIP harness_copy_is_exact: not root (trusted.* xattrs need it)");
+        use std::io::Write as _;
+        let msg = "SKIP harness_copy_is_exact: not root (trusted.* xattrs need it)";
+        let _ = writeln!(std::io::stderr(), "{msg}");
         return;
     }
     let full = DumpOptions {
