@@ -6,11 +6,14 @@
 use std::fmt::Write as _;
 use std::io;
 use std::path::Path;
+use std::sync::mpsc;
+use std::thread;
+use std::time::Duration;
 
 use super::dump::{diff_dumps, dump_tree_with, DumpOptions};
 use super::fixture::Stack;
 use super::mount::{fuse_bin_name, FuseMount, KernelOverlay, MountDirs};
-use super::ops::{Op, Outcome};
+use super::ops::{Op, Outcome, TreeView};
 
 /// Which implementation mounts a side.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,7 +58,21 @@ impl Mounted {
             Mounted::Fuse(m) => m.unmount(),
         }
     }
+
+    /// Unblocks anything stuck on this mount (see `FuseMount::abort`).
+    pub fn abort(&self) {
+        match self {
+            Mounted::Kernel(m) => {
+                let _ = super::sys::umount2(m.path(), libc::MNT_DETACH);
+            }
+            Mounted::Fuse(m) => m.abort(),
+        }
+    }
 }
+
+/// How long one op (on both sides) or one pair of dumps may take before the mounts are
+/// aborted and the step reported as hung: a deadlocked daemon must fail the test, not hang it.
+const STEP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// One applied op and what each side answered.
 #[derive(Clone, Debug)]
@@ -130,10 +147,29 @@ impl Pair {
         (ma.path(), mb.path())
     }
 
+    /// Runs `f` (which touches the mounts) with `STEP_TIMEOUT`; on timeout aborts both
+    /// mounts so the stuck call returns, and reports the hang.
+    fn guarded<T: Send>(&self, what: &str, f: impl FnOnce() -> T + Send) -> Result<T, String> {
+        let (tx, rx) = mpsc::channel();
+        thread::scope(|scope| {
+            scope.spawn(move || {
+                let _ = tx.send(f());
+            });
+            rx.recv_timeout(STEP_TIMEOUT).map_err(|_| {
+                for m in [&self.ma, &self.mb].into_iter().flatten() {
+                    m.abort();
+                }
+                let mut r = self.header(&format!("{what} hung for {STEP_TIMEOUT:?}"));
+                r.push_str("mounts aborted (daemon killed, lazy unmount)\n");
+                r
+            })
+        })
+    }
+
     /// Applies `op` to both sides, then compares outcomes and trees.
     pub fn apply(&mut self, op: Op) -> Result<(), String> {
         let (ra, rb) = self.roots();
-        let (oa, ob) = (op.apply(ra), op.apply(rb));
+        let (oa, ob) = self.guarded(&format!("`{op}`"), || (op.apply(ra), op.apply(rb)))?;
         let same = oa == ob;
         self.steps.push(Step {
             op: op.clone(),
@@ -141,7 +177,7 @@ impl Pair {
             b: ob,
         });
         if !same {
-            let (da, db) = self.dumps();
+            let (da, db) = self.dumps()?;
             return Err(self.report(&format!("outcomes differ at `{op}`"), &da, &db));
         }
         self.check(&format!("after `{op}`"))
@@ -152,14 +188,17 @@ impl Pair {
         ops.into_iter().try_for_each(|op| self.apply(op))
     }
 
-    fn dumps(&self) -> (String, String) {
+    fn dumps(&self) -> Result<(String, String), String> {
         let (ra, rb) = self.roots();
-        (dump_tree_with(ra, self.opts), dump_tree_with(rb, self.opts))
+        let opts = self.opts;
+        self.guarded("dumping the trees", || {
+            (dump_tree_with(ra, opts), dump_tree_with(rb, opts))
+        })
     }
 
     /// Compares the two live trees.
     pub fn check(&mut self, when: &str) -> Result<(), String> {
-        let (da, db) = self.dumps();
+        let (da, db) = self.dumps()?;
         if da == db {
             self.last = da;
             Ok(())
@@ -168,14 +207,23 @@ impl Pair {
         }
     }
 
-    /// Relative paths (root excluded) in the reference tree at the last successful check.
-    pub fn reference_paths(&self) -> Vec<String> {
-        self.last
-            .lines()
-            .filter_map(|l| l.split(' ').next()?.strip_prefix('/'))
-            .filter(|p| !p.is_empty())
-            .map(str::to_string)
-            .collect()
+    /// The reference tree at the last successful check (for op generation).
+    pub fn reference_tree(&self) -> TreeView {
+        let mut t = TreeView::default();
+        for line in self.last.lines() {
+            let mut words = line.split(' ').filter(|w| !w.starts_with("hl="));
+            let (Some(path), Some(kind)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let Some(rel) = path.strip_prefix('/').filter(|p| !p.is_empty()) else {
+                continue;
+            };
+            t.paths.push(rel.to_string());
+            if kind == "dir" {
+                t.dirs.push(rel.to_string());
+            }
+        }
+        t
     }
 
     /// Dump of the reference side's live tree.

@@ -236,6 +236,7 @@ pub fn diff_dumps(a: &str, b: &str) -> String {
     for l in lb.iter().filter(|l| !sa.contains(*l)) {
         out.push((l.split(' ').next().unwrap_or("").to_string(), '+', l));
     }
-    out.sort();
+    // By path, the `-` line before the `+` line of the same path.
+    out.sort_by(|x, y| (&x.0, x.1 == '+').cmp(&(&y.0, y.1 == '+')));
     out.iter().map(|(_, c, l)| format!("{c} {l}\n")).collect()
 }

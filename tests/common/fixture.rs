@@ -545,6 +545,15 @@ pub struct GenOptions {
     pub max_lowers: usize,
     /// Entries generated per layer: `min..=max`.
     pub entries: (usize, usize),
+    /// Generate xattr whiteouts (`trusted.overlay.whiteout`, kernel 6.7+).
+    pub xattr_whiteouts: bool,
+    /// Generate hard links.
+    pub hard_links: bool,
+    /// Remove whiteouts that hide nothing and sit in a directory that is not merged: kernel
+    /// overlayfs lists those in readdir (the real directory is read as is) while lookup says
+    /// ENOENT. Real stacks rarely have them; `whiteout_in_unmerged_dir` covers the case.
+    /// Needs root (a read-only kernel overlay mount finds them).
+    pub prune_unmerged_whiteouts: bool,
 }
 
 impl Default for GenOptions {
@@ -553,7 +562,28 @@ impl Default for GenOptions {
             non_kernel_formats: false,
             max_lowers: 6,
             entries: (3, 10),
+            xattr_whiteouts: true,
+            hard_links: true,
+            prune_unmerged_whiteouts: true,
         }
+    }
+}
+
+impl GenOptions {
+    /// Defaults adjusted by `$RLAYERFS_DIFF_GEN`, a comma-separated list of `no-xwhiteouts`,
+    /// `no-hardlinks`, `keep-unmerged-whiteouts` (to isolate a class of divergence).
+    pub fn from_env() -> GenOptions {
+        let mut o = GenOptions::default();
+        let spec = std::env::var("RLAYERFS_DIFF_GEN").unwrap_or_default();
+        for flag in spec.split(',').map(str::trim).filter(|f| !f.is_empty()) {
+            match flag {
+                "no-xwhiteouts" => o.xattr_whiteouts = false,
+                "no-hardlinks" => o.hard_links = false,
+                "keep-unmerged-whiteouts" => o.prune_unmerged_whiteouts = false,
+                other => panic!("RLAYERFS_DIFF_GEN: unknown flag {other:?}"),
+            }
+        }
+        o
     }
 }
 
@@ -615,19 +645,99 @@ pub fn random_stack_with(seed: u64, opts: &GenOptions) -> Stack {
     // Bottom layer first, upper last (the order a real stack is built).
     for i in (0..n).rev() {
         gen_layer(&mut rng, &stack.lower(i), opts, true);
-        stack
-            .lower(i)
-            .set_all_times(FIXTURE_EPOCH + 1000 * (n - i) as i64);
     }
     let upper_opts = GenOptions {
         non_kernel_formats: false,
         ..opts.clone()
     };
     gen_layer(&mut rng, &stack.upper_layer(), &upper_opts, false);
+    if opts.prune_unmerged_whiteouts {
+        stack.prune_unmerged_whiteouts();
+    }
+    let epoch = |layer: usize| FIXTURE_EPOCH + 1000 * layer as i64;
+    for i in 0..n {
+        stack.lower(i).set_all_times(epoch(n - i));
+    }
+    stack.upper_layer().set_all_times(epoch(n + 1));
     stack
-        .upper_layer()
-        .set_all_times(FIXTURE_EPOCH + 1000 * (n + 1) as i64);
-    stack
+}
+
+impl Stack {
+    /// Removes whiteouts that kernel overlayfs would list in readdir but not find by lookup
+    /// (see `GenOptions::prune_unmerged_whiteouts`), using a read-only kernel mount of all
+    /// layers (upper on top) at `mnt` to find them. Translated (kernel) encodings only.
+    pub fn prune_unmerged_whiteouts(&self) {
+        let all = |s: &Stack| -> Vec<PathBuf> {
+            [s.upper.clone()]
+                .into_iter()
+                .chain(s.lowers.clone())
+                .collect()
+        };
+        let layers = all(self);
+        for _round in 0..8 {
+            // The kernel must see its own encodings: probe a translated copy if needed.
+            let probe = (!self.non_kernel_formats().is_empty()).then(|| self.copy_kernel_formats());
+            let probe_layers = probe.as_ref().map_or_else(|| layers.clone(), all);
+            let lowerdir: Vec<String> = probe_layers
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect();
+            let data = format!("lowerdir={}", lowerdir.join(":"));
+            ctx(
+                sys::mount("overlay", &self.mnt, "overlay", &data),
+                "mount ro overlay",
+                &self.mnt,
+            );
+            let mut dangling = Vec::new();
+            find_dangling(&self.mnt, "", &mut dangling);
+            ctx(sys::umount2(&self.mnt, 0), "umount", &self.mnt);
+            if dangling.is_empty() {
+                return;
+            }
+            for rel in dangling {
+                let holder = layers.iter().find_map(|l| whiteout_entry(l, &rel));
+                match holder {
+                    Some(p) => ctx(fs::remove_file(&p), "remove whiteout", &p),
+                    None => panic!("fixture: {rel} is listed, not found, and not whited out"),
+                }
+            }
+        }
+        panic!(
+            "fixture: pruning whiteouts did not converge in {}",
+            self.root.display()
+        );
+    }
+}
+
+fn find_dangling(dir: &Path, rel: &str, out: &mut Vec<String>) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let child_rel = join(rel, &e.file_name().to_string_lossy());
+        match fs::symlink_metadata(e.path()) {
+            Err(err) if err.raw_os_error() == Some(libc::ENOENT) => out.push(child_rel),
+            Ok(m) if m.is_dir() => find_dangling(&e.path(), &child_rel, out),
+            _ => {}
+        }
+    }
+}
+
+/// The whiteout for `rel` in `layer`, in any encoding: a char 0/0 device, a zero-size file
+/// carrying an overlay whiteout xattr, or a `.wh.NAME` sibling.
+fn whiteout_entry(layer: &Path, rel: &str) -> Option<PathBuf> {
+    let p = layer.join(rel);
+    if let Ok(m) = fs::symlink_metadata(&p) {
+        let ft = m.file_type();
+        let xattr_wh = ft.is_file()
+            && m.len() == 0
+            && (sys::get_xattr(&p, "trusted.overlay.whiteout").is_ok()
+                || sys::get_xattr(&p, "user.overlay.whiteout").is_ok());
+        return ((ft.is_char_device() && m.rdev() == 0) || xattr_wh).then_some(p);
+    }
+    let name = Path::new(rel).file_name()?.to_str()?;
+    let dot_wh = layer.join(join(parent_of(rel), &format!(".wh.{name}")));
+    dot_wh.is_file().then_some(dot_wh)
 }
 
 fn gen_layer(rng: &mut Rng, layer: &Layer, opts: &GenOptions, is_lower: bool) {
@@ -742,7 +852,7 @@ impl LayerGen {
                 }
                 Held::Other
             }
-            53..=58 if !self.files.is_empty() => {
+            53..=58 if opts.hard_links && !self.files.is_empty() => {
                 let existing = rng.pick(&self.files).clone();
                 layer.hardlink(path, &existing);
                 Held::File
@@ -766,9 +876,14 @@ impl LayerGen {
                 let parent = parent_of(path).to_string();
                 let mut choices = vec![WhiteoutFormat::CharDev];
                 if is_lower && self.mark(&parent) != DirMark::Opaque {
-                    choices.push(WhiteoutFormat::XattrTrusted);
+                    if opts.xattr_whiteouts {
+                        choices.push(WhiteoutFormat::XattrTrusted);
+                    }
                     if opts.non_kernel_formats {
-                        choices.extend([WhiteoutFormat::DotWh, WhiteoutFormat::XattrUser]);
+                        choices.push(WhiteoutFormat::DotWh);
+                        if opts.xattr_whiteouts {
+                            choices.push(WhiteoutFormat::XattrUser);
+                        }
                     }
                 }
                 let mut format = *rng.pick(&choices);

@@ -315,6 +315,18 @@ impl FuseMount {
         has_mnt && exe.is_some() && exe == ours && !is_zombie(pid)
     }
 
+    /// Emergency stop for a hung mount: SIGKILL our daemons (pending requests then fail)
+    /// and detach the mount. The guard still cleans up on drop.
+    pub fn abort(&self) {
+        for &pid in &self.daemons {
+            if self.is_our_daemon(pid) {
+                // SAFETY: kill has no memory preconditions; pid was checked to be our daemon.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+        let _ = sys::umount2(&self.mnt, libc::MNT_DETACH);
+    }
+
     /// Unmounts now and waits for the daemon, reporting failure (Drop would only warn).
     pub fn unmount(mut self) -> io::Result<()> {
         self.mounted = false;

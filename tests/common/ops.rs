@@ -199,6 +199,10 @@ fn rm_rf(p: &Path) -> std::io::Result<()> {
     }
 }
 
+/// Every open is non-blocking: a FIFO must give an error, not hang the test (a regular
+/// file ignores the flag).
+const NB: i32 = libc::O_NONBLOCK;
+
 impl Op {
     /// Applies the op under `root` (a mount) and returns its outcome.
     pub fn apply(&self, root: &Path) -> Outcome {
@@ -211,7 +215,10 @@ impl Op {
                     .open(at(root, path)),
             ),
             Op::Write { path, offset, data } => {
-                let mut f = io(OpenOptions::new().write(true).open(at(root, path)))?;
+                let mut f = io(OpenOptions::new()
+                    .write(true)
+                    .custom_flags(NB)
+                    .open(at(root, path)))?;
                 io(f.seek(SeekFrom::Start(*offset)))?;
                 io(f.write_all(data))?;
                 Ok(format!("wrote {}", data.len()))
@@ -221,6 +228,7 @@ impl Op {
                     .append(true)
                     .create(true)
                     .mode(0o644)
+                    .custom_flags(NB)
                     .open(at(root, path)))?;
                 io(f.write_all(data))?;
                 Ok(format!("appended {}", data.len()))
@@ -236,7 +244,12 @@ impl Op {
                 })
             }
             Op::Read { path } => {
-                let data = io(fs::read(at(root, path)))?;
+                let mut f = io(OpenOptions::new()
+                    .read(true)
+                    .custom_flags(NB)
+                    .open(at(root, path)))?;
+                let mut data = Vec::new();
+                io(f.read_to_end(&mut data))?;
                 Ok(format!("len={} hash={:016x}", data.len(), fnv64(&data)))
             }
             Op::Unlink { path } => done(fs::remove_file(at(root, path))),
@@ -268,7 +281,11 @@ impl Op {
             Op::RemoveXattr { path, name } => done(sys::remove_xattr(&at(root, path), name)),
             Op::OpenUnlinkRead { path } => {
                 let p = at(root, path);
-                let mut f = io(OpenOptions::new().read(true).write(true).open(&p))?;
+                let mut f = io(OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .custom_flags(NB)
+                    .open(&p))?;
                 io(fs::remove_file(&p))?;
                 let mut before = Vec::new();
                 io(f.read_to_end(&mut before))?;
@@ -311,20 +328,39 @@ pub fn random_ops(seed: u64, n: usize) -> Vec<Op> {
 
 /// One random op over blind random paths.
 pub fn random_op(rng: &mut Rng) -> Op {
-    random_op_in(rng, &[])
+    random_op_in(rng, &TreeView::default())
 }
 
-/// One random op whose paths are often (60%) drawn from `existing` (relative paths that
-/// exist in the reference tree now), so that more ops reach real entries.
-pub fn random_op_in(rng: &mut Rng, existing: &[String]) -> Op {
-    let mut pick_path = |rng: &mut Rng| {
-        if !existing.is_empty() && rng.chance(60) {
-            rng.pick(existing).clone()
+/// What exists in the reference tree now (relative paths, root excluded).
+#[derive(Clone, Debug, Default)]
+pub struct TreeView {
+    pub paths: Vec<String>,
+    pub dirs: Vec<String>,
+}
+
+/// One random op whose paths are often drawn from `tree`, so that more ops reach real
+/// entries: existing paths for ops on entries, a new name in an existing directory for
+/// creations; blind random paths otherwise.
+pub fn random_op_in(rng: &mut Rng, tree: &TreeView) -> Op {
+    let pick_path = |rng: &mut Rng| {
+        if !tree.paths.is_empty() && rng.chance(60) {
+            rng.pick(&tree.paths).clone()
         } else {
             random_path(rng)
         }
     };
-    let path = pick_path(rng);
+    let pick_new = |rng: &mut Rng| {
+        if rng.chance(60) {
+            let name = *rng.pick(&NAMES);
+            if tree.dirs.is_empty() || rng.chance(25) {
+                name.to_string()
+            } else {
+                format!("{}/{name}", rng.pick(&tree.dirs))
+            }
+        } else {
+            pick_path(rng)
+        }
+    };
     let data = |rng: &mut Rng| {
         let len = if rng.chance(10) {
             rng.range(3000, 6000)
@@ -333,7 +369,12 @@ pub fn random_op_in(rng: &mut Rng, existing: &[String]) -> Op {
         };
         rng.bytes(len)
     };
-    match rng.below(100) {
+    let roll = rng.below(100);
+    let path = match roll {
+        0..=7 | 40..=48 | 67..=70 | 97..=99 => pick_new(rng),
+        _ => pick_path(rng),
+    };
+    match roll {
         0..=7 => Op::Create {
             path,
             mode: *rng.pick(&MODES),
@@ -372,15 +413,20 @@ pub fn random_op_in(rng: &mut Rng, existing: &[String]) -> Op {
                 6..=7 => RenameFlags::NoReplace,
                 _ => RenameFlags::Exchange,
             };
+            let to = if flags == RenameFlags::Exchange {
+                pick_path(rng)
+            } else {
+                pick_new(rng)
+            };
             Op::Rename {
                 from: path,
-                to: pick_path(rng),
+                to,
                 flags,
             }
         }
         63..=66 => Op::Link {
             from: path,
-            to: pick_path(rng),
+            to: pick_new(rng),
         },
         67..=70 => {
             let target = if rng.chance(50) {
