@@ -406,8 +406,13 @@ pub fn fs_uuid(dir: BorrowedFd<'_>) -> [u8; 16] {
     }
     // _IOR(0x15, 0, struct fsuuid2)
     const FS_IOC_GETFSUUID: libc::c_ulong = 0x8011_1500;
-    let Ok(fd) = open_dir_for_read(dir, Path::new("")) else { return [0; 16] };
-    let mut out = FsUuid2 { len: 0, uuid: [0; 16] };
+    let Ok(fd) = open_dir_for_read(dir, Path::new("")) else {
+        return [0; 16];
+    };
+    let mut out = FsUuid2 {
+        len: 0,
+        uuid: [0; 16],
+    };
     // SAFETY: FS_IOC_GETFSUUID writes at most size_of::<FsUuid2>() bytes into `out`.
     #[allow(unsafe_code)]
     let r = unsafe { libc::ioctl(fd.as_raw_fd(), FS_IOC_GETFSUUID, &mut out as *mut FsUuid2) };

@@ -109,8 +109,15 @@ impl UnionFs {
                 sys::open_path(self.lower_root(*l), p).at("open", Where::Lower(*l))?,
             )),
             RealLoc::Index(name) => {
-                let index = self.stack.index.as_ref().ok_or(Error::Invariant("index entry without index"))?;
-                Ok(Arc::new(sys::open_path(index.as_fd(), Path::new(&**name)).at("open index", Where::Work)?))
+                let index = self
+                    .stack
+                    .index
+                    .as_ref()
+                    .ok_or(Error::Invariant("index entry without index"))?;
+                Ok(Arc::new(
+                    sys::open_path(index.as_fd(), Path::new(&**name))
+                        .at("open index", Where::Work)?,
+                ))
             }
             RealLoc::Detached(fd) => Ok(fd.clone()),
         }

@@ -96,43 +96,70 @@ impl UnionFs {
             if node.detached.is_some() {
                 return Err(Error::NotFound);
             }
-            (node.parent, node.name.clone(), node.lower.clone(), node.index.clone())
+            (
+                node.parent,
+                node.name.clone(),
+                node.lower.clone(),
+                node.index.clone(),
+            )
         };
         if ino == ROOT {
             return Err(Error::Invariant("upper root missing"));
         }
         self.copy_up(parent)?;
         let upper_parent = self.nodes.read().path_of(parent)?;
-        let pfd = sys::open_dir_path(self.upper_root()?, &upper_parent).at("open upper dir", Where::Upper)?;
+        let pfd = sys::open_dir_path(self.upper_root()?, &upper_parent)
+            .at("open upper dir", Where::Upper)?;
         if let Some(entry) = index {
             // Already copied up through another name: link this name to it.
-            rustix::fs::linkat(self.index_fd()?, &*entry, &pfd, &name, AtFlags::empty()).at("link up", Where::Upper)?;
+            rustix::fs::linkat(self.index_fd()?, &*entry, &pfd, &name, AtFlags::empty())
+                .at("link up", Where::Upper)?;
             if let Ok(n) = self.nodes.write().get_mut(ino) {
                 n.upper = true;
             }
             return self.adjust_nlink(ino, -1);
         }
         let lower = lower.ok_or(Error::Invariant("node without upper or lower"))?;
-        let top = lower.top().ok_or(Error::Invariant("lower without layers"))?;
+        let top = lower
+            .top()
+            .ok_or(Error::Invariant("lower without layers"))?;
         let at = Where::Lower(top);
         let src = sys::open_path(self.lower_root(top), &lower.path).at("open lower", at)?;
         let st = rustix::fs::fstat(&src).at("stat lower", at)?;
-        let origin = if self.index_enabled() { self.origin_of(top, src.as_fd()) } else { None };
+        let origin = if self.index_enabled() {
+            self.origin_of(top, src.as_fd())
+        } else {
+            None
+        };
         let work = self.work_dir()?;
         let tmp = self.tmp_name();
         let is_reg = st.st_mode & libc::S_IFMT == libc::S_IFREG;
         let linked = is_reg && st.st_nlink > 1;
-        let built = self.build_copy(work, &tmp, &src, &st, &lower.path, top).and_then(|()| {
-            let Some(o) = &origin else { return Ok(()) };
-            let fd = rustix::fs::openat(work, &tmp, OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
+        let built = self
+            .build_copy(work, &tmp, &src, &st, &lower.path, top)
+            .and_then(|()| {
+                let Some(o) = &origin else { return Ok(()) };
+                let fd = rustix::fs::openat(
+                    work,
+                    &tmp,
+                    OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )
                 .at("open copy", Where::Work)?;
-            sys::set_xattr(fd.as_fd(), OsStr::new(origin::ORIGIN_XATTR), o, 0).at("set origin", Where::Work)?;
-            if linked {
-                let rec = origin::format_nlink(st.st_nlink as i64 - 2);
-                sys::set_xattr(fd.as_fd(), OsStr::new(origin::NLINK_XATTR), rec.as_bytes(), 0).at("set nlink", Where::Work)?;
-            }
-            Ok(())
-        });
+                sys::set_xattr(fd.as_fd(), OsStr::new(origin::ORIGIN_XATTR), o, 0)
+                    .at("set origin", Where::Work)?;
+                if linked {
+                    let rec = origin::format_nlink(st.st_nlink as i64 - 2);
+                    sys::set_xattr(
+                        fd.as_fd(),
+                        OsStr::new(origin::NLINK_XATTR),
+                        rec.as_bytes(),
+                        0,
+                    )
+                    .at("set nlink", Where::Work)?;
+                }
+                Ok(())
+            });
         if let Err(e) = built {
             let _ = crate::union::layer::remove_tree(work, &tmp);
             return Err(e);
@@ -141,10 +168,15 @@ impl UnionFs {
             (Some(o), true) => {
                 let entry = origin::index_name(o);
                 self.publish_indexed(work, &tmp, &entry, pfd.as_fd(), &name)?;
-                (Some(Arc::<str>::from(entry.as_str())), st.st_nlink as i64 - 2)
+                (
+                    Some(Arc::<str>::from(entry.as_str())),
+                    st.st_nlink as i64 - 2,
+                )
             }
             _ => {
-                if let Err(e) = rustix::fs::renameat_with(work, &tmp, &pfd, &name, RenameFlags::NOREPLACE) {
+                if let Err(e) =
+                    rustix::fs::renameat_with(work, &tmp, &pfd, &name, RenameFlags::NOREPLACE)
+                {
                     let _ = crate::union::layer::remove_tree(work, &tmp);
                     return Err(Error::os("publish copy-up", e, Where::Upper));
                 }
@@ -162,7 +194,14 @@ impl UnionFs {
 
     /// Publishes a copy of a hard-linked lower file: first as its index entry, then linked
     /// to its name, so every other lower name of it finds the copy (kernel `index=on`).
-    fn publish_indexed(&self, work: BorrowedFd<'_>, tmp: &OsStr, entry: &str, pfd: BorrowedFd<'_>, name: &OsStr) -> Result<()> {
+    fn publish_indexed(
+        &self,
+        work: BorrowedFd<'_>,
+        tmp: &OsStr,
+        entry: &str,
+        pfd: BorrowedFd<'_>,
+        name: &OsStr,
+    ) -> Result<()> {
         let index = self.index_fd()?;
         let mut r = rustix::fs::renameat_with(work, tmp, index, entry, RenameFlags::NOREPLACE);
         if r == Err(rustix::io::Errno::EXIST) {
@@ -193,7 +232,13 @@ impl UnionFs {
         if persist {
             let fd = self.open_real_path(&self.real(ino)?)?;
             let rec = origin::format_nlink(offset);
-            sys::set_xattr(fd.as_fd(), OsStr::new(origin::NLINK_XATTR), rec.as_bytes(), 0).at("set nlink", Where::Upper)?;
+            sys::set_xattr(
+                fd.as_fd(),
+                OsStr::new(origin::NLINK_XATTR),
+                rec.as_bytes(),
+                0,
+            )
+            .at("set nlink", Where::Upper)?;
         }
         Ok(())
     }

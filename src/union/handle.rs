@@ -130,7 +130,10 @@ impl UnionFs {
                 sys::open_beneath(self.lower_root(*l), p, oflags, Mode::empty())
                     .at("open", Where::Lower(*l))?
             }
-            RealLoc::Index(name) => sys::open_beneath(self.index_fd()?, Path::new(&**name), oflags, Mode::empty()).at("open index", Where::Work)?,
+            RealLoc::Index(name) => {
+                sys::open_beneath(self.index_fd()?, Path::new(&**name), oflags, Mode::empty())
+                    .at("open index", Where::Work)?
+            }
             RealLoc::Detached(fd) => {
                 // Reopening through /proc lands on the nameless object itself.
                 rustix::fs::open(

@@ -318,7 +318,7 @@ mod tests {
             children: 0,
             detached: None,
             nlink_offset: 0,
-                index: None,
+            index: None,
         }
     }
 

@@ -431,7 +431,8 @@ impl UnionFs {
                             self.refuse_metacopy(pfd.as_fd(), name)?;
                         }
                         if self.index_enabled() {
-                            let fd = sys::open_path(pfd.as_fd(), Path::new(name)).at("open", Where::Upper)?;
+                            let fd = sys::open_path(pfd.as_fd(), Path::new(name))
+                                .at("open", Where::Upper)?;
                             origin = self.read_identity(fd.as_fd(), st.st_nlink > 1)?;
                         }
                     }
@@ -488,7 +489,8 @@ impl UnionFs {
         if let (None, Some(l), Some(st)) = (&upper, &lower, &lower_stat) {
             if !is_dir && st.st_nlink > 1 && self.index_enabled() {
                 if let Some(found) = self.find_index(l)? {
-                    let fd = sys::open_path(self.index_fd()?, Path::new(&*found.0)).at("open index", Where::Work)?;
+                    let fd = sys::open_path(self.index_fd()?, Path::new(&*found.0))
+                        .at("open index", Where::Work)?;
                     origin = self.read_identity(fd.as_fd(), true)?;
                     origin.0 = Some(self.map_ino(st));
                     index = Some(found);
@@ -508,11 +510,19 @@ impl UnionFs {
 
     /// Whether origin records and the index are read and written (needs privilege).
     pub(crate) fn index_enabled(&self) -> bool {
-        self.stack.index.is_some() && self.format.map(|f| f.xattr_ns == whiteout::XattrNs::Trusted).unwrap_or(false)
+        self.stack.index.is_some()
+            && self
+                .format
+                .map(|f| f.xattr_ns == whiteout::XattrNs::Trusted)
+                .unwrap_or(false)
     }
 
     pub(crate) fn index_fd(&self) -> Result<BorrowedFd<'_>> {
-        self.stack.index.as_ref().map(|f| f.as_fd()).ok_or(Error::Invariant("no index directory"))
+        self.stack
+            .index
+            .as_ref()
+            .map(|f| f.as_fd())
+            .ok_or(Error::Invariant("no index directory"))
     }
 
     /// The origin record of a lower object, when its filesystem can encode handles.
@@ -524,8 +534,11 @@ impl UnionFs {
     /// The index entry of lower object `l`, if one exists.
     fn find_index(&self, l: &LowerRef) -> Result<Option<(Arc<str>, Stat)>> {
         let Some(top) = l.top() else { return Ok(None) };
-        let fd = sys::open_path(self.lower_root(top), &l.path).at("open lower", Where::Lower(top))?;
-        let Some(origin) = self.origin_of(top, fd.as_fd()) else { return Ok(None) };
+        let fd =
+            sys::open_path(self.lower_root(top), &l.path).at("open lower", Where::Lower(top))?;
+        let Some(origin) = self.origin_of(top, fd.as_fd()) else {
+            return Ok(None);
+        };
         let name = crate::union::origin::index_name(&origin);
         match rustix::fs::statat(self.index_fd()?, name.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
             Ok(st) => Ok(Some((Arc::from(name.as_str()), st))),
@@ -539,14 +552,18 @@ impl UnionFs {
     fn read_identity(&self, fd: BorrowedFd<'_>, linked: bool) -> Result<(Option<u64>, i64)> {
         use crate::union::origin;
         let mut ino = None;
-        if let Some(v) = sys::get_xattr(fd, OsStr::new(origin::ORIGIN_XATTR)).at("getxattr", Where::Upper)? {
+        if let Some(v) =
+            sys::get_xattr(fd, OsStr::new(origin::ORIGIN_XATTR)).at("getxattr", Where::Upper)?
+        {
             if let Some((uuid, h)) = origin::decode(&v) {
                 ino = self.decode_origin_ino(&uuid, &h);
             }
         }
         let mut offset = 0;
         if linked {
-            if let Some(v) = sys::get_xattr(fd, OsStr::new(origin::NLINK_XATTR)).at("getxattr", Where::Upper)? {
+            if let Some(v) =
+                sys::get_xattr(fd, OsStr::new(origin::NLINK_XATTR)).at("getxattr", Where::Upper)?
+            {
                 let st = rustix::fs::fstat(fd).at("stat", Where::Upper)?;
                 match origin::parse_nlink(&v) {
                     Some((origin::NlinkBase::Upper, n)) => offset = n,

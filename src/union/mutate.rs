@@ -390,17 +390,33 @@ impl UnionFs {
         } else {
             self.put_whiteout(fmt, pfd.as_fd(), name, false)?;
         }
-        let aliases = !dir && r.stat().map(|s| s.st_nlink as i64 + r.nlink_offset > 1).unwrap_or(false);
+        let aliases = !dir
+            && r.stat()
+                .map(|s| s.st_nlink as i64 + r.nlink_offset > 1)
+                .unwrap_or(false);
         if !dir && r.upper.is_none() {
             // A lower name of a copied-up hard link goes away: one name fewer.
-            let copied = known.and_then(|ino| self.nodes.read().get(ino).ok().map(|n| n.upper || n.index.is_some()));
+            let copied = known.and_then(|ino| {
+                self.nodes
+                    .read()
+                    .get(ino)
+                    .ok()
+                    .map(|n| n.upper || n.index.is_some())
+            });
             match (known, copied) {
                 (Some(ino), Some(true)) => self.adjust_nlink(ino, -1)?,
                 _ => {
                     if let Some((entry, _)) = &r.index {
-                        let fd = sys::open_path(self.index_fd()?, Path::new(&**entry)).at("open index", Where::Work)?;
+                        let fd = sys::open_path(self.index_fd()?, Path::new(&**entry))
+                            .at("open index", Where::Work)?;
                         let rec = crate::union::origin::format_nlink(r.nlink_offset - 1);
-                        sys::set_xattr(fd.as_fd(), OsStr::new(crate::union::origin::NLINK_XATTR), rec.as_bytes(), 0).at("set nlink", Where::Work)?;
+                        sys::set_xattr(
+                            fd.as_fd(),
+                            OsStr::new(crate::union::origin::NLINK_XATTR),
+                            rec.as_bytes(),
+                            0,
+                        )
+                        .at("set nlink", Where::Work)?;
                     }
                 }
             }

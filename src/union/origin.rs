@@ -31,7 +31,13 @@ pub fn encode(uuid: &[u8; 16], h: &FileHandle) -> Option<Vec<u8>> {
     }
     let mut v = Vec::with_capacity(len);
     let flags = if cfg!(target_endian = "big") { 1 } else { 0 };
-    v.extend_from_slice(&[OVL_FH_VERSION, OVL_FH_MAGIC, len as u8, flags, h.handle_type as u8]);
+    v.extend_from_slice(&[
+        OVL_FH_VERSION,
+        OVL_FH_MAGIC,
+        len as u8,
+        flags,
+        h.handle_type as u8,
+    ]);
     v.extend_from_slice(uuid);
     v.extend_from_slice(&h.bytes);
     Some(v)
@@ -100,19 +106,34 @@ mod tests {
         assert_eq!(uuid, [0; 16]);
         assert_eq!(h.handle_type, 1);
         assert_eq!(encode(&uuid, &h).unwrap(), kernel);
-        assert_eq!(index_name(&kernel), "00fb1d00010000000000000000000000000000000034c59800df1a154d");
+        assert_eq!(
+            index_name(&kernel),
+            "00fb1d00010000000000000000000000000000000034c59800df1a154d"
+        );
     }
 
     #[test]
     fn malformed_origins_are_refused() {
-        for bad in [&b""[..], &[0u8; 10], &hex("01fb1d00010000000000000000000000000000000034c59800df1a154d"), &hex("00fb1e00010000000000000000000000000000000034c59800df1a154d")] {
+        for bad in [
+            &b""[..],
+            &[0u8; 10],
+            &hex("01fb1d00010000000000000000000000000000000034c59800df1a154d"),
+            &hex("00fb1e00010000000000000000000000000000000034c59800df1a154d"),
+        ] {
             assert!(decode(bad).is_none(), "{bad:?}");
         }
     }
 
     #[test]
     fn nlink_records() {
-        let table = [("U+0", Some((NlinkBase::Upper, 0))), ("U-1", Some((NlinkBase::Upper, -1))), ("L+3", Some((NlinkBase::Lower, 3))), ("U0", None), ("X+1", None), ("", None)];
+        let table = [
+            ("U+0", Some((NlinkBase::Upper, 0))),
+            ("U-1", Some((NlinkBase::Upper, -1))),
+            ("L+3", Some((NlinkBase::Lower, 3))),
+            ("U0", None),
+            ("X+1", None),
+            ("", None),
+        ];
         for (s, want) in table {
             assert_eq!(parse_nlink(s.as_bytes()), want, "{s}");
         }
@@ -121,6 +142,9 @@ mod tests {
     }
 
     fn hex(s: &str) -> Vec<u8> {
-        (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
     }
 }
