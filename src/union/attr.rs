@@ -213,65 +213,68 @@ impl UnionFs {
         self.getattr(ino)
     }
 
-    /// Reads one xattr. Private overlay xattrs do not exist for users.
-    pub fn getxattr(&self, ino: u64, name: &OsStr) -> Result<Vec<u8>> {
-        if whiteout::is_private_xattr(name) {
-            return Err(Error::Os {
-                op: "getxattr",
-                errno: libc::ENODATA,
-                at: Where::Unknown,
-            });
+    /// The on-disk name of an xattr named by a user, or why it cannot be used.
+    fn disk_xattr_name(name: &OsStr) -> Result<std::borrow::Cow<'_, OsStr>> {
+        if let Some(escaped) = whiteout::escape_xattr(name) {
+            return Ok(std::borrow::Cow::Owned(escaped));
         }
-        let loc = self.real(ino)?;
-        let fd = self.open_real_path(&loc)?;
-        match sys::get_xattr(fd.as_fd(), name).at("getxattr", loc.at())? {
-            Some(v) => Ok(v),
-            None => Err(Error::Os {
-                op: "getxattr",
-                errno: libc::ENODATA,
-                at: loc.at(),
-            }),
+        if whiteout::is_private_xattr(name) {
+            return Err(Error::NotSupported);
+        }
+        Ok(std::borrow::Cow::Borrowed(name))
+    }
+
+    fn no_data(at: Where) -> Error {
+        Error::Os {
+            op: "getxattr",
+            errno: libc::ENODATA,
+            at,
         }
     }
 
-    /// Lists xattrs, without the private ones.
+    /// Reads one xattr. Private overlay xattrs do not exist for users; their own
+    /// `trusted.overlay.*` ones are stored escaped.
+    pub fn getxattr(&self, ino: u64, name: &OsStr) -> Result<Vec<u8>> {
+        let disk = match Self::disk_xattr_name(name) {
+            Ok(n) => n,
+            Err(_) => return Err(Self::no_data(Where::Unknown)),
+        };
+        let loc = self.real(ino)?;
+        let fd = self.open_real_path(&loc)?;
+        sys::get_xattr(fd.as_fd(), &disk)
+            .at("getxattr", loc.at())?
+            .ok_or_else(|| Self::no_data(loc.at()))
+    }
+
+    /// Lists xattrs, without the private ones, escaped ones under their user names.
     pub fn listxattr(&self, ino: u64) -> Result<Vec<OsString>> {
         let loc = self.real(ino)?;
         let fd = self.open_real_path(&loc)?;
-        let mut names = sys::list_xattrs(fd.as_fd()).at("listxattr", loc.at())?;
-        names.retain(|n| !whiteout::is_private_xattr(n));
-        Ok(names)
+        let names = sys::list_xattrs(fd.as_fd()).at("listxattr", loc.at())?;
+        Ok(names
+            .into_iter()
+            .filter(|n| !whiteout::is_private_xattr(n))
+            .map(|n| whiteout::unescape_xattr(&n).unwrap_or(n))
+            .collect())
     }
 
     /// Sets an xattr (copy-up first).
     pub fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> Result<()> {
-        if whiteout::is_private_xattr(name) {
-            return Err(Error::NotSupported);
-        }
+        let disk = Self::disk_xattr_name(name)?;
         let fd = self.upper_object(ino)?;
-        sys::set_xattr(fd.as_fd(), name, value, flags).at("setxattr", Where::Upper)
+        sys::set_xattr(fd.as_fd(), &disk, value, flags).at("setxattr", Where::Upper)
     }
 
-    /// Removes an xattr (copy-up first).
+    /// Removes an xattr (copy-up first, unless it does not exist).
     pub fn removexattr(&self, ino: u64, name: &OsStr) -> Result<()> {
-        if whiteout::is_private_xattr(name) {
-            return Err(Error::NotSupported);
-        }
-        // Removing an xattr that does not exist must not copy up.
+        let disk = Self::disk_xattr_name(name)?;
         let loc = self.real(ino)?;
         let fd = self.open_real_path(&loc)?;
-        if sys::get_xattr(fd.as_fd(), name)
-            .at("getxattr", loc.at())?
-            .is_none()
-        {
-            return Err(Error::Os {
-                op: "removexattr",
-                errno: libc::ENODATA,
-                at: loc.at(),
-            });
+        if sys::get_xattr(fd.as_fd(), &disk).at("getxattr", loc.at())?.is_none() {
+            return Err(Self::no_data(loc.at()));
         }
         let fd = self.upper_object(ino)?;
-        sys::remove_xattr(fd.as_fd(), name).at("removexattr", Where::Upper)
+        sys::remove_xattr(fd.as_fd(), &disk).at("removexattr", Where::Upper)
     }
 
     /// Copies up and returns an `O_PATH` handle on the upper object.

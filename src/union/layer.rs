@@ -55,9 +55,11 @@ fn open_layer(path: &Path, what: &str) -> Result<Layer, String> {
     if !meta.is_dir() {
         return Err(format!("{what} {}: not a directory", path.display()));
     }
+    // Opened for reading (not O_PATH): it also serves as the mount fd of
+    // open_by_handle_at and for filesystem ioctls.
     let root = rustix::fs::open(
         path,
-        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
         Mode::empty(),
     )
     .map_err(|e| format!("{what} {}: {e}", path.display()))?;

@@ -404,6 +404,7 @@ impl UnionFs {
     pub(crate) fn resolve(&self, parent: &DirInfo, name: &OsStr) -> Result<Resolved> {
         let mut upper = None;
         let mut origin: (Option<u64>, i64) = (None, 0);
+        let mut upper_index = None;
         let mut redirect: Option<Vec<u8>> = None;
         let mut opaque = false;
         if let Some(pu) = &parent.upper {
@@ -433,7 +434,12 @@ impl UnionFs {
                         if self.index_enabled() {
                             let fd = sys::open_path(pfd.as_fd(), Path::new(name))
                                 .at("open", Where::Upper)?;
-                            origin = self.read_identity(fd.as_fd(), st.st_nlink > 1)?;
+                            let (ino, offset, record) =
+                                self.read_identity(fd.as_fd(), st.st_nlink > 1)?;
+                            origin = (ino, offset);
+                            if st.st_nlink > 1 {
+                                upper_index = self.index_entry(record.as_deref())?;
+                            }
                         }
                     }
                     upper = Some(st);
@@ -485,14 +491,14 @@ impl UnionFs {
             (Some(st), _) | (None, Some(st)) => st.st_mode & libc::S_IFMT == libc::S_IFDIR,
             (None, None) => return Err(Error::NotFound),
         };
-        let mut index = None;
+        let mut index = upper_index;
         if let (None, Some(l), Some(st)) = (&upper, &lower, &lower_stat) {
             if !is_dir && st.st_nlink > 1 && self.index_enabled() {
                 if let Some(found) = self.find_index(l)? {
                     let fd = sys::open_path(self.index_fd()?, Path::new(&*found.0))
                         .at("open index", Where::Work)?;
-                    origin = self.read_identity(fd.as_fd(), true)?;
-                    origin.0 = Some(self.map_ino(st));
+                    let (_, offset, _) = self.read_identity(fd.as_fd(), true)?;
+                    origin = (Some(self.map_ino(st)), offset);
                     index = Some(found);
                 }
             }
@@ -536,10 +542,13 @@ impl UnionFs {
         let Some(top) = l.top() else { return Ok(None) };
         let fd =
             sys::open_path(self.lower_root(top), &l.path).at("open lower", Where::Lower(top))?;
-        let Some(origin) = self.origin_of(top, fd.as_fd()) else {
-            return Ok(None);
-        };
-        let name = crate::union::origin::index_name(&origin);
+        self.index_entry(self.origin_of(top, fd.as_fd()).as_deref())
+    }
+
+    /// The index entry for an origin record, if one exists.
+    fn index_entry(&self, origin: Option<&[u8]>) -> Result<Option<(Arc<str>, Stat)>> {
+        let Some(origin) = origin else { return Ok(None) };
+        let name = crate::union::origin::index_name(origin);
         match rustix::fs::statat(self.index_fd()?, name.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
             Ok(st) => Ok(Some((Arc::from(name.as_str()), st))),
             Err(Errno::NOENT) => Ok(None),
@@ -549,31 +558,28 @@ impl UnionFs {
 
     /// Reads an upper object's origin (→ the inode number of its lower origin) and, for
     /// hard-linked ones, its `overlay.nlink` offset.
-    fn read_identity(&self, fd: BorrowedFd<'_>, linked: bool) -> Result<(Option<u64>, i64)> {
+    fn read_identity(
+        &self,
+        fd: BorrowedFd<'_>,
+        linked: bool,
+    ) -> Result<(Option<u64>, i64, Option<Vec<u8>>)> {
         use crate::union::origin;
-        let mut ino = None;
-        if let Some(v) =
-            sys::get_xattr(fd, OsStr::new(origin::ORIGIN_XATTR)).at("getxattr", Where::Upper)?
-        {
-            if let Some((uuid, h)) = origin::decode(&v) {
-                ino = self.decode_origin_ino(&uuid, &h);
-            }
-        }
+        let record =
+            sys::get_xattr(fd, OsStr::new(origin::ORIGIN_XATTR)).at("getxattr", Where::Upper)?;
+        let ino = record
+            .as_deref()
+            .and_then(origin::decode)
+            .and_then(|(uuid, h)| self.decode_origin_ino(&uuid, &h));
         let mut offset = 0;
         if linked {
-            if let Some(v) =
-                sys::get_xattr(fd, OsStr::new(origin::NLINK_XATTR)).at("getxattr", Where::Upper)?
-            {
-                let st = rustix::fs::fstat(fd).at("stat", Where::Upper)?;
-                match origin::parse_nlink(&v) {
-                    Some((origin::NlinkBase::Upper, n)) => offset = n,
-                    // Relative to the lower count: express it against the upper one.
-                    Some((origin::NlinkBase::Lower, n)) => offset = n - st.st_nlink as i64 + 1,
-                    None => {}
-                }
+            let v = sys::get_xattr(fd, OsStr::new(origin::NLINK_XATTR)).at("getxattr", Where::Upper)?;
+            // The kernel writes upper-relative records; a lower-relative one (only written
+            // by old kernels) is taken as an offset of 0.
+            if let Some((origin::NlinkBase::Upper, n)) = v.as_deref().and_then(origin::parse_nlink) {
+                offset = n;
             }
         }
-        Ok((ino, offset))
+        Ok((ino, offset, record))
     }
 
     /// Finds the lower object an origin record names and returns its inode number.

@@ -64,11 +64,38 @@ impl XattrNs {
     }
 }
 
+/// Prefix under which users' own `trusted.overlay.*` xattrs are stored (kernel 6.7+
+/// escaping: `trusted.overlay.X` set through the mount is `trusted.overlay.overlay.X` on
+/// disk, so overlays can be nested).
+const ESCAPED_TRUSTED: &str = "trusted.overlay.overlay.";
+const ESCAPED_USER: &str = "user.overlay.overlay.";
+
 /// True for xattr names that belong to the overlay and are hidden from users.
 pub fn is_private_xattr(name: &OsStr) -> bool {
     let b = name.as_bytes();
+    if b.starts_with(ESCAPED_TRUSTED.as_bytes()) || b.starts_with(ESCAPED_USER.as_bytes()) {
+        return false;
+    }
     OVERLAY_PREFIXES.iter().any(|p| b.starts_with(p.as_bytes()))
         || b.starts_with(b"user.fuseoverlayfs.")
+}
+
+/// The on-disk name of an xattr a user sets through the mount: `trusted.overlay.X` is
+/// escaped to `trusted.overlay.overlay.X`, as kernel overlayfs does. `None` for names
+/// that need no escaping.
+pub fn escape_xattr(name: &OsStr) -> Option<std::ffi::OsString> {
+    let rest = name.as_bytes().strip_prefix(b"trusted.overlay.")?;
+    let mut v = ESCAPED_TRUSTED.as_bytes().to_vec();
+    v.extend_from_slice(rest);
+    Some(std::ffi::OsString::from(OsStr::from_bytes(&v)))
+}
+
+/// The name users see for an on-disk xattr name (undoes [`escape_xattr`]).
+pub fn unescape_xattr(name: &OsStr) -> Option<std::ffi::OsString> {
+    let rest = name.as_bytes().strip_prefix(ESCAPED_TRUSTED.as_bytes())?;
+    let mut v = b"trusted.overlay.".to_vec();
+    v.extend_from_slice(rest);
+    Some(std::ffi::OsString::from(OsStr::from_bytes(&v)))
 }
 
 /// If `name` is a whiteout file name `.wh.X` (but not the opaque marker), returns `X`.
@@ -184,10 +211,20 @@ mod tests {
             ("security.capability", false),
             ("trusted.foo", false),
             ("user.overlayx", false),
+            ("trusted.overlay.overlay.opaque", false),
         ];
         for (name, private) in table {
             assert_eq!(is_private_xattr(OsStr::new(name)), private, "{name}");
         }
+    }
+
+    #[test]
+    fn xattr_escaping() {
+        let e = escape_xattr(OsStr::new("trusted.overlay.opaque")).unwrap();
+        assert_eq!(e, "trusted.overlay.overlay.opaque");
+        assert_eq!(unescape_xattr(&e).unwrap(), "trusted.overlay.opaque");
+        assert_eq!(escape_xattr(OsStr::new("user.foo")), None);
+        assert_eq!(unescape_xattr(OsStr::new("trusted.overlay.opaque")), None);
     }
 
     #[test]

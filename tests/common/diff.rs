@@ -192,7 +192,7 @@ impl Pair {
         let (ra, rb) = self.roots();
         let opts = self.opts;
         self.guarded("dumping the trees", || {
-            (dump_tree_with(ra, opts), dump_tree_with(rb, opts))
+            (without_kernel_ghosts(&dump_tree_with(ra, opts)), dump_tree_with(rb, opts))
         })
     }
 
@@ -228,7 +228,7 @@ impl Pair {
 
     /// Dump of the reference side's live tree.
     pub fn reference_dump(&self) -> String {
-        dump_tree_with(self.roots().0, self.opts)
+        without_kernel_ghosts(&dump_tree_with(self.roots().0, self.opts))
     }
 
     fn unmount_both(&mut self) -> Result<(), String> {
@@ -271,7 +271,8 @@ impl Pair {
 
     /// Ends the live comparison: unmounts both, then checks that every system reads every
     /// side's on-disk result as the reference did while live: a(a) remounted, b(b) remounted,
-    /// a over b's upper+lowers and b over a's (each with a fresh workdir). Reports all
+    /// a over b's upper+lowers and b over a's (with the other's workdir, which holds the
+    /// index of hard-linked copy-ups). Reports all
     /// mismatches at once.
     pub fn cross_check(&mut self) -> Result<(), String> {
         let expected = self.reference_dump();
@@ -280,8 +281,8 @@ impl Pair {
         let plan = [
             (self.a, false, false),
             (self.b, true, false),
-            (self.b, false, true),
-            (self.a, true, true),
+            (self.b, false, false),
+            (self.a, true, false),
         ];
         for (sys, on_b, fresh) in plan {
             let st = if on_b { &self.sb } else { &self.sa };
@@ -298,7 +299,10 @@ impl Pair {
                     continue;
                 }
             };
-            let got = dump_tree_with(m.path(), self.opts);
+            let mut got = dump_tree_with(m.path(), self.opts);
+            if sys == System::Kernel {
+                got = without_kernel_ghosts(&got);
+            }
             if let Err(e) = m.unmount() {
                 problems.push(format!("{what}: unmount: {e}"));
             }
@@ -363,4 +367,14 @@ impl Pair {
         );
         r
     }
+}
+
+/// Drops entries kernel overlayfs lists in readdir but cannot stat (ENOENT): the kernel
+/// shows xattr whiteouts of non-merged directories and, after some removals, stale names.
+/// rlayerfs hides such names; a name listed but missing on its side is still reported.
+pub fn without_kernel_ghosts(dump: &str) -> String {
+    dump.lines()
+        .filter(|l| !l.ends_with("ERROR lstat 2"))
+        .map(|l| format!("{l}\n"))
+        .collect()
 }
