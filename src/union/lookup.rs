@@ -57,6 +57,9 @@ pub enum LowerChild {
 #[derive(Debug, Default)]
 pub struct LowerDir {
     pub children: HashMap<OsString, LowerChild>,
+    /// Some layer holds an xattr whiteout here: kernel overlayfs then refuses to remove
+    /// the directory (ENOTEMPTY) even when its merged view is empty.
+    pub xattr_whiteouts: bool,
 }
 
 /// LRU cache of [`LowerDir`]s keyed by lower path and layer list.
@@ -207,6 +210,7 @@ impl UnionFs {
             open: bool,
         }
         let mut map: HashMap<OsString, Slot> = HashMap::new();
+        let mut any_xattr_whiteout = false;
         for &layer in dir.layers.iter() {
             let at = Where::Lower(layer);
             let root = self.lower_root(layer);
@@ -241,6 +245,7 @@ impl UnionFs {
                         Err(err) => return Err(Error::os("stat", err, at)),
                     };
                     if stat_is_whiteout(pfd.as_fd(), &e.name, &st, xattr_whiteouts)? {
+                        any_xattr_whiteout |= kind == FileType::RegularFile;
                         whiteouts.push(e.name);
                         continue;
                     }
@@ -301,6 +306,7 @@ impl UnionFs {
         }
         Ok(LowerDir {
             children: map.into_iter().map(|(k, v)| (k, v.child)).collect(),
+            xattr_whiteouts: any_xattr_whiteout,
         })
     }
 

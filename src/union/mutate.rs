@@ -142,6 +142,11 @@ impl UnionFs {
 
     /// True when the merged directory (resolved as `r` at `parent_info`/`name`) is empty.
     fn is_empty_dir(&self, parent_info: &DirInfo, name: &OsStr, r: &Resolved) -> Result<bool> {
+        if let Some(l) = &r.lower {
+            if self.lower_dir(l)?.xattr_whiteouts {
+                return Ok(false);
+            }
+        }
         let info = DirInfo {
             upper: match (&parent_info.upper, &r.upper) {
                 (Some(p), Some(_)) => Some(p.join(name)),
