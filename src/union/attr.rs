@@ -270,7 +270,10 @@ impl UnionFs {
         let disk = Self::disk_xattr_name(name)?;
         let loc = self.real(ino)?;
         let fd = self.open_real_path(&loc)?;
-        if sys::get_xattr(fd.as_fd(), &disk).at("getxattr", loc.at())?.is_none() {
+        if sys::get_xattr(fd.as_fd(), &disk)
+            .at("getxattr", loc.at())?
+            .is_none()
+        {
             return Err(Self::no_data(loc.at()));
         }
         let fd = self.upper_object(ino)?;

@@ -227,22 +227,33 @@ impl NodeTable {
         }
     }
 
-    /// Moves a node to (parent, name) after a rename.
-    pub fn rename(&mut self, ino: u64, parent: u64, name: &OsStr) -> Result<()> {
-        let node = self.get_mut(ino)?;
-        let old_parent = node.parent;
-        let old_name = std::mem::replace(&mut node.name, name.to_os_string());
-        node.parent = parent;
-        let old_key = (old_parent, old_name);
+    /// Records that the name (from_parent, from_name) of `ino` became (parent, name).
+    /// The node moves only if that name was its location (a hard link renamed under
+    /// another of its names leaves the node where it is).
+    pub fn rename(
+        &mut self,
+        ino: u64,
+        from_parent: u64,
+        from_name: &OsStr,
+        parent: u64,
+        name: &OsStr,
+    ) -> Result<()> {
+        let old_key = (from_parent, from_name.to_os_string());
         if self.names.get(&old_key) == Some(&ino) {
             self.names.remove(&old_key);
         }
         self.names.insert((parent, name.to_os_string()), ino);
-        if old_parent != parent {
+        let node = self.get_mut(ino)?;
+        if node.parent != from_parent || node.name != from_name {
+            return Ok(());
+        }
+        node.name = name.to_os_string();
+        node.parent = parent;
+        if from_parent != parent {
             if let Some(p) = self.nodes.get_mut(&parent) {
                 p.children += 1;
             }
-            self.release_child(old_parent);
+            self.release_child(from_parent);
         }
         Ok(())
     }
@@ -339,7 +350,8 @@ mod tests {
         t.add_lookup(11, 10, OsStr::new("b"), || leaf(true));
         t.add_lookup(12, 11, OsStr::new("c"), || leaf(false));
         assert_eq!(t.path_of(12).unwrap(), PathBuf::from("a/b/c"));
-        t.rename(10, ROOT_INO, OsStr::new("z")).unwrap();
+        t.rename(10, ROOT_INO, OsStr::new("a"), ROOT_INO, OsStr::new("z"))
+            .unwrap();
         assert_eq!(t.path_of(12).unwrap(), PathBuf::from("z/b/c"));
         assert_eq!(t.child(ROOT_INO, OsStr::new("z")), Some(10));
         assert_eq!(t.child(ROOT_INO, OsStr::new("a")), None);

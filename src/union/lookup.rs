@@ -553,7 +553,9 @@ impl UnionFs {
 
     /// The index entry for an origin record, if one exists.
     fn index_entry(&self, origin: Option<&[u8]>) -> Result<Option<(Arc<str>, Stat)>> {
-        let Some(origin) = origin else { return Ok(None) };
+        let Some(origin) = origin else {
+            return Ok(None);
+        };
         let name = crate::union::origin::index_name(origin);
         match rustix::fs::statat(self.index_fd()?, name.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
             Ok(st) => Ok(Some((Arc::from(name.as_str()), st))),
@@ -578,10 +580,12 @@ impl UnionFs {
             .and_then(|(uuid, h)| self.decode_origin_ino(&uuid, &h));
         let mut offset = 0;
         if linked {
-            let v = sys::get_xattr(fd, OsStr::new(origin::NLINK_XATTR)).at("getxattr", Where::Upper)?;
+            let v =
+                sys::get_xattr(fd, OsStr::new(origin::NLINK_XATTR)).at("getxattr", Where::Upper)?;
             // The kernel writes upper-relative records; a lower-relative one (only written
             // by old kernels) is taken as an offset of 0.
-            if let Some((origin::NlinkBase::Upper, n)) = v.as_deref().and_then(origin::parse_nlink) {
+            if let Some((origin::NlinkBase::Upper, n)) = v.as_deref().and_then(origin::parse_nlink)
+            {
                 offset = n;
             }
         }

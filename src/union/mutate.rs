@@ -522,8 +522,8 @@ impl UnionFs {
                 let dst_ino = dst_ino.ok_or(Error::Invariant("exchange without target"))?;
                 {
                     let mut nodes = self.nodes.write();
-                    nodes.rename(src_ino, new_parent, new_name)?;
-                    nodes.rename(dst_ino, parent, name)?;
+                    nodes.rename(src_ino, parent, name, new_parent, new_name)?;
+                    nodes.rename(dst_ino, new_parent, new_name, parent, name)?;
                 }
                 self.fix_moved_dir(fmt, src_ino, dpfd.as_fd(), new_name, &dinfo, dst_lower_has)?;
                 self.fix_moved_dir(fmt, dst_ino, spfd.as_fd(), name, &sinfo, src_lower_has)?;
@@ -597,7 +597,7 @@ impl UnionFs {
                         .unwrap_or(false);
                     nodes.unname(new_parent, new_name, aliases, detached);
                 }
-                nodes.rename(src_ino, new_parent, new_name)?;
+                nodes.rename(src_ino, parent, name, new_parent, new_name)?;
             }
             self.fix_moved_dir(fmt, src_ino, dpfd.as_fd(), new_name, &dinfo, dst_lower_has)?;
             Ok(())

@@ -434,3 +434,28 @@ fn forget_frees_nodes() {
     fs.forget(d, 1);
     assert_eq!(fs.node_count(), 1);
 }
+
+#[test]
+fn unlinking_one_upper_hard_link_keeps_the_other_reachable() {
+    let f = Fixture::new(1);
+    f.write(&f.u(), "b/a", "data");
+    std::fs::create_dir_all(f.u().join("c")).unwrap();
+    std::fs::hard_link(f.u().join("b/a"), f.u().join("c/c")).unwrap();
+    std::fs::create_dir_all(f.u().join("a")).unwrap();
+    let fs = f.fs();
+    let x = walk(&fs, "b/a").unwrap();
+    assert_eq!(walk(&fs, "c/c").unwrap(), x);
+    let a = walk(&fs, "a").unwrap();
+    let aa = fs
+        .create(a, OsStr::new("a"), NewKind::Dir, 0o755, 0, Caller::ROOT)
+        .unwrap()
+        .0
+        .ino;
+    let c = walk(&fs, "c").unwrap();
+    fs.rename(c, OsStr::new("c"), aa, OsStr::new("b"), 0)
+        .unwrap();
+    fs.unlink(aa, OsStr::new("b")).unwrap();
+    let attr = fs.getattr(x).unwrap();
+    assert_eq!(attr.nlink, 1);
+    assert_eq!(read(&fs, "b/a"), "data");
+}

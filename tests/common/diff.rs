@@ -192,7 +192,10 @@ impl Pair {
         let (ra, rb) = self.roots();
         let opts = self.opts;
         self.guarded("dumping the trees", || {
-            (without_kernel_ghosts(&dump_tree_with(ra, opts)), dump_tree_with(rb, opts))
+            (
+                without_kernel_ghosts(&dump_tree_with(ra, opts)),
+                dump_tree_with(rb, opts),
+            )
         })
     }
 
