@@ -36,8 +36,9 @@ const MAX_INDEX_ENTRIES: usize = 256 * 1024;
 /// What the lower layers hold under one name of a directory.
 #[derive(Debug)]
 pub enum LowerChild {
-    /// A whiteout hides the name.
-    Hidden,
+    /// A whiteout hides the name. `by_xattr`: the topmost one is an xattr whiteout, which
+    /// kernel overlayfs counts as an entry when deciding whether a directory is empty.
+    Hidden { by_xattr: bool },
     /// A non-directory, from `layer`.
     NonDir {
         layer: LowerIdx,
@@ -57,9 +58,6 @@ pub enum LowerChild {
 #[derive(Debug, Default)]
 pub struct LowerDir {
     pub children: HashMap<OsString, LowerChild>,
-    /// Some layer holds an xattr whiteout here: kernel overlayfs then refuses to remove
-    /// the directory (ENOTEMPTY) even when its merged view is empty.
-    pub xattr_whiteouts: bool,
 }
 
 /// LRU cache of [`LowerDir`]s keyed by lower path and layer list.
@@ -210,7 +208,6 @@ impl UnionFs {
             open: bool,
         }
         let mut map: HashMap<OsString, Slot> = HashMap::new();
-        let mut any_xattr_whiteout = false;
         for &layer in dir.layers.iter() {
             let at = Where::Lower(layer);
             let root = self.lower_root(layer);
@@ -222,14 +219,14 @@ impl UnionFs {
             let xattr_whiteouts = dir_opaque(pfd.as_fd())? == OpaqueXattr::HasXattrWhiteouts;
             let listing = sys::read_dir(sys::open_dir_for_read(root, &dir.path).at("opendir", at)?)
                 .at("readdir", at)?;
-            let mut whiteouts: Vec<OsString> = Vec::new();
+            let mut whiteouts: Vec<(OsString, bool)> = Vec::new();
             let mut objects: Vec<(OsString, FileType, u64)> = Vec::new();
             for e in listing {
                 if e.name == whiteout::OPAQUE_MARKER {
                     continue;
                 }
                 if let Some(target) = whiteout::whiteout_target(&e.name) {
-                    whiteouts.push(target.to_os_string());
+                    whiteouts.push((target.to_os_string(), false));
                     continue;
                 }
                 if whiteout::is_reserved_name(&e.name) {
@@ -245,8 +242,7 @@ impl UnionFs {
                         Err(err) => return Err(Error::os("stat", err, at)),
                     };
                     if stat_is_whiteout(pfd.as_fd(), &e.name, &st, xattr_whiteouts)? {
-                        any_xattr_whiteout |= kind == FileType::RegularFile;
-                        whiteouts.push(e.name);
+                        whiteouts.push((e.name, kind == FileType::RegularFile));
                         continue;
                     }
                     kind = FileType::from_raw_mode(st.st_mode);
@@ -286,7 +282,7 @@ impl UnionFs {
                     Some(_) => {}
                 }
             }
-            for name in whiteouts {
+            for (name, by_xattr) in whiteouts {
                 if present.contains(name.as_os_str()) {
                     continue;
                 }
@@ -295,7 +291,7 @@ impl UnionFs {
                         map.insert(
                             name,
                             Slot {
-                                child: LowerChild::Hidden,
+                                child: LowerChild::Hidden { by_xattr },
                                 open: false,
                             },
                         );
@@ -306,7 +302,6 @@ impl UnionFs {
         }
         Ok(LowerDir {
             children: map.into_iter().map(|(k, v)| (k, v.child)).collect(),
-            xattr_whiteouts: any_xattr_whiteout,
         })
     }
 
@@ -356,7 +351,7 @@ impl UnionFs {
             return Ok(None);
         };
         match child {
-            LowerChild::Hidden => Ok(None),
+            LowerChild::Hidden { .. } => Ok(None),
             LowerChild::NonDir { layer, .. } => Ok(Some((
                 Arc::new(parent.child(name, Arc::from(vec![*layer]))),
                 false,

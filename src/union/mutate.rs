@@ -27,7 +27,7 @@ use rustix::io::Errno;
 use crate::error::{Error, OsContext, Result, Where};
 use crate::sys;
 use crate::union::layer::remove_tree;
-use crate::union::lookup::{DirInfo, Resolved};
+use crate::union::lookup::{DirInfo, LowerChild, Resolved};
 use crate::union::whiteout::{self, WhiteoutKind, WriteFormat};
 use crate::union::{check_name, Attr, Caller, UnionFs};
 
@@ -142,11 +142,6 @@ impl UnionFs {
 
     /// True when the merged directory (resolved as `r` at `parent_info`/`name`) is empty.
     fn is_empty_dir(&self, parent_info: &DirInfo, name: &OsStr, r: &Resolved) -> Result<bool> {
-        if let Some(l) = &r.lower {
-            if self.lower_dir(l)?.xattr_whiteouts {
-                return Ok(false);
-            }
-        }
         let info = DirInfo {
             upper: match (&parent_info.upper, &r.upper) {
                 (Some(p), Some(_)) => Some(p.join(name)),
@@ -154,7 +149,28 @@ impl UnionFs {
             },
             lower: r.lower.clone(),
         };
-        Ok(self.merged_entries(&info, None)?.is_empty())
+        if !self.merged_entries(&info, None)?.is_empty() {
+            return Ok(false);
+        }
+        // As kernel overlayfs: a name whose topmost lower entry is an xattr whiteout
+        // counts as an entry, unless the upper covers the name.
+        let Some(l) = &r.lower else { return Ok(true) };
+        let lower = self.lower_dir(l)?;
+        let mut xhidden = lower
+            .children
+            .iter()
+            .filter(|(_, c)| matches!(c, LowerChild::Hidden { by_xattr: true }))
+            .map(|(n, _)| n);
+        let Some(up) = &info.upper else {
+            return Ok(xhidden.next().is_none());
+        };
+        let pfd = sys::open_dir_path(self.upper_root()?, up).at("open upper dir", Where::Upper)?;
+        for n in xhidden {
+            if upper_slot(pfd.as_fd(), n)? == UpperSlot::Empty {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     /// Creates an object; for files also returns the open handle.

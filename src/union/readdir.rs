@@ -121,7 +121,7 @@ impl UnionFs {
                     continue;
                 }
                 let (layer, lino, kind) = match child {
-                    LowerChild::Hidden => continue,
+                    LowerChild::Hidden { .. } => continue,
                     LowerChild::NonDir { layer, ino, kind } => (*layer, *ino, *kind),
                     LowerChild::Dir {
                         candidates, ino, ..
