@@ -6,6 +6,7 @@
 
 pub mod cli;
 pub mod error;
+pub mod image;
 pub mod options;
 pub mod sys;
 pub mod union;
