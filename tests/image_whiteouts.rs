@@ -25,7 +25,9 @@ struct Case {
 
 fn xattr(p: &Path, name: &str) -> Option<Vec<u8>> {
     let mut v = vec![0u8; 256];
-    rustix::fs::lgetxattr(p, name, &mut v[..]).ok().map(|n| v[..n].to_vec())
+    rustix::fs::lgetxattr(p, name, &mut v[..])
+        .ok()
+        .map(|n| v[..n].to_vec())
 }
 
 /// "path kind" lines: file, dir, dir opaque, whiteout, symlink.
@@ -64,12 +66,17 @@ fn classify(root: &Path) -> Vec<String> {
 
 fn app_base(t: &mut TarMaker) {
     t.dir("etc/").file("etc/my-app-config", b"cfg").dir("bin/");
-    t.file("bin/my-app-binary", b"bin").file("bin/my-app-tools", b"tools");
-    t.dir("bin/tools/").file("bin/tools/my-app-tool-one", b"one");
+    t.file("bin/my-app-binary", b"bin")
+        .file("bin/my-app-tools", b"tools");
+    t.dir("bin/tools/")
+        .file("bin/tools/my-app-tool-one", b"one");
 }
 
 fn abc_base(t: &mut TarMaker) {
-    t.dir("a/").dir("a/b/").dir("a/b/c/").file("a/b/c/bar", b"bar");
+    t.dir("a/")
+        .dir("a/b/")
+        .dir("a/b/c/")
+        .file("a/b/c/bar", b"bar");
 }
 
 const CASES: &[Case] = &[
@@ -77,8 +84,10 @@ const CASES: &[Case] = &[
         name: "changeset (layer.md Representing Changes)",
         base: app_base,
         change: |t| {
-            t.dir("./etc/my-app.d/").file("./etc/my-app.d/default.cfg", b"d");
-            t.file("./bin/my-app-tools", b"tools v2").file("./etc/.wh.my-app-config", b"");
+            t.dir("./etc/my-app.d/")
+                .file("./etc/my-app.d/default.cfg", b"d");
+            t.file("./bin/my-app-tools", b"tools v2")
+                .file("./etc/.wh.my-app-config", b"");
         },
         layer: &[
             "bin dir",
@@ -103,7 +112,10 @@ const CASES: &[Case] = &[
         name: "opaque marker first (layer.md Whiteouts)",
         base: abc_base,
         change: |t| {
-            t.dir("a/").file("a/.wh..wh..opq", b"").dir("a/b/").dir("a/b/c/");
+            t.dir("a/")
+                .file("a/.wh..wh..opq", b"")
+                .dir("a/b/")
+                .dir("a/b/c/");
             t.file("a/b/c/foo", b"foo");
         },
         layer: &["a dir opaque", "a/b dir", "a/b/c dir", "a/b/c/foo file"],
@@ -113,7 +125,10 @@ const CASES: &[Case] = &[
         name: "opaque marker last applies before the layer's entries",
         base: abc_base,
         change: |t| {
-            t.dir("a/").dir("a/b/").dir("a/b/c/").file("a/b/c/foo", b"foo");
+            t.dir("a/")
+                .dir("a/b/")
+                .dir("a/b/c/")
+                .file("a/b/c/foo", b"foo");
             t.file("a/.wh..wh..opq", b"");
         },
         layer: &["a dir opaque", "a/b dir", "a/b/c dir", "a/b/c/foo file"],
@@ -133,7 +148,8 @@ const CASES: &[Case] = &[
         base: app_base,
         change: |t| {
             t.dir("bin/").file("bin/.wh.my-app-binary", b"");
-            t.file("bin/.wh.my-app-tools", b"").file("bin/.wh.tools", b"");
+            t.file("bin/.wh.my-app-tools", b"")
+                .file("bin/.wh.tools", b"");
         },
         layer: &[
             "bin dir",
@@ -190,7 +206,8 @@ fn oci_whiteout_examples() {
         let layout = tmp.path().join("layout");
         write_layout(&layout, &[base.finish(), change.finish()], None, None);
         let dest = tmp.path().join("dest");
-        unpack(&layout, &dest, &UnpackOptions::default()).unwrap_or_else(|e| panic!("{}: {e}", case.name));
+        unpack(&layout, &dest, &UnpackOptions::default())
+            .unwrap_or_else(|e| panic!("{}: {e}", case.name));
         let lowers = image_lowerdirs(&dest).unwrap();
         assert_eq!(lowers.len(), 2);
         assert!(lowers[0].ends_with("layers/1"), "top layer first");
@@ -201,7 +218,10 @@ fn oci_whiteout_examples() {
         if let Some(_guard) = kernel_overlay(&lowers, &mnt) {
             assert_eq!(paths(&mnt), case.merged, "{}: merged view", case.name);
         } else {
-            eprintln!("{}: kernel overlay unavailable, merged view not checked", case.name);
+            eprintln!(
+                "{}: kernel overlay unavailable, merged view not checked",
+                case.name
+            );
         }
     }
 }

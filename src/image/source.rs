@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{self, Read};
+use std::io::{self, Read, Seek};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -363,6 +363,7 @@ pub(crate) fn open_source(
         .map_err(|e| ImageError::io("read", path, e))?;
     let compression = Compression::detect(&magic[..n]);
     let (file, tar_path) = if compression == Compression::None {
+        f.rewind().map_err(|e| ImageError::io("seek", path, e))?;
         (f, path.to_path_buf())
     } else {
         // Compressed: nearly always a layer. Peek at the first member to decide whether
@@ -391,7 +392,19 @@ pub(crate) fn open_source(
             .map_err(|e| ImageError::io("open", &tmp, e))?;
         (f, path.to_path_buf())
     };
-    let store = index_tar(file, &tar_path)?;
+    let store = match index_tar(file, &tar_path) {
+        Ok(s) => s,
+        // Not a readable archive: let the layer unpacker report it with entry context.
+        Err(_) if format == InputFormat::Auto && compression == Compression::None => {
+            return Ok((
+                Store::Single {
+                    path: path.to_path_buf(),
+                },
+                SourceKind::Layer,
+            ))
+        }
+        Err(e) => return Err(e),
+    };
     match kind_of_store(&store, format) {
         Some(kind) => Ok((store, kind)),
         None if format == InputFormat::Auto => Ok((

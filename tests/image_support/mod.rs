@@ -26,7 +26,13 @@ impl Default for TarMaker {
     }
 }
 
-fn header(name: &[u8], ty: tar::EntryType, mode: u32, size: u64, link: Option<&[u8]>) -> tar::Header {
+fn header(
+    name: &[u8],
+    ty: tar::EntryType,
+    mode: u32,
+    size: u64,
+    link: Option<&[u8]>,
+) -> tar::Header {
     let mut h = tar::Header::new_gnu();
     let n = name.len().min(100);
     h.as_old_mut().name[..n].copy_from_slice(&name[..n]);
@@ -52,8 +58,21 @@ impl TarMaker {
     }
 
     /// Any entry, with the name and link bytes written verbatim.
-    pub fn raw(&mut self, name: &str, ty: tar::EntryType, mode: u32, data: &[u8], link: Option<&str>) -> &mut Self {
-        let h = header(name.as_bytes(), ty, mode, data.len() as u64, link.map(str::as_bytes));
+    pub fn raw(
+        &mut self,
+        name: &str,
+        ty: tar::EntryType,
+        mode: u32,
+        data: &[u8],
+        link: Option<&str>,
+    ) -> &mut Self {
+        let h = header(
+            name.as_bytes(),
+            ty,
+            mode,
+            data.len() as u64,
+            link.map(str::as_bytes),
+        );
         self.b.append(&h, data).unwrap();
         self
     }
@@ -91,7 +110,13 @@ impl TarMaker {
     }
 
     /// A PAX header with `records` followed by an entry.
-    pub fn pax(&mut self, records: &[(&str, &[u8])], name: &str, ty: tar::EntryType, data: &[u8]) -> &mut Self {
+    pub fn pax(
+        &mut self,
+        records: &[(&str, &[u8])],
+        name: &str,
+        ty: tar::EntryType,
+        data: &[u8],
+    ) -> &mut Self {
         let mut body = Vec::new();
         for (k, v) in records {
             let base = k.len() + v.len() + 3;
@@ -103,7 +128,13 @@ impl TarMaker {
             body.extend_from_slice(v);
             body.push(b'\n');
         }
-        let h = header(b"././@PaxHeader", tar::EntryType::XHeader, 0o644, body.len() as u64, None);
+        let h = header(
+            b"././@PaxHeader",
+            tar::EntryType::XHeader,
+            0o644,
+            body.len() as u64,
+            None,
+        );
         self.b.append(&h, &body[..]).unwrap();
         self.raw(name, ty, 0o644, data, None)
     }
@@ -134,7 +165,12 @@ pub fn decompress_all(blob: &[u8]) -> Vec<u8> {
 
 /// Writes an OCI layout holding one image with `layers` (blobs as given), returning the
 /// manifest digest. `diff_ids` default to the real ones.
-pub fn write_layout(dir: &Path, layers: &[Vec<u8>], diff_ids: Option<Vec<String>>, ref_name: Option<&str>) -> String {
+pub fn write_layout(
+    dir: &Path,
+    layers: &[Vec<u8>],
+    diff_ids: Option<Vec<String>>,
+    ref_name: Option<&str>,
+) -> String {
     fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
     fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
     let put = |bytes: &[u8]| -> String {
@@ -151,7 +187,9 @@ pub fn write_layout(dir: &Path, layers: &[Vec<u8>], diff_ids: Option<Vec<String>
     let mut descs = Vec::new();
     for l in layers {
         let c = Compression::detect(l);
-        descs.push(json!({"mediaType": c.oci_layer_media_type(), "digest": put(l), "size": l.len()}));
+        descs.push(
+            json!({"mediaType": c.oci_layer_media_type(), "digest": put(l), "size": l.len()}),
+        );
     }
     let config = serde_json::to_vec(&json!({
         "architecture": "amd64", "os": "linux", "config": {},
@@ -215,7 +253,9 @@ pub fn docker_save_old(layers: &[Vec<u8>], tag: &str) -> Vec<u8> {
     .unwrap();
     let cname = format!("{}.json", sha256_digest(&config).hex());
     add(&mut b, &cname, &config);
-    let manifest = serde_json::to_vec(&json!([{"Config": cname, "RepoTags": [tag], "Layers": paths}])).unwrap();
+    let manifest =
+        serde_json::to_vec(&json!([{"Config": cname, "RepoTags": [tag], "Layers": paths}]))
+            .unwrap();
     add(&mut b, "manifest.json", &manifest);
     b.into_inner().unwrap()
 }
@@ -241,19 +281,35 @@ fn xattrs_of(p: &Path) -> String {
         Ok(n) => n,
         Err(_) => return String::new(),
     };
-    let mut list: Vec<&[u8]> = names[..n].split(|b| *b == 0).filter(|s| !s.is_empty()).collect();
+    let mut list: Vec<&[u8]> = names[..n]
+        .split(|b| *b == 0)
+        .filter(|s| !s.is_empty())
+        .collect();
     list.sort();
     for name in list {
         let mut v = vec![0u8; 65536];
         if let Ok(l) = rustix::fs::lgetxattr(p, name, &mut v[..]) {
-            out.push(format!("{}={}", String::from_utf8_lossy(name), String::from_utf8_lossy(&v[..l])));
+            out.push(format!(
+                "{}={}",
+                String::from_utf8_lossy(name),
+                String::from_utf8_lossy(&v[..l])
+            ));
         }
     }
     out.join(",")
 }
 
-fn walk(root: &Path, p: &Path, lines: &mut BTreeMap<String, String>, inodes: &mut HashMap<(u64, u64), String>, mtimes: bool) {
-    let mut entries: Vec<PathBuf> = fs::read_dir(p).unwrap().map(|e| e.unwrap().path()).collect();
+fn walk(
+    root: &Path,
+    p: &Path,
+    lines: &mut BTreeMap<String, String>,
+    inodes: &mut HashMap<(u64, u64), String>,
+    mtimes: bool,
+) {
+    let mut entries: Vec<PathBuf> = fs::read_dir(p)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     entries.sort();
     for e in entries {
         let rel = e.strip_prefix(root).unwrap().to_string_lossy().into_owned();
@@ -264,9 +320,17 @@ fn walk(root: &Path, p: &Path, lines: &mut BTreeMap<String, String>, inodes: &mu
         } else if ft.is_symlink() {
             format!("symlink->{}", fs::read_link(&e).unwrap().display())
         } else if ft.is_char_device() {
-            format!("char {}:{}", rustix::fs::major(md.rdev()), rustix::fs::minor(md.rdev()))
+            format!(
+                "char {}:{}",
+                rustix::fs::major(md.rdev()),
+                rustix::fs::minor(md.rdev())
+            )
         } else if ft.is_block_device() {
-            format!("block {}:{}", rustix::fs::major(md.rdev()), rustix::fs::minor(md.rdev()))
+            format!(
+                "block {}:{}",
+                rustix::fs::major(md.rdev()),
+                rustix::fs::minor(md.rdev())
+            )
         } else if ft.is_fifo() {
             "fifo".to_string()
         } else {
@@ -274,7 +338,9 @@ fn walk(root: &Path, p: &Path, lines: &mut BTreeMap<String, String>, inodes: &mu
             format!("file {} {}", data.len(), &sha256_digest(&data).hex()[..12])
         };
         let link = if !ft.is_dir() && md.nlink() > 1 {
-            let first = inodes.entry((md.dev(), md.ino())).or_insert_with(|| rel.clone());
+            let first = inodes
+                .entry((md.dev(), md.ino()))
+                .or_insert_with(|| rel.clone());
             format!(" link={first}")
         } else {
             String::new()
@@ -329,11 +395,20 @@ impl Canary {
             .filter(|n| !inputs.contains(&n.as_str()))
             .collect();
         names.sort();
-        assert_eq!(names, vec!["canary", "canary-dir"], "unexpected files beside DEST");
+        assert_eq!(
+            names,
+            vec!["canary", "canary-dir"],
+            "unexpected files beside DEST"
+        );
         assert_eq!(fs::read(self.path().join("canary")).unwrap(), b"canary");
-        let inner: Vec<_> = fs::read_dir(self.path().join("canary-dir")).unwrap().collect();
+        let inner: Vec<_> = fs::read_dir(self.path().join("canary-dir"))
+            .unwrap()
+            .collect();
         assert_eq!(inner.len(), 1);
-        assert_eq!(fs::read(self.path().join("canary-dir/inner")).unwrap(), b"inner");
+        assert_eq!(
+            fs::read(self.path().join("canary-dir/inner")).unwrap(),
+            b"inner"
+        );
     }
 }
 
@@ -356,7 +431,13 @@ pub fn kernel_overlay(lowers: &[PathBuf], target: &Path) -> Option<OverlayGuard>
         lower
     };
     let ok = std::process::Command::new("mount")
-        .args(["-t", "overlay", "overlay", "-o", &format!("lowerdir={lower}")])
+        .args([
+            "-t",
+            "overlay",
+            "overlay",
+            "-o",
+            &format!("lowerdir={lower}"),
+        ])
         .arg(target)
         .status()
         .ok()?
