@@ -50,6 +50,8 @@ const WH_META_PREFIX: &[u8] = b".wh..wh.";
 const BLOCK: usize = 512;
 /// Granularity of hole detection when writing a sparse file.
 const HOLE_CHUNK: usize = 4096;
+/// Regular files from this size on are written with zero runs left as holes.
+const SPARSE_MIN: u64 = 64 * 1024;
 /// I/O buffer for sparse copies.
 const COPY_BUF: usize = 128 * 1024;
 /// Largest sparse map accepted (entries), against hostile maps.
@@ -880,6 +882,12 @@ impl<'a> LayerWriter<'a> {
                     write_holey(e, &f, 0, size).map_err(|err| self.io_err(shown, "write", err))?;
                     f.set_len(size)
                         .map_err(|err| self.io_err(shown, "truncate", err))?;
+                } else if e.size() >= SPARSE_MIN {
+                    // Holes are not recorded in plain entries: recreate them from zero runs.
+                    let size = e.size();
+                    write_holey(e, &f, 0, size).map_err(|err| self.io_err(shown, "write", err))?;
+                    f.set_len(size)
+                        .map_err(|err| self.io_err(shown, "truncate", err))?;
                 } else {
                     io::copy(e, &mut f).map_err(|err| self.io_err(shown, "write", err))?;
                 }
@@ -1287,19 +1295,33 @@ pub fn is_private_xattr(name: &[u8]) -> bool {
     PRIVATE_XATTR_PREFIXES.iter().any(|p| name.starts_with(p))
 }
 
-/// Copies `len` bytes from `r` to `f` at `off`, leaving all-zero chunks as holes.
+/// Copies `len` bytes from `r` to `f` at `off`, leaving all-zero chunks as holes (runs of
+/// data chunks are written with one `pwrite`).
 fn write_holey<R: Read>(r: &mut R, f: &File, mut off: u64, len: u64) -> io::Result<()> {
     let mut buf = vec![0u8; COPY_BUF];
     let mut left = len;
     while left > 0 {
         let want = usize::try_from(left.min(COPY_BUF as u64)).unwrap_or(COPY_BUF);
         r.read_exact(&mut buf[..want])?;
-        for chunk in buf[..want].chunks(HOLE_CHUNK) {
-            if chunk.iter().any(|b| *b != 0) {
-                f.write_all_at(chunk, off)?;
+        let mut run: Option<usize> = None;
+        let mut i = 0;
+        while i < want {
+            let end = (i + HOLE_CHUNK).min(want);
+            let zero = buf[i..end].iter().all(|b| *b == 0);
+            match (zero, run) {
+                (true, Some(start)) => {
+                    f.write_all_at(&buf[start..i], off + start as u64)?;
+                    run = None;
+                }
+                (false, None) => run = Some(i),
+                _ => {}
             }
-            off += chunk.len() as u64;
+            i = end;
         }
+        if let Some(start) = run {
+            f.write_all_at(&buf[start..want], off + start as u64)?;
+        }
+        off += want as u64;
         left -= want as u64;
     }
     Ok(())

@@ -345,7 +345,8 @@ fn walk(
         } else {
             String::new()
         };
-        let mtime = if mtimes && !ft.is_symlink() && !ft.is_dir() {
+        let whiteout = ft.is_char_device() && md.rdev() == 0;
+        let mtime = if mtimes && !ft.is_symlink() && !ft.is_dir() && !whiteout {
             format!(" mtime={}", md.mtime())
         } else {
             String::new()
