@@ -428,12 +428,18 @@ fn first_member_is_image_like(path: &Path) -> Result<bool, ImageError> {
     };
     let (_, r) = decompress(f).map_err(corrupt)?;
     let mut ar = tar::Archive::new(r);
-    let mut entries = ar.entries().map_err(corrupt)?;
-    match entries.next() {
-        Some(Ok(e)) => Ok(image_like_name(&String::from_utf8_lossy(&e.path_bytes()))),
-        // Let the layer unpacker report the error with its context.
-        Some(Err(_)) | None => Ok(false),
+    let entries = ar.entries().map_err(corrupt)?;
+    for e in entries {
+        // Let the layer unpacker report errors with their context.
+        let Ok(e) = e else { return Ok(false) };
+        let name = String::from_utf8_lossy(&e.path_bytes()).into_owned();
+        // Skip the archive's own root ("./"), then judge by the first real member.
+        if normalise_member(&name).is_some_and(|n| n.is_empty()) {
+            continue;
+        }
+        return Ok(image_like_name(&name));
     }
+    Ok(false)
 }
 
 fn kind_of_store(store: &Store, format: InputFormat) -> Option<SourceKind> {
