@@ -254,7 +254,7 @@ fn several_images_need_a_ref() {
     let tmp = tempfile::tempdir().unwrap();
     let layout = tmp.path().join("layout");
     let (a, b) = two_layers();
-    write_layout(&layout, &[a.clone()], None, Some("one"));
+    write_layout(&layout, std::slice::from_ref(&a), None, Some("one"));
     let idx1: serde_json::Value =
         serde_json::from_slice(&fs::read(layout.join("index.json")).unwrap()).unwrap();
     write_layout(&layout, &[a, b], None, Some("two"));
@@ -315,7 +315,7 @@ fn pax_metadata_is_applied() {
     let p = tmp.path().join("d/layers/0/a-very-long-name-from-pax");
     let md = fs::metadata(&p).unwrap();
     assert_eq!((md.mtime(), md.mtime_nsec()), (1_234_567_890, 500_000_000));
-    let mut v = vec![0u8; 64];
+    let mut v = [0u8; 64];
     let n = rustix::fs::getxattr(&p, "user.note", &mut v[..]).unwrap();
     assert_eq!(&v[..n], b"hello\0bin");
     // A tar cannot forge overlay metadata.

@@ -251,7 +251,7 @@ fn cases(canary_dir: &str) -> Vec<Case> {
                 let mut t = TarMaker::new();
                 t.file("a", b"a");
                 let l = t.finish();
-                write_layout(dir, &[l.clone()], None, None);
+                write_layout(dir, std::slice::from_ref(&l), None, None);
                 let d = rlayerfs::image::archive::sha256_digest(&l);
                 fs::remove_file(dir.join(d.blob_path())).unwrap();
             })),
@@ -264,7 +264,7 @@ fn cases(canary_dir: &str) -> Vec<Case> {
                 let mut t = TarMaker::new();
                 t.file("a", b"a");
                 let l = t.finish();
-                write_layout(dir, &[l.clone()], None, None);
+                write_layout(dir, std::slice::from_ref(&l), None, None);
                 let d = rlayerfs::image::archive::sha256_digest(&l);
                 let mut t = TarMaker::new();
                 t.file("a", b"b");

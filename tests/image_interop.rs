@@ -60,7 +60,7 @@ fn populate(rootfs: &Path) {
     fs::write(rootfs.join("var/cache/app/blob"), vec![3u8; 10_000]).unwrap();
     rustix::fs::mknodat(
         rustix::fs::CWD,
-        &rootfs.join("var/fifo"),
+        rootfs.join("var/fifo"),
         rustix::fs::FileType::Fifo,
         rustix::fs::Mode::from_raw_mode(0o600),
         0,
@@ -150,7 +150,7 @@ fn umoci_layout_unpacks_to_the_same_tree_and_accepts_our_layer() {
     fs::write(upper.join("opt/added"), b"added").unwrap();
     rustix::fs::mknodat(
         rustix::fs::CWD,
-        &upper.join("etc/newfile"),
+        upper.join("etc/newfile"),
         rustix::fs::FileType::CharacterDevice,
         rustix::fs::Mode::empty(),
         0,

@@ -13,9 +13,17 @@ use rlayerfs::image::{unpack, UnpackOptions};
 
 fn valid_tar() -> Vec<u8> {
     let mut t = TarMaker::new();
-    t.dir("d/").file("d/f", b"hello").symlink("d/s", "f").hardlink("d/h", "d/f");
+    t.dir("d/")
+        .file("d/f", b"hello")
+        .symlink("d/s", "f")
+        .hardlink("d/h", "d/f");
     t.file("d/.wh.x", b"").file("d/.wh..wh..opq", b"");
-    t.pax(&[("SCHILY.xattr.user.a", b"b"), ("mtime", b"1.5")], "p", tar::EntryType::Regular, b"data");
+    t.pax(
+        &[("SCHILY.xattr.user.a", b"b"), ("mtime", b"1.5")],
+        "p",
+        tar::EntryType::Regular,
+        b"data",
+    );
     t.finish()
 }
 
@@ -27,7 +35,10 @@ fn try_unpack(bytes: &[u8]) {
     if unpack(&input, &dest, &UnpackOptions::default()).is_err() {
         assert!(!dest.exists());
     }
-    let mut names: Vec<_> = fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let mut names: Vec<_> = fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     names.sort();
     assert!(names.len() <= 2, "stray files: {names:?}");
 }

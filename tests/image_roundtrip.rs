@@ -54,7 +54,7 @@ fn build_upper(u: &Path) {
     std::os::unix::fs::symlink("/etc/passwd", u.join("bin/abs-link")).unwrap();
     rustix::fs::mknodat(
         rustix::fs::CWD,
-        &u.join("bin/fifo"),
+        u.join("bin/fifo"),
         FileType::Fifo,
         Mode::from_raw_mode(0o640),
         0,
@@ -80,7 +80,7 @@ fn build_upper(u: &Path) {
     if root {
         rustix::fs::mknodat(
             rustix::fs::CWD,
-            &u.join("null"),
+            u.join("null"),
             FileType::CharacterDevice,
             Mode::from_raw_mode(0o666),
             rustix::fs::makedev(1, 3),
@@ -88,7 +88,7 @@ fn build_upper(u: &Path) {
         .unwrap();
         rustix::fs::mknodat(
             rustix::fs::CWD,
-            &u.join("loop9"),
+            u.join("loop9"),
             FileType::BlockDevice,
             Mode::from_raw_mode(0o660),
             rustix::fs::makedev(7, 9),
@@ -97,7 +97,7 @@ fn build_upper(u: &Path) {
         // Kernel-style whiteout and opaque dir.
         rustix::fs::mknodat(
             rustix::fs::CWD,
-            &u.join("etc/gone"),
+            u.join("etc/gone"),
             FileType::CharacterDevice,
             Mode::empty(),
             0,
@@ -260,7 +260,7 @@ fn every_whiteout_and_opaque_encoding_is_exported() {
     if is_root() {
         rustix::fs::mknodat(
             rustix::fs::CWD,
-            &u.join("char-gone"),
+            u.join("char-gone"),
             FileType::CharacterDevice,
             Mode::empty(),
             0,

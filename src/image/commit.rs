@@ -671,6 +671,11 @@ fn now_rfc3339() -> String {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(0))
         });
+    rfc3339(secs)
+}
+
+/// Seconds since the epoch as RFC 3339 (UTC).
+fn rfc3339(secs: i64) -> String {
     let days = secs.div_euclid(86_400);
     let rem = secs.rem_euclid(86_400);
     // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
@@ -1006,7 +1011,7 @@ mod tests {
     #[test]
     fn pax_record_lengths() {
         let table: &[(&[u8], &[u8], &[u8])] = &[
-            (b"path", b"a", b"8 path=a\n"),
+            (b"path", b"a", b"9 path=a\n"),
             (b"k", b"1234", b"9 k=1234\n"),
             (b"k", b"12345", b"11 k=12345\n"),
         ];
@@ -1030,7 +1035,7 @@ mod tests {
         assert_eq!(ustar_split(b"a/b"), Some((&b""[..], &b"a/b"[..])));
         let long = [vec![b'd'; 120], b"/".to_vec(), vec![b'f'; 50]].concat();
         assert_eq!(ustar_split(&long), Some((&long[..120], &long[121..])));
-        assert_eq!(ustar_split(&vec![b'x'; 101]), None);
+        assert_eq!(ustar_split(&[b'x'; 101]), None);
         let too_long = [vec![b'd'; 160], b"/".to_vec(), vec![b'f'; 50]].concat();
         assert_eq!(ustar_split(&too_long), None);
     }
@@ -1065,10 +1070,9 @@ mod tests {
 
     #[test]
     fn dates() {
-        std::env::set_var("SOURCE_DATE_EPOCH", "951782400");
-        assert_eq!(now_rfc3339(), "2000-02-29T00:00:00Z");
-        std::env::set_var("SOURCE_DATE_EPOCH", "0");
-        assert_eq!(now_rfc3339(), "1970-01-01T00:00:00Z");
-        std::env::remove_var("SOURCE_DATE_EPOCH");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
+        assert_eq!(rfc3339(-1), "1969-12-31T23:59:59Z");
     }
 }

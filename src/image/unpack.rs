@@ -433,13 +433,13 @@ pub(crate) fn unpack_layer<R: Read>(
             let mut e = e.map_err(corrupt(format!("{label} after entry {last:?}")))?;
             last = String::from_utf8_lossy(&e.path_bytes()).into_owned();
             w.entry(&mut e, &last)?;
-            if w.entries % 256 == 0 {
+            if w.entries.is_multiple_of(256) {
                 bar.set_message(format!("{} entries", w.entries));
             }
         }
     }
     let ended = diff.count() >= BLOCK as u64
-        && diff.count() % BLOCK as u64 == 0
+        && diff.count().is_multiple_of(BLOCK as u64)
         && diff.inner_tail_is_zero();
     if !ended {
         return Err(ImageError::Corrupt {
