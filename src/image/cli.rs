@@ -140,3 +140,114 @@ pub fn run_commit(args: &CommitArgs) -> Result<(), ImageError> {
     }
     result
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{CommandFactory, Parser, Subcommand};
+
+    #[derive(Parser)]
+    struct Top {
+        #[command(subcommand)]
+        cmd: Cmd,
+    }
+
+    #[derive(Subcommand)]
+    enum Cmd {
+        Unpack(UnpackArgs),
+        Commit(CommitArgs),
+    }
+
+    #[test]
+    fn arguments_are_consistent() {
+        Top::command().debug_assert();
+        assert!(
+            Top::try_parse_from(["t", "commit", "upper"]).is_err(),
+            "OUT or --image"
+        );
+        assert!(Top::try_parse_from(["t", "commit", "u", "o", "--gzip", "--zstd"]).is_err());
+        assert!(
+            Top::try_parse_from(["t", "commit", "u", "--image", "i"]).is_err(),
+            "--tag"
+        );
+        assert!(Top::try_parse_from(["t", "commit", "u", "--image", "i", "--tag", "x"]).is_ok());
+        let Ok(Top {
+            cmd: Cmd::Unpack(u),
+        }) = Top::try_parse_from([
+            "t",
+            "unpack",
+            "img",
+            "dest",
+            "--platform",
+            "linux/arm64",
+            "--devices",
+            "skip",
+        ])
+        else {
+            panic!("unpack arguments rejected");
+        };
+        assert_eq!(u.devices, DeviceMode::Skip);
+        assert_eq!(u.format, InputFormat::Auto);
+    }
+
+    #[test]
+    fn commit_then_unpack_through_the_entry_points() {
+        let tmp = tempfile::tempdir().unwrap();
+        let upper = tmp.path().join("upper");
+        std::fs::create_dir_all(upper.join("etc")).unwrap();
+        std::fs::write(upper.join("etc/f"), b"f").unwrap();
+        let out = tmp.path().join("layer.tar.zst");
+        let Ok(Top {
+            cmd: Cmd::Commit(c),
+        }) = Top::try_parse_from([
+            "t".as_ref(),
+            "commit".as_ref(),
+            upper.as_os_str(),
+            out.as_os_str(),
+            "--zstd".as_ref(),
+            "-q".as_ref(),
+        ])
+        else {
+            panic!("commit arguments rejected");
+        };
+        run_commit(&c).unwrap();
+        let dest = tmp.path().join("dest");
+        let Ok(Top {
+            cmd: Cmd::Unpack(u),
+        }) = Top::try_parse_from([
+            "t".as_ref(),
+            "unpack".as_ref(),
+            out.as_os_str(),
+            dest.as_os_str(),
+            "--print-lowerdir".as_ref(),
+        ])
+        else {
+            panic!("unpack arguments rejected");
+        };
+        run_unpack(&u).unwrap();
+        assert_eq!(std::fs::read(dest.join("layers/0/etc/f")).unwrap(), b"f");
+        // Append through the CLI without OUT: the temporary blob is removed.
+        let Ok(Top {
+            cmd: Cmd::Commit(c),
+        }) = Top::try_parse_from([
+            "t".as_ref(),
+            "commit".as_ref(),
+            upper.as_os_str(),
+            "--image".as_ref(),
+            dest.as_os_str(),
+            "--tag".as_ref(),
+            "next".as_ref(),
+        ])
+        else {
+            panic!("commit --image arguments rejected");
+        };
+        run_commit(&c).unwrap();
+        assert_eq!(super::super::image_lowerdirs(&dest).unwrap().len(), 2);
+        let leftovers: Vec<_> = std::fs::read_dir(&dest)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .filter(|n| n.to_string_lossy().starts_with(".rlayerfs"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+}
