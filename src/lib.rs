@@ -7,6 +7,7 @@
 pub mod cli;
 pub mod error;
 pub mod fuse;
+pub mod image;
 pub mod mount;
 pub mod options;
 pub mod sys;
