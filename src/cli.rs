@@ -23,6 +23,10 @@ struct Cli {
 enum Command {
     /// Mount a union of layers.
     Mount(MountArgs),
+    /// Unpack an image (docker save archive, OCI layout, or one layer tarball) into layers.
+    Unpack(crate::image::cli::UnpackArgs),
+    /// Write an upper layer as an OCI layer tarball (optionally appended to an image).
+    Commit(crate::image::cli::CommitArgs),
 }
 
 /// How to mount.
@@ -41,6 +45,9 @@ struct MountArgs {
     /// The work directory, instead of workdir=.
     #[arg(long = "work", value_name = "DIR")]
     work: Option<PathBuf>,
+    /// Mount an image unpacked by `rlayerfs unpack` (its layers become the lowers).
+    #[arg(long = "image", value_name = "DEST")]
+    image: Option<PathBuf>,
     /// Stay in the foreground.
     #[arg(short = 'f', long)]
     foreground: bool,
@@ -84,6 +91,9 @@ fn mount_request(args: MountArgs) -> Result<MountRequest, String> {
     for o in &args.options {
         options.parse(o).map_err(|e| e.to_string())?;
     }
+    if let Some(image) = &args.image {
+        options.lowerdirs = crate::image::image_lowerdirs(image).map_err(|e| e.to_string())?;
+    }
     if !args.lower.is_empty() {
         options.lowerdirs = args.lower.clone();
     }
@@ -125,6 +135,12 @@ pub fn main() -> i32 {
     };
     let result = match cli.command {
         Some(Command::Mount(args)) => run_mount(args),
+        Some(Command::Unpack(args)) => crate::image::cli::run_unpack(&args)
+            .map(|()| 0)
+            .map_err(|e| e.to_string()),
+        Some(Command::Commit(args)) => crate::image::cli::run_commit(&args)
+            .map(|()| 0)
+            .map_err(|e| e.to_string()),
         None => run_mount(cli.mount),
     };
     match result {
