@@ -148,25 +148,16 @@ impl Stack {
     }
 }
 
-/// Opens `WORKDIR/index`, creating it (mode 0, as the kernel does) when possible, and
-/// drops orphan entries (a copy-up killed before any name linked to it), as the kernel
-/// does at mount. `None` when it cannot be had (the mount then works without an index).
+/// Opens `WORKDIR/index`, creating it (mode 0, as the kernel does) when possible.
+/// `None` when it cannot be had (the mount then works without an index). Entries are
+/// never removed here: one with a single link may still hold the data of lower names
+/// whose upper name was unlinked while open.
 fn open_index(workdir: BorrowedFd<'_>) -> Option<OwnedFd> {
     match rustix::fs::mkdirat(workdir, crate::union::origin::INDEX_SUBDIR, Mode::empty()) {
         Ok(()) | Err(rustix::io::Errno::EXIST) => {}
         Err(_) => return None,
     }
-    let index = sys::open_dir_path(workdir, Path::new(crate::union::origin::INDEX_SUBDIR)).ok()?;
-    if let Ok(dir) = sys::open_dir_for_read(index.as_fd(), Path::new("")) {
-        for e in sys::read_dir(dir).unwrap_or_default() {
-            if let Ok(st) = rustix::fs::statat(&index, &e.name, AtFlags::SYMLINK_NOFOLLOW) {
-                if st.st_mode & libc::S_IFMT == libc::S_IFREG && st.st_nlink == 1 {
-                    let _ = rustix::fs::unlinkat(&index, &e.name, AtFlags::empty());
-                }
-            }
-        }
-    }
-    Some(index)
+    sys::open_dir_path(workdir, Path::new(crate::union::origin::INDEX_SUBDIR)).ok()
 }
 
 /// Creates `WORKDIR/work` if needed and removes everything a previous run left in it.

@@ -307,6 +307,12 @@ impl Op {
                     .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
                     .collect::<Result<_, _>>()
                     .map_err(|e| sys::errno_of(&e))?;
+                // Names listed but gone (kernel overlayfs lists some, see
+                // `diff::without_kernel_ghosts`) are marked rather than compared as entries.
+                let dir = at(root, path);
+                names.retain(|n| {
+                    !matches!(fs::symlink_metadata(dir.join(n)), Err(e) if e.raw_os_error() == Some(libc::ENOENT))
+                });
                 names.sort();
                 Ok(names.join(" "))
             }
