@@ -366,6 +366,21 @@ impl UnionFs {
             _ => {}
         }
         let lower_has = self.lower_has(&info, name)?;
+        let lower_linked =
+            !dir && r.upper.is_none() && r.stat().map(|s| s.st_nlink > 1).unwrap_or(false);
+        let r = if lower_linked && self.index_enabled() {
+            // As kernel overlayfs with index=on: a lower hard link is copied up (into the
+            // index) before one of its names goes, so the others keep an exact st_nlink.
+            let (ino, pinned) = self.node_for(parent, name, &r)?;
+            let res = self.copy_up_at(ino, parent, name);
+            if pinned {
+                self.nodes.write().forget(ino, 1);
+            }
+            res?;
+            self.resolve(&self.dir_info(parent)?, name)?
+        } else {
+            r
+        };
         self.copy_up(parent)?;
         let pfd = self.upper_dir_fd(parent)?;
         let known = self.nodes.read().child(parent, name);

@@ -690,7 +690,11 @@ impl Stack {
             );
             let mut dangling = Vec::new();
             find_dangling(&self.mnt, "", &mut dangling);
-            ctx(sys::umount2(&self.mnt, 0), "umount", &self.mnt);
+            ctx(
+                super::mount::unmount_path(&self.mnt, |m| sys::umount2(m, 0)),
+                "umount",
+                &self.mnt,
+            );
             if dangling.is_empty() {
                 return;
             }

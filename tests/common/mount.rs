@@ -108,7 +108,7 @@ fn unescape_mountinfo(s: &str) -> String {
 
 /// Unmounts with retries on EBUSY, then lazily as a last resort. Ok(true) if a plain unmount
 /// worked, Ok(false) if it had to be lazy.
-fn unmount_path(mnt: &Path, first: impl Fn(&Path) -> io::Result<()>) -> io::Result<bool> {
+pub fn unmount_path(mnt: &Path, first: impl Fn(&Path) -> io::Result<()>) -> io::Result<bool> {
     let mut last = None;
     for i in 0..UNMOUNT_TRIES {
         let r = if i == 0 {
