@@ -92,6 +92,14 @@ fn to_fuse(a: &Attr) -> FileAttr {
     }
 }
 
+/// The attributes of a negative entry: only the node id 0 matters.
+fn negative_attr() -> FileAttr {
+    to_fuse(&Attr {
+        mode: libc::S_IFREG,
+        ..Attr::default()
+    })
+}
+
 fn time_set(t: Option<TimeOrNow>) -> Option<TimeSet> {
     t.map(|t| match t {
         TimeOrNow::Now => TimeSet::Now,
@@ -167,7 +175,13 @@ impl Filesystem for FuseAdapter {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        self.entry(reply, self.fs.lookup(parent.0, name), "lookup");
+        match self.fs.lookup(parent.0, name) {
+            // A negative entry (node id 0) lets the kernel cache the miss: only this daemon
+            // changes the layers, and every creation goes through the kernel, which replaces
+            // the negative dentry itself.
+            Err(Error::NotFound) => reply.entry(&self.ttl, &negative_attr(), Generation(0)),
+            r => self.entry(reply, r, "lookup"),
+        }
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
@@ -416,7 +430,9 @@ impl Filesystem for FuseAdapter {
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         match self.fs.opendir(ino.0) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            // The kernel may keep the listing: every change to it goes through the kernel,
+            // which drops the cache of the directory it changes.
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE),
             Err(e) => reply.error(errno(&e, "opendir")),
         }
     }
