@@ -432,7 +432,10 @@ impl Filesystem for FuseAdapter {
         match self.fs.opendir(ino.0) {
             // The kernel may keep the listing: every change to it goes through the kernel,
             // which drops the cache of the directory it changes.
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE),
+            Ok(fh) => reply.opened(
+                FileHandle(fh),
+                FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
+            ),
             Err(e) => reply.error(errno(&e, "opendir")),
         }
     }

@@ -616,7 +616,7 @@ impl UnionFs {
             Err(_) => return Ok(()),
         };
         let st = rustix::fs::fstat(&fd).at("stat", Where::Upper)?;
-        if st.st_blocks != 0 || st.st_size == 0 {
+        if (st.st_blocks as i64) * 512 >= st.st_size {
             return Ok(());
         }
         for p in whiteout::OVERLAY_PREFIXES {

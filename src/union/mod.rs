@@ -282,16 +282,22 @@ impl UnionFs {
         let Some(upper) = &self.stack.upper else {
             return Ok(());
         };
+        let refuse = |what: &str, at: &Path| {
+            format!(
+                "upperdir {} uses the kernel overlayfs feature {what} (at /{}), which rlayerfs cannot honour",
+                upper.path.display(),
+                at.display()
+            )
+        };
         let names = crate::sys::list_xattrs(upper.root.as_fd()).unwrap_or_default();
-        for n in names {
-            if let Some(feature) = whiteout::unsupported_xattr(&n) {
-                return Err(format!(
-                    "upperdir {} uses the kernel overlayfs feature {feature}, which rlayerfs cannot honour",
-                    upper.path.display()
-                ));
-            }
+        if let Some(feature) = names.iter().find_map(|n| whiteout::unsupported_xattr(n)) {
+            return Err(refuse(feature, Path::new("")));
         }
-        Ok(())
+        match find_metacopy(upper.root.as_fd()) {
+            Ok(Some(path)) => Err(refuse("metacopy", &path)),
+            Ok(None) => Ok(()),
+            Err(e) => Err(format!("upperdir {}: {e}", upper.path.display())),
+        }
     }
 
     /// Number of nodes the kernel holds (for tests and memory accounting).
@@ -309,6 +315,48 @@ impl UnionFs {
             .map_err(|e| Error::os("statfs", e, Where::Upper))?;
         rustix::fs::fstatvfs(&dir).map_err(|e| Error::os("statfs", e, Where::Upper))
     }
+}
+
+/// Walks an upper layer for a kernel metacopy file (data still in a lower layer, which
+/// would read as its empty upper copy here). Only files with fewer blocks than their size
+/// needs can be one, so most files cost a stat and no xattr read.
+fn find_metacopy(root: BorrowedFd<'_>) -> rustix::io::Result<Option<std::path::PathBuf>> {
+    use rustix::fs::FileType;
+    let mut pending = vec![std::path::PathBuf::new()];
+    while let Some(dir) = pending.pop() {
+        let listing = crate::sys::read_dir(crate::sys::open_dir_for_read(root, &dir)?)?;
+        let dfd = crate::sys::open_dir_path(root, &dir)?;
+        for e in listing {
+            let path = dir.join(&e.name);
+            match e.file_type {
+                FileType::Directory => pending.push(path),
+                FileType::RegularFile | FileType::Unknown => {
+                    let st =
+                        rustix::fs::statat(&dfd, &e.name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)?;
+                    if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+                        pending.push(path);
+                        continue;
+                    }
+                    // A metacopy file holds no data: fewer blocks than its size needs (its
+                    // xattrs may take a block of their own).
+                    if st.st_mode & libc::S_IFMT != libc::S_IFREG
+                        || (st.st_blocks as i64) * 512 >= st.st_size
+                    {
+                        continue;
+                    }
+                    let fd = crate::sys::open_path(dfd.as_fd(), Path::new(&e.name))?;
+                    for p in whiteout::OVERLAY_PREFIXES {
+                        let name = format!("{p}metacopy");
+                        if crate::sys::get_xattr(fd.as_fd(), OsStr::new(&name))?.is_some() {
+                            return Ok(Some(path));
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(None)
 }
 
 /// Checks a name given by the kernel: one component, not reserved.

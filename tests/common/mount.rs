@@ -143,6 +143,15 @@ pub struct KernelOverlay {
 }
 
 impl KernelOverlay {
+    /// Takes charge (unmount on drop) of an overlay the caller mounted at `mnt`.
+    #[allow(dead_code)]
+    pub fn adopt(mnt: &Path) -> KernelOverlay {
+        KernelOverlay {
+            mnt: mnt.to_path_buf(),
+            mounted: true,
+        }
+    }
+
     /// Mounts the stack at its `mnt`.
     pub fn mount(stack: &Stack) -> io::Result<KernelOverlay> {
         Self::mount_dirs(&MountDirs::of(stack))
