@@ -48,6 +48,9 @@ struct MountArgs {
     /// Mount an image unpacked by `rlayerfs unpack` (its layers become the lowers).
     #[arg(long = "image", value_name = "DEST")]
     image: Option<PathBuf>,
+    /// Never use FUSE passthrough (reads and writes then go through the daemon).
+    #[arg(long = "no-passthrough")]
+    no_passthrough: bool,
     /// Stay in the foreground.
     #[arg(short = 'f', long)]
     foreground: bool,
@@ -108,6 +111,7 @@ fn mount_request(args: MountArgs) -> Result<MountRequest, String> {
         options,
         mountpoint,
         foreground: args.foreground,
+        passthrough: !args.no_passthrough,
     })
 }
 

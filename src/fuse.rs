@@ -14,8 +14,14 @@ use fuser::{
     ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
+use std::collections::HashSet;
+
+use parking_lot::Mutex;
+
 use crate::error::Error;
+use crate::passthrough::{Conflict, Passthrough};
 use crate::union::attr::{SetAttr, TimeSet};
+use crate::union::handle::wants_write;
 use crate::union::mutate::NewKind;
 use crate::union::{Attr, Caller, Timespec, UnionFs};
 
@@ -29,11 +35,68 @@ pub const DEFAULT_TTL: Duration = Duration::from_secs(3600);
 pub struct FuseAdapter {
     fs: Arc<UnionFs>,
     ttl: Duration,
+    pt: Arc<Passthrough>,
+    /// Ask the kernel for passthrough (root, not turned off by the user).
+    want_passthrough: bool,
+    /// Handles opened with passthrough (their release drops a backing reference).
+    pt_handles: Mutex<HashSet<u64>>,
 }
 
 impl FuseAdapter {
-    pub fn new(fs: Arc<UnionFs>, ttl: Duration) -> Self {
-        FuseAdapter { fs, ttl }
+    pub fn new(
+        fs: Arc<UnionFs>,
+        ttl: Duration,
+        pt: Arc<Passthrough>,
+        want_passthrough: bool,
+    ) -> Self {
+        FuseAdapter {
+            fs,
+            ttl,
+            pt,
+            want_passthrough,
+            pt_handles: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// Opens with passthrough; `None` when the open went another way (already replied).
+    fn open_passthrough(&self, ino: u64, flags: i32, reply: ReplyOpen) {
+        let mut g = self.pt.lock();
+        if wants_write(flags) && g.conflict(ino, true) == Conflict::LowerReaders {
+            drop(g);
+            match self.fs.copy_up_detaching(ino) {
+                Ok((parent, name)) => {
+                    if let Some(n) = self.pt.notifier() {
+                        if let Err(e) = n.inval_entry(INodeNo(parent), &name) {
+                            tracing::warn!(error = %e, "inval_entry after a detaching copy-up");
+                        }
+                    }
+                    // The kernel looks the name up again and retries the open once.
+                    reply.error(Errno::ESTALE);
+                }
+                Err(e) => reply.error(errno(&e, "open")),
+            }
+            return;
+        }
+        let fh = match self.fs.open(ino, flags) {
+            Ok(fh) => fh,
+            Err(e) => return reply.error(errno(&e, "open")),
+        };
+        let upper = self.fs.is_upper(ino).unwrap_or(false);
+        let file = match self.fs.handle_file(fh) {
+            Ok(f) => f,
+            Err(e) => return reply.error(errno(&e, "open")),
+        };
+        match g.acquire(ino, upper, || reply.open_backing(&file.file)) {
+            Ok(id) => {
+                self.pt_handles.lock().insert(fh);
+                reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), id);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "FUSE passthrough refused: serving reads and writes");
+                self.pt.disable();
+                reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
+            }
+        }
     }
 }
 
@@ -171,6 +234,14 @@ impl Filesystem for FuseAdapter {
             tracing::debug!(?missing, "kernel lacks some FUSE capabilities");
         }
         let _ = config.set_max_write(1 << 20);
+        if self.want_passthrough && config.capabilities().contains(InitFlags::FUSE_PASSTHROUGH) {
+            // Backing files live on ordinary filesystems: one level of stacking.
+            if config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+                && config.set_max_stack_depth(1).is_ok()
+            {
+                self.pt.enable();
+            }
+        }
         Ok(())
     }
 
@@ -351,6 +422,9 @@ impl Filesystem for FuseAdapter {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if self.pt.is_enabled() {
+            return self.open_passthrough(ino.0, flags.0, reply);
+        }
         match self.fs.open(ino.0, flags.0) {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
             Err(e) => reply.error(errno(&e, "open")),
@@ -406,13 +480,16 @@ impl Filesystem for FuseAdapter {
     fn release(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        if self.pt_handles.lock().remove(&fh.0) {
+            self.pt.lock().release(ino.0);
+        }
         self.fs.release(fh.0);
         reply.ok();
     }
@@ -602,13 +679,36 @@ impl Filesystem for FuseAdapter {
             umask,
             caller(req),
         ) {
-            Ok((a, Some(fh))) => reply.created(
-                &self.ttl,
-                &to_fuse(&a),
-                Generation(0),
-                FileHandle(fh),
-                FopenFlags::FOPEN_KEEP_CACHE,
-            ),
+            Ok((a, Some(fh))) => {
+                if let (true, Ok(f)) = (self.pt.is_enabled(), self.fs.handle_file(fh)) {
+                    let mut g = self.pt.lock();
+                    match g.acquire(a.ino, true, || reply.open_backing(&f.file)) {
+                        Ok(id) => {
+                            self.pt_handles.lock().insert(fh);
+                            let attr = to_fuse(&a);
+                            return reply.created_passthrough(
+                                &self.ttl,
+                                &attr,
+                                Generation(0),
+                                FileHandle(fh),
+                                FopenFlags::empty(),
+                                id,
+                            );
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "FUSE passthrough refused: serving reads and writes");
+                            self.pt.disable();
+                        }
+                    }
+                }
+                reply.created(
+                    &self.ttl,
+                    &to_fuse(&a),
+                    Generation(0),
+                    FileHandle(fh),
+                    FopenFlags::FOPEN_KEEP_CACHE,
+                )
+            }
             Ok((_, None)) => reply.error(Errno::EIO),
             Err(e) => reply.error(errno(&e, "create")),
         }

@@ -10,5 +10,6 @@ pub mod fuse;
 pub mod image;
 pub mod mount;
 pub mod options;
+pub mod passthrough;
 pub mod sys;
 pub mod union;

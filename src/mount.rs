@@ -15,6 +15,7 @@ use fuser::{Config, MountOption, SessionACL};
 
 use crate::fuse::{FuseAdapter, DEFAULT_TTL};
 use crate::options::{FuseFlag, MountOptions};
+use crate::passthrough::Passthrough;
 use crate::union::layer::{is_within, StackPaths};
 use crate::union::{CoreOptions, UnionFs};
 
@@ -24,6 +25,8 @@ pub struct MountRequest {
     pub options: MountOptions,
     pub mountpoint: PathBuf,
     pub foreground: bool,
+    /// Use FUSE passthrough when the kernel and privileges allow it.
+    pub passthrough: bool,
 }
 
 /// Checks the mountpoint: it exists, is a directory, is not already a mount point, and
@@ -160,8 +163,13 @@ pub fn run(req: MountRequest) -> Result<i32, String> {
         .unwrap_or(DEFAULT_TTL);
     let config = fuse_config(o, fs.is_read_only());
     crate::sys::process::block_termination_signals();
-    let mut session = fuser::Session::new(FuseAdapter::new(fs, ttl), &mountpoint, &config)
+    let pt = Arc::new(Passthrough::default());
+    let want_passthrough = req.passthrough && rustix::process::geteuid().is_root();
+    let adapter = FuseAdapter::new(fs, ttl, pt.clone(), want_passthrough);
+    let session = fuser::Session::new(adapter, &mountpoint, &config)
         .map_err(|e| format!("mount on {}: {e}", mountpoint.display()))?;
+    pt.set_notifier(session.notifier());
+    let mut session = session;
     tracing::info!(mountpoint = %mountpoint.display(), "mounted");
     if !req.foreground {
         match crate::sys::process::daemonize(None) {

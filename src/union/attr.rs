@@ -99,6 +99,25 @@ impl UnionFs {
         }
     }
 
+    /// Makes the object of `ino` writable: copies it up, unless it has no name any more
+    /// (then it is written where it is, if that is not a lower layer).
+    pub(crate) fn prepare_write(&self, ino: u64) -> Result<()> {
+        self.writable()?;
+        let _ns = self.ns_lock.lock();
+        let (detached, lower) = {
+            let nodes = self.nodes.read();
+            let n = nodes.get(ino)?;
+            (n.detached.is_some(), n.detached_lower)
+        };
+        match (detached, lower) {
+            (false, _) => self.copy_up(ino),
+            (true, false) => Ok(()),
+            // A nameless lower object (unlinked while open, or left to passthrough
+            // readers) cannot be made writable.
+            (true, true) => Err(Error::Stale),
+        }
+    }
+
     /// An `O_PATH` handle on the real object.
     pub(crate) fn open_real_path(&self, loc: &RealLoc) -> Result<Arc<OwnedFd>> {
         match loc {
@@ -155,13 +174,7 @@ impl UnionFs {
 
     /// Changes attributes, copying the object up first.
     pub fn setattr(&self, ino: u64, set: &SetAttr) -> Result<Attr> {
-        self.writable()?;
-        {
-            let _ns = self.ns_lock.lock();
-            if !matches!(self.real(ino)?, RealLoc::Detached(_)) {
-                self.copy_up(ino)?;
-            }
-        }
+        self.prepare_write(ino)?;
         let loc = self.real(ino)?;
         let at = loc.at();
         if let RealLoc::Lower(..) = loc {
@@ -282,13 +295,7 @@ impl UnionFs {
 
     /// Copies up and returns an `O_PATH` handle on the upper object.
     fn upper_object(&self, ino: u64) -> Result<Arc<OwnedFd>> {
-        self.writable()?;
-        {
-            let _ns = self.ns_lock.lock();
-            if !matches!(self.real(ino)?, RealLoc::Detached(_)) {
-                self.copy_up(ino)?;
-            }
-        }
+        self.prepare_write(ino)?;
         let loc = self.real(ino)?;
         self.open_real_path(&loc)
     }

@@ -29,6 +29,9 @@ pub struct FileHandle {
     pub ino: u64,
     pub file: File,
     pub writable: bool,
+    /// Opened on a lower object: reads move to the upper copy once there is one, as
+    /// kernel overlayfs readers do.
+    pub on_lower: bool,
 }
 
 /// An open directory: the merged listing.
@@ -72,6 +75,12 @@ impl HandleTable {
         }
     }
 
+    fn replace_file(&self, fh: u64, h: Arc<FileHandle>) {
+        if let Some(slot) = self.map.write().get_mut(&fh) {
+            *slot = Handle::File(h);
+        }
+    }
+
     fn remove(&self, fh: u64) {
         self.map.write().remove(&fh);
     }
@@ -102,15 +111,17 @@ impl UnionFs {
     pub fn open(&self, ino: u64, flags: i32) -> Result<u64> {
         let write = wants_write(flags);
         if write {
-            self.writable()?;
-            let _ns = self.ns_lock.lock();
-            if !matches!(self.real(ino)?, RealLoc::Detached(_)) {
-                self.copy_up(ino)?;
-            }
+            self.prepare_write(ino)?;
         }
         let loc = self.real(ino)?;
         let file = self.open_loc(&loc, flags)?;
-        Ok(self.register_file(ino, file, write))
+        let on_lower = matches!(loc, RealLoc::Lower(..));
+        Ok(self.handles.insert(Handle::File(Arc::new(FileHandle {
+            ino,
+            file,
+            writable: write,
+            on_lower,
+        }))))
     }
 
     pub(crate) fn register_file(&self, ino: u64, file: File, writable: bool) -> u64 {
@@ -118,7 +129,26 @@ impl UnionFs {
             ino,
             file,
             writable,
+            on_lower: false,
         })))
+    }
+
+    /// The handle to read through: a lower one is moved to the upper copy made since.
+    fn readable(&self, fh: u64) -> Result<Arc<FileHandle>> {
+        let h = self.handles.file(fh)?;
+        if !h.on_lower || !self.is_upper(h.ino)? {
+            return Ok(h);
+        }
+        let loc = self.real(h.ino)?;
+        let file = self.open_loc(&loc, libc::O_RDONLY)?;
+        let moved = Arc::new(FileHandle {
+            ino: h.ino,
+            file,
+            writable: false,
+            on_lower: false,
+        });
+        self.handles.replace_file(fh, moved.clone());
+        Ok(moved)
     }
 
     pub(crate) fn open_loc(&self, loc: &RealLoc, flags: i32) -> Result<File> {
@@ -148,7 +178,7 @@ impl UnionFs {
     }
 
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
-        let h = self.handles.file(fh)?;
+        let h = self.readable(fh)?;
         let mut buf = vec![0u8; size as usize];
         let mut done = 0;
         while done < buf.len() {
@@ -194,7 +224,7 @@ impl UnionFs {
     }
 
     pub fn lseek(&self, fh: u64, offset: i64, whence: i32) -> Result<i64> {
-        let h = self.handles.file(fh)?;
+        let h = self.readable(fh)?;
         let pos = match whence {
             libc::SEEK_DATA => rustix::fs::SeekFrom::Data(offset as u64),
             libc::SEEK_HOLE => rustix::fs::SeekFrom::Hole(offset as u64),
@@ -214,7 +244,7 @@ impl UnionFs {
         off_out: u64,
         len: u64,
     ) -> Result<u32> {
-        let src = self.handles.file(fh_in)?;
+        let src = self.readable(fh_in)?;
         let dst = self.handles.file(fh_out)?;
         if !dst.writable {
             return Err(Error::BadHandle);

@@ -60,6 +60,8 @@ pub struct Node {
     /// Set once the object lost its last name while still referenced: an `O_PATH`
     /// handle that keeps `getattr` and open handles working.
     pub detached: Option<Arc<OwnedFd>>,
+    /// The detached object is a lower layer's: it must never be written.
+    pub detached_lower: bool,
     /// Merged st_nlink minus the real one: lower names of a copied-up hard-linked file
     /// still count, as with kernel overlayfs `index=on` (persisted as `overlay.nlink`
     /// when the object is indexed).
@@ -90,6 +92,7 @@ impl NodeTable {
                 lookups: 1,
                 children: 0,
                 detached: None,
+                detached_lower: false,
                 nlink_offset: 0,
                 index: None,
             },
@@ -328,6 +331,7 @@ mod tests {
             lookups: 0,
             children: 0,
             detached: None,
+            detached_lower: false,
             nlink_offset: 0,
             index: None,
         }

@@ -713,7 +713,14 @@ impl UnionFs {
                         && n.parent != parent
                         && nodes.child(n.parent, &n.name) == Some(ino))
                 {
-                    ino = self.synthetic_ino();
+                    // Prefer the upper object's own number (a copy-up detached from its
+                    // lower origin for passthrough readers has one).
+                    ino = r
+                        .upper
+                        .as_ref()
+                        .map(|st| self.map_ino(st))
+                        .filter(|i| nodes.get(*i).is_err())
+                        .unwrap_or_else(|| self.synthetic_ino());
                 }
             }
         }
@@ -730,6 +737,7 @@ impl UnionFs {
             lookups: 0,
             children: 0,
             detached: None,
+            detached_lower: false,
             nlink_offset,
             index: index.clone(),
         });

@@ -457,7 +457,13 @@ impl UnionFs {
                 }
             }
         }
-        self.nodes.write().unname(parent, name, aliases, detached);
+        let mut nodes = self.nodes.write();
+        nodes.unname(parent, name, aliases, detached);
+        if let Some(n) = known.and_then(|ino| nodes.get_mut(ino).ok()) {
+            if n.detached.is_some() {
+                n.detached_lower = r.upper.is_none();
+            }
+        }
         Ok(())
     }
 

@@ -235,10 +235,21 @@ impl FuseMount {
     }
 
     pub fn mount_dirs(dirs: &MountDirs) -> io::Result<FuseMount> {
+        Self::mount_dirs_with(dirs, &[])
+    }
+
+    /// Mounts with extra command-line arguments (e.g. `--no-passthrough`).
+    #[allow(dead_code)]
+    pub fn mount_with(stack: &Stack, args: &[&str]) -> io::Result<FuseMount> {
+        Self::mount_dirs_with(&MountDirs::of(stack), args)
+    }
+
+    fn mount_dirs_with(dirs: &MountDirs, args: &[&str]) -> io::Result<FuseMount> {
         let bin = fuse_bin();
         let mut cmd = Command::new(&bin);
         if takes_mount_subcommand(&bin) {
             cmd.arg("mount");
+            cmd.args(args);
         }
         cmd.arg("-o").arg(dirs.options()).arg(&dirs.mnt);
         // Output goes to an unnamed file, never a pipe: a daemon that keeps stderr open would
