@@ -6,6 +6,7 @@
 //! Environment: `RLAYERFS_TEST_BIN` selects the FUSE binary (default: the rlayerfs binary
 //! cargo built; e.g. `fuse-overlayfs` as a stand-in).
 
+#![allow(unsafe_code, clippy::undocumented_unsafe_blocks)]
 // Each test binary uses a different part of the harness.
 #![allow(dead_code, unused_imports)]
 
