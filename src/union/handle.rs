@@ -152,7 +152,9 @@ impl UnionFs {
     }
 
     pub(crate) fn open_loc(&self, loc: &RealLoc, flags: i32) -> Result<File> {
-        let oflags = real_open_flags(flags);
+        // O_NONBLOCK: a layer changed behind our back could hold a FIFO where a regular
+        // file was; opening it must not block the daemon (regular files ignore the flag).
+        let oflags = real_open_flags(flags) | OFlags::NONBLOCK;
         let fd = match loc {
             RealLoc::Upper(p) => sys::open_beneath(self.upper_root()?, p, oflags, Mode::empty())
                 .at("open", Where::Upper)?,
@@ -174,6 +176,14 @@ impl UnionFs {
                 .at("reopen", Where::Unknown)?
             }
         };
+        let st = rustix::fs::fstat(&fd).at("stat opened", loc.at())?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+            tracing::error!(?loc, "opened object is not a regular file: layer changed under the mount");
+            return Err(Error::Stale);
+        }
+        if flags & libc::O_NONBLOCK == 0 {
+            rustix::fs::fcntl_setfl(&fd, oflags & !OFlags::NONBLOCK).at("fcntl", loc.at())?;
+        }
         Ok(File::from(fd))
     }
 
