@@ -178,7 +178,10 @@ impl UnionFs {
         };
         let st = rustix::fs::fstat(&fd).at("stat opened", loc.at())?;
         if st.st_mode & libc::S_IFMT != libc::S_IFREG {
-            tracing::error!(?loc, "opened object is not a regular file: layer changed under the mount");
+            tracing::error!(
+                ?loc,
+                "opened object is not a regular file: layer changed under the mount"
+            );
             return Err(Error::Stale);
         }
         if flags & libc::O_NONBLOCK == 0 {

@@ -744,7 +744,10 @@ impl UnionFs {
         // Refresh what the disk says now (the object may have been copied up).
         let mut elsewhere = false;
         if let Ok(n) = nodes.get_mut(ino) {
-            if n.parent == parent && n.name == name {
+            // A copy-up that finished after this lookup read the disk must not be undone:
+            // the upper state of a name only ever goes from false to true here (removals
+            // go through `unname`).
+            if n.parent == parent && n.name == name && !n.upper {
                 n.upper = upper;
                 if lower.is_some() || upper {
                     n.lower = lower;
@@ -753,7 +756,7 @@ impl UnionFs {
                     n.index = index;
                     n.nlink_offset = nlink_offset;
                 }
-            } else {
+            } else if n.parent != parent || n.name != name {
                 // A hard link found under another name: the object is where the node is.
                 elsewhere = n.upper || n.index.is_some() || n.nlink_offset != 0;
             }
