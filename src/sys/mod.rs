@@ -34,6 +34,9 @@ pub fn open_beneath(
     } else {
         path
     };
+    if path.as_os_str().len() > LONG_PATH {
+        return open_beneath_long(root, path, flags, mode);
+    }
     rustix::fs::openat2(
         root,
         path,
@@ -41,6 +44,43 @@ pub fn open_beneath(
         mode,
         RESOLVE_SAFE,
     )
+}
+
+/// Paths longer than this are resolved in pieces (the kernel refuses paths longer than
+/// PATH_MAX, while a layer may hold trees deeper than that).
+const LONG_PATH: usize = 3000;
+
+/// `open_beneath` for a path longer than the kernel takes at once: walks it in chunks of
+/// whole components, each chunk beneath the directory the previous one reached.
+fn open_beneath_long(
+    root: BorrowedFd<'_>,
+    path: &Path,
+    flags: OFlags,
+    mode: Mode,
+) -> Result<OwnedFd> {
+    let mut dir: Option<OwnedFd> = None;
+    let mut chunk = std::path::PathBuf::new();
+    let comps: Vec<_> = path.components().collect();
+    for (i, c) in comps.iter().enumerate() {
+        if !chunk.as_os_str().is_empty()
+            && chunk.as_os_str().len() + c.as_os_str().len() + 1 > LONG_PATH
+        {
+            let base = dir.as_ref().map(|d| d.as_fd()).unwrap_or(root);
+            dir = Some(open_beneath(
+                base,
+                &chunk,
+                OFlags::PATH | OFlags::DIRECTORY,
+                Mode::empty(),
+            )?);
+            chunk.clear();
+        }
+        chunk.push(c);
+        if i + 1 == comps.len() {
+            let base = dir.as_ref().map(|d| d.as_fd()).unwrap_or(root);
+            return open_beneath(base, &chunk, flags, mode);
+        }
+    }
+    Err(Errno::NOENT)
 }
 
 /// An `O_PATH` handle on the object at `path` (which may be a symlink, fifo or device:
@@ -141,6 +181,16 @@ pub fn read_dir(dir: OwnedFd) -> Result<Vec<RawEntry>> {
         });
     }
     Ok(out)
+}
+
+/// Opens for listing the directory an `O_PATH` fd refers to.
+pub fn reopen_dir_for_read(dir: BorrowedFd<'_>) -> Result<OwnedFd> {
+    rustix::fs::openat(
+        dir,
+        ".",
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
 }
 
 /// Opens the directory `path` beneath `root` for listing.
@@ -420,4 +470,33 @@ pub fn fs_uuid(dir: BorrowedFd<'_>) -> [u8; 16] {
         return [0; 16];
     }
     out.uuid
+}
+
+#[cfg(test)]
+mod long_path_tests {
+    use super::*;
+
+    #[test]
+    fn paths_longer_than_path_max_resolve_in_pieces() {
+        let dir = tempfile::tempdir().unwrap();
+        let root =
+            rustix::fs::open(dir.path(), OFlags::PATH | OFlags::DIRECTORY, Mode::empty()).unwrap();
+        let mut cur =
+            rustix::fs::open(dir.path(), OFlags::PATH | OFlags::DIRECTORY, Mode::empty()).unwrap();
+        let mut rel = std::path::PathBuf::new();
+        for _ in 0..3000 {
+            rustix::fs::mkdirat(&cur, "dd", Mode::from_raw_mode(0o755)).unwrap();
+            cur = rustix::fs::openat(&cur, "dd", OFlags::PATH | OFlags::DIRECTORY, Mode::empty())
+                .unwrap();
+            rel.push("dd");
+        }
+        assert!(rel.as_os_str().len() > 8000);
+        let fd = open_dir_path(root.as_fd(), &rel).unwrap();
+        assert_eq!(
+            rustix::fs::fstat(&fd).unwrap().st_ino,
+            rustix::fs::fstat(&cur).unwrap().st_ino
+        );
+        rel.push("missing");
+        assert_eq!(open_path(root.as_fd(), &rel).unwrap_err(), Errno::NOENT);
+    }
 }

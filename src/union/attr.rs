@@ -10,6 +10,7 @@ use rustix::fs::{AtFlags, Mode, OFlags, Timestamps};
 
 use crate::error::{Error, OsContext, Result, Where};
 use crate::sys;
+use crate::union::dirfd::LayerKey;
 use crate::union::layer::LowerIdx;
 use crate::union::{whiteout, Attr, Timespec, UnionFs};
 
@@ -121,12 +122,8 @@ impl UnionFs {
     /// An `O_PATH` handle on the real object.
     pub(crate) fn open_real_path(&self, loc: &RealLoc) -> Result<Arc<OwnedFd>> {
         match loc {
-            RealLoc::Upper(p) => Ok(Arc::new(
-                sys::open_path(self.upper_root()?, p).at("open", Where::Upper)?,
-            )),
-            RealLoc::Lower(l, p) => Ok(Arc::new(
-                sys::open_path(self.lower_root(*l), p).at("open", Where::Lower(*l))?,
-            )),
+            RealLoc::Upper(p) => Ok(Arc::new(self.path_fd(LayerKey::Upper, p)?)),
+            RealLoc::Lower(l, p) => Ok(Arc::new(self.path_fd(LayerKey::Lower(*l), p)?)),
             RealLoc::Index(name) => {
                 let index = self
                     .stack

@@ -87,6 +87,31 @@ pub(crate) fn copy_meta(dir: BorrowedFd<'_>, name: &OsStr, st: &Stat) -> Result<
 impl UnionFs {
     /// Makes sure node `ino` exists in the upper layer. Caller holds `ns_lock`.
     pub(crate) fn copy_up(&self, ino: u64) -> Result<()> {
+        // Ancestors first, top down, without recursion (trees may be thousands deep).
+        let mut chain = Vec::new();
+        {
+            let nodes = self.nodes.read();
+            let mut cur = ino;
+            loop {
+                let node = nodes.get(cur)?;
+                if node.upper {
+                    break;
+                }
+                if cur == ROOT {
+                    return Err(Error::Invariant("upper root missing"));
+                }
+                chain.push(cur);
+                cur = node.parent;
+            }
+        }
+        for ino in chain.into_iter().rev() {
+            self.copy_up_one(ino)?;
+        }
+        Ok(())
+    }
+
+    /// Copies up one object whose parent is already in the upper layer.
+    fn copy_up_one(&self, ino: u64) -> Result<()> {
         let (parent, name, lower, index) = {
             let nodes = self.nodes.read();
             let node = nodes.get(ino)?;
@@ -103,13 +128,8 @@ impl UnionFs {
                 node.index.clone(),
             )
         };
-        if ino == ROOT {
-            return Err(Error::Invariant("upper root missing"));
-        }
-        self.copy_up(parent)?;
         let upper_parent = self.nodes.read().path_of(parent)?;
-        let pfd = sys::open_dir_path(self.upper_root()?, &upper_parent)
-            .at("open upper dir", Where::Upper)?;
+        let pfd = self.upper_dir(&upper_parent)?;
         if let Some(entry) = index {
             // Already copied up through another name: link this name to it.
             rustix::fs::linkat(self.index_fd()?, &*entry, &pfd, &name, AtFlags::empty())
@@ -124,7 +144,7 @@ impl UnionFs {
             .top()
             .ok_or(Error::Invariant("lower without layers"))?;
         let at = Where::Lower(top);
-        let src = sys::open_path(self.lower_root(top), &lower.path).at("open lower", at)?;
+        let src = self.path_fd(crate::union::dirfd::LayerKey::Lower(top), &lower.path)?;
         let st = rustix::fs::fstat(&src).at("stat lower", at)?;
         let origin = if self.index_enabled() {
             self.origin_of(top, src.as_fd())
@@ -264,9 +284,8 @@ impl UnionFs {
             let nodes = self.nodes.read();
             (nodes.path_of(src_parent)?, nodes.path_of(parent)?)
         };
-        let root = self.upper_root()?;
-        let sfd = sys::open_dir_path(root, &sp).at("open upper dir", Where::Upper)?;
-        let dfd = sys::open_dir_path(root, &dp).at("open upper dir", Where::Upper)?;
+        let sfd = self.upper_dir(&sp)?;
+        let dfd = self.upper_dir(&dp)?;
         match rustix::fs::linkat(&sfd, &src_name, &dfd, name, AtFlags::empty()) {
             Ok(()) => self.adjust_nlink(ino, -1),
             // Already an upper link (made by link() in the mount).

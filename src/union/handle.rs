@@ -20,6 +20,7 @@ use rustix::fs::{Mode, OFlags};
 use crate::error::{Error, OsContext, Result, Where};
 use crate::sys;
 use crate::union::attr::{proc_path, RealLoc};
+use crate::union::dirfd::LayerKey;
 use crate::union::readdir::DirEntry;
 use crate::union::UnionFs;
 
@@ -156,12 +157,8 @@ impl UnionFs {
         // file was; opening it must not block the daemon (regular files ignore the flag).
         let oflags = real_open_flags(flags) | OFlags::NONBLOCK;
         let fd = match loc {
-            RealLoc::Upper(p) => sys::open_beneath(self.upper_root()?, p, oflags, Mode::empty())
-                .at("open", Where::Upper)?,
-            RealLoc::Lower(l, p) => {
-                sys::open_beneath(self.lower_root(*l), p, oflags, Mode::empty())
-                    .at("open", Where::Lower(*l))?
-            }
+            RealLoc::Upper(p) => self.open_in(LayerKey::Upper, p, oflags)?,
+            RealLoc::Lower(l, p) => self.open_in(LayerKey::Lower(*l), p, oflags)?,
             RealLoc::Index(name) => {
                 sys::open_beneath(self.index_fd()?, Path::new(&**name), oflags, Mode::empty())
                     .at("open index", Where::Work)?

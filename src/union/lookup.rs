@@ -210,14 +210,13 @@ impl UnionFs {
         let mut map: HashMap<OsString, Slot> = HashMap::new();
         for &layer in dir.layers.iter() {
             let at = Where::Lower(layer);
-            let root = self.lower_root(layer);
-            let pfd = match sys::open_dir_path(root, &dir.path) {
+            let pfd = match self.lower_dir_fd(layer, &dir.path) {
                 Ok(fd) => fd,
                 Err(Errno::NOENT) | Err(Errno::NOTDIR) | Err(Errno::LOOP) => continue,
                 Err(e) => return Err(Error::os("open lower dir", e, at)),
             };
             let xattr_whiteouts = dir_opaque(pfd.as_fd())? == OpaqueXattr::HasXattrWhiteouts;
-            let listing = sys::read_dir(sys::open_dir_for_read(root, &dir.path).at("opendir", at)?)
+            let listing = sys::read_dir(sys::reopen_dir_for_read(pfd.as_fd()).at("opendir", at)?)
                 .at("readdir", at)?;
             let mut whiteouts: Vec<(OsString, bool)> = Vec::new();
             let mut objects: Vec<(OsString, FileType, u64)> = Vec::new();
@@ -329,7 +328,8 @@ impl UnionFs {
             .enumerate()
             .take(candidates.len().saturating_sub(1))
         {
-            let fd = sys::open_dir_path(self.lower_root(layer), &path)
+            let fd = self
+                .lower_dir_fd(layer, &path)
                 .at("open lower dir", Where::Lower(layer))?;
             if dir_opaque(fd.as_fd())? == OpaqueXattr::Opaque {
                 cut = i + 1;
@@ -409,8 +409,7 @@ impl UnionFs {
         let mut redirect: Option<Vec<u8>> = None;
         let mut opaque = false;
         if let Some(pu) = &parent.upper {
-            let root = self.upper_root()?;
-            let pfd = sys::open_dir_path(root, pu).at("open upper dir", Where::Upper)?;
+            let pfd = self.upper_dir(pu)?;
             match rustix::fs::statat(&pfd, name, AtFlags::SYMLINK_NOFOLLOW) {
                 Ok(st) => {
                     if stat_is_whiteout(pfd.as_fd(), name, &st, true)? {
@@ -541,8 +540,7 @@ impl UnionFs {
     /// The index entry of lower object `l`, if one exists.
     fn find_index(&self, l: &LowerRef) -> Result<Option<(Arc<str>, Stat)>> {
         let Some(top) = l.top() else { return Ok(None) };
-        let fd =
-            sys::open_path(self.lower_root(top), &l.path).at("open lower", Where::Lower(top))?;
+        let fd = self.path_fd(crate::union::dirfd::LayerKey::Lower(top), &l.path)?;
         self.index_entry(self.origin_of(top, fd.as_fd()).as_deref())
     }
 
@@ -633,8 +631,7 @@ impl UnionFs {
     }
 
     pub(crate) fn stat_lower(&self, layer: LowerIdx, path: &Path) -> Result<Stat> {
-        let fd =
-            sys::open_path(self.lower_root(layer), path).at("open lower", Where::Lower(layer))?;
+        let fd = self.path_fd(crate::union::dirfd::LayerKey::Lower(layer), path)?;
         rustix::fs::fstat(&fd).at("stat lower", Where::Lower(layer))
     }
 

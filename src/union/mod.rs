@@ -14,6 +14,7 @@
 
 pub mod attr;
 pub mod copy_up;
+pub mod dirfd;
 pub mod handle;
 pub mod inode;
 pub mod layer;
@@ -179,6 +180,7 @@ pub struct UnionFs {
     pub(crate) handles: handle::HandleTable,
     /// Serialises namespace changes and copy-ups.
     pub(crate) ns_lock: Mutex<()>,
+    pub(crate) dirs: dirfd::DirFdCache,
     inos: InoMap,
     tmp_seq: AtomicU64,
 }
@@ -220,6 +222,7 @@ impl UnionFs {
             lower_index: lookup::LowerIndexCache::new(),
             handles: handle::HandleTable::default(),
             ns_lock: Mutex::new(()),
+            dirs: dirfd::DirFdCache::new(dir_cache_capacity()),
             inos: InoMap::new(devs),
             tmp_seq: AtomicU64::new(0),
         };
@@ -357,6 +360,78 @@ fn find_metacopy(root: BorrowedFd<'_>) -> rustix::io::Result<Option<std::path::P
         }
     }
     Ok(None)
+}
+
+/// How many directory fds each cache may hold: raises the soft RLIMIT_NOFILE to the hard
+/// one and keeps a quarter of it for each of the two caches.
+fn dir_cache_capacity() -> usize {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut lim = getrlimit(Resource::Nofile);
+    if lim.current < lim.maximum {
+        lim.current = lim.maximum;
+        let _ = setrlimit(Resource::Nofile, lim.clone());
+    }
+    let soft = getrlimit(Resource::Nofile).current.unwrap_or(1 << 20) as usize;
+    (soft / 4).min(dirfd::MAX_CACHED_DIRS)
+}
+
+impl UnionFs {
+    /// The upper directory at `path`.
+    pub(crate) fn upper_dir(&self, path: &Path) -> Result<std::sync::Arc<std::os::fd::OwnedFd>> {
+        self.dirs
+            .dir(dirfd::LayerKey::Upper, self.upper_root()?, path)
+            .map_err(|e| Error::os("open upper dir", e, Where::Upper))
+    }
+
+    /// The lower directory at `path` in layer `l`.
+    pub(crate) fn lower_dir_fd(
+        &self,
+        l: LowerIdx,
+        path: &Path,
+    ) -> rustix::io::Result<std::sync::Arc<std::os::fd::OwnedFd>> {
+        self.dirs
+            .dir(dirfd::LayerKey::Lower(l), self.lower_root(l), path)
+    }
+
+    /// Opens the object at `path` in a layer (`O_NOFOLLOW` always), relative to its
+    /// parent's cached fd.
+    pub(crate) fn open_in(
+        &self,
+        layer: dirfd::LayerKey,
+        path: &Path,
+        flags: rustix::fs::OFlags,
+    ) -> Result<std::os::fd::OwnedFd> {
+        let at = match layer {
+            dirfd::LayerKey::Upper => Where::Upper,
+            dirfd::LayerKey::Lower(l) => Where::Lower(l),
+        };
+        let root = match layer {
+            dirfd::LayerKey::Upper => self.upper_root()?,
+            dirfd::LayerKey::Lower(l) => self.lower_root(l),
+        };
+        let (parent, name) = dirfd::split(path);
+        let pfd = self
+            .dirs
+            .dir(layer, root, parent)
+            .map_err(|e| Error::os("open dir", e, at))?;
+        let name = name.unwrap_or(OsStr::new("."));
+        rustix::fs::openat(
+            &*pfd,
+            name,
+            flags | rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .map_err(|e| Error::os("open", e, at))
+    }
+
+    /// An `O_PATH` handle on the object at `path` in a layer.
+    pub(crate) fn path_fd(
+        &self,
+        layer: dirfd::LayerKey,
+        path: &Path,
+    ) -> Result<std::os::fd::OwnedFd> {
+        self.open_in(layer, path, rustix::fs::OFlags::PATH)
+    }
 }
 
 /// Checks a name given by the kernel: one component, not reserved.

@@ -76,9 +76,9 @@ fn is_root() -> bool {
 }
 
 impl UnionFs {
-    fn upper_dir_fd(&self, ino: u64) -> Result<OwnedFd> {
+    fn upper_dir_fd(&self, ino: u64) -> Result<Arc<OwnedFd>> {
         let path = self.nodes.read().path_of(ino)?;
-        sys::open_dir_path(self.upper_root()?, &path).at("open upper dir", Where::Upper)
+        self.upper_dir(&path)
     }
 
     /// Whether the lower layers (ignoring the upper) show `name` in directory `info`.
@@ -417,6 +417,10 @@ impl UnionFs {
                         self.put_whiteout(fmt, pfd.as_fd(), name, false)?;
                     }
                 }
+                // Cached upper directory fds may name the directory just removed.
+                // (It was empty: no directory below it can be cached.)
+                self.dirs
+                    .forget_upper(&info.upper.clone().unwrap_or_default().join(name));
                 remove_tree(work, &tmp).at("remove dir", Where::Work)?;
             } else if lower_has {
                 self.put_whiteout(fmt, pfd.as_fd(), name, true)?;
@@ -556,6 +560,7 @@ impl UnionFs {
             if exchange {
                 rustix::fs::renameat_with(&spfd, name, &dpfd, new_name, RenameFlags::EXCHANGE)
                     .at("rename exchange", Where::Upper)?;
+                self.invalidate_renamed(parent, name, new_parent, new_name)?;
                 let dst_ino = dst_ino.ok_or(Error::Invariant("exchange without target"))?;
                 {
                     let mut nodes = self.nodes.write();
@@ -616,6 +621,9 @@ impl UnionFs {
                     self.put_whiteout(fmt, spfd.as_fd(), name, false)?;
                 }
             }
+            if src.is_dir || dst.as_ref().map(|d| d.is_dir).unwrap_or(false) {
+                self.invalidate_renamed(parent, name, new_parent, new_name)?;
+            }
             if slot == UpperSlot::WhiteoutFile {
                 rustix::fs::unlinkat(
                     &dpfd,
@@ -644,6 +652,26 @@ impl UnionFs {
             nodes.forget(p, 1);
         }
         res
+    }
+
+    /// Paths at and under both names of a rename now name other things (or nothing).
+    fn invalidate_renamed(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        new_parent: u64,
+        new_name: &OsStr,
+    ) -> Result<()> {
+        let (a, b) = {
+            let nodes = self.nodes.read();
+            (
+                nodes.path_of(parent)?.join(name),
+                nodes.path_of(new_parent)?.join(new_name),
+            )
+        };
+        self.dirs.invalidate_upper(&a);
+        self.dirs.invalidate_upper(&b);
+        Ok(())
     }
 
     /// After a directory moved to `name` in upper dir `pfd` (whose merged info is

@@ -55,13 +55,14 @@ impl UnionFs {
             None => None,
         };
         if let Some(up) = &info.upper {
-            let root = self.upper_root()?;
-            let pfd = sys::open_dir_path(root, up).at("open upper dir", Where::Upper)?;
+            let pfd = self.upper_dir(up)?;
             let xattr_whiteouts =
-                dir_opaque(std::os::fd::AsFd::as_fd(&pfd))? == OpaqueXattr::HasXattrWhiteouts;
-            let listing =
-                sys::read_dir(sys::open_dir_for_read(root, up).at("opendir", Where::Upper)?)
-                    .at("readdir", Where::Upper)?;
+                dir_opaque(std::os::fd::AsFd::as_fd(&*pfd))? == OpaqueXattr::HasXattrWhiteouts;
+            let listing = sys::read_dir(
+                sys::reopen_dir_for_read(std::os::fd::AsFd::as_fd(&*pfd))
+                    .at("opendir", Where::Upper)?,
+            )
+            .at("readdir", Where::Upper)?;
             let upper_dev = self.stack.upper.as_ref().map(|u| u.dev).unwrap_or(0);
             for e in listing {
                 if let Some(target) = whiteout::whiteout_target(&e.name) {
