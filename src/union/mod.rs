@@ -369,7 +369,7 @@ fn dir_cache_capacity() -> usize {
     let mut lim = getrlimit(Resource::Nofile);
     if lim.current < lim.maximum {
         lim.current = lim.maximum;
-        let _ = setrlimit(Resource::Nofile, lim.clone());
+        let _ = setrlimit(Resource::Nofile, lim);
     }
     let soft = getrlimit(Resource::Nofile).current.unwrap_or(1 << 20) as usize;
     (soft / 4).min(dirfd::MAX_CACHED_DIRS)
