@@ -139,6 +139,36 @@ fn fuse_config(o: &MountOptions, read_only: bool) -> Config {
     config
 }
 
+/// The kernel mount of a root mount, from the fuser options chosen for it.
+fn mount_spec(config: &Config) -> crate::sys::fusemount::FuseMountSpec {
+    use rustix::mount::MountFlags;
+    let mut spec = crate::sys::fusemount::FuseMountSpec {
+        fsname: "rlayerfs".into(),
+        subtype: "rlayerfs".into(),
+        flags: MountFlags::empty(),
+        options: Vec::new(),
+    };
+    for o in &config.mount_options {
+        match o {
+            MountOption::FSName(n) => spec.fsname = n.clone(),
+            MountOption::Subtype(n) => spec.subtype = n.clone(),
+            MountOption::DefaultPermissions => spec.options.push("default_permissions".into()),
+            MountOption::RO => spec.flags |= MountFlags::RDONLY,
+            MountOption::NoSuid => spec.flags |= MountFlags::NOSUID,
+            MountOption::NoDev => spec.flags |= MountFlags::NODEV,
+            MountOption::NoExec => spec.flags |= MountFlags::NOEXEC,
+            MountOption::NoAtime => spec.flags |= MountFlags::NOATIME,
+            MountOption::Sync => spec.flags |= MountFlags::SYNCHRONOUS,
+            MountOption::DirSync => spec.flags |= MountFlags::DIRSYNC,
+            _ => {}
+        }
+    }
+    if config.acl != SessionACL::Owner {
+        spec.options.push("allow_other".into());
+    }
+    spec
+}
+
 /// Mounts and serves. Returns the process exit code; errors are one line for stderr.
 pub fn run(req: MountRequest) -> Result<i32, String> {
     for u in &req.options.unknown {
@@ -166,8 +196,24 @@ pub fn run(req: MountRequest) -> Result<i32, String> {
     let pt = Arc::new(Passthrough::default());
     let want_passthrough = req.passthrough && rustix::process::geteuid().is_root();
     let adapter = FuseAdapter::new(fs, ttl, pt.clone(), want_passthrough);
-    let session = fuser::Session::new(adapter, &mountpoint, &config)
-        .map_err(|e| format!("mount on {}: {e}", mountpoint.display()))?;
+    let (session, ours) = if rustix::process::geteuid().is_root() {
+        // Mount ourselves: the session then never unmounts by path (see module doc).
+        let spec = mount_spec(&config);
+        let m = crate::sys::fusemount::mount_fuse(&mountpoint, &spec)
+            .map_err(|e| format!("mount on {}: {e}", mountpoint.display()))?;
+        let st_dev = m.st_dev;
+        match fuser::Session::from_fd(adapter, m.dev_fuse, config.acl, config.clone()) {
+            Ok(s) => (s, Some(st_dev)),
+            Err(e) => {
+                let _ = crate::sys::fusemount::unmount_if_ours(&mountpoint, st_dev);
+                return Err(format!("mount on {}: {e}", mountpoint.display()));
+            }
+        }
+    } else {
+        let s = fuser::Session::new(adapter, &mountpoint, &config)
+            .map_err(|e| format!("mount on {}: {e}", mountpoint.display()))?;
+        (s, None)
+    };
     pt.set_notifier(session.notifier());
     let mut session = session;
     tracing::info!(mountpoint = %mountpoint.display(), "mounted");
@@ -177,18 +223,26 @@ pub fn run(req: MountRequest) -> Result<i32, String> {
             Ok(true) => std::process::exit(0),
             Ok(false) => {}
             Err(e) => {
-                let _ = session.unmount();
+                match ours {
+                    Some(dev) => drop(crate::sys::fusemount::unmount_if_ours(&mountpoint, dev)),
+                    None => drop(session.unmount()),
+                }
                 return Err(format!("cannot go to the background: {e}"));
             }
         }
     }
     let mut unmounter = session.unmount_callable();
+    let path = mountpoint.clone();
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
             let sig = crate::sys::process::wait_for_termination();
             tracing::info!(sig, "signal: unmounting");
-            if let Err(e) = unmounter.unmount() {
+            let r = match ours {
+                Some(dev) => crate::sys::fusemount::unmount_if_ours(&path, dev),
+                None => unmounter.unmount(),
+            };
+            if let Err(e) = r {
                 tracing::error!(error = %e, "unmount on signal failed");
             }
         })
