@@ -20,7 +20,12 @@ use super::sys;
 
 /// Pids of FUSE daemons (the binary under test) whose argv holds `mnt`.
 pub fn daemons_serving(mnt: &Path) -> Vec<i32> {
-    let ours = fs::canonicalize(fuse_bin()).ok();
+    daemons_of(&fuse_bin(), mnt)
+}
+
+/// Pids of live processes running `bin` whose argv holds `mnt`.
+pub fn daemons_of(bin: &Path, mnt: &Path) -> Vec<i32> {
+    let ours = fs::canonicalize(bin).ok();
     let me = std::process::id() as i32;
     let want = mnt.as_os_str().as_encoded_bytes();
     let Ok(dir) = fs::read_dir("/proc") else {
