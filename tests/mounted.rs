@@ -11,6 +11,7 @@ mod common;
 use std::collections::{BTreeSet, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -126,6 +127,13 @@ fn xattrs(p: &Path) -> Vec<String> {
         .collect();
     out.sort();
     out
+}
+
+/// atime as (seconds, nanoseconds), lstat.
+fn atime(p: &Path) -> Option<(i64, i64)> {
+    fs::symlink_metadata(p)
+        .ok()
+        .map(|m| (m.atime(), m.atime_nsec()))
 }
 
 fn rw(p: &Path) -> Errno<File> {
@@ -323,8 +331,8 @@ fn capability_v2() -> Vec<u8> {
     v
 }
 
-/// Sets POSIX ACL entries with setfacl (package acl); without setfacl, writes the xattr
-/// in the kernel's binary format directly.
+/// Sets POSIX ACL entries (`u:ID:PERMS,g:ID:PERMS`, on an object without an ACL yet) with
+/// setfacl (package acl); without setfacl, writes the same ACL in the kernel's xattr format.
 fn set_acl(p: &Path, default: bool, spec: &str) {
     let mut cmd = Command::new("setfacl");
     if default {
@@ -335,27 +343,88 @@ fn set_acl(p: &Path, default: bool, spec: &str) {
         Ok(st) => panic!("setfacl -m {spec} {}: {st}", p.display()),
         Err(_) => {}
     }
-    // Fallback: user::rwx, user:1000:rwx, group::r-x, group:100:r-x, mask::rwx, other::r-x.
-    let entries: [(u16, u16, u32); 6] = [
-        (0x01, 7, u32::MAX),
-        (0x02, 7, 1000),
-        (0x04, 5, u32::MAX),
-        (0x08, 5, 100),
-        (0x10, 7, u32::MAX),
-        (0x20, 5, u32::MAX),
-    ];
+    let name = if default {
+        "system.posix_acl_default"
+    } else {
+        "system.posix_acl_access"
+    };
+    let mode = fs::symlink_metadata(p).unwrap().mode();
+    sys::set_xattr(p, name, &acl_xattr(mode, spec))
+        .unwrap_or_else(|e| panic!("set {name} on {}: {e}", p.display()));
+}
+
+/// The binary `system.posix_acl_*` value setfacl would write for `spec` on an object with
+/// `mode` and no ACL: owner/group/other from the mode, the named entries, and a mask that
+/// is the union of the group-class entries.
+fn acl_xattr(mode: u32, spec: &str) -> Vec<u8> {
+    const UNDEFINED: u32 = u32::MAX;
+    let perms = |s: &str| -> u16 {
+        s.chars()
+            .map(|c| match c {
+                'r' => 4,
+                'w' => 2,
+                'x' => 1,
+                _ => 0,
+            })
+            .sum()
+    };
+    let (mut users, mut groups) = (Vec::new(), Vec::new());
+    for item in spec.split(',') {
+        let parts: Vec<&str> = item.split(':').collect();
+        let id: u32 = parts[1].parse().expect("numeric id in ACL spec");
+        match parts[0] {
+            "u" => users.push((id, perms(parts[2]))),
+            "g" => groups.push((id, perms(parts[2]))),
+            other => panic!("ACL spec tag {other:?}"),
+        }
+    }
+    users.sort();
+    groups.sort();
+    let group_obj = ((mode >> 3) & 7) as u16;
+    let mask = users
+        .iter()
+        .chain(&groups)
+        .fold(group_obj, |m, (_, p)| m | p);
+    let mut entries = vec![(0x01u16, ((mode >> 6) & 7) as u16, UNDEFINED)];
+    entries.extend(users.iter().map(|&(id, p)| (0x02, p, id)));
+    entries.push((0x04, group_obj, UNDEFINED));
+    entries.extend(groups.iter().map(|&(id, p)| (0x08, p, id)));
+    entries.push((0x10, mask, UNDEFINED));
+    entries.push((0x20, (mode & 7) as u16, UNDEFINED));
     let mut v = 2u32.to_le_bytes().to_vec();
     for (tag, perm, id) in entries {
         v.extend_from_slice(&tag.to_le_bytes());
         v.extend_from_slice(&perm.to_le_bytes());
         v.extend_from_slice(&id.to_le_bytes());
     }
-    let name = if default {
-        "system.posix_acl_default"
-    } else {
-        "system.posix_acl_access"
-    };
-    sys::set_xattr(p, name, &v).unwrap_or_else(|e| panic!("set {name}: {e}"));
+    v
+}
+
+/// The fallback encoder writes what setfacl writes.
+#[test]
+fn acl_fallback_matches_setfacl() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (0o600, "u:65534:r"),
+        (0o644, "u:65534:-"),
+        (0o4755, "u:1000:rwx,g:100:r-x"),
+    ];
+    for (i, (mode, spec)) in cases.iter().enumerate() {
+        let f = dir.path().join(format!("f{i}"));
+        fs::write(&f, b"").unwrap();
+        fs::set_permissions(&f, fs::Permissions::from_mode(*mode)).unwrap();
+        let ok = Command::new("setfacl")
+            .args(["-m", spec])
+            .arg(&f)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            eprintln!("SKIP acl_fallback_matches_setfacl: no setfacl or no ACL support");
+            return;
+        }
+        let got = sys::get_xattr(&f, "system.posix_acl_access").unwrap();
+        assert_eq!(got, acl_xattr(*mode, spec), "mode {mode:o} spec {spec}");
+    }
 }
 
 /// An object carrying every kind of metadata copy-up must keep.
@@ -435,6 +504,7 @@ fn copy_up_keeps_metadata() {
             for n in ["by_xattr", "by_link", "renamed", "by_open_rw", "dir"] {
                 for (side, p) in [("mount", root.join(n)), ("upper", st.upper.join(n))] {
                     obs.push(format!("{n} {side}: {}", describe(&p)));
+                    obs.push(format!("{n} {side}: atime {:?}", atime(&p)));
                     for x in xattrs(&p) {
                         obs.push(format!("{n} {side}:   {x}"));
                     }
@@ -931,6 +1001,74 @@ fn statfs_reports_the_upper_filesystem() {
     drop(_wd);
     drop(f);
     drop(k);
+}
+
+/// Without an upper layer, kernel overlayfs reports the top lower's filesystem.
+#[test]
+fn statfs_without_upper_reports_the_top_lower() {
+    let name = "statfs_without_upper_reports_the_top_lower";
+    if !can_mount(name) {
+        return;
+    }
+    let shm = Path::new("/dev/shm");
+    if posix::statfs_type(shm) != Ok(libc::TMPFS_MAGIC) {
+        eprintln!("SKIP {name}: /dev/shm is not a tmpfs");
+        return;
+    }
+    // Top lower on tmpfs, bottom lower on the stack's filesystem.
+    let stack = Stack::new(1);
+    stack.lower(0).file("bottom", b"b");
+    let top = tempfile::Builder::new()
+        .prefix("rlayerfs-statfs-")
+        .tempdir_in(shm)
+        .unwrap();
+    fs::write(top.path().join("top"), b"t").unwrap();
+    let dirs = |mnt: PathBuf| MountDirs {
+        lowers: vec![top.path().to_path_buf(), stack.lowers[0].clone()],
+        upper: PathBuf::new(),
+        work: PathBuf::new(),
+        mnt,
+    };
+    let (kd, fd) = (dirs(stack.mnt.clone()), dirs(stack.fresh_dir("fmnt")));
+    let lowerdir = format!(
+        "lowerdir={}:{}",
+        top.path().display(),
+        stack.lowers[0].display()
+    );
+    sys::mount("overlay", &kd.mnt, "overlay", &lowerdir).expect("mount kernel overlay (ro)");
+    let _k = KernelUnmount(kd.mnt.clone());
+    let f = FuseMount::mount_read_only(&fd).expect("mount FUSE read-only");
+    let _wd = Watchdog::arm(name, vec![kd.mnt.clone(), fd.mnt.clone()], TEST_LIMIT);
+    let want = posix::statvfs(top.path()).unwrap();
+    let obs = |root: &Path| {
+        ["", "top", "bottom"]
+            .iter()
+            .map(|p| {
+                format!(
+                    "{p:?}: top lower's: {}",
+                    posix::statvfs(&root.join(p)) == Ok(want)
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let (ko, fo) = (obs(&kd.mnt), obs(f.path()));
+    assert_same(
+        name,
+        "statfs without upper",
+        "kernel".into(),
+        &ko,
+        &fuse_name(),
+        &fo,
+    );
+}
+
+/// Unmounts a kernel mount made directly with `sys::mount` on drop.
+struct KernelUnmount(PathBuf);
+
+impl Drop for KernelUnmount {
+    fn drop(&mut self) {
+        let _ = common::mount::unmount_path(&self.0, |m| sys::umount2(m, 0));
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1769,5 +1907,503 @@ fn permissions_as_unprivileged_user() {
             .map_err(|e| io::Error::from_raw_os_error(e).to_string());
         obs.push(format!("read copied-up 0600 root file: {r:?}"));
         obs
+    });
+}
+
+// ---------------------------------------------------------------------------------------
+// copy-up while a reader holds the lower file
+
+#[test]
+fn copy_up_while_open_for_reading() {
+    let name = "copy_up_while_open_for_reading";
+    if !can_mount(name) {
+        return;
+    }
+    let stack = Stack::new(1);
+    stack.lower(0).file("f", b"lower f").file("g", b"lower g");
+    let (mut pair, _wd) = pair(name, &stack);
+    let first_ino: std::sync::Mutex<HashMap<PathBuf, u64>> = Default::default();
+    same(
+        &pair,
+        "copy-up while a reader has the file open",
+        |root, st| {
+            let p = root.join("f");
+            let mut r = File::open(&p).expect("open reader");
+            let i0 = r.metadata().unwrap().ino();
+            first_ino.lock().unwrap().insert(st.root.clone(), i0);
+            let mut obs = vec![format!("stat ino == fstat ino: {}", ino(&p) == Some(i0))];
+            let w = rw(&p);
+            obs.push(format!(
+                "open O_RDWR while a reader holds it: {:?}",
+                w.as_ref().map(|_| ())
+            ));
+            if let Ok(w) = &w {
+                obs.push(format!("write: {:?}", errno(w.write_at_all(b"LOWER", 0))));
+                obs.push(format!(
+                    "fstat(writer) ino unchanged: {}",
+                    w.metadata().unwrap().ino() == i0
+                ));
+            }
+            obs.push(format!("stat ino unchanged: {}", ino(&p) == Some(i0)));
+            obs.push(format!(
+                "fstat(reader) ino unchanged: {}",
+                r.metadata().unwrap().ino() == i0
+            ));
+            let mut data = String::new();
+            obs.push(format!(
+                "read via reader: {:?} {data:?}",
+                errno(r.read_to_string(&mut data)).map(|_| ())
+            ));
+            let proc = PathBuf::from(format!("/proc/self/fd/{}", r.as_raw_fd()));
+            let re = OpenOptions::new().read(true).write(true).open(&proc);
+            obs.push(format!(
+                "reopen the reader's /proc/self/fd/N O_RDWR: {:?}",
+                errno(re.and_then(|f| f.write_at_all(b"P", 0)))
+            ));
+            obs.push(format!(
+                "f now: {:?}",
+                fs::read(&p)
+                    .map(|d| String::from_utf8_lossy(&d).into_owned())
+                    .ok()
+            ));
+            // A hard link made through the reader's name keeps the inode too.
+            obs.push(format!(
+                "link: {:?}",
+                errno(fs::hard_link(&p, root.join("f.link")))
+            ));
+            obs.push(format!(
+                "link ino unchanged: {}",
+                ino(&root.join("f.link")) == Some(i0)
+            ));
+            obs
+        },
+    );
+    remount(&mut pair);
+    same(&pair, "st_ino after remount", |root, st| {
+        let i0 = first_ino.lock().unwrap().get(&st.root).copied();
+        vec![ino(&root.join("f")) == i0, ino(&root.join("f.link")) == i0]
+    });
+}
+
+// ---------------------------------------------------------------------------------------
+// privileges dropped by chown, write and truncate
+
+#[test]
+fn chown_write_truncate_drop_privileges() {
+    let name = "chown_write_truncate_drop_privileges";
+    if !can_mount(name) {
+        return;
+    }
+    let stack = Stack::new(1);
+    let l = stack.lower(0);
+    l.file_with("suid_cap", b"x", 0o4755, 0, 0)
+        .xattr("suid_cap", "security.capability", &capability_v2())
+        .file_with("sgid_cap", b"x", 0o2755, 0, 0)
+        .xattr("sgid_cap", "security.capability", &capability_v2())
+        .file_with("cap", b"x", 0o755, 0, 0)
+        .xattr("cap", "security.capability", &capability_v2())
+        .file_with("root_write_suid", b"x", 0o6755, 0, 0)
+        .file_with("suid_open", b"x", 0o4777, 0, 0)
+        .file_with("sgid_open", b"x", 0o2777, 0, 0)
+        .file_with("suid_trunc", b"x", 0o4777, 0, 0)
+        .file_with("sgid_noexec", b"x", 0o2666, 0, 0);
+    let (pair, _wd) = pair(name, &stack);
+    for st in [&pair.sa, &pair.sb] {
+        fs::set_permissions(&st.root, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let append = r#"open(my $f, ">>", $ARGV[0]) or exit($!+0); print $f "y"; close($f) or exit($!+0); exit 0;"#;
+    let trunc = r#"truncate($ARGV[0], 0) or exit($!+0); exit 0;"#;
+    same(&pair, "privileges after chown/write/truncate", |root, _| {
+        let mut obs = vec![
+            format!(
+                "root chown suid_cap: {:?}",
+                errno(sys::lchown(&root.join("suid_cap"), 1000, 1000))
+            ),
+            format!(
+                "root chown sgid_cap (same owner): {:?}",
+                errno(sys::lchown(&root.join("sgid_cap"), 0, 0))
+            ),
+            format!(
+                "root write cap: {:?}",
+                errno(
+                    OpenOptions::new()
+                        .append(true)
+                        .open(root.join("cap"))
+                        .and_then(|mut f| f.write_all(b"y"))
+                )
+            ),
+            format!(
+                "root write root_write_suid: {:?}",
+                errno(
+                    OpenOptions::new()
+                        .append(true)
+                        .open(root.join("root_write_suid"))
+                        .and_then(|mut f| f.write_all(b"y"))
+                )
+            ),
+        ];
+        for (n, code) in [
+            ("suid_open", append),
+            ("sgid_open", append),
+            ("suid_trunc", trunc),
+            ("sgid_noexec", append),
+        ] {
+            obs.push(format!(
+                "nobody {} {n}: {:?}",
+                if code == append { "write" } else { "truncate" },
+                as_user(NOBODY, NOBODY, code, &[&root.join(n)])
+            ));
+        }
+        for n in [
+            "suid_cap",
+            "sgid_cap",
+            "cap",
+            "root_write_suid",
+            "suid_open",
+            "sgid_open",
+            "suid_trunc",
+            "sgid_noexec",
+        ] {
+            let p = root.join(n);
+            let line = describe(&p);
+            let line = line.split(" mtime=").next().unwrap_or("").to_string();
+            obs.push(format!("{n}: {line} {:?}", xattrs(&p)));
+        }
+        obs
+    });
+}
+
+// ---------------------------------------------------------------------------------------
+// readdir d_type
+
+#[test]
+fn readdir_d_type_matches_lstat() {
+    let name = "readdir_d_type_matches_lstat";
+    if !can_mount(name) {
+        return;
+    }
+    let stack = Stack::new(2);
+    let (l0, l1) = (stack.lower(0), stack.lower(1));
+    l1.file("reg", b"r")
+        .dir("dir")
+        .symlink("lnk", "reg")
+        .fifo("fifo")
+        .chardev("chr", 1, 3)
+        .file("file_then_dir", b"f")
+        .dir("dir_then_file")
+        .file("merged/a", b"a")
+        .file("merged/gone", b"g");
+    posix::make_socket(&l1.path("sock")).unwrap();
+    l0.dir("file_then_dir")
+        .file("dir_then_file", b"f")
+        .symlink("merged/b", "a")
+        .whiteout("merged/gone", WhiteoutFormat::CharDev)
+        .fifo("merged/p");
+    stack.upper_layer().dir("merged/up").file("top", b"t");
+    let (pair, _wd) = pair(name, &stack);
+    same(&pair, "readdir d_type", |root, _| {
+        let mut out = Vec::new();
+        for dir in ["", "merged"] {
+            let mut ds = DirStream::open(&root.join(dir)).expect("opendir");
+            let mut v = Vec::new();
+            while let Ok(Some(e)) = ds.read() {
+                if e.name == "." || e.name == ".." {
+                    continue;
+                }
+                let lkind = fs::symlink_metadata(root.join(dir).join(&e.name))
+                    .map(|m| kind(m.file_type()))
+                    .unwrap_or("ERROR");
+                v.push(format!("{dir}/{}: d_type={} lstat={lkind}", e.name, e.kind));
+            }
+            v.sort();
+            out.extend(v);
+        }
+        out
+    });
+}
+
+// ---------------------------------------------------------------------------------------
+// msync
+
+#[test]
+fn msync_reaches_the_upper() {
+    let name = "msync_reaches_the_upper";
+    if !can_mount(name) {
+        return;
+    }
+    let orig = vec![b'm'; 8192];
+    let stack = Stack::new(1);
+    stack.lower(0).file("f", &orig);
+    let (pair, _wd) = pair(name, &stack);
+    let mut want = orig.clone();
+    want[4096..4101].copy_from_slice(b"SYNCD");
+    let cand: &[(&str, &[u8])] = &[("msync-written data", &want), ("lower data", &orig)];
+    same(&pair, "msync(MS_SYNC) of a shared mapping", |root, st| {
+        let f = rw(&root.join("f")).expect("open");
+        let r = posix::mmap_write_msync(&f, 8192, 4096, b"SYNCD");
+        let obs = vec![
+            format!("mmap+write+msync: {r:?}"),
+            // Still open: the data must already be in the upper file after MS_SYNC.
+            format!(
+                "upper while still open: {}",
+                content(fs::read(st.upper.join("f")), cand)
+            ),
+            format!(
+                "another fd on the mount: {}",
+                content(fs::read(root.join("f")), cand)
+            ),
+        ];
+        drop(f);
+        obs
+    });
+}
+
+// ---------------------------------------------------------------------------------------
+// st_ino of renamed lower objects
+
+#[test]
+fn st_ino_stable_across_rename_of_lower_objects() {
+    let name = "st_ino_stable_across_rename_of_lower_objects";
+    if !can_mount(name) {
+        return;
+    }
+    let stack = Stack::new(2);
+    stack
+        .lower(1)
+        .file("a/child", b"c")
+        .file("m/bottom", b"b")
+        .file("f", b"f")
+        .dir("x");
+    stack.lower(0).file("m/top", b"t").file("h", b"h");
+    let (mut pair, _wd) = pair(name, &stack);
+    let names_before = ["a", "a/child", "m", "m/top", "m/bottom", "f", "h"];
+    let names_after = [
+        "a2",
+        "a2/child",
+        "x/m2",
+        "x/m2/top",
+        "x/m2/bottom",
+        "x/f2",
+        "h2",
+    ];
+    let inos = |root: &Path, names: &[&str]| -> Vec<Option<u64>> {
+        names.iter().map(|n| ino(&root.join(n))).collect()
+    };
+    let (ra, rb) = pair.roots();
+    let before = (inos(ra, &names_before), inos(rb, &names_before));
+    same(&pair, "renames", |root, _| {
+        vec![
+            errno(fs::rename(root.join("a"), root.join("a2"))),
+            errno(fs::rename(root.join("m"), root.join("x/m2"))),
+            errno(fs::rename(root.join("f"), root.join("x/f2"))),
+            errno(fs::rename(root.join("h"), root.join("h2"))),
+        ]
+    });
+    let (ra, rb) = pair.roots();
+    let after = (inos(ra, &names_after), inos(rb, &names_after));
+    remount(&mut pair);
+    let (ra, rb) = pair.roots();
+    let again = (inos(ra, &names_after), inos(rb, &names_after));
+    let report = |b: &[Option<u64>], a: &[Option<u64>], r: &[Option<u64>]| {
+        names_after
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                format!(
+                    "{n}: present={} same as before the rename={} same after remount={}",
+                    a[i].is_some(),
+                    b[i] == a[i],
+                    a[i] == r[i]
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_same(
+        name,
+        "st_ino across renames",
+        "kernel".into(),
+        &report(&before.0, &after.0, &again.0),
+        &fuse_name(),
+        &report(&before.1, &after.1, &again.1),
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// timestamps and truncation on copy-up
+
+#[test]
+fn utimens_and_truncate_copy_up() {
+    let name = "utimens_and_truncate_copy_up";
+    if !can_mount(name) {
+        return;
+    }
+    let stack = Stack::new(1);
+    let l = stack.lower(0);
+    for n in [
+        "omit_mtime",
+        "omit_atime",
+        "explicit",
+        "trunc",
+        "otrunc",
+        "linked",
+    ] {
+        l.file(n, b"0123456789");
+    }
+    l.hardlink("linked2", "linked");
+    for n in [
+        "omit_mtime",
+        "omit_atime",
+        "explicit",
+        "trunc",
+        "otrunc",
+        "linked",
+    ] {
+        sys::set_times(&l.path(n), (1_500_000_000, 7), (1_600_000_000, 987_654_321)).unwrap();
+    }
+    let (mut pair, _wd) = pair(name, &stack);
+    let view = |root: &Path| {
+        [
+            "omit_mtime",
+            "omit_atime",
+            "explicit",
+            "trunc",
+            "otrunc",
+            "linked",
+            "linked2",
+        ]
+        .iter()
+        .map(|n| {
+            let p = root.join(n);
+            let m = fs::symlink_metadata(&p).ok();
+            format!(
+                "{n}: size={:?} nlink={:?} mtime={:?} atime={:?}",
+                m.as_ref().map(|m| m.len()),
+                m.as_ref().map(|m| m.nlink()),
+                m.as_ref().map(|m| (m.mtime(), m.mtime_nsec())),
+                m.as_ref().map(|m| (m.atime(), m.atime_nsec()))
+            )
+        })
+        .collect::<Vec<_>>()
+    };
+    same(&pair, "utimensat/truncate on lower files", |root, _| {
+        let omit = (0, libc::UTIME_OMIT);
+        let mut obs = vec![
+            format!(
+                "atime=1.5, mtime=OMIT: {:?}",
+                posix::utimensat(&root.join("omit_mtime"), (1_500_000_005, 5), omit)
+            ),
+            format!(
+                "atime=OMIT, mtime=1.7: {:?}",
+                posix::utimensat(&root.join("omit_atime"), omit, (1_700_000_000, 1))
+            ),
+            format!(
+                "both explicit: {:?}",
+                posix::utimensat(
+                    &root.join("explicit"),
+                    (1_400_000_000, 2),
+                    (1_650_000_000, 3)
+                )
+            ),
+            format!(
+                "truncate(3): {:?}",
+                errno(
+                    OpenOptions::new()
+                        .write(true)
+                        .open(root.join("trunc"))
+                        .and_then(|f| f.set_len(3))
+                )
+            ),
+        ];
+        let t = OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(root.join("otrunc"))
+            .map(|_| ());
+        obs.push(format!("open O_TRUNC: {:?}", errno(t)));
+        let t = OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(root.join("linked"))
+            .map(|_| ());
+        obs.push(format!("open O_TRUNC of a hard link: {:?}", errno(t)));
+        // Times of the truncated files are the wall clock: compare everything else.
+        for line in view(root) {
+            let keep = !(line.starts_with("trunc")
+                || line.starts_with("otrunc")
+                || line.starts_with("linked"));
+            obs.push(if keep {
+                line
+            } else {
+                line.split(" mtime=").next().unwrap_or("").to_string()
+            });
+        }
+        obs
+    });
+    let (ra, rb) = pair.roots();
+    let before = (view(ra), view(rb));
+    remount(&mut pair);
+    let (ra, rb) = pair.roots();
+    assert_same(
+        name,
+        "kernel: unchanged by remount",
+        "before".into(),
+        &before.0,
+        "after",
+        &view(ra),
+    );
+    assert_same(
+        name,
+        &format!("{}: unchanged by remount", fuse_name()),
+        "before".into(),
+        &before.1,
+        "after",
+        &view(rb),
+    );
+}
+
+/// POSIX ACLs on lower objects decide access as on kernel overlayfs: a named-user entry can
+/// grant what the mode bits refuse, and deny what they allow.
+#[test]
+fn posix_acls_are_enforced() {
+    let name = "posix_acls_are_enforced";
+    if !can_mount(name) {
+        return;
+    }
+    let stack = Stack::new(1);
+    let l = stack.lower(0);
+    l.file_with("acl_grant", b"granted", 0o600, 0, 0)
+        .file_with("acl_deny", b"denied", 0o644, 0, 0)
+        .dir_with("acl_dir", 0o700, 0, 0)
+        .file_with("acl_dir/inside", b"inside", 0o644, 0, 0);
+    set_acl(&l.path("acl_grant"), false, "u:65534:r");
+    set_acl(&l.path("acl_deny"), false, "u:65534:-");
+    set_acl(&l.path("acl_dir"), false, "u:65534:rwx");
+    let (pair, _wd) = pair(name, &stack);
+    for st in [&pair.sa, &pair.sb] {
+        fs::set_permissions(&st.root, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    same(&pair, "access decided by ACLs, as uid 65534", |root, _| {
+        let cases: [(&str, &str, &str); 4] = [
+            ("read, ACL grants", perl_read(), "acl_grant"),
+            ("read, ACL denies", perl_read(), "acl_deny"),
+            (
+                "create in a 0700 dir, ACL grants rwx",
+                perl_create(),
+                "acl_dir/new",
+            ),
+            (
+                "read through a 0700 dir, ACL grants x",
+                perl_read(),
+                "acl_dir/inside",
+            ),
+        ];
+        cases
+            .iter()
+            .map(|(what, code, rel)| {
+                let r = as_user(NOBODY, NOBODY, code, &[&root.join(rel)])
+                    .map_err(|e| io::Error::from_raw_os_error(e).to_string());
+                format!("{what}: {r:?}")
+            })
+            .collect::<Vec<_>>()
     });
 }

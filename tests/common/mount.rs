@@ -226,12 +226,27 @@ impl FuseMount {
     }
 
     pub fn mount_dirs(dirs: &MountDirs) -> io::Result<FuseMount> {
+        Self::mount_with(dirs, &dirs.options())
+    }
+
+    /// A read-only mount of the lowers only (no upperdir/workdir; `dirs.upper`/`work` unused).
+    pub fn mount_read_only(dirs: &MountDirs) -> io::Result<FuseMount> {
+        let lowers: Vec<String> = dirs
+            .lowers
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        Self::mount_with(dirs, &format!("lowerdir={}", lowers.join(":")))
+    }
+
+    /// Mounts at `dirs.mnt` with the given `-o` string.
+    pub fn mount_with(dirs: &MountDirs, options: &str) -> io::Result<FuseMount> {
         let bin = fuse_bin();
         let mut cmd = Command::new(&bin);
         if takes_mount_subcommand(&bin) {
             cmd.arg("mount");
         }
-        cmd.arg("-o").arg(dirs.options()).arg(&dirs.mnt);
+        cmd.arg("-o").arg(options).arg(&dirs.mnt);
         // Output goes to an unnamed file, never a pipe: a daemon that keeps stderr open would
         // make reading a pipe to EOF hang.
         let mut log = tempfile::tempfile()?;

@@ -233,6 +233,8 @@ pub fn statfs_type(path: &Path) -> Errno<i64> {
 pub struct DirEntry {
     pub name: String,
     pub ino: u64,
+    /// `d_type` (DT_REG, DT_DIR, ...; DT_UNKNOWN = 0).
+    pub kind: u8,
 }
 
 /// A libc directory stream (`opendir`), closed on drop.
@@ -264,15 +266,16 @@ impl DirStream {
         }
         // SAFETY: readdir returned a valid entry whose d_name is NUL-terminated; it is
         // copied before the next call on this stream.
-        let (name, ino) = unsafe {
+        let (name, ino, kind) = unsafe {
             (
                 CStr::from_ptr((*ent).d_name.as_ptr())
                     .to_string_lossy()
                     .into_owned(),
                 (*ent).d_ino,
+                (*ent).d_type,
             )
         };
-        Ok(Some(DirEntry { name, ino }))
+        Ok(Some(DirEntry { name, ino, kind }))
     }
 
     /// `telldir`.
@@ -306,4 +309,55 @@ pub fn make_socket(path: &Path) -> io::Result<()> {
     let l = std::os::unix::net::UnixListener::bind(path)?;
     drop(l);
     Ok(())
+}
+
+/// `msync(MS_SYNC)` of a fresh shared mapping after writing through it, then `munmap`.
+pub fn mmap_write_msync(file: &File, len: usize, off: usize, data: &[u8]) -> Errno<()> {
+    // SAFETY: a fresh shared mapping of a file we hold open; no other Rust reference aliases it.
+    let addr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            file.as_raw_fd(),
+            0,
+        )
+    };
+    if addr == libc::MAP_FAILED {
+        return Err(last());
+    }
+    assert!(off + data.len() <= len, "write outside the mapping");
+    // SAFETY: the destination range lies inside the mapping of `len` bytes.
+    unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), addr.cast::<u8>().add(off), data.len()) };
+    // SAFETY: addr/len is exactly the mapping created above.
+    let synced = check(unsafe { libc::msync(addr, len, libc::MS_SYNC) });
+    // SAFETY: addr/len is exactly the mapping created above.
+    check(unsafe { libc::munmap(addr, len) })?;
+    synced
+}
+
+/// `utimensat(AT_FDCWD, path, times, AT_SYMLINK_NOFOLLOW)` with raw timespecs (tv_nsec may be
+/// UTIME_NOW or UTIME_OMIT).
+pub fn utimensat(path: &std::path::Path, atime: (i64, i64), mtime: (i64, i64)) -> Errno<()> {
+    let p = cpath(path);
+    let ts = [
+        libc::timespec {
+            tv_sec: atime.0,
+            tv_nsec: atime.1,
+        },
+        libc::timespec {
+            tv_sec: mtime.0,
+            tv_nsec: mtime.1,
+        },
+    ];
+    // SAFETY: p is NUL-terminated and ts holds two timespecs.
+    check(unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            p.as_ptr(),
+            ts.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })
 }
