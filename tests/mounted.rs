@@ -18,7 +18,7 @@ use std::process::{Command, Stdio};
 
 use common::dump::{dump_tree_with, is_private_xattr, DumpOptions};
 use common::fixture::Stack;
-use common::live::{as_user, assert_same, fuse_name, same, Watchdog, TEST_LIMIT};
+use common::live::{as_user, assert_same, both, fuse_name, same, Watchdog, TEST_LIMIT};
 use common::mount::{FuseMount, KernelOverlay, MountDirs};
 use common::ops::{Op, RenameFlags};
 use common::posix::{self, errno, DirStream, Errno};
@@ -1397,21 +1397,13 @@ fn telldir_seekdir_stable_while_deleting() {
         return;
     }
     let stack = stack_for_many_files(3);
-    for i in 0..120 {
-        stack.lower(2).file(&format!("d/e{i:03}"), b"2");
-        stack.lower(2).file(&format!("k/e{i:03}"), b"2");
-    }
-    for i in 80..200 {
-        stack.lower(1).file(&format!("d/e{i:03}"), b"1");
-        stack.lower(1).file(&format!("k/e{i:03}"), b"1");
-    }
-    for i in 180..300 {
-        stack.lower(0).file(&format!("d/e{i:03}"), b"0");
-        stack.lower(0).file(&format!("k/e{i:03}"), b"0");
+    for (layer, range) in [(2, 0..120), (1, 80..200), (0, 180..300)] {
+        for i in range {
+            stack.lower(layer).file(&format!("d/e{i:03}"), b"x");
+        }
     }
     for i in 0..20 {
         stack.upper_layer().file(&format!("d/u{i:02}"), b"u");
-        stack.upper_layer().file(&format!("k/u{i:02}"), b"u");
     }
     let (pair, _wd) = pair(name, &stack);
     same(
@@ -1499,6 +1491,26 @@ fn telldir_seekdir_stable_while_deleting() {
             obs
         },
     );
+}
+
+/// One stream reads part of a merged directory; another process removes the whole
+/// directory; the first stream reads on.
+#[test]
+fn readdir_while_another_process_removes_the_dir() {
+    let name = "readdir_while_another_process_removes_the_dir";
+    if !can_mount(name) {
+        return;
+    }
+    let stack = stack_for_many_files(3);
+    for (layer, range) in [(2, 0..120), (1, 80..200), (0, 180..300)] {
+        for i in range {
+            stack.lower(layer).file(&format!("k/e{i:03}"), b"x");
+        }
+    }
+    for i in 0..20 {
+        stack.upper_layer().file(&format!("k/u{i:02}"), b"u");
+    }
+    let (pair, _wd) = pair(name, &stack);
     same(
         &pair,
         "a second stream removes everything while the first reads",
@@ -1516,12 +1528,17 @@ fn telldir_seekdir_stable_while_deleting() {
                 .arg(&dir)
                 .status()
                 .map(|s| s.success());
-            while let Ok(Some(e)) = first.read() {
-                got.push(e.name);
-            }
+            let end = loop {
+                match first.read() {
+                    Ok(Some(e)) => got.push(e.name),
+                    Ok(None) => break "end of directory".to_string(),
+                    Err(e) => break format!("readdir error {e}"),
+                }
+            };
             let unique: BTreeSet<&String> = got.iter().collect();
             vec![
                 format!("rm -rf: {removed:?}"),
+                format!("first stream stopped at: {end}"),
                 format!(
                     "first stream read {} entries, {} distinct",
                     got.len(),
@@ -1923,66 +1940,81 @@ fn copy_up_while_open_for_reading() {
     stack.lower(0).file("f", b"lower f").file("g", b"lower g");
     let (mut pair, _wd) = pair(name, &stack);
     let first_ino: std::sync::Mutex<HashMap<PathBuf, u64>> = Default::default();
-    same(
-        &pair,
-        "copy-up while a reader has the file open",
-        |root, st| {
-            let p = root.join("f");
-            let mut r = File::open(&p).expect("open reader");
-            let i0 = r.metadata().unwrap().ino();
-            first_ino.lock().unwrap().insert(st.root.clone(), i0);
-            let mut obs = vec![format!("stat ino == fstat ino: {}", ino(&p) == Some(i0))];
-            let w = rw(&p);
+    let (k_open, f_open) = both(&pair, |root, st| {
+        let p = root.join("f");
+        let mut r = File::open(&p).expect("open reader");
+        let i0 = r.metadata().unwrap().ino();
+        first_ino.lock().unwrap().insert(st.root.clone(), i0);
+        let mut obs = vec![format!("stat ino == fstat ino: {}", ino(&p) == Some(i0))];
+        let w = rw(&p);
+        obs.push(format!(
+            "open O_RDWR while a reader holds it: {:?}",
+            w.as_ref().map(|_| ())
+        ));
+        if let Ok(w) = &w {
+            obs.push(format!("write: {:?}", errno(w.write_at_all(b"LOWER", 0))));
             obs.push(format!(
-                "open O_RDWR while a reader holds it: {:?}",
-                w.as_ref().map(|_| ())
+                "fstat(writer) ino unchanged: {}",
+                w.metadata().unwrap().ino() == i0
             ));
-            if let Ok(w) = &w {
-                obs.push(format!("write: {:?}", errno(w.write_at_all(b"LOWER", 0))));
-                obs.push(format!(
-                    "fstat(writer) ino unchanged: {}",
-                    w.metadata().unwrap().ino() == i0
-                ));
-            }
-            obs.push(format!("stat ino unchanged: {}", ino(&p) == Some(i0)));
-            obs.push(format!(
-                "fstat(reader) ino unchanged: {}",
-                r.metadata().unwrap().ino() == i0
-            ));
-            let mut data = String::new();
-            obs.push(format!(
-                "read via reader: {:?} {data:?}",
-                errno(r.read_to_string(&mut data)).map(|_| ())
-            ));
-            let proc = PathBuf::from(format!("/proc/self/fd/{}", r.as_raw_fd()));
-            let re = OpenOptions::new().read(true).write(true).open(&proc);
-            obs.push(format!(
-                "reopen the reader's /proc/self/fd/N O_RDWR: {:?}",
-                errno(re.and_then(|f| f.write_at_all(b"P", 0)))
-            ));
-            obs.push(format!(
-                "f now: {:?}",
-                fs::read(&p)
-                    .map(|d| String::from_utf8_lossy(&d).into_owned())
-                    .ok()
-            ));
-            // A hard link made through the reader's name keeps the inode too.
-            obs.push(format!(
-                "link: {:?}",
-                errno(fs::hard_link(&p, root.join("f.link")))
-            ));
-            obs.push(format!(
-                "link ino unchanged: {}",
-                ino(&root.join("f.link")) == Some(i0)
-            ));
-            obs
-        },
-    );
-    remount(&mut pair);
-    same(&pair, "st_ino after remount", |root, st| {
-        let i0 = first_ino.lock().unwrap().get(&st.root).copied();
-        vec![ino(&root.join("f")) == i0, ino(&root.join("f.link")) == i0]
+        }
+        obs.push(format!("stat ino unchanged: {}", ino(&p) == Some(i0)));
+        obs.push(format!(
+            "fstat(reader) ino unchanged: {}",
+            r.metadata().unwrap().ino() == i0
+        ));
+        let mut data = String::new();
+        obs.push(format!(
+            "read via reader: {:?} {data:?}",
+            errno(r.read_to_string(&mut data)).map(|_| ())
+        ));
+        let proc = PathBuf::from(format!("/proc/self/fd/{}", r.as_raw_fd()));
+        let re = OpenOptions::new().read(true).write(true).open(&proc);
+        obs.push(format!(
+            "reopen the reader's /proc/self/fd/N O_RDWR: {:?}",
+            errno(re.and_then(|f| f.write_at_all(b"P", 0)))
+        ));
+        obs.push(format!(
+            "f now: {:?}",
+            fs::read(&p)
+                .map(|d| String::from_utf8_lossy(&d).into_owned())
+                .ok()
+        ));
+        // A hard link made through the reader's name keeps the inode too.
+        obs.push(format!(
+            "link: {:?}",
+            errno(fs::hard_link(&p, root.join("f.link")))
+        ));
+        obs.push(format!(
+            "link ino unchanged: {}",
+            ino(&root.join("f.link")) == Some(i0)
+        ));
+        obs
     });
+    remount(&mut pair);
+    let (k_ino, f_ino) = both(&pair, |root, st| {
+        let i0 = first_ino.lock().unwrap().get(&st.root).copied();
+        vec![
+            format!(
+                "f: st_ino unchanged after remount: {}",
+                ino(&root.join("f")) == i0
+            ),
+            format!(
+                "f.link: st_ino unchanged after remount: {}",
+                ino(&root.join("f.link")) == i0
+            ),
+        ]
+    });
+    // Both checks run before either is asserted, so one report shows every difference.
+    let (k, f) = ([k_open, k_ino].concat(), [f_open, f_ino].concat());
+    assert_same(
+        name,
+        "copy-up under an open reader",
+        "kernel".into(),
+        &k,
+        &fuse_name(),
+        &f,
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -2406,4 +2438,59 @@ fn posix_acls_are_enforced() {
             })
             .collect::<Vec<_>>()
     });
+}
+
+/// A lower hard-link pair copied up through one name, remounted, then changed through the
+/// other names (kernel overlayfs finds the copy through its index).
+#[test]
+fn hard_link_changed_through_other_name_after_remount() {
+    let name = "hard_link_changed_through_other_name_after_remount";
+    if !can_mount(name) {
+        return;
+    }
+    let stack = Stack::new(1);
+    stack
+        .lower(0)
+        .file("a", b"shared")
+        .hardlink("b", "a")
+        .hardlink("sub/c", "a");
+    let mut pair = Pair::new(name, &stack);
+    let _wd = Watchdog::for_pair(&pair, TEST_LIMIT);
+    let read = |p: &str| Op::Read { path: p.into() };
+    let phases = vec![
+        vec![Op::Write {
+            path: "a".into(),
+            offset: 0,
+            data: b"SH".to_vec(),
+        }],
+        vec![
+            read("b"),
+            Op::Write {
+                path: "sub/c".into(),
+                offset: 6,
+                data: b"!".to_vec(),
+            },
+            read("a"),
+            read("b"),
+            Op::Chmod {
+                path: "b".into(),
+                mode: 0o600,
+            },
+            rn("b", "sub/b2", RenameFlags::None),
+        ],
+        vec![read("a"), read("sub/b2"), read("sub/c")],
+    ];
+    let result = (|| {
+        pair.check("initially")?;
+        for (i, phase) in phases.into_iter().enumerate() {
+            if i > 0 {
+                pair.remount()?;
+            }
+            pair.apply_all(phase)?;
+        }
+        pair.cross_check()
+    })();
+    if let Err(r) = result {
+        panic!("{r}");
+    }
 }

@@ -128,6 +128,12 @@ pub fn same<T: PartialEq + Debug>(pair: &Pair, what: &str, f: impl Fn(&Path, &St
     a
 }
 
+/// Runs `f` on both sides of `pair` like `same`, without comparing: (reference, under test).
+pub fn both<T>(pair: &Pair, f: impl Fn(&Path, &Stack) -> T) -> (T, T) {
+    let (ra, rb) = pair.roots();
+    (f(ra, &pair.sa), f(rb, &pair.sb))
+}
+
 /// Panics with a readable report unless `a == b`.
 pub fn assert_same<T: PartialEq + Debug>(
     label: &str,
