@@ -773,7 +773,10 @@ fn remount_race_keeps_the_new_mount() {
     for round in 0..REMOUNT_ROUNDS {
         let old = current.daemons.clone();
         if let Err(e) = fusermount_u(&st.mnt) {
-            failures.push(format!("round {round}: fusermount3 -u: {e}"));
+            failures.push(format!(
+                "round {round}: fusermount3 -u: {e} (mount table: {:?})",
+                mount_info(&st.mnt)
+            ));
             break;
         }
         // At once, while the old daemon may still be exiting.
@@ -806,15 +809,23 @@ fn remount_race_keeps_the_new_mount() {
         match (&info, &serving) {
             (Some((t, _)), Ok(d)) if t.starts_with("fuse") && d == b"top f" => {}
             _ => failures.push(format!(
-                "round {round}: after the old daemon's exit the new mount is {info:?}, \
-                 reading f gives {:?}",
+                "round {round}: the new mount (its rlayerfs exited 0) is gone once the old \
+                 daemon {old:?} exited: mount table {info:?}, reading f gives {:?}",
                 serving
                     .as_ref()
                     .map(|d| String::from_utf8_lossy(d).into_owned())
             )),
         }
         if mount_info(&st.mnt).is_none() {
-            // Lost: mount again so later rounds still test something.
+            // Lost: let the daemon that lost its mount exit (it could take a new mount down
+            // the same way), then mount again so later rounds still test something.
+            drop(std::mem::replace(
+                &mut current,
+                Live {
+                    mnt: PathBuf::from("/nonexistent-disarmed"),
+                    daemons: Vec::new(),
+                },
+            ));
             let (l, _) = Live::start(&args, &st.mnt);
             current = l;
         }
