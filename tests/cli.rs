@@ -782,10 +782,13 @@ fn remount_race_keeps_the_new_mount() {
         // At once, while the old daemon may still be exiting.
         let known = daemons_of(&bin(), &st.mnt);
         let r = run(&args);
+        let live_at_exit = mount_info(&st.mnt).is_some();
+        let old_alive_at_exit = old.iter().any(|&p| !is_zombie(p));
         let new: Vec<i32> = daemons_of(&bin(), &st.mnt)
             .into_iter()
             .filter(|p| !known.contains(p))
             .collect();
+        let new_pids = new.clone();
         // The old guard must not unmount the new mount: disarm it.
         current.mnt = PathBuf::from("/nonexistent-disarmed");
         drop(std::mem::replace(
@@ -809,8 +812,11 @@ fn remount_race_keeps_the_new_mount() {
         match (&info, &serving) {
             (Some((t, _)), Ok(d)) if t.starts_with("fuse") && d == b"top f" => {}
             _ => failures.push(format!(
-                "round {round}: the new mount (its rlayerfs exited 0) is gone once the old \
-                 daemon {old:?} exited: mount table {info:?}, reading f gives {:?}",
+                "round {round}: the new mount (rlayerfs exited 0, mounted right after: \
+                 {live_at_exit}, old daemon still running then: {old_alive_at_exit}) is gone \
+                 once the old daemon {old:?} exited: mount table \
+                 {info:?}, new daemon {new_pids:?} still running: {}, reading f gives {:?}",
+                new_pids.iter().any(|&p| !is_zombie(p)),
                 serving
                     .as_ref()
                     .map(|d| String::from_utf8_lossy(d).into_owned())
