@@ -44,7 +44,7 @@ fn reader_follows_the_copy_up_like_the_kernel() {
     k.unmount().unwrap();
     // Kernel overlayfs moves an open reader to the upper copy.
     assert_eq!(want.1, "lower data + appended");
-    let m = FuseMount::mount_with(&stack, &["--no-passthrough"]).unwrap();
+    let m = FuseMount::mount_args(&stack, &["--no-passthrough"]).unwrap();
     let got = scenario(m.path());
     m.unmount().unwrap();
     assert_eq!(got, want);

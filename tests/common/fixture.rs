@@ -273,16 +273,31 @@ pub struct Stack {
     pub upper: PathBuf,
     pub work: PathBuf,
     pub mnt: PathBuf,
+    /// Where the temporary directory was made (`None`: the system default); copies go there too.
+    pub base: Option<PathBuf>,
 }
 
 impl Stack {
     /// Empty stack with `n_lowers` (>= 1) empty lower layers.
     pub fn new(n_lowers: usize) -> Stack {
+        Self::make(n_lowers, None)
+    }
+
+    /// Like `new`, in a temporary directory under `base` (e.g. a tmpfs for tests that create
+    /// many files: creates on an ext4 without a journal get slow after mass deletions).
+    pub fn new_in(n_lowers: usize, base: &Path) -> Stack {
+        Self::make(n_lowers, Some(base.to_path_buf()))
+    }
+
+    fn make(n_lowers: usize, base: Option<PathBuf>) -> Stack {
         assert!(n_lowers >= 1, "a stack needs a lower layer");
-        let tmp = tempfile::Builder::new()
-            .prefix("rlayerfs-test-")
-            .tempdir()
-            .expect("create temp dir");
+        let mut builder = tempfile::Builder::new();
+        builder.prefix("rlayerfs-test-");
+        let tmp = match &base {
+            Some(b) => builder.tempdir_in(b),
+            None => builder.tempdir(),
+        }
+        .expect("create temp dir");
         let root = tmp.path().to_path_buf();
         let lowers: Vec<PathBuf> = (0..n_lowers).map(|i| root.join(format!("l{i}"))).collect();
         let (upper, work, mnt) = (root.join("upper"), root.join("work"), root.join("mnt"));
@@ -301,6 +316,7 @@ impl Stack {
             upper,
             work,
             mnt,
+            base,
         }
     }
 
@@ -352,7 +368,7 @@ impl Stack {
     }
 
     fn copy_with(&self, translate: bool) -> Stack {
-        let dst = Stack::new(self.lowers.len());
+        let dst = Stack::make(self.lowers.len(), self.base.clone());
         let mut links = HashMap::new();
         for (s, d) in self
             .lowers

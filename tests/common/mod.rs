@@ -1,7 +1,8 @@
 //! Integration-test harness for rlayerfs: layer-stack fixtures (`fixture`), mount guards
 //! for kernel overlayfs and the FUSE binary under test (`mount`), the canonical tree dump
-//! (`dump`), operations and their random generator (`ops`), and the differential runner
-//! (`diff`). See each module's doc.
+//! (`dump`), operations and their random generator (`ops`), the differential runner
+//! (`diff`), helpers for tests on live mounts (`live`) and libc wrappers (`posix`). See each
+//! module's doc.
 //!
 //! Environment: `RLAYERFS_TEST_BIN` selects the FUSE binary (default: the rlayerfs binary
 //! cargo built; e.g. `fuse-overlayfs` as a stand-in).
@@ -13,8 +14,10 @@
 pub mod diff;
 pub mod dump;
 pub mod fixture;
+pub mod live;
 pub mod mount;
 pub mod ops;
+pub mod posix;
 pub mod rng;
 pub mod sys;
 

@@ -235,23 +235,39 @@ impl FuseMount {
     }
 
     pub fn mount_dirs(dirs: &MountDirs) -> io::Result<FuseMount> {
-        Self::mount_dirs_with(dirs, &[])
+        Self::mount_with(dirs, &dirs.options())
     }
 
     /// Mounts with extra command-line arguments (e.g. `--no-passthrough`).
     #[allow(dead_code)]
-    pub fn mount_with(stack: &Stack, args: &[&str]) -> io::Result<FuseMount> {
-        Self::mount_dirs_with(&MountDirs::of(stack), args)
+    pub fn mount_args(stack: &Stack, args: &[&str]) -> io::Result<FuseMount> {
+        let dirs = MountDirs::of(stack);
+        Self::mount_full(&dirs, &dirs.options(), args)
     }
 
-    fn mount_dirs_with(dirs: &MountDirs, args: &[&str]) -> io::Result<FuseMount> {
+    /// A read-only mount of the lowers only (no upperdir/workdir; `dirs.upper`/`work` unused).
+    pub fn mount_read_only(dirs: &MountDirs) -> io::Result<FuseMount> {
+        let lowers: Vec<String> = dirs
+            .lowers
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        Self::mount_with(dirs, &format!("lowerdir={}", lowers.join(":")))
+    }
+
+    /// Mounts at `dirs.mnt` with the given `-o` string.
+    pub fn mount_with(dirs: &MountDirs, options: &str) -> io::Result<FuseMount> {
+        Self::mount_full(dirs, options, &[])
+    }
+
+    fn mount_full(dirs: &MountDirs, options: &str, args: &[&str]) -> io::Result<FuseMount> {
         let bin = fuse_bin();
         let mut cmd = Command::new(&bin);
         if takes_mount_subcommand(&bin) {
             cmd.arg("mount");
             cmd.args(args);
         }
-        cmd.arg("-o").arg(dirs.options()).arg(&dirs.mnt);
+        cmd.arg("-o").arg(options).arg(&dirs.mnt);
         // Output goes to an unnamed file, never a pipe: a daemon that keeps stderr open would
         // make reading a pipe to EOF hang.
         let mut log = tempfile::tempfile()?;
