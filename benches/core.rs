@@ -225,7 +225,11 @@ fn bench_lookup(c: &mut Criterion, w: &World) {
             let name = OsStr::new(name);
             let check = move |fs: &UnionFs| {
                 let r = fs.lookup(ROOT, name);
-                assert_eq!(r.is_ok(), found, "lookup of {name:?} over {n} layers: {r:?}");
+                assert_eq!(
+                    r.is_ok(),
+                    found,
+                    "lookup of {name:?} over {n} layers: {r:?}"
+                );
                 r
             };
             g.bench_with_input(BenchmarkId::new(format!("{case}_cold"), n), &n, |b, _| {

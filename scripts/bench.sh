@@ -610,7 +610,7 @@ measure() {
     sync -f "$R"
     c0=$(daemon_ticks)
     t0=$EPOCHREALTIME
-    "${PIN[@]}" bash -c "$cmd" >>"$LOG" 2>&1
+    "${PIN[@]}" bash -c "$cmd" >/dev/null 2>>"$LOG"
     rc=$?
     t1=$EPOCHREALTIME
     c1=$(daemon_ticks)
@@ -740,7 +740,7 @@ awk -F'\t' -v systems="${SYS[*]}" '
     END {
         ns = split(systems, sys, " ")
         printf "%-20s", "scenario"
-        for (i = 1; i <= ns; i++) printf " | %-30s", sys[i]
+        for (i = 1; i <= ns; i++) printf " | %-28s", sys[i]
         printf "\n"
         for (o = 1; o <= nm; o++) {
             m = order[o]
@@ -760,7 +760,7 @@ awk -F'\t' -v systems="${SYS[*]}" '
                         cell = cell sprintf(" cpu%.2fs %dM", median(c[k]), (r + 512) / 1024)
                     }
                 }
-                printf " | %-30s", cell
+                printf " | %-28s", cell
             }
             printf "\n"
         }
