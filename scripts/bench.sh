@@ -42,8 +42,12 @@ usage: scripts/bench.sh [--quick] [--runs N] [--only LIST] [--systems LIST] [--p
   --pin            run the daemons and the clients on CPU 0 (taskset -c 0)
   --dir DIR        where the ext4 image and the results go (default /var/tmp/rlayerfs-bench)
   --rlayerfs PATH  the rlayerfs binary (default: target/release/rlayerfs, built if missing)
+  --scale F        multiply the full sizes by F (e.g. 0.2); ignored with --quick
   --install        try `cargo install fuse-overlayfs` (2.0) into /opt/fuse-overlayfs2 if
                    it is missing (slow: minutes of compilation)
+  --core [-- ARGS] instead of the mounted workloads, run the criterion benchmarks of the
+                   core (cargo bench --bench core -- ARGS; default ARGS: --warm-up-time 1
+                   --measurement-time 3) with their files on the journaled loop image
 EOF
 }
 
@@ -55,6 +59,9 @@ SYSTEMS="kernel,kernel-volatile,rlayerfs,fuse-overlayfs,fuse-overlayfs2,plain"
 BASE_DIR=/var/tmp/rlayerfs-bench
 RLAYERFS=
 INSTALL=0
+SCALE=1
+CORE=0
+CORE_ARGS=(--warm-up-time 1 --measurement-time 3)
 while [ $# -gt 0 ]; do
     case "$1" in
     --quick) QUICK=1 ;;
@@ -65,6 +72,9 @@ while [ $# -gt 0 ]; do
     --dir) BASE_DIR=$2; shift ;;
     --rlayerfs) RLAYERFS=$2; shift ;;
     --install) INSTALL=1 ;;
+    --scale) SCALE=$2; shift ;;
+    --core) CORE=1 ;;
+    --) shift; CORE_ARGS=("$@"); break ;;
     -h | --help) usage; exit 0 ;;
     *) echo "unknown argument: $1" >&2; usage >&2; exit 2 ;;
     esac
@@ -75,6 +85,8 @@ if [ -z "$RUNS" ]; then
 fi
 case "$RUNS" in '' | *[!0-9]* | 0) echo "--runs needs a positive number" >&2; exit 2 ;; esac
 
+die() { printf 'bench.sh: %s\n' "$*" >&2; exit 1; }
+
 # ---------------------------------------------------------------- sizes
 if [ "$QUICK" = 1 ]; then
     WALK_FILES=2000 STAT_NAMES=500 READDIR_ENTRIES=1000 SEQ_MIB=32 SMALL_FILES=500
@@ -84,6 +96,15 @@ else
     WALK_FILES=100000 STAT_NAMES=20000 READDIR_ENTRIES=10000 SEQ_MIB=1024 SMALL_FILES=20000
     APPEND_MIB=512 CHMOD_FILES=10000 UNTAR_FILES=20000 RM_FILES=20000 CPA_FILES=5000
     GIT_FILES=10000 IMAGE_GIB=24
+    if [ "$SCALE" != 1 ]; then
+        awk -v f="$SCALE" 'BEGIN { exit !(f > 0 && f <= 1) }' || die "--scale needs a number in (0, 1]"
+        for v in WALK_FILES STAT_NAMES READDIR_ENTRIES SEQ_MIB SMALL_FILES APPEND_MIB CHMOD_FILES \
+            UNTAR_FILES RM_FILES CPA_FILES GIT_FILES; do
+            # Whole hundreds, at least 100: the generators spread files 100 to a directory.
+            printf -v "$v" '%d' "$(awk -v n="${!v}" -v f="$SCALE" \
+                'BEGIN { x = int(n * f / 100) * 100; print (x < 100 ? 100 : x) }')"
+        done
+    fi
 fi
 WALK_LAYERS=10
 READDIR_LAYERS=4
@@ -94,7 +115,6 @@ ALL_SCENARIOS="walk stat1 stat8 stat32 stat128 readdir seqread smallread append 
 # ---------------------------------------------------------------- output helpers
 say() { printf '%s\n' "$*"; }
 note() { printf '  - %s\n' "$*"; SKIPPED+=("$*"); }
-die() { printf 'bench.sh: %s\n' "$*" >&2; exit 1; }
 SKIPPED=()
 
 # ---------------------------------------------------------------- prerequisites
@@ -105,6 +125,63 @@ for tool in losetup mkfs.ext4 mount umount perl tar find xargs; do
 done
 if [ "${#PIN[@]}" -gt 0 ]; then
     command -v taskset >/dev/null || die "--pin needs taskset (util-linux)"
+fi
+
+# ---------------------------------------------------------------- the loop image
+mkdir -p "$BASE_DIR" || die "cannot create $BASE_DIR"
+STAMP=$(date +%Y%m%d-%H%M%S)
+RESULTS="$BASE_DIR/results-$STAMP.tsv"
+LOG="$BASE_DIR/log-$STAMP.txt"
+IMG="$BASE_DIR/image-$$.ext4"
+# A short root: 128 lower paths must fit in the kernel's one-page mount options.
+R=/run/rlb$$
+LOOP=
+STARTED=() # "pid mountpoint" of every daemon this script started
+
+cleanup() {
+    set +e
+    trap - EXIT INT TERM
+    if [ -n "$R" ] && [ -d "$R" ]; then
+        local m
+        for m in $(awk -v r="$R/" 'index($2, r) == 1 { print $2 }' /proc/mounts | sort -r); do
+            fusermount3 -u "$m" 2>/dev/null || umount "$m" 2>/dev/null || umount -l "$m"
+        done
+    fi
+    local e pid mnt
+    for e in "${STARTED[@]}"; do
+        pid=${e%% *} mnt=${e#* }
+        if grep -qzxF -- "$mnt" "/proc/$pid/cmdline" 2>/dev/null; then
+            kill "$pid" 2>/dev/null
+        fi
+    done
+    if mountpoint -q "$R" 2>/dev/null; then
+        umount "$R" 2>/dev/null || umount -l "$R"
+    fi
+    [ -n "$LOOP" ] && losetup -d "$LOOP"
+    [ -d "$R" ] && rmdir "$R"
+    rm -f "$IMG"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+setup_image() {
+    say "preparing a ${IMAGE_GIB} GiB ext4 image (with journal) at $IMG, mounted at $R"
+    truncate -s "${IMAGE_GIB}G" "$IMG" || die "cannot create $IMG"
+    mkfs.ext4 -q -F -i 8192 "$IMG" || die "mkfs.ext4 failed"
+    LOOP=$(losetup -f --show "$IMG") || die "losetup failed"
+    mkdir -p "$R" && mount "$LOOP" "$R" || die "cannot mount $LOOP"
+    mkdir -p "$R/x" "$R/m"
+    : >"$RESULTS"
+    : >"$LOG"
+}
+
+if [ "$CORE" = 1 ]; then
+    command -v cargo >/dev/null || die "--core needs cargo"
+    setup_image
+    rm -f "$RESULTS" "$LOG"
+    say "criterion benchmarks of the core, files on the loop image (RLAYERFS_BENCH_DIR=$R)"
+    (cd "$REPO" && RLAYERFS_BENCH_DIR=$R cargo bench --bench core -- "${CORE_ARGS[@]}")
+    exit $?
 fi
 
 say "prerequisites and systems:"
@@ -218,52 +295,8 @@ for sc in $ALL_SCENARIOS; do
     SCENARIOS+=("$sc")
 done
 [ "${#SCENARIOS[@]}" -gt 0 ] || die "no scenario matches --only $ONLY"
+setup_image
 
-# ---------------------------------------------------------------- the loop image
-mkdir -p "$BASE_DIR" || die "cannot create $BASE_DIR"
-STAMP=$(date +%Y%m%d-%H%M%S)
-RESULTS="$BASE_DIR/results-$STAMP.tsv"
-LOG="$BASE_DIR/log-$STAMP.txt"
-IMG="$BASE_DIR/image-$$.ext4"
-# A short root: 128 lower paths must fit in the kernel's one-page mount options.
-R=/run/rlb$$
-LOOP=
-STARTED=() # "pid mountpoint" of every daemon this script started
-
-cleanup() {
-    set +e
-    trap - EXIT INT TERM
-    if [ -n "$R" ] && [ -d "$R" ]; then
-        local m
-        for m in $(awk -v r="$R/" 'index($2, r) == 1 { print $2 }' /proc/mounts | sort -r); do
-            fusermount3 -u "$m" 2>/dev/null || umount "$m" 2>/dev/null || umount -l "$m"
-        done
-    fi
-    local e pid mnt
-    for e in "${STARTED[@]}"; do
-        pid=${e%% *} mnt=${e#* }
-        if grep -qzxF -- "$mnt" "/proc/$pid/cmdline" 2>/dev/null; then
-            kill "$pid" 2>/dev/null
-        fi
-    done
-    if mountpoint -q "$R" 2>/dev/null; then
-        umount "$R" 2>/dev/null || umount -l "$R"
-    fi
-    [ -n "$LOOP" ] && losetup -d "$LOOP"
-    [ -d "$R" ] && rmdir "$R"
-    rm -f "$IMG"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-say "preparing a ${IMAGE_GIB} GiB ext4 image (with journal) at $IMG, mounted at $R"
-truncate -s "${IMAGE_GIB}G" "$IMG" || die "cannot create $IMG"
-mkfs.ext4 -q -F -i 8192 "$IMG" || die "mkfs.ext4 failed"
-LOOP=$(losetup -f --show "$IMG") || die "losetup failed"
-mkdir -p "$R" && mount "$LOOP" "$R" || die "cannot mount $LOOP"
-mkdir -p "$R/x" "$R/m"
-: >"$RESULTS"
-: >"$LOG"
 
 # ---------------------------------------------------------------- generators
 # genfiles DIR COUNT PER_DIR MIN MAX PREFIX [LIST]: COUNT files PREFIX<i> in DIR/dNNN
