@@ -14,8 +14,9 @@
 # timed step and its peak RSS (VmHWM) are shown too. Raw numbers go to a TSV file.
 #
 # Durability differs: kernel overlayfs and rlayerfs fsync every copied-up file, fuse-overlayfs
-# (1.x and 2.0) does not; `kernel-volatile` (and `rlayerfs-volatile` when asked for) are the
-# no-fsync variants and run only in the scenarios that write. No timing includes a final sync.
+# (1.x and 2.0) does not; `kernel-volatile` and `rlayerfs-volatile` are the no-fsync variants
+# (compare those with fuse-overlayfs) and run only in the scenarios that write. No timing
+# includes a final sync.
 #
 # Needs root, /dev/fuse, losetup, mkfs.ext4, perl; git for the git scenario. Run
 # `scripts/bench.sh --help` for the options. Cold scenarios drop the page cache of the whole
@@ -37,8 +38,8 @@ usage: scripts/bench.sh [--quick] [--runs N] [--only LIST] [--systems LIST] [--p
                    chmod untar rm cpa git
   --systems LIST   comma-separated, from: kernel kernel-volatile rlayerfs
                    rlayerfs-volatile fuse-overlayfs fuse-overlayfs2 plain
-                   (default: kernel,kernel-volatile,rlayerfs,fuse-overlayfs,
-                   fuse-overlayfs2,plain); ratios are to `kernel`
+                   (default: all of them); ratios are to `kernel`. The -volatile
+                   ones (no fsync of copy-ups) run only in the scenarios that write
   --pin            run the daemons and the clients on CPU 0 (taskset -c 0)
   --dir DIR        where the ext4 image and the results go (default /var/tmp/rlayerfs-bench)
   --rlayerfs PATH  the rlayerfs binary (default: target/release/rlayerfs, built if missing)
@@ -55,7 +56,7 @@ QUICK=0
 RUNS=
 ONLY=
 PIN=()
-SYSTEMS="kernel,kernel-volatile,rlayerfs,fuse-overlayfs,fuse-overlayfs2,plain"
+SYSTEMS="kernel,kernel-volatile,rlayerfs,rlayerfs-volatile,fuse-overlayfs,fuse-overlayfs2,plain"
 BASE_DIR=/var/tmp/rlayerfs-bench
 RLAYERFS=
 INSTALL=0
@@ -773,7 +774,7 @@ awk -F'\t' -v systems="${SYS[*]}" '
     END {
         ns = split(systems, sys, " ")
         printf "%-20s", "scenario"
-        for (i = 1; i <= ns; i++) printf " | %-28s", sys[i]
+        for (i = 1; i <= ns; i++) printf " | %-26s", sys[i]
         printf "\n"
         for (o = 1; o <= nm; o++) {
             m = order[o]
@@ -793,7 +794,7 @@ awk -F'\t' -v systems="${SYS[*]}" '
                         cell = cell sprintf(" cpu%.2fs %dM", median(c[k]), (r + 512) / 1024)
                     }
                 }
-                printf " | %-28s", cell
+                printf " | %-26s", cell
             }
             printf "\n"
         }
