@@ -21,6 +21,8 @@
 # Needs root, /dev/fuse, losetup, mkfs.ext4, perl; git for the git scenario. Run
 # `scripts/bench.sh --help` for the options. Cold scenarios drop the page cache of the whole
 # machine (echo 3 > /proc/sys/vm/drop_caches).
+# shellcheck disable=SC2016,SC2317 # step commands are single-quoted on purpose (expanded
+# by the shell that runs them); scenario functions are called by computed names.
 set -uo pipefail
 
 SELF_DIR=$(cd "$(dirname "$0")" && pwd)
@@ -278,7 +280,7 @@ if ! grep -qw overlay /proc/filesystems; then
     }
 fi
 
-FO1= FO2=
+FO1='' FO2=''
 find_fo2() {
     local c
     for c in "${FUSE_OVERLAYFS2:-}" /opt/fuse-overlayfs2/bin/fuse-overlayfs \
@@ -412,7 +414,7 @@ whiteouts() {
     local dir=$1 i=0 n
     shift
     for n in "$@"; do
-        if [ $i -lt 50 ] && mknod "$dir/$n" c 0 0 2>/dev/null; then
+        if [ "$i" -lt 50 ] && mknod "$dir/$n" c 0 0 2>/dev/null; then
             :
         else
             : >"$dir/.wh.$n"
@@ -622,7 +624,7 @@ run_git() {
 }
 
 # ---------------------------------------------------------------- mounting
-SCEN= SYSNAME= RUN= M= D= DPID=
+SCEN='' SYSNAME='' RUN='' M='' D='' DPID=''
 export M D
 
 # Ticks of CPU (user + system, all threads) the daemon used so far.
@@ -730,7 +732,7 @@ measure() {
     local secs cpu=-
     secs=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.4f", b - a }')
     [ -n "$DPID" ] && cpu=$(awk -v t=$((c1 - c0)) -v h="$CLK_TCK" 'BEGIN { printf "%.2f", t / h }')
-    if [ $rc -ne 0 ]; then
+    if [ "$rc" -ne 0 ]; then
         echo "FAILED ($rc): $SCEN/$name on $SYSNAME run $RUN: $cmd" >>"$LOG"
         secs=FAIL
         failed
