@@ -7,6 +7,8 @@
 //! Always runs the rlayerfs binary cargo built (these are rlayerfs's own flags). Skips (with
 //! a message) when not root or /dev/fuse is missing.
 
+#![allow(unsafe_code, clippy::undocumented_unsafe_blocks)]
+
 mod common;
 
 use std::ffi::OsString;

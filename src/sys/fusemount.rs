@@ -53,7 +53,13 @@ pub fn mount_fuse(mountpoint: &Path, spec: &FuseMountSpec) -> std::io::Result<Mo
     }
     let data = CString::new(data).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
     let fstype = format!("fuse.{}", escape(&spec.subtype));
-    rustix::mount::mount(escape(&spec.fsname).as_str(), mountpoint, fstype.as_str(), spec.flags, Some(data.as_c_str()))?;
+    rustix::mount::mount(
+        escape(&spec.fsname).as_str(),
+        mountpoint,
+        fstype.as_str(),
+        spec.flags,
+        Some(data.as_c_str()),
+    )?;
     // The kernel sends INIT now; the caller must answer it before anyone can stat the
     // mount, so the device number is read from /proc instead of by stat.
     let st_dev = mounted_dev(mountpoint).unwrap_or(0);
@@ -63,14 +69,18 @@ pub fn mount_fuse(mountpoint: &Path, spec: &FuseMountSpec) -> std::io::Result<Mo
 /// The device number of the topmost mount at `mountpoint`, from /proc/self/mountinfo.
 pub fn mounted_dev(mountpoint: &Path) -> Option<u64> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    let want = mountpoint.as_os_str().to_string_lossy().replace(' ', "\\040");
+    let want = mountpoint
+        .as_os_str()
+        .to_string_lossy()
+        .replace(' ', "\\040");
     info.lines()
+        .rev()
         .filter(|l| l.split(' ').nth(4) == Some(want.as_str()))
         .filter_map(|l| {
             let (maj, min) = l.split(' ').nth(2)?.split_once(':')?;
             Some(rustix::fs::makedev(maj.parse().ok()?, min.parse().ok()?))
         })
-        .last()
+        .next()
 }
 
 /// Unmounts `mountpoint` only if the topmost mount there is still ours.
@@ -80,7 +90,9 @@ pub fn unmount_if_ours(mountpoint: &Path, st_dev: u64) -> std::io::Result<()> {
         _ => return Ok(()),
     }
     match rustix::mount::unmount(mountpoint, UnmountFlags::empty()) {
-        Err(rustix::io::Errno::BUSY) => Ok(rustix::mount::unmount(mountpoint, UnmountFlags::DETACH)?),
+        Err(rustix::io::Errno::BUSY) => {
+            Ok(rustix::mount::unmount(mountpoint, UnmountFlags::DETACH)?)
+        }
         r => Ok(r?),
     }
 }
