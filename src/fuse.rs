@@ -19,9 +19,8 @@ use std::collections::HashSet;
 use parking_lot::Mutex;
 
 use crate::error::Error;
-use crate::passthrough::{Conflict, Passthrough};
+use crate::passthrough::{OpenKind, Passthrough};
 use crate::union::attr::{SetAttr, TimeSet};
-use crate::union::handle::wants_write;
 use crate::union::mutate::NewKind;
 use crate::union::{Attr, Caller, Timespec, UnionFs};
 
@@ -58,42 +57,28 @@ impl FuseAdapter {
         }
     }
 
-    /// Opens with passthrough; `None` when the open went another way (already replied).
+    /// Opens with the I/O mode the inode is in (see `crate::passthrough`).
     fn open_passthrough(&self, ino: u64, flags: i32, reply: ReplyOpen) {
         let mut g = self.pt.lock();
-        if wants_write(flags) && g.conflict(ino, true) == Conflict::LowerReaders {
-            drop(g);
-            match self.fs.copy_up_detaching(ino) {
-                Ok((parent, name)) => {
-                    if let Some(n) = self.pt.notifier() {
-                        if let Err(e) = n.inval_entry(INodeNo(parent), &name) {
-                            tracing::warn!(error = %e, "inval_entry after a detaching copy-up");
-                        }
-                    }
-                    // The kernel looks the name up again and retries the open once.
-                    reply.error(Errno::ESTALE);
-                }
-                Err(e) => reply.error(errno(&e, "open")),
-            }
-            return;
-        }
         let fh = match self.fs.open(ino, flags) {
             Ok(fh) => fh,
             Err(e) => return reply.error(errno(&e, "open")),
         };
-        let upper = self.fs.is_upper(ino).unwrap_or(false);
         let file = match self.fs.handle_file(fh) {
             Ok(f) => f,
             Err(e) => return reply.error(errno(&e, "open")),
         };
-        match g.acquire(ino, upper, || reply.open_backing(&file.file)) {
-            Ok(id) => {
-                self.pt_handles.lock().insert(fh);
-                reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), id);
-            }
+        self.pt_handles.lock().insert(fh);
+        if g.kind(ino, !file.on_lower) == OpenKind::Cached {
+            g.add_cached(ino);
+            return reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
+        }
+        match g.add_passthrough(ino, || reply.open_backing(&file.file)) {
+            Ok(id) => reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), id),
             Err(e) => {
                 tracing::warn!(error = %e, "FUSE passthrough refused: serving reads and writes");
                 self.pt.disable();
+                g.add_cached(ino);
                 reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
             }
         }
@@ -684,24 +669,27 @@ impl Filesystem for FuseAdapter {
             Ok((a, Some(fh))) => {
                 if let (true, Ok(f)) = (self.pt.is_enabled(), self.fs.handle_file(fh)) {
                     let mut g = self.pt.lock();
-                    match g.acquire(a.ino, true, || reply.open_backing(&f.file)) {
-                        Ok(id) => {
-                            self.pt_handles.lock().insert(fh);
-                            let attr = to_fuse(&a);
-                            return reply.created_passthrough(
-                                &self.ttl,
-                                &attr,
-                                Generation(0),
-                                FileHandle(fh),
-                                FopenFlags::empty(),
-                                id,
-                            );
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "FUSE passthrough refused: serving reads and writes");
-                            self.pt.disable();
+                    self.pt_handles.lock().insert(fh);
+                    if g.kind(a.ino, true) == OpenKind::Passthrough {
+                        match g.add_passthrough(a.ino, || reply.open_backing(&f.file)) {
+                            Ok(id) => {
+                                let attr = to_fuse(&a);
+                                return reply.created_passthrough(
+                                    &self.ttl,
+                                    &attr,
+                                    Generation(0),
+                                    FileHandle(fh),
+                                    FopenFlags::empty(),
+                                    id,
+                                );
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "FUSE passthrough refused: serving reads and writes");
+                                self.pt.disable();
+                            }
                         }
                     }
+                    g.add_cached(a.ino);
                 }
                 reply.created(
                     &self.ttl,

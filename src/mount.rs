@@ -214,7 +214,6 @@ pub fn run(req: MountRequest) -> Result<i32, String> {
             .map_err(|e| format!("mount on {}: {e}", mountpoint.display()))?;
         (s, None)
     };
-    pt.set_notifier(session.notifier());
     let mut session = session;
     tracing::info!(mountpoint = %mountpoint.display(), "mounted");
     if !req.foreground {

@@ -1,45 +1,39 @@
 //! FUSE passthrough bookkeeping (kernel ≥ 6.9, CAP_SYS_ADMIN): reads, writes and mmap of
-//! an open file go straight to the real file, without a request to the daemon.
+//! an open upper file go straight to the real file, without a request to the daemon.
 //!
-//! The kernel requires every concurrent open of one inode to use one backing file. So a
-//! backing is registered per inode on its first open and dropped with its last release.
-//! The one conflict is a write-open of a file whose lower object is open through
-//! passthrough: the copy-up then gets a fresh inode (the old one stays bound to the lower
-//! file for its readers, as kernel overlayfs readers keep the lower file), the kernel's
-//! dentry is invalidated, and the writer gets ESTALE, which makes the kernel look the name
-//! up again and retry the open once, reaching the upper copy.
+//! The kernel keeps each inode in one I/O mode at a time: every concurrent open of an
+//! inode must either share one backing file or use none. Files open from a lower layer are
+//! served by the daemon (cached I/O), because kernel overlayfs moves such a reader to the
+//! upper copy when another open copies the file up, and a passthrough backing cannot be
+//! switched; so an inode with lower (cached) opens gets cached opens only, until they are
+//! all released. An inode whose object is in the upper layer gets one backing shared by
+//! all its opens.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::OnceLock;
 
-use fuser::{BackingId, Notifier};
+use fuser::BackingId;
 use parking_lot::Mutex;
 
-/// One registered backing file.
+/// The I/O mode of an open inode.
 #[derive(Debug)]
-struct Backing {
-    id: BackingId,
-    /// Whether it is the upper (or index) object.
-    upper: bool,
-    opens: usize,
+enum Mode {
+    Passthrough { id: BackingId, opens: usize },
+    Cached { opens: usize },
 }
 
-/// Backings by inode, and whether passthrough is on.
+/// How to answer one open.
+#[derive(Debug, PartialEq, Eq)]
+pub enum OpenKind {
+    Passthrough,
+    Cached,
+}
+
+/// Modes by inode, and whether passthrough is on.
 #[derive(Debug, Default)]
 pub struct Passthrough {
     enabled: AtomicBool,
-    backings: Mutex<HashMap<u64, Backing>>,
-    notifier: OnceLock<Notifier>,
-}
-
-/// What to do with an open.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Conflict {
-    /// No lower backing in the way.
-    None,
-    /// Lower readers hold the inode's backing while this open needs the upper copy.
-    LowerReaders,
+    modes: Mutex<HashMap<u64, Mode>>,
 }
 
 impl Passthrough {
@@ -55,69 +49,70 @@ impl Passthrough {
         self.enabled.load(Ordering::Relaxed)
     }
 
-    pub fn set_notifier(&self, n: Notifier) {
-        let _ = self.notifier.set(n);
-    }
-
-    pub fn notifier(&self) -> Option<&Notifier> {
-        self.notifier.get()
-    }
-
-    /// Holds the table while an open is decided and registered, so that two opens of one
-    /// inode cannot register two backings.
+    /// Holds the table while an open is decided and registered.
     pub fn lock(&self) -> PassthroughGuard<'_> {
         PassthroughGuard {
-            map: self.backings.lock(),
+            map: self.modes.lock(),
         }
     }
 }
 
-/// The locked backing table.
+/// The locked table.
 pub struct PassthroughGuard<'a> {
-    map: parking_lot::MutexGuard<'a, HashMap<u64, Backing>>,
+    map: parking_lot::MutexGuard<'a, HashMap<u64, Mode>>,
 }
 
 impl PassthroughGuard<'_> {
-    /// Whether a write-open of `ino` collides with lower-backed readers.
-    pub fn conflict(&self, ino: u64, wants_upper: bool) -> Conflict {
-        match self.map.get(&ino) {
-            Some(b) if !b.upper && wants_upper => Conflict::LowerReaders,
-            _ => Conflict::None,
+    /// How an open of `ino` (on an upper object or not) must be answered.
+    pub fn kind(&self, ino: u64, upper: bool) -> OpenKind {
+        match (upper, self.map.get(&ino)) {
+            (false, _) | (true, Some(Mode::Cached { .. })) => OpenKind::Cached,
+            (true, _) => OpenKind::Passthrough,
         }
     }
 
-    /// The inode's backing, registering one with `make` on its first open.
-    pub fn acquire(
+    /// Registers a cached open of `ino`.
+    pub fn add_cached(&mut self, ino: u64) {
+        match self.map.entry(ino).or_insert(Mode::Cached { opens: 0 }) {
+            Mode::Cached { opens } | Mode::Passthrough { opens, .. } => *opens += 1,
+        }
+    }
+
+    /// The inode's backing, registering one with `make` on its first passthrough open.
+    pub fn add_passthrough(
         &mut self,
         ino: u64,
-        upper: bool,
         make: impl FnOnce() -> std::io::Result<BackingId>,
     ) -> std::io::Result<&BackingId> {
-        use std::collections::hash_map::Entry;
-        let b = match self.map.entry(ino) {
-            Entry::Occupied(o) => o.into_mut(),
-            Entry::Vacant(v) => v.insert(Backing {
-                id: make()?,
-                upper,
-                opens: 0,
-            }),
-        };
-        b.opens += 1;
-        Ok(&b.id)
-    }
-
-    /// One passthrough open of `ino` ended; the backing goes with the last one.
-    pub fn release(&mut self, ino: u64) {
-        if let Some(b) = self.map.get_mut(&ino) {
-            b.opens = b.opens.saturating_sub(1);
-            if b.opens == 0 {
-                self.map.remove(&ino);
+        if !self.map.contains_key(&ino) {
+            self.map.insert(
+                ino,
+                Mode::Passthrough {
+                    id: make()?,
+                    opens: 0,
+                },
+            );
+        }
+        match self.map.get_mut(&ino) {
+            Some(Mode::Passthrough { id, opens }) => {
+                *opens += 1;
+                Ok(id)
             }
+            _ => Err(std::io::Error::from_raw_os_error(libc::EBUSY)),
         }
     }
 
-    /// Whether `ino` has passthrough opens.
-    pub fn has(&self, ino: u64) -> bool {
-        self.map.contains_key(&ino)
+    /// One registered open of `ino` ended; the mode (and backing) goes with the last one.
+    pub fn release(&mut self, ino: u64) {
+        let last = match self.map.get_mut(&ino) {
+            Some(Mode::Cached { opens }) | Some(Mode::Passthrough { opens, .. }) => {
+                *opens = opens.saturating_sub(1);
+                *opens == 0
+            }
+            None => false,
+        };
+        if last {
+            self.map.remove(&ino);
+        }
     }
 }

@@ -361,42 +361,6 @@ impl UnionFs {
 }
 
 impl UnionFs {
-    /// Copy-up for a file whose lower object must stay reachable under its current inode
-    /// number (FUSE passthrough readers are bound to the lower file): the object is copied
-    /// up, its name is released so that the next lookup gives the upper copy a fresh inode
-    /// number, and the old node stays bound to the lower object. Returns the name to
-    /// invalidate in the kernel.
-    pub fn copy_up_detaching(&self, ino: u64) -> Result<(u64, std::ffi::OsString)> {
-        self.writable()?;
-        let _ns = self.ns_lock.lock();
-        let (parent, name, lower) = {
-            let nodes = self.nodes.read();
-            let n = nodes.get(ino)?;
-            if n.upper || n.is_dir || n.index.is_some() {
-                return Err(Error::Invariant("detaching copy-up of an upper object"));
-            }
-            (n.parent, n.name.clone(), n.lower.clone())
-        };
-        let lower = lower.ok_or(Error::NotFound)?;
-        let top = lower
-            .top()
-            .ok_or(Error::Invariant("lower without layers"))?;
-        let keep = Arc::new(
-            sys::open_path(self.lower_root(top), &lower.path)
-                .at("open lower", Where::Lower(top))?,
-        );
-        self.copy_up(ino)?;
-        let mut nodes = self.nodes.write();
-        nodes.unname(parent, &name, false, Some(keep.clone()));
-        if let Ok(n) = nodes.get_mut(ino) {
-            // `unname` kept the node only as a nameless object: bind it to the lower file.
-            n.detached = Some(keep);
-            n.detached_lower = true;
-            n.upper = false;
-        }
-        Ok((parent, name))
-    }
-
     /// Whether the object of `ino` lives in the upper layer (or the index) now.
     pub fn is_upper(&self, ino: u64) -> Result<bool> {
         let nodes = self.nodes.read();
