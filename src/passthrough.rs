@@ -84,14 +84,11 @@ impl PassthroughGuard<'_> {
         ino: u64,
         make: impl FnOnce() -> std::io::Result<BackingId>,
     ) -> std::io::Result<&BackingId> {
-        if !self.map.contains_key(&ino) {
-            self.map.insert(
-                ino,
-                Mode::Passthrough {
-                    id: make()?,
-                    opens: 0,
-                },
-            );
+        if let std::collections::hash_map::Entry::Vacant(v) = self.map.entry(ino) {
+            v.insert(Mode::Passthrough {
+                id: make()?,
+                opens: 0,
+            });
         }
         match self.map.get_mut(&ino) {
             Some(Mode::Passthrough { id, opens }) => {
