@@ -184,14 +184,13 @@ pub fn read_dir(dir: OwnedFd) -> Result<Vec<RawEntry>> {
     Ok(out)
 }
 
-/// Opens for listing the directory an `O_PATH` fd refers to.
+/// Opens for listing the directory an `O_PATH` fd refers to. `O_NOATIME` (when allowed):
+/// listing for the mount is not a read of the real directory by the user, as with kernel
+/// overlayfs.
 pub fn reopen_dir_for_read(dir: BorrowedFd<'_>) -> Result<OwnedFd> {
-    rustix::fs::openat(
-        dir,
-        ".",
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    rustix::fs::openat(dir, ".", flags | OFlags::NOATIME, Mode::empty())
+        .or_else(|_| rustix::fs::openat(dir, ".", flags, Mode::empty()))
 }
 
 /// Opens the directory `path` beneath `root` for listing.

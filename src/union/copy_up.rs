@@ -39,15 +39,44 @@ pub(crate) fn copy_xattrs(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, at: Where) -
     Ok(())
 }
 
-/// Applies owner, mode and timestamps of `st` to the object `name` in `dir`.
-pub(crate) fn copy_meta(dir: BorrowedFd<'_>, name: &OsStr, st: &Stat) -> Result<()> {
-    let fd = rustix::fs::openat(
+/// Puts a directory's access and modification times back when dropped.
+struct RestoreTimes {
+    dir: Arc<std::os::fd::OwnedFd>,
+    st: Stat,
+}
+
+impl Drop for RestoreTimes {
+    fn drop(&mut self) {
+        let ts = Timestamps {
+            last_access: rustix::fs::Timespec {
+                tv_sec: self.st.st_atime as _,
+                tv_nsec: self.st.st_atime_nsec as _,
+            },
+            last_modification: rustix::fs::Timespec {
+                tv_sec: self.st.st_mtime as _,
+                tv_nsec: self.st.st_mtime_nsec as _,
+            },
+        };
+        let path = crate::union::attr::proc_path(&*self.dir);
+        if let Err(e) = rustix::fs::utimensat(rustix::fs::CWD, &*path, &ts, AtFlags::empty()) {
+            tracing::warn!(error = %e, "restoring directory times after copy-up");
+        }
+    }
+}
+
+fn open_copy(dir: BorrowedFd<'_>, name: &OsStr) -> Result<std::os::fd::OwnedFd> {
+    rustix::fs::openat(
         dir,
         name,
         OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
         Mode::empty(),
     )
-    .at("open copy", Where::Work)?;
+    .at("open copy", Where::Work)
+}
+
+/// Applies the owner and mode of `st` to the object `name` in `dir`.
+pub(crate) fn copy_owner_mode(dir: BorrowedFd<'_>, name: &OsStr, st: &Stat) -> Result<()> {
+    let fd = open_copy(dir, name)?;
     // chown before chmod: chown clears set-id bits.
     rustix::fs::chownat(
         &fd,
@@ -64,11 +93,17 @@ pub(crate) fn copy_meta(dir: BorrowedFd<'_>, name: &OsStr, st: &Stat) -> Result<
         }
     })
     .at("chown copy", Where::Work)?;
-    let path = crate::union::attr::proc_path(&fd);
     if st.st_mode & libc::S_IFMT != libc::S_IFLNK {
+        let path = crate::union::attr::proc_path(&fd);
         rustix::fs::chmod(&*path, Mode::from_raw_mode(st.st_mode & 0o7777))
             .at("chmod copy", Where::Work)?;
     }
+    Ok(())
+}
+
+/// Applies the access and modification times of `st` to the object `name` in `dir`.
+pub(crate) fn copy_times(dir: BorrowedFd<'_>, name: &OsStr, st: &Stat) -> Result<()> {
+    let fd = open_copy(dir, name)?;
     let ts = Timestamps {
         last_access: rustix::fs::Timespec {
             tv_sec: st.st_atime as _,
@@ -79,9 +114,9 @@ pub(crate) fn copy_meta(dir: BorrowedFd<'_>, name: &OsStr, st: &Stat) -> Result<
             tv_nsec: st.st_mtime_nsec as _,
         },
     };
+    let path = crate::union::attr::proc_path(&fd);
     rustix::fs::utimensat(rustix::fs::CWD, &*path, &ts, AtFlags::empty())
-        .at("utimens copy", Where::Work)?;
-    Ok(())
+        .at("utimens copy", Where::Work)
 }
 
 impl UnionFs {
@@ -130,6 +165,13 @@ impl UnionFs {
         };
         let upper_parent = self.nodes.read().path_of(parent)?;
         let pfd = self.upper_dir(&upper_parent)?;
+        // A copy-up is not a change of the parent directory: its times are put back after
+        // the new entry is published, as kernel overlayfs does.
+        let pst = rustix::fs::fstat(&*pfd).at("stat upper dir", Where::Upper)?;
+        let _restore = RestoreTimes {
+            dir: pfd.clone(),
+            st: pst,
+        };
         if let Some(entry) = index {
             // Already copied up through another name: link this name to it.
             rustix::fs::linkat(self.index_fd()?, &*entry, &pfd, &name, AtFlags::empty())
@@ -311,14 +353,14 @@ impl UnionFs {
                     .at("mkdir copy", Where::Work)?;
             }
             FileType::RegularFile => {
-                let data = rustix::fs::open(
-                    &*crate::union::attr::proc_path(&src.as_fd()),
-                    // No O_NOFOLLOW: the magic link must be followed, to the object
-                    // that fstat just showed to be a regular file.
-                    OFlags::RDONLY | OFlags::CLOEXEC,
-                    Mode::empty(),
-                )
-                .at("open lower data", at)?;
+                let path = crate::union::attr::proc_path(&src.as_fd());
+                // No O_NOFOLLOW: the magic link must be followed, to the object that fstat
+                // just showed to be a regular file. O_NOATIME: copying is not a read by
+                // the user (falls back without it where ownership is missing).
+                let flags = OFlags::RDONLY | OFlags::CLOEXEC;
+                let data = rustix::fs::open(&*path, flags | OFlags::NOATIME, Mode::empty())
+                    .or_else(|_| rustix::fs::open(&*path, flags, Mode::empty()))
+                    .at("open lower data", at)?;
                 let dst = rustix::fs::openat(
                     work,
                     tmp,
@@ -353,8 +395,11 @@ impl UnionFs {
             Mode::empty(),
         )
         .at("open copy", Where::Work)?;
+        // Owner and mode first (chown drops security.capability and set-id bits), then
+        // the xattrs, then the times (which nothing after changes).
+        copy_owner_mode(work, tmp, st)?;
         copy_xattrs(src.as_fd(), copy.as_fd(), at)?;
-        copy_meta(work, tmp, st)?;
+        copy_times(work, tmp, st)?;
         tracing::trace!(?path, "copy built");
         Ok(())
     }

@@ -96,11 +96,17 @@ impl HandleTable {
     }
 }
 
-/// Open flags passed on to the real file: creation and truncation were handled before,
-/// and `O_APPEND` is dropped because every write carries its offset.
+/// Open flags passed on to the real file: only the access mode and the flags that change
+/// how I/O is done. Creation and truncation were handled before, `O_APPEND` is dropped
+/// because every write carries its offset, and kernel-internal bits the FUSE request may
+/// carry (`__FMODE_EXEC` on an execve) would make `openat2` fail with EINVAL. `O_NOATIME`:
+/// as kernel overlayfs, reading through the mount does not touch the real file's atime.
 fn real_open_flags(flags: i32) -> OFlags {
-    let drop = libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_TRUNC | libc::O_APPEND;
-    OFlags::from_bits_retain((flags & !drop) as u32) | OFlags::NOFOLLOW | OFlags::CLOEXEC
+    let keep = libc::O_ACCMODE | libc::O_DSYNC | libc::O_SYNC | libc::O_DIRECT | libc::O_LARGEFILE;
+    OFlags::from_bits_retain((flags & keep) as u32)
+        | OFlags::NOFOLLOW
+        | OFlags::CLOEXEC
+        | OFlags::NOATIME
 }
 
 pub(crate) fn wants_write(flags: i32) -> bool {
@@ -156,7 +162,29 @@ impl UnionFs {
         // O_NONBLOCK: a layer changed behind our back could hold a FIFO where a regular
         // file was; opening it must not block the daemon (regular files ignore the flag).
         let oflags = real_open_flags(flags) | OFlags::NONBLOCK;
-        let fd = match loc {
+        let fd = match self.open_loc_with(loc, oflags) {
+            // O_NOATIME needs ownership or CAP_FOWNER.
+            Err(Error::Os {
+                errno: libc::EPERM, ..
+            }) => self.open_loc_with(loc, oflags & !OFlags::NOATIME)?,
+            r => r?,
+        };
+        let st = rustix::fs::fstat(&fd).at("stat opened", loc.at())?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+            tracing::error!(
+                ?loc,
+                "opened object is not a regular file: layer changed under the mount"
+            );
+            return Err(Error::Stale);
+        }
+        if flags & libc::O_NONBLOCK == 0 {
+            rustix::fs::fcntl_setfl(&fd, oflags & !OFlags::NONBLOCK).at("fcntl", loc.at())?;
+        }
+        Ok(File::from(fd))
+    }
+
+    fn open_loc_with(&self, loc: &RealLoc, oflags: OFlags) -> Result<std::os::fd::OwnedFd> {
+        Ok(match loc {
             RealLoc::Upper(p) => self.open_in(LayerKey::Upper, p, oflags)?,
             RealLoc::Lower(l, p) => self.open_in(LayerKey::Lower(*l), p, oflags)?,
             RealLoc::Index(name) => {
@@ -172,19 +200,7 @@ impl UnionFs {
                 )
                 .at("reopen", Where::Unknown)?
             }
-        };
-        let st = rustix::fs::fstat(&fd).at("stat opened", loc.at())?;
-        if st.st_mode & libc::S_IFMT != libc::S_IFREG {
-            tracing::error!(
-                ?loc,
-                "opened object is not a regular file: layer changed under the mount"
-            );
-            return Err(Error::Stale);
-        }
-        if flags & libc::O_NONBLOCK == 0 {
-            rustix::fs::fcntl_setfl(&fd, oflags & !OFlags::NONBLOCK).at("fcntl", loc.at())?;
-        }
-        Ok(File::from(fd))
+        })
     }
 
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {

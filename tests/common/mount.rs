@@ -142,6 +142,17 @@ pub struct KernelOverlay {
     mounted: bool,
 }
 
+thread_local! {
+    static THREAD_FUSE_ARGS: std::cell::RefCell<Vec<String>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Extra rlayerfs arguments for every FUSE mount this test thread makes from now on
+/// (e.g. `--no-passthrough` for a test about what reads do to atime).
+#[allow(dead_code)]
+pub fn set_thread_fuse_args(args: &[&str]) {
+    THREAD_FUSE_ARGS.with(|a| *a.borrow_mut() = args.iter().map(|s| s.to_string()).collect());
+}
+
 impl KernelOverlay {
     /// Takes charge (unmount on drop) of an overlay the caller mounted at `mnt`.
     #[allow(dead_code)]
@@ -266,6 +277,7 @@ impl FuseMount {
         if takes_mount_subcommand(&bin) {
             cmd.arg("mount");
             cmd.args(args);
+            THREAD_FUSE_ARGS.with(|a| cmd.args(a.borrow().iter()));
         }
         cmd.arg("-o").arg(options).arg(&dirs.mnt);
         // Output goes to an unnamed file, never a pipe: a daemon that keeps stderr open would
