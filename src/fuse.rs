@@ -516,7 +516,7 @@ impl Filesystem for FuseAdapter {
             Ok(d) => d,
             Err(e) => return reply.error(errno(&e, "readdir")),
         };
-        for (i, e) in dir.entries.iter().enumerate().skip(offset as usize) {
+        for (i, e) in dir.iter().enumerate().skip(offset as usize) {
             if reply.add(INodeNo(e.ino), (i + 1) as u64, kind_of(e.kind), &e.name) {
                 break;
             }
@@ -536,7 +536,7 @@ impl Filesystem for FuseAdapter {
             Ok(d) => d,
             Err(e) => return reply.error(errno(&e, "readdirplus")),
         };
-        for (i, e) in dir.entries.iter().enumerate().skip(offset as usize) {
+        for (i, e) in dir.iter().enumerate().skip(offset as usize) {
             let attr = if e.name == "." || e.name == ".." {
                 // The kernel does not take a lookup reference for these.
                 match self.fs.getattr(if e.name == "." { ino.0 } else { e.ino }) {
@@ -546,7 +546,13 @@ impl Filesystem for FuseAdapter {
             } else {
                 match self.fs.lookup(ino.0, &e.name) {
                     Ok(a) => a,
-                    Err(_) => continue,
+                    // Gone since the listing was taken: still listed (the listing is a
+                    // snapshot), with node id 0 so the kernel makes no dentry for it.
+                    Err(_) => Attr {
+                        ino: 0,
+                        mode: e.kind.as_raw_mode(),
+                        ..Attr::default()
+                    },
                 }
             };
             if reply.add(
@@ -557,7 +563,7 @@ impl Filesystem for FuseAdapter {
                 &to_fuse(&attr),
                 Generation(0),
             ) {
-                if e.name != "." && e.name != ".." {
+                if e.name != "." && e.name != ".." && attr.ino != 0 {
                     // Not sent: give the reference back.
                     self.fs.forget(attr.ino, 1);
                 }

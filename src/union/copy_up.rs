@@ -174,12 +174,16 @@ impl UnionFs {
         };
         if let Some(entry) = index {
             // Already copied up through another name: link this name to it.
-            rustix::fs::linkat(self.index_fd()?, &*entry, &pfd, &name, AtFlags::empty())
-                .at("link up", Where::Upper)?;
+            let linked = match rustix::fs::linkat(self.index_fd()?, &*entry, &pfd, &name, AtFlags::empty()) {
+                Ok(()) => true,
+                // This name is an upper link already.
+                Err(rustix::io::Errno::EXIST) => false,
+                Err(e) => return Err(Error::os("link up", e, Where::Upper)),
+            };
             if let Ok(n) = self.nodes.write().get_mut(ino) {
                 n.upper = true;
             }
-            return self.adjust_nlink(ino, -1);
+            return if linked { self.adjust_nlink(ino, -1) } else { Ok(()) };
         }
         let lower = lower.ok_or(Error::Invariant("node without upper or lower"))?;
         let top = lower

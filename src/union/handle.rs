@@ -39,7 +39,10 @@ pub struct FileHandle {
 #[derive(Debug)]
 pub struct DirHandle {
     pub ino: u64,
-    pub entries: Vec<DirEntry>,
+    entries: RwLock<Arc<Vec<DirEntry>>>,
+    /// Entries were handed out: a read from offset 0 again is a rewind, which must show
+    /// the directory as it is now.
+    served: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug)]
@@ -294,15 +297,24 @@ impl UnionFs {
     /// Opens a directory: takes the merged listing.
     pub fn opendir(&self, ino: u64) -> Result<u64> {
         let entries = self.list_merged(ino)?;
-        Ok(self
-            .handles
-            .insert(Handle::Dir(Arc::new(DirHandle { ino, entries }))))
+        Ok(self.handles.insert(Handle::Dir(Arc::new(DirHandle {
+            ino,
+            entries: RwLock::new(Arc::new(entries)),
+            served: std::sync::atomic::AtomicBool::new(false),
+        }))))
     }
 
-    /// Entries of an open directory from `offset` (0 = start; entry i has offset i+1).
-    pub fn readdir(&self, fh: u64, offset: u64) -> Result<Arc<DirHandle>> {
-        let _ = offset;
-        self.handles.dir(fh)
+    /// The listing of an open directory (entry i has offset i+1). Offsets stay valid while
+    /// entries are removed; reading from offset 0 again (rewinddir) takes a new listing.
+    pub fn readdir(&self, fh: u64, offset: u64) -> Result<Arc<Vec<DirEntry>>> {
+        let d = self.handles.dir(fh)?;
+        if offset == 0 && d.served.swap(true, Ordering::Relaxed) {
+            if let Ok(fresh) = self.list_merged(d.ino) {
+                *d.entries.write() = Arc::new(fresh);
+            }
+        }
+        let entries = d.entries.read().clone();
+        Ok(entries)
     }
 
     pub fn releasedir(&self, fh: u64) {

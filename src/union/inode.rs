@@ -294,6 +294,11 @@ impl NodeTable {
                 if let Some(n) = self.nodes.get_mut(&ino) {
                     n.parent = p;
                     n.name = nm;
+                    if n.index.is_some() {
+                        // That name may be a lower one still: reach the object through
+                        // its index entry, which is always one of its links.
+                        n.upper = false;
+                    }
                 }
                 self.reparent_count(parent, p);
             }

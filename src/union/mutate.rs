@@ -384,8 +384,8 @@ impl UnionFs {
         self.copy_up(parent)?;
         let pfd = self.upper_dir_fd(parent)?;
         let known = self.nodes.read().child(parent, name);
-        let detached = match (known, dir) {
-            (Some(_), false) => {
+        let detached = match known {
+            Some(_) => {
                 let fd = match (&r.upper, &r.lower) {
                     (Some(_), _) => {
                         sys::open_path(pfd.as_fd(), Path::new(name)).at("open", Where::Upper)?
