@@ -494,12 +494,9 @@ impl Filesystem for FuseAdapter {
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         match self.fs.opendir(ino.0) {
-            // The kernel may keep the listing: every change to it goes through the kernel,
-            // which drops the cache of the directory it changes.
-            Ok(fh) => reply.opened(
-                FileHandle(fh),
-                FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
-            ),
+            // No FOPEN_CACHE_DIR: the kernel would then restart a cached listing from offset
+            // 0 after any change, which breaks seekdir back into a listing being deleted.
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(errno(&e, "opendir")),
         }
     }
