@@ -59,7 +59,8 @@ die() { printf 'FAIL: %s\n' "$*" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || die "must run as root (rootful podman)"
 
 installed() { [ "$(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null)" = installed ]; }
-need=(podman runc busybox-static fuse-overlayfs fuse3 uidmap)
+need=(podman runc busybox-static fuse-overlayfs fuse3)
+[ "$MODE" = rootless ] && need+=(uidmap)
 missing=()
 for p in "${need[@]}"; do installed "$p" || missing+=("$p"); done
 if [ "${#missing[@]}" -gt 0 ]; then
