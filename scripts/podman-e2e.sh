@@ -3,7 +3,7 @@
 # that compares it with fuse-overlayfs and kernel overlayfs.
 #
 #   scripts/podman-e2e.sh [--bin PATH] [--variant rlayerfs|fuse-overlayfs|native] [--keep]
-#   scripts/podman-e2e.sh --timings [--runs N] [--bin PATH]
+#   scripts/podman-e2e.sh --timings [--runs N] [--variants rlayerfs,fuse-overlayfs,native] [--bin PATH]
 #   scripts/podman-e2e.sh --rootless [--bin PATH]          # stretch: rootless flow, see below
 #
 # Everything podman writes lives in one private temp directory: storage.conf and
@@ -26,7 +26,8 @@
 # --bin PATH: the rlayerfs binary (default $RLAYERFS_BIN, else `cargo build --release` and
 # ${CARGO_TARGET_DIR:-target}/release/rlayerfs). --keep: keep the temp dir (for debugging).
 # RLAYERFS_E2E_LOG=1: mount through a wrapper that runs rlayerfs with `--log-level debug
-# --log-file TMP/rlayerfs-*.log` (kept with --keep).
+# --log-file TMP/rlayerfs-*.log` (kept with --keep). RLAYERFS_E2E_PODMAN_ARGS: extra global
+# podman options (e.g. "--log-level=debug --syslog").
 set -euo pipefail
 export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 export DEBIAN_FRONTEND=noninteractive
@@ -36,6 +37,7 @@ REPO=$(pwd)
 
 MODE=e2e
 VARIANT=rlayerfs
+VARIANTS=rlayerfs,fuse-overlayfs,native
 RUNS=5
 KEEP=0
 BIN=${RLAYERFS_BIN:-}
@@ -45,6 +47,7 @@ while [ $# -gt 0 ]; do
         --rootless) MODE=rootless ;;
         --runs) RUNS=$2; shift ;;
         --variant) VARIANT=$2; shift ;;
+        --variants) VARIANTS=$2; shift ;;
         --bin) BIN=$2; shift ;;
         --keep) KEEP=1 ;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
@@ -53,6 +56,7 @@ while [ $# -gt 0 ]; do
     shift
 done
 
+PODMAN_ARGS=${RLAYERFS_E2E_PODMAN_ARGS:-}
 log() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'FAIL: %s\n' "$*" >&2; exit 1; }
 
@@ -90,7 +94,10 @@ fi
 # ---------------------------------------------------------------------------------------------
 # Private podman environments. One "env" = one directory holding its storage and configs.
 
-TOP=$(mktemp -d /var/tmp/rlayerfs-podman.XXXXXX)
+# Short: podman's exit command (`podman container cleanup`, run by conmon when a container
+# exits) gets --runroot on its command line and refuses one longer than 50 characters; the
+# container then stays "stopped" and `podman run --rm` waits 20 s for a cleanup that never comes.
+TOP=$(mktemp -d /var/tmp/rlpm.XXXXXX)
 chmod 0755 "$TOP"
 for d in /var/lib/containers /run/containers; do
     mkdir -p "$d" "$TOP/global$d"
@@ -102,6 +109,7 @@ LOOPDEV=
 # Writes storage.conf/containers.conf for env dir $1 with mount program $2 ("" = native).
 make_env() {
     local dir=$1 program=$2
+    [ "${#dir}" -le 46 ] || die "runroot $dir/run is longer than podman's 50 characters"
     mkdir -p "$dir"/{graph,run,tmp,net,bigtmp}
     {
         printf '[storage]\ndriver = "overlay"\n'
@@ -137,7 +145,7 @@ pm() {
     local dir=$1
     shift
     CONTAINERS_STORAGE_CONF="$dir/storage.conf" CONTAINERS_CONF="$dir/containers.conf" \
-        TMPDIR="$dir/bigtmp" podman "$@"
+        TMPDIR="$dir/bigtmp" podman $PODMAN_ARGS "$@"
 }
 
 # Unmounts every mount below $1, deepest first.
@@ -161,7 +169,7 @@ cleanup() {
     unmount_below "$TOP"
     umount /var/lib/containers /run/containers 2>/dev/null
     if [ -n "$LOOPDEV" ]; then
-        umount "$TOP/fs" 2>/dev/null || umount -l "$TOP/fs"
+        umount "$TOP/fs" 2>/dev/null || umount -l "$TOP/fs" 2>/dev/null
         losetup -d "$LOOPDEV" 2>/dev/null
     fi
     if [ "$KEEP" = 1 ]; then
@@ -243,6 +251,22 @@ make_base_tar() {
     ln "$root/data/keep.txt" "$root/data/hardlink"
     tar -C "$root" --numeric-owner -cf "$out" .
     rm -rf "$root"
+}
+
+# A build context in $1 whose Containerfile adds 5 layers on the base image: add files, delete a
+# lower file and a lower directory, replace a lower directory by a file, append to a lower file,
+# COPY from the context.
+make_containerfile() {
+    mkdir -p "$1"
+    echo hello >"$1/hello.txt"
+    cat >"$1/Containerfile" <<'CONTAINERFILE'
+FROM localhost/rlayerfs-e2e-base:latest
+RUN echo added > /data/added.txt && mkdir -p /data/newdir && echo n > /data/newdir/n
+RUN rm /data/del.txt && rm -rf /data/deldir
+RUN rm -rf /data/dir2file && echo nowfile > /data/dir2file
+RUN echo appended >> /data/modify.txt
+COPY hello.txt /data/hello.txt
+CONTAINERFILE
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -412,16 +436,7 @@ e2e() {
         pm "$env" import --quiet "$TOP/base.tar" "$img-base:latest"
 
     local ctx=$TOP/ctx
-    mkdir -p "$ctx"
-    echo hello >"$ctx/hello.txt"
-    cat >"$ctx/Containerfile" <<EOF
-FROM $img-base:latest
-RUN echo added > /data/added.txt && mkdir -p /data/newdir && echo n > /data/newdir/n
-RUN rm /data/del.txt && rm -rf /data/deldir
-RUN rm -rf /data/dir2file && echo nowfile > /data/dir2file
-RUN echo appended >> /data/modify.txt
-COPY hello.txt /data/hello.txt
-EOF
+    make_containerfile "$ctx"
     must "podman build (5 layers over the base)" \
         pm "$env" build --quiet --pull=never --network=none --layers -f "$ctx/Containerfile" -t "$img-built:latest" "$ctx"
     check "built image has 6 layers" \
@@ -485,8 +500,103 @@ EOF
     printf 'PASS: podman e2e over %s\n' "$variant"
 }
 
+# ---------------------------------------------------------------------------------------------
+# Timings: `podman run --rm IMG true` and `podman commit` of a container that changed lower
+# files, per variant, interleaved (the order rotates every round), unpinned and pinned to CPU 0
+# (podman, conmon, runc and the mount program all inherit the affinity). Storage is on a
+# loop-mounted ext4 image with a journal (the root fs here has none, see FACTS.md).
+
+now_ns() { date +%s%N; }
+
+median() {
+    sort -n | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+
+# The container change that `podman commit` then writes as a layer: 100 new 64 KiB files, a
+# changed lower file, a deleted lower directory.
+COMMIT_WORK='set -e
+i=0
+while [ $i -lt 100 ]; do head -c 65536 /dev/urandom >/data/new$i; i=$((i + 1)); done
+echo changed >>/data/keep.txt
+rm -rf /data/keepdir'
+
+# Runs podman in env $2, pinned to CPU 0 when $1 is "pinned".
+pm_pin() {
+    local pin=$1 dir=$2
+    shift 2
+    local pre=()
+    [ "$pin" = pinned ] && pre=(taskset -c 0)
+    "${pre[@]}" env CONTAINERS_STORAGE_CONF="$dir/storage.conf" CONTAINERS_CONF="$dir/containers.conf" \
+        TMPDIR="$dir/bigtmp" podman $PODMAN_ARGS "$@"
+}
+
+timings() {
+    local variants v env round pin t0 t1
+    IFS=, read -r -a variants <<<"$VARIANTS"
+    local img=localhost/rlayerfs-e2e-built:latest
+    command -v mkfs.ext4 >/dev/null || die "mkfs.ext4 missing (e2fsprogs)"
+    truncate -s 4G "$TOP/fs.img"
+    mkfs.ext4 -q -F "$TOP/fs.img"
+    mkdir -p "$TOP/fs"
+    LOOPDEV=$(losetup -f --show "$TOP/fs.img")
+    mount "$LOOPDEV" "$TOP/fs"
+    make_base_tar "$TOP/base.tar"
+    make_containerfile "$TOP/ctx"
+    for v in "${variants[@]}"; do
+        env=$TOP/fs/$v
+        make_env "$env" "$(program_for "$v")"
+        pm "$env" import --quiet "$TOP/base.tar" localhost/rlayerfs-e2e-base:latest >/dev/null
+        pm "$env" build --quiet --pull=never --network=none -f "$TOP/ctx/Containerfile" \
+            -t "$img" "$TOP/ctx" >/dev/null || die "podman build failed over $v"
+        pm "$env" run --pull=never --rm "$img" true || die "podman run failed over $v"
+    done
+    log "timing $RUNS rounds over ${variants[*]} (image: 6 layers, busybox)"
+    local n=${#variants[@]} i k
+    for ((round = 0; round < RUNS; round++)); do
+        for pin in unpinned pinned; do
+            for ((k = 0; k < n; k++)); do
+                i=$(((round + k) % n))
+                v=${variants[$i]}
+                env=$TOP/fs/$v
+                t0=$(now_ns)
+                pm_pin "$pin" "$env" run --pull=never --rm "$img" true
+                t1=$(now_ns)
+                echo $(((t1 - t0) / 1000000)) >>"$TOP/t.run.$v.$pin"
+                pm_pin "$pin" "$env" run --pull=never --name tc "$img" sh -c "$COMMIT_WORK"
+                t0=$(now_ns)
+                pm_pin "$pin" "$env" commit --quiet tc localhost/tc:latest >/dev/null
+                t1=$(now_ns)
+                echo $(((t1 - t0) / 1000000)) >>"$TOP/t.commit.$v.$pin"
+                pm "$env" rm -f -t 0 tc >/dev/null
+                pm "$env" rmi -f localhost/tc:latest >/dev/null
+            done
+        done
+    done
+    printf '\nmedians of %d runs, milliseconds (ratio to the first variant)\n' "$RUNS"
+    printf '%-40s' ""
+    for v in "${variants[@]}"; do printf ' %22s' "$v"; done
+    printf '\n'
+    local op label m first
+    for op in run commit; do
+        label="podman run --rm IMG true"
+        [ "$op" = commit ] && label="podman commit (6.4 MB change)"
+        for pin in unpinned pinned; do
+            printf '%-40s' "$label, $pin"
+            first=
+            for v in "${variants[@]}"; do
+                m=$(median <"$TOP/t.$op.$v.$pin")
+                [ -n "$first" ] || first=$m
+                printf ' %22s' "$m ($(awk -v a="$m" -v b="$first" 'BEGIN { printf "%.2fx", a / b }'))"
+            done
+            printf '\n'
+        done
+    done
+    printf '\nall samples (ms):\n'
+    for f in "$TOP"/t.*; do printf '  %-32s %s\n' "${f##*/t.}" "$(tr '\n' ' ' <"$f")"; done
+}
+
 case "$MODE" in
     e2e) e2e "$VARIANT" ;;
-    timings) . "$REPO/scripts/podman-timings.sh" ;;
-    rootless) . "$REPO/scripts/podman-rootless.sh" ;;
+    timings) timings ;;
+    rootless) rootless ;;
 esac
