@@ -26,7 +26,7 @@
 # --bin PATH: the rlayerfs binary (default $RLAYERFS_BIN, else `cargo build --release` and
 # ${CARGO_TARGET_DIR:-target}/release/rlayerfs). --keep: keep the temp dir (for debugging).
 # RLAYERFS_E2E_LOG=1: mount through a wrapper that runs rlayerfs with `--log-level debug
-# --log-file TMP/rlayerfs-*.log` (kept with --keep). RLAYERFS_E2E_PODMAN_ARGS: extra global
+# --log-file TMP/logs/rlayerfs-*.log` (kept with --keep). RLAYERFS_E2E_PODMAN_ARGS: extra global
 # podman options (e.g. "--log-level=debug --syslog").
 set -euo pipefail
 export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
@@ -105,6 +105,8 @@ for d in /var/lib/containers /run/containers; do
 done
 ENVS=()
 LOOPDEV=
+RL_USER=   # the unprivileged user podman runs as, in --rootless mode
+FUSE_MODE= # the mode /dev/fuse had before --rootless opened it to users
 
 # Writes storage.conf/containers.conf for env dir $1 with mount program $2 ("" = native).
 make_env() {
@@ -114,6 +116,7 @@ make_env() {
     {
         printf '[storage]\ndriver = "overlay"\n'
         printf 'graphroot = "%s/graph"\nrunroot = "%s/run"\n' "$dir" "$dir"
+        [ -z "$RL_USER" ] || printf 'rootless_storage_path = "%s/graph"\n' "$dir"
         printf '[storage.options.overlay]\n'
         [ -n "$program" ] && printf 'mount_program = "%s"\n' "$program"
         true
@@ -137,15 +140,40 @@ static_dir = "$dir/graph/libpod"
 volume_path = "$dir/graph/volumes"
 image_copy_tmp_dir = "$dir/bigtmp"
 EOF
+    if [ -n "$RL_USER" ]; then
+        mkdir -m 0700 "$dir/xdg"
+        chown -R "$RL_USER:" "$dir"
+    fi
     ENVS+=("$dir")
 }
 
-# Runs podman in env dir $1 (the remaining arguments are podman's).
+# Runs podman in env dir $1 (the remaining arguments are podman's), as $RL_USER if set.
 pm() {
     local dir=$1
     shift
-    CONTAINERS_STORAGE_CONF="$dir/storage.conf" CONTAINERS_CONF="$dir/containers.conf" \
-        TMPDIR="$dir/bigtmp" podman $PODMAN_ARGS "$@"
+    in_env "$dir" podman $PODMAN_ARGS "$@"
+}
+
+# Runs a command with env dir $1's podman environment (as $RL_USER in --rootless mode).
+in_env() {
+    local dir=$1
+    shift
+    local as=()
+    [ -z "$RL_USER" ] || as=(runuser -u "$RL_USER" -- env HOME="$TOP/home" XDG_RUNTIME_DIR="$dir/xdg")
+    "${as[@]}" env CONTAINERS_STORAGE_CONF="$dir/storage.conf" CONTAINERS_CONF="$dir/containers.conf" \
+        TMPDIR="$dir/bigtmp" "$@"
+}
+
+# Runs a command where podman's mounts are visible: the host (rootful), or podman's user and
+# mount namespace (`podman unshare`, rootless), with env $1's podman environment.
+in_podman_ns() {
+    local dir=$1
+    shift
+    if [ -n "$RL_USER" ]; then
+        pm "$dir" unshare "$@"
+    else
+        in_env "$dir" "$@"
+    fi
 }
 
 # Unmounts every mount below $1, deepest first.
@@ -166,6 +194,8 @@ cleanup() {
         pm "$dir" rm -af -t 0 >/dev/null 2>&1
         pm "$dir" system reset --force >/dev/null 2>&1
     done
+    [ -z "$RL_USER" ] || remove_user
+    [ -z "$FUSE_MODE" ] || chmod "$FUSE_MODE" /dev/fuse
     unmount_below "$TOP"
     umount /var/lib/containers /run/containers 2>/dev/null
     if [ -n "$LOOPDEV" ]; then
@@ -189,11 +219,12 @@ program_for() {
             if [ "${RLAYERFS_E2E_LOG:-0}" = 1 ]; then
                 # A wrapper that logs each mount_program invocation and runs rlayerfs with
                 # debug logging: the first place to look when podman reports a mount error.
+                mkdir -p -m 1777 "$TOP/logs"
                 cat >"$TOP/rlayerfs-logged" <<EOF
 #!/bin/sh
 n=\$(date +%s%N)
-printf '%s cwd=%s\n' "\$*" "\$(pwd)" >>"$TOP/mount-program.log"
-exec "$BIN" --log-level debug --log-file "$TOP/rlayerfs-\$n.log" "\$@"
+printf '%s uid=%s cwd=%s\n' "\$*" "\$(id -u)" "\$(pwd)" >>"$TOP/logs/mount-program.log"
+exec "$BIN" --log-level debug --log-file "$TOP/logs/rlayerfs-\$n.log" "\$@"
 EOF
                 chmod +x "$TOP/rlayerfs-logged"
                 echo "$TOP/rlayerfs-logged"
@@ -394,22 +425,35 @@ daemon_serves() {
     return 1
 }
 
-no_mount_at() { ! awk '{ print $5 }' /proc/self/mountinfo | grep -qxF "$1"; }
-no_mount_below() { ! awk -v top="$1" 'index($5, top) == 1' /proc/self/mountinfo | grep -q .; }
+# Mount points as podman sees them (env $1).
+mount_points() { in_podman_ns "$1" cat /proc/self/mountinfo | awk '{ print $5 }'; }
+no_mount_at() { ! mount_points "$1" | grep -qxF "$2"; }
+no_mount_below() {
+    local left
+    # Container roots (fuse*, overlay) only: containers/storage keeps its own private bind
+    # mount of graph/overlay on itself, in rootless mode in the pause process's namespace.
+    left=$(in_podman_ns "$1" cat /proc/self/mountinfo |
+        awk -v top="$1" 'index($5, top) == 1 { for (i = 7; $i != "-"; i++); if ($(i + 1) ~ /^(fuse|overlay)/) print }')
+    [ -z "$left" ] || { printf '%s\n' "$left"; return 1; }
+}
 
-# `podman mount` of stopped container $2 (through the mount program) and checks on the host.
+# `podman mount` of stopped container $1 (through the mount program), checks of its content
+# through that mount, `podman unmount`. Run by `bash -c` where podman's mounts are visible.
+MOUNTED_WORK_CHECKS='
+set -ex
+mnt=$(podman $PODMAN_ARGS mount "$1")
+test "$(cat "$mnt/data/runmod.txt")" = changed
+test "$(cat "$mnt/data/runnew.txt")" = new
+test ! -e "$mnt/data/rundel.txt"
+test "$(ls -A "$mnt/data/rundir")" = fresh
+test "$(cat "$mnt/data/keep.txt")" = base
+test ! -e "$mnt/data/del.txt"
+podman $PODMAN_ARGS unmount "$1"
+! awk "{ print \$5 }" /proc/self/mountinfo | grep -qxF "$mnt"
+'
+
 mounted_work_ok() {
-    local env=$1 ctr=$2 mnt rc=0
-    mnt=$(pm "$env" mount "$ctr") || return 1
-    test "$(cat "$mnt/data/runmod.txt")" = changed || rc=1
-    test "$(cat "$mnt/data/runnew.txt")" = new || rc=1
-    test ! -e "$mnt/data/rundel.txt" || rc=1
-    test "$(ls -A "$mnt/data/rundir")" = fresh || rc=1
-    test "$(cat "$mnt/data/keep.txt")" = base || rc=1
-    test ! -e "$mnt/data/del.txt" || rc=1
-    pm "$env" unmount "$ctr" >/dev/null || rc=1
-    no_mount_at "$mnt" || rc=1
-    return "$rc"
+    in_podman_ns "$1" env PODMAN_ARGS="$PODMAN_ARGS" bash -c "$MOUNTED_WORK_CHECKS" _ "$2"
 }
 
 fresh_diff_empty() {
@@ -456,14 +500,14 @@ e2e() {
     check "/proc/$pid/mounts: / is served by $variant" \
         grep -Eq "$want" <(awk '$2 == "/" { print $3, $1 }' "/proc/$pid/mounts")
     check "findmnt: the merged dir is served by $variant" \
-        grep -Eq "$want" <(findmnt -n -o FSTYPE,SOURCE --mountpoint "$merged" | tr -s ' ')
+        grep -Eq "$want" <(in_podman_ns "$env" findmnt -n -o FSTYPE,SOURCE --mountpoint "$merged" | tr -s ' ')
     check "inside the container: / is served by $variant" \
         grep -Eq "$want" <(pm "$env" exec live awk '$2 == "/" { print $3, $1 }' /proc/self/mounts)
     if [ "$variant" = rlayerfs ]; then
         check "a $BIN daemon serves the merged dir" daemon_serves "$merged"
     fi
     check "podman rm -f live" pm "$env" rm -f -t 0 live
-    check "no mount left at $merged" no_mount_at "$merged"
+    check "no mount left at $merged" no_mount_at "$env" "$merged"
 
     must "work container: read, write, delete lower files" \
         pm "$env" run --pull=never --name work "$img-built:latest" sh -c "$WORK_SCRIPT"
@@ -491,7 +535,7 @@ e2e() {
     check "podman diff of a fresh container of the committed image is empty" \
         fresh_diff_empty "$env" "$img-committed:latest"
     check "podman rm -a; podman rmi -a" remove_all "$env"
-    check "no mount left below $env" no_mount_below "$env"
+    check "no container root left mounted below $env" no_mount_below "$env"
 
     if [ "$FAILED" -gt 0 ]; then
         printf 'FAILED: %d check(s) (variant %s)\n' "$FAILED" "$variant"
@@ -593,6 +637,59 @@ timings() {
     done
     printf '\nall samples (ms):\n'
     for f in "$TOP"/t.*; do printf '  %-32s %s\n' "${f##*/t.}" "$(tr '\n' ' ' <"$f")"; done
+}
+
+# ---------------------------------------------------------------------------------------------
+# Rootless (stretch): the same e2e flow run by an unprivileged user with subordinate id ranges.
+# Podman then runs rlayerfs inside its user namespace (uid 0 there, no capability on the host),
+# where FUSE mounts are allowed; the mounts live in podman's mount namespace, so they are
+# checked through `podman unshare`. The user (and its subuid/subgid ranges) is removed on exit.
+
+RL_NAME=rlpm-e2e
+RL_COMMENT="rlayerfs podman e2e (temporary)"
+
+remove_user() {
+    local p
+    # Processes the test user runs are ours (podman's pause process, leftover daemons).
+    for p in $(pgrep -u "$RL_USER" 2>/dev/null); do kill "$p" 2>/dev/null; done
+    sleep 0.5
+    for p in $(pgrep -u "$RL_USER" 2>/dev/null); do kill -9 "$p" 2>/dev/null; done
+    userdel "$RL_USER" 2>/dev/null
+    sed -i "/^$RL_USER:/d" /etc/subuid /etc/subgid 2>/dev/null
+}
+
+# Picks a free subordinate id range start (65536 ids) above every range in use.
+free_subid_start() {
+    cat /etc/subuid /etc/subgid 2>/dev/null |
+        awk -F: 'BEGIN { m = 1000000 } NF == 3 && $2 + $3 > m { m = $2 + $3 } END { print m }'
+}
+
+rootless() {
+    if id "$RL_NAME" >/dev/null 2>&1; then
+        [ "$(getent passwd "$RL_NAME" | cut -d: -f5)" = "$RL_COMMENT" ] ||
+            die "user $RL_NAME exists and is not ours"
+        RL_USER=$RL_NAME remove_user
+    fi
+    local start
+    start=$(free_subid_start)
+    useradd --comment "$RL_COMMENT" --home-dir "$TOP/home" --create-home --shell /bin/sh \
+        --no-user-group --gid nogroup "$RL_NAME"
+    RL_USER=$RL_NAME
+    sed -i "/^$RL_USER:/d" /etc/subuid /etc/subgid 2>/dev/null || true
+    usermod --add-subuids "$start-$((start + 65535))" --add-subgids "$start-$((start + 65535))" "$RL_USER"
+    log "rootless as $RL_USER (uid $(id -u "$RL_USER"), subids $start-$((start + 65535)))"
+    runuser -u "$RL_USER" -- test -x "$BIN" || die "$BIN is not executable by $RL_USER"
+    # In podman's user namespace the mount program is uid 0 without host privileges: it opens
+    # /dev/fuse itself and mounts with mount(2) (FUSE allows that in a user namespace); the
+    # setuid fusermount3 does not help there (setuid is ignored when host root is not mapped).
+    # Debian's default mode is 0666; some sandboxes have 0600, which makes every rootless FUSE
+    # mount fail with EACCES (fuse-overlayfs too): open it up for the run, restore it on exit.
+    if ! runuser -u "$RL_USER" -- test -r /dev/fuse -a -w /dev/fuse; then
+        FUSE_MODE=$(stat -c %a /dev/fuse)
+        log "/dev/fuse is mode $FUSE_MODE: chmod 0666 for the rootless run (restored on exit)"
+        chmod 0666 /dev/fuse
+    fi
+    e2e rlayerfs
 }
 
 case "$MODE" in
