@@ -6,7 +6,13 @@
 //! The exiting daemon never unmounts by path after the kernel has detached it, so a new
 //! mount at the same path that followed an external unmount is never torn down by us
 //! (fuser 0.18 would do it; see [`serve`]).
+//!
+//! With the rights to mount(2) FUSE itself (root, or uid 0 in a user namespace as under
+//! rootless podman) rlayerfs mounts by itself ([`mount_direct`]) so that the mount's type is
+//! `fuse.rlayerfs` as with libfuse; otherwise fuser mounts (through `fusermount3`).
 
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -160,8 +166,22 @@ pub fn run(req: MountRequest) -> Result<i32, String> {
         .unwrap_or(DEFAULT_TTL);
     let config = fuse_config(o, fs.is_read_only());
     crate::sys::process::block_termination_signals();
-    let mut session = fuser::Session::new(FuseAdapter::new(fs, ttl), &mountpoint, &config)
-        .map_err(|e| format!("mount on {}: {e}", mountpoint.display()))?;
+    let adapter = FuseAdapter::new(fs, ttl);
+    let mount_err = |e: std::io::Error| format!("mount on {}: {e}", mountpoint.display());
+    // `owned`: the mount point when we mounted it ourselves (we then unmount it too).
+    let (mut session, owned) = match mount_direct(&mountpoint, &config).map_err(mount_err)? {
+        Some(fd) => match fuser::Session::from_fd(adapter, fd, config.acl, config.clone()) {
+            Ok(session) => (session, Some(mountpoint.clone())),
+            Err(e) => {
+                let _ = unmount_own(&mountpoint);
+                return Err(mount_err(e));
+            }
+        },
+        None => (
+            fuser::Session::new(adapter, &mountpoint, &config).map_err(mount_err)?,
+            None,
+        ),
+    };
     tracing::info!(mountpoint = %mountpoint.display(), "mounted");
     if !req.foreground {
         match crate::sys::process::daemonize(None) {
@@ -169,12 +189,97 @@ pub fn run(req: MountRequest) -> Result<i32, String> {
             Ok(true) => std::process::exit(0),
             Ok(false) => {}
             Err(e) => {
-                let _ = session.unmount();
+                let _ = match &owned {
+                    Some(path) => unmount_own(path),
+                    None => session.unmount(),
+                };
                 return Err(format!("cannot go to the background: {e}"));
             }
         }
     }
-    serve(session)
+    serve(session, owned)
+}
+
+/// Mounts the FUSE file system at `mountpoint` with mount(2), as libfuse does when it may:
+/// type `fuse.SUBTYPE` and source `FSNAME`. fuser 0.18's own mount(2) always passes type
+/// `fuse` (the subtype only becomes the source), so /proc/mounts would show `fuse` where
+/// fuse-overlayfs shows `fuse.fuse-overlayfs`.
+///
+/// Returns the /dev/fuse connection, or `None` when fuser must mount instead: not uid 0,
+/// `auto_unmount` (needs fusermount3), /dev/fuse not openable, or mount(2) refused with EPERM
+/// (fuser then tries fusermount3 and reports its own error).
+fn mount_direct(mountpoint: &Path, config: &Config) -> std::io::Result<Option<OwnedFd>> {
+    use rustix::mount::MountFlags;
+    let opts = &config.mount_options;
+    if !rustix::process::geteuid().is_root() || opts.contains(&MountOption::AutoUnmount) {
+        return Ok(None);
+    }
+    let dev = match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+    {
+        Ok(f) => OwnedFd::from(f),
+        Err(e) => {
+            tracing::debug!(error = %e, "open /dev/fuse: letting fuser mount");
+            return Ok(None);
+        }
+    };
+    let root_mode = std::fs::metadata(mountpoint)?.mode() & libc::S_IFMT;
+    let mut data = format!(
+        "fd={},rootmode={root_mode:o},user_id={},group_id={}",
+        dev.as_raw_fd(),
+        rustix::process::getuid().as_raw(),
+        rustix::process::getgid().as_raw()
+    );
+    if opts.contains(&MountOption::DefaultPermissions) {
+        data.push_str(",default_permissions");
+    }
+    if config.acl != SessionACL::Owner {
+        // The kernel only knows allow_other; fuser enforces allow_root itself.
+        data.push_str(",allow_other");
+    }
+    let mut flags = MountFlags::empty();
+    if !opts.contains(&MountOption::Suid) {
+        flags |= MountFlags::NOSUID;
+    }
+    if !opts.contains(&MountOption::Dev) {
+        flags |= MountFlags::NODEV;
+    }
+    let mut source = "rlayerfs".to_string();
+    let mut fstype = "fuse".to_string();
+    for o in opts {
+        match o {
+            MountOption::RO => flags |= MountFlags::RDONLY,
+            MountOption::NoExec => flags |= MountFlags::NOEXEC,
+            MountOption::NoAtime => flags |= MountFlags::NOATIME,
+            MountOption::Sync => flags |= MountFlags::SYNCHRONOUS,
+            MountOption::DirSync => flags |= MountFlags::DIRSYNC,
+            MountOption::FSName(name) => source = name.clone(),
+            MountOption::Subtype(name) => fstype = format!("fuse.{name}"),
+            _ => {}
+        }
+    }
+    let data = std::ffi::CString::new(data)?;
+    match rustix::mount::mount(
+        source.as_str(),
+        mountpoint,
+        fstype.as_str(),
+        flags,
+        data.as_c_str(),
+    ) {
+        Ok(()) => Ok(Some(dev)),
+        Err(rustix::io::Errno::PERM) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Unmounts a mount we made with [`mount_direct`]. Only called while our session still runs
+/// (or before it started), so the mount at `path` is ours. Lazily, as libfuse does
+/// (`umount2(path, MNT_DETACH)`): the path is free at once, and the session serves open files
+/// until their last user is gone.
+fn unmount_own(path: &Path) -> std::io::Result<()> {
+    rustix::mount::unmount(path, rustix::mount::UnmountFlags::DETACH).map_err(Into::into)
 }
 
 /// How often the main thread looks whether the session thread has ended. Only bounds how long
@@ -192,8 +297,12 @@ const SESSION_POLL: Duration = Duration::from_millis(50);
 /// So the session runs on fuser's background thread, and its `BackgroundSession`, which owns
 /// the mount, is never dropped once the session has ended: it is forgotten and the process
 /// exits. Only a signal unmounts, and only while the session still runs (the mount is ours).
+///
+/// `owned` is the mount point when [`mount_direct`] mounted it: fuser then knows of no mount,
+/// and a signal unmounts it here.
 fn serve<FS: fuser::Filesystem + Send + 'static>(
     session: fuser::Session<FS>,
+    owned: Option<PathBuf>,
 ) -> Result<i32, String> {
     let background = session
         .spawn()
@@ -213,7 +322,11 @@ fn serve<FS: fuser::Filesystem + Send + 'static>(
                 return 0;
             }
             tracing::info!(sig, "signal: unmounting");
-            match background.umount_and_join() {
+            let unmounted = match &owned {
+                Some(path) => unmount_own(path).and_then(|()| background.join()),
+                None => background.umount_and_join(),
+            };
+            match unmounted {
                 Ok(()) => 0,
                 Err(e) => {
                     tracing::error!(error = %e, "unmount on signal failed");
