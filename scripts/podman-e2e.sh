@@ -238,13 +238,10 @@ EOF
     esac
 }
 
-# The mount serving the container root, as "FSTYPE SOURCE" of /proc/mounts (an ERE). rlayerfs
-# asks for subtype "rlayerfs"; mounted by fusermount3 (non-root) that gives fstype
-# fuse.rlayerfs, but fuser 0.18's own mount(2) as root always passes type "fuse" and uses the
-# subtype only as the source, so both are accepted (the source names rlayerfs either way).
+# The mount serving the container root, as "FSTYPE SOURCE" of /proc/mounts (an ERE).
 mount_re_for() {
     case "$1" in
-        rlayerfs) echo '^fuse(\.rlayerfs)? rlayerfs$' ;;
+        rlayerfs) echo '^fuse\.rlayerfs rlayerfs$' ;;
         fuse-overlayfs) echo '^fuse\.fuse-overlayfs fuse-overlayfs$' ;;
         native) echo '^overlay overlay$' ;;
     esac
