@@ -196,11 +196,19 @@ pub fn run(req: MountRequest) -> Result<i32, String> {
     let pt = Arc::new(Passthrough::default());
     let want_passthrough = req.passthrough && rustix::process::geteuid().is_root();
     let adapter = FuseAdapter::new(fs, ttl, pt.clone(), want_passthrough);
-    let (session, ours) = if rustix::process::geteuid().is_root() {
-        // Mount ourselves: the session then never unmounts by path (see module doc).
-        let spec = mount_spec(&config);
-        let m = crate::sys::fusemount::mount_fuse(&mountpoint, &spec)
-            .map_err(|e| format!("mount on {}: {e}", mountpoint.display()))?;
+    // Mount ourselves when we may (uid 0, also in a user namespace): the session then never
+    // unmounts by path (see module doc), and the type is `fuse.rlayerfs`. EPERM (no
+    // CAP_SYS_ADMIN over the mount namespace) falls back to fuser and fusermount3.
+    let direct = if rustix::process::geteuid().is_root() {
+        match crate::sys::fusemount::mount_fuse(&mountpoint, &mount_spec(&config)) {
+            Ok(m) => Some(m),
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => None,
+            Err(e) => return Err(format!("mount on {}: {e}", mountpoint.display())),
+        }
+    } else {
+        None
+    };
+    let (session, ours) = if let Some(m) = direct {
         let st_dev = m.st_dev;
         match fuser::Session::from_fd(adapter, m.dev_fuse, config.acl, config.clone()) {
             Ok(s) => (s, Some(st_dev)),
