@@ -393,15 +393,18 @@ D /data/rundel.txt
 D /data/rundir'
 # With a mount program containers/storage uses its "naive" diff: it mounts the container and
 # its image through the mount program and compares the two trees (type, mode, owner, size,
-# mtime). The recreated /data/rundir is then "changed", with its old children deleted. A
-# directory whose child was only copied up (/data/keepdir) is unchanged: kernel overlayfs
-# restores the parent's timestamps after linking a copied-up file into it.
+# mtime). The recreated /data/rundir is then "changed", with its old children deleted. The
+# naive diff also reports every directory that holds a change as changed itself
+# (pkg/archive/changes.go: "If there were changes inside this directory, we need to add
+# it"), so /data/keepdir is listed for /data/keepdir/k; its own mtime is checked unchanged
+# separately below.
 EXPECTED_DIFF_NAIVE='A /data/rundir/fresh
 A /data/runnew.txt
 A /newtop
 A /newtop/x
 A /newtop/x/y
 C /data
+C /data/keepdir
 C /data/keepdir/k
 C /data/rundir
 C /data/runmod.txt
