@@ -174,7 +174,13 @@ impl UnionFs {
         };
         if let Some(entry) = index {
             // Already copied up through another name: link this name to it.
-            let linked = match rustix::fs::linkat(self.index_fd()?, &*entry, &pfd, &name, AtFlags::empty()) {
+            let linked = match rustix::fs::linkat(
+                self.index_fd()?,
+                &*entry,
+                &pfd,
+                &name,
+                AtFlags::empty(),
+            ) {
                 Ok(()) => true,
                 // This name is an upper link already.
                 Err(rustix::io::Errno::EXIST) => false,
@@ -183,7 +189,11 @@ impl UnionFs {
             if let Ok(n) = self.nodes.write().get_mut(ino) {
                 n.upper = true;
             }
-            return if linked { self.adjust_nlink(ino, -1) } else { Ok(()) };
+            return if linked {
+                self.adjust_nlink(ino, -1)
+            } else {
+                Ok(())
+            };
         }
         let lower = lower.ok_or(Error::Invariant("node without upper or lower"))?;
         let top = lower
