@@ -215,7 +215,9 @@ impl Filesystem for FuseAdapter {
             | InitFlags::FUSE_BIG_WRITES
             | InitFlags::FUSE_MAX_PAGES
             // The kernel enforces POSIX ACLs read through getxattr, as overlayfs does.
-            | InitFlags::FUSE_POSIX_ACL;
+            | InitFlags::FUSE_POSIX_ACL
+            // The umask comes separately: it must not apply under a default ACL.
+            | InitFlags::FUSE_DONT_MASK;
         let offered = config.capabilities() & wanted;
         if let Err(missing) = config.add_capabilities(offered) {
             tracing::debug!(?missing, "kernel lacks some FUSE capabilities");

@@ -193,6 +193,9 @@ pub fn run(req: MountRequest) -> Result<i32, String> {
         .unwrap_or(DEFAULT_TTL);
     let config = fuse_config(o, fs.is_read_only());
     crate::sys::process::block_termination_signals();
+    // Modes of new objects are computed per request (caller's umask, default ACLs): the
+    // daemon's own umask must not strip them again.
+    rustix::process::umask(rustix::fs::Mode::empty());
     let pt = Arc::new(Passthrough::default());
     let want_passthrough = req.passthrough && rustix::process::geteuid().is_root();
     let adapter = FuseAdapter::new(fs, ttl, pt.clone(), want_passthrough);

@@ -521,7 +521,6 @@ fn copy_up_keeps_metadata() {
 }
 
 #[test]
-#[ignore = "known divergence (open): the umask is applied even under a default ACL (needs FUSE_DONT_MASK handling); run with --ignored"]
 fn default_acl_applies_in_copied_up_dir() {
     let name = "default_acl_applies_in_copied_up_dir";
     if !can_mount(name) {

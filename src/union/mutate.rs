@@ -213,7 +213,17 @@ impl UnionFs {
         } else {
             (work, &tmp)
         };
-        let perm = mode & 0o7777 & !umask;
+        // Under a default ACL the umask does not apply: the filesystem derives the new
+        // object's permissions from the ACL (and the daemon runs with umask 0).
+        let default_acl = sys::get_xattr(pfd.as_fd(), OsStr::new("system.posix_acl_default"))
+            .ok()
+            .flatten()
+            .is_some();
+        let perm = if default_acl && slot == UpperSlot::Empty {
+            mode & 0o7777
+        } else {
+            mode & 0o7777 & !umask
+        };
         let setgid_parent = pst.st_mode & libc::S_ISGID != 0;
         let gid = if setgid_parent {
             pst.st_gid
