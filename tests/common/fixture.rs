@@ -468,6 +468,13 @@ fn copy_entry(
         let mut names: Vec<_> = fs::read_dir(src)?
             .map(|e| e.map(|e| e.file_name()))
             .collect::<io::Result<_>>()?;
+        // Listing the source updated its atime (relatime): put it back, so that a second
+        // copy of the same source is identical to the first.
+        sys::set_times(
+            src,
+            (meta.atime(), meta.atime_nsec()),
+            (meta.mtime(), meta.mtime_nsec()),
+        )?;
         names.sort();
         for name in &names {
             let s = name.to_string_lossy();
@@ -527,9 +534,11 @@ fn copy_entry(
 /// Copies file data, leaving all-zero blocks as holes (so sparse files stay sparse).
 fn copy_file_data(src: &Path, dst: &Path, len: u64) -> io::Result<()> {
     const BLOCK: usize = 4096;
+    // O_NOATIME: copying a stack must not change the source's atimes (relatime would), or a
+    // second copy made from the same source would differ from the first.
     let mut input = OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NOATIME)
         .open(src)?;
     let mut out = OpenOptions::new()
         .write(true)
