@@ -97,14 +97,14 @@ pub fn open_dir_path(root: BorrowedFd<'_>, path: &Path) -> Result<OwnedFd> {
 
 /// `/proc/self/fd/N`: lets the path-based xattr calls act on an `O_PATH` fd (the magic
 /// link lands on the object itself, a symlink included).
-fn proc_fd_path(fd: BorrowedFd<'_>) -> CString {
+pub fn proc_fd_path(fd: &impl AsRawFd) -> CString {
     // The formatted string never holds a NUL byte.
     CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap_or_default()
 }
 
 /// Reads one xattr of the object behind `fd` (any kind of fd). `Ok(None)` when absent.
 pub fn get_xattr(fd: BorrowedFd<'_>, name: &OsStr) -> Result<Option<Vec<u8>>> {
-    let path = proc_fd_path(fd);
+    let path = proc_fd_path(&fd);
     let mut buf = vec![0u8; 256];
     loop {
         match rustix::fs::getxattr(&*path, name, &mut buf[..]) {
@@ -124,7 +124,7 @@ pub fn get_xattr(fd: BorrowedFd<'_>, name: &OsStr) -> Result<Option<Vec<u8>>> {
 
 /// Lists the xattr names of the object behind `fd`.
 pub fn list_xattrs(fd: BorrowedFd<'_>) -> Result<Vec<OsString>> {
-    let path = proc_fd_path(fd);
+    let path = proc_fd_path(&fd);
     let mut buf = vec![0u8; 1024];
     let n = loop {
         match rustix::fs::listxattr(&*path, &mut buf[..]) {
@@ -146,14 +146,14 @@ pub fn list_xattrs(fd: BorrowedFd<'_>) -> Result<Vec<OsString>> {
 
 /// Sets one xattr on the object behind `fd`.
 pub fn set_xattr(fd: BorrowedFd<'_>, name: &OsStr, value: &[u8], flags: i32) -> Result<()> {
-    let path = proc_fd_path(fd);
+    let path = proc_fd_path(&fd);
     let flags = rustix::fs::XattrFlags::from_bits_retain(flags as u32);
     rustix::fs::setxattr(&*path, name, value, flags)
 }
 
 /// Removes one xattr from the object behind `fd`.
 pub fn remove_xattr(fd: BorrowedFd<'_>, name: &OsStr) -> Result<()> {
-    let path = proc_fd_path(fd);
+    let path = proc_fd_path(&fd);
     rustix::fs::removexattr(&*path, name)
 }
 

@@ -42,10 +42,9 @@ pub fn daemonize(log: Option<&Path>) -> std::io::Result<bool> {
     Ok(false)
 }
 
-/// Blocks SIGTERM, SIGINT and SIGHUP in the calling thread (and threads it starts later),
-/// so that only [`wait_for_termination`] receives them.
-pub fn block_termination_signals() {
-    // SAFETY: sigset manipulation on a local, then pthread_sigmask on our own thread.
+/// The signals that end the daemon.
+fn termination_sigset() -> libc::sigset_t {
+    // SAFETY: sigset manipulation on a zero-initialised local.
     #[allow(unsafe_code)]
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
@@ -53,23 +52,29 @@ pub fn block_termination_signals() {
         libc::sigaddset(&mut set, libc::SIGTERM);
         libc::sigaddset(&mut set, libc::SIGINT);
         libc::sigaddset(&mut set, libc::SIGHUP);
+        set
+    }
+}
+
+/// Blocks SIGTERM, SIGINT and SIGHUP in the calling thread (and threads it starts later),
+/// so that only [`wait_for_termination`] receives them.
+pub fn block_termination_signals() {
+    let set = termination_sigset();
+    // SAFETY: pthread_sigmask on our own thread with a valid set.
+    #[allow(unsafe_code)]
+    unsafe {
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
     }
 }
 
 /// Waits until SIGTERM, SIGINT or SIGHUP arrives; returns the signal number.
 pub fn wait_for_termination() -> i32 {
-    // SAFETY: sigwait on a locally built set of signals blocked by
-    // `block_termination_signals`.
+    let set = termination_sigset();
+    let mut sig = 0;
+    // SAFETY: sigwait on a valid set of signals blocked by `block_termination_signals`.
     #[allow(unsafe_code)]
     unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGHUP);
-        let mut sig = 0;
         libc::sigwait(&set, &mut sig);
-        sig
     }
+    sig
 }

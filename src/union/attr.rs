@@ -57,7 +57,7 @@ pub struct SetAttr {
 
 /// `/proc/self/fd/N` for path-based calls on an `O_PATH` fd.
 pub(crate) fn proc_path(fd: &impl AsRawFd) -> CString {
-    CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap_or_default()
+    crate::sys::proc_fd_path(fd)
 }
 
 fn to_timestamp(t: Option<TimeSet>) -> rustix::fs::Timespec {

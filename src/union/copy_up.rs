@@ -45,18 +45,23 @@ struct RestoreTimes {
     st: Stat,
 }
 
+/// The access and modification times of `st`, for `utimensat`.
+fn stat_times(st: &Stat) -> Timestamps {
+    Timestamps {
+        last_access: rustix::fs::Timespec {
+            tv_sec: st.st_atime as _,
+            tv_nsec: st.st_atime_nsec as _,
+        },
+        last_modification: rustix::fs::Timespec {
+            tv_sec: st.st_mtime as _,
+            tv_nsec: st.st_mtime_nsec as _,
+        },
+    }
+}
+
 impl Drop for RestoreTimes {
     fn drop(&mut self) {
-        let ts = Timestamps {
-            last_access: rustix::fs::Timespec {
-                tv_sec: self.st.st_atime as _,
-                tv_nsec: self.st.st_atime_nsec as _,
-            },
-            last_modification: rustix::fs::Timespec {
-                tv_sec: self.st.st_mtime as _,
-                tv_nsec: self.st.st_mtime_nsec as _,
-            },
-        };
+        let ts = stat_times(&self.st);
         let path = crate::union::attr::proc_path(&*self.dir);
         if let Err(e) = rustix::fs::utimensat(rustix::fs::CWD, &*path, &ts, AtFlags::empty()) {
             tracing::warn!(error = %e, "restoring directory times after copy-up");
@@ -104,16 +109,7 @@ pub(crate) fn copy_owner_mode(dir: BorrowedFd<'_>, name: &OsStr, st: &Stat) -> R
 /// Applies the access and modification times of `st` to the object `name` in `dir`.
 pub(crate) fn copy_times(dir: BorrowedFd<'_>, name: &OsStr, st: &Stat) -> Result<()> {
     let fd = open_copy(dir, name)?;
-    let ts = Timestamps {
-        last_access: rustix::fs::Timespec {
-            tv_sec: st.st_atime as _,
-            tv_nsec: st.st_atime_nsec as _,
-        },
-        last_modification: rustix::fs::Timespec {
-            tv_sec: st.st_mtime as _,
-            tv_nsec: st.st_mtime_nsec as _,
-        },
-    };
+    let ts = stat_times(st);
     let path = crate::union::attr::proc_path(&fd);
     rustix::fs::utimensat(rustix::fs::CWD, &*path, &ts, AtFlags::empty())
         .at("utimens copy", Where::Work)
