@@ -13,7 +13,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -169,6 +169,25 @@ fn is_xattr_whiteout(dir: BorrowedFd<'_>, name: &OsStr) -> Result<bool> {
             .at("getxattr", Where::Unknown)?
             .is_some()
         {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Refuses a kernel metacopy file (its data would still be in a lower layer).
+fn refuse_metacopy(fd: BorrowedFd<'_>, name: &OsStr) -> Result<()> {
+    if has_metacopy_xattr(fd).at("getxattr", Where::Upper)? {
+        tracing::error!(?name, "metacopy file in the upper layer: not supported");
+        return Err(Error::Invariant("metacopy upper file"));
+    }
+    Ok(())
+}
+
+/// Whether the object carries the kernel's `overlay.metacopy` xattr (any namespace).
+pub(crate) fn has_metacopy_xattr(fd: BorrowedFd<'_>) -> rustix::io::Result<bool> {
+    for p in whiteout::OVERLAY_PREFIXES {
+        if sys::get_xattr(fd, OsStr::new(&format!("{p}metacopy")))?.is_some() {
             return Ok(true);
         }
     }
@@ -428,17 +447,24 @@ impl UnionFs {
                             }
                         }
                     } else {
-                        if st.st_mode & libc::S_IFMT == libc::S_IFREG {
-                            self.refuse_metacopy(pfd.as_fd(), name)?;
-                        }
-                        if self.index_enabled() {
+                        // Only a regular file with fewer blocks than its size can be a
+                        // metacopy file: the stat above filters before any xattr read,
+                        // and one O_PATH handle serves both checks.
+                        let maybe_metacopy = st.st_mode & libc::S_IFMT == libc::S_IFREG
+                            && st.st_blocks * 512 < st.st_size;
+                        if maybe_metacopy || self.index_enabled() {
                             let fd = sys::open_path(pfd.as_fd(), Path::new(name))
                                 .at("open", Where::Upper)?;
-                            let (ino, offset, record) =
-                                self.read_identity(fd.as_fd(), st.st_nlink > 1)?;
-                            origin = (ino, offset);
-                            if st.st_nlink > 1 {
-                                upper_index = self.index_entry(record.as_deref())?;
+                            if maybe_metacopy {
+                                refuse_metacopy(fd.as_fd(), name)?;
+                            }
+                            if self.index_enabled() {
+                                let (ino, offset, record) =
+                                    self.read_identity(fd.as_fd(), st.st_nlink > 1)?;
+                                origin = (ino, offset);
+                                if st.st_nlink > 1 {
+                                    upper_index = self.index_entry(record.as_deref())?;
+                                }
                             }
                         }
                     }
@@ -600,34 +626,6 @@ impl UnionFs {
             }
         }
         None
-    }
-
-    fn refuse_metacopy(&self, dir: BorrowedFd<'_>, name: &OsStr) -> Result<()> {
-        // Only zero-block files can be metacopy; a cheap filter before reading xattrs.
-        let fd: OwnedFd = match rustix::fs::openat(
-            dir,
-            name,
-            rustix::fs::OFlags::PATH | rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::CLOEXEC,
-            rustix::fs::Mode::empty(),
-        ) {
-            Ok(fd) => fd,
-            Err(_) => return Ok(()),
-        };
-        let st = rustix::fs::fstat(&fd).at("stat", Where::Upper)?;
-        if (st.st_blocks as i64) * 512 >= st.st_size {
-            return Ok(());
-        }
-        for p in whiteout::OVERLAY_PREFIXES {
-            let n = format!("{p}metacopy");
-            if sys::get_xattr(fd.as_fd(), OsStr::new(&n))
-                .at("getxattr", Where::Upper)?
-                .is_some()
-            {
-                tracing::error!(?name, "metacopy file in the upper layer: not supported");
-                return Err(Error::Invariant("metacopy upper file"));
-            }
-        }
-        Ok(())
     }
 
     pub(crate) fn stat_lower(&self, layer: LowerIdx, path: &Path) -> Result<Stat> {

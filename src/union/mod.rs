@@ -314,9 +314,8 @@ impl UnionFs {
             Some(u) => u.root.as_fd(),
             None => self.stack.lowers[0].root.as_fd(),
         };
-        let dir = crate::sys::open_dir_for_read(fd, Path::new(""))
-            .map_err(|e| Error::os("statfs", e, Where::Upper))?;
-        rustix::fs::fstatvfs(&dir).map_err(|e| Error::os("statfs", e, Where::Upper))
+        // Layer roots are held open for reading: no reopen per statfs.
+        rustix::fs::fstatvfs(fd).map_err(|e| Error::os("statfs", e, Where::Upper))
     }
 }
 
@@ -348,11 +347,8 @@ fn find_metacopy(root: BorrowedFd<'_>) -> rustix::io::Result<Option<std::path::P
                         continue;
                     }
                     let fd = crate::sys::open_path(dfd.as_fd(), Path::new(&e.name))?;
-                    for p in whiteout::OVERLAY_PREFIXES {
-                        let name = format!("{p}metacopy");
-                        if crate::sys::get_xattr(fd.as_fd(), OsStr::new(&name))?.is_some() {
-                            return Ok(Some(path));
-                        }
+                    if lookup::has_metacopy_xattr(fd.as_fd())? {
+                        return Ok(Some(path));
                     }
                 }
                 _ => {}
