@@ -1,0 +1,252 @@
+//! A full upper: the upper and workdir live on a small tmpfs (`size=`) that fills up during
+//! writes and copy-ups. The caller gets ENOSPC (as on kernel overlayfs, which runs the same
+//! scenario over an identical tmpfs), the daemon stays alive and keeps serving, a copy-up
+//! that ran out of space leaves no upper file and nothing in `WORKDIR/work`, and once space
+//! is freed the same copy-up succeeds.
+//!
+//! EIO from the upper is not tested: it needs a failing block device (device-mapper's
+//! `error` target or block-layer fault injection), and the kernels this project is tested
+//! on have neither.
+
+#![allow(unsafe_code, clippy::undocumented_unsafe_blocks)]
+
+mod common;
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::Duration;
+
+use common::live::{assert_same, is_zombie, Watchdog};
+use common::sys::errno_of;
+use common::{can_mount, FuseMount, KernelOverlay, MountDirs, Stack};
+
+/// Size of the upper tmpfs.
+const UPPER_MB: u64 = 16;
+/// The lower file copied up when there is no room for it.
+const BIG: usize = 8 << 20;
+const CHUNK: usize = 1 << 20;
+
+/// A tmpfs mounted on a fresh temporary directory; unmounted on drop.
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    fn new(size_mb: u64) -> Tmpfs {
+        let dir = tempfile::Builder::new()
+            .prefix("rlayerfs-enospc-")
+            .tempdir()
+            .unwrap();
+        common::sys::mount(
+            "tmpfs",
+            dir.path(),
+            "tmpfs",
+            &format!("size={size_mb}m,mode=0755"),
+        )
+        .unwrap();
+        Tmpfs { dir }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        if let Err(e) = common::sys::umount2(self.dir.path(), 0) {
+            eprintln!("warning: umount {}: {e}", self.dir.path().display());
+            let _ = common::sys::umount2(self.dir.path(), libc::MNT_DETACH);
+        }
+    }
+}
+
+fn big_content() -> Vec<u8> {
+    (0..BIG).map(|i| (i % 251) as u8).collect()
+}
+
+/// The lower stack plus an upper and workdir on a small tmpfs.
+fn dirs_on(stack: &Stack, tmpfs: &Tmpfs) -> MountDirs {
+    let (upper, work) = (tmpfs.path().join("upper"), tmpfs.path().join("work"));
+    fs::create_dir(&upper).unwrap();
+    fs::create_dir(&work).unwrap();
+    MountDirs {
+        lowers: stack.lowers.clone(),
+        upper,
+        work,
+        mnt: stack.mnt.clone(),
+    }
+}
+
+fn errno<T>(r: io::Result<T>) -> Result<T, i32> {
+    r.map_err(|e| errno_of(&e))
+}
+
+/// Writes `path` in 1 MiB chunks until an error; returns the bytes written and the errno.
+fn fill(path: &Path) -> (u64, Result<(), i32>) {
+    let mut f = match File::create(path) {
+        Ok(f) => f,
+        Err(e) => return (0, Err(errno_of(&e))),
+    };
+    let chunk = vec![0x5a; CHUNK];
+    let mut written = 0u64;
+    loop {
+        match f.write(&chunk) {
+            Ok(0) => return (written, Ok(())),
+            Ok(n) => written += n as u64,
+            Err(e) => return (written, Err(errno_of(&e))),
+        }
+        if written > (UPPER_MB + 4) << 20 {
+            return (written, Ok(()));
+        }
+    }
+}
+
+fn scratch_entries(dirs: &MountDirs) -> Vec<String> {
+    fs::read_dir(dirs.work.join("work"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The scenario; returns what it observed (compared between kernel overlayfs and rlayerfs).
+fn scenario(root: &Path, dirs: &MountDirs, daemon_alive: &dyn Fn() -> bool) -> Vec<String> {
+    let mut seen = Vec::new();
+    let mut note = |what: &str, v: String| seen.push(format!("{what}: {v}"));
+    // 1. A new file fills the upper: ENOSPC.
+    let (written, res) = fill(&root.join("fill"));
+    note("fill", format!("{res:?}"));
+    assert!(written > 0, "nothing could be written");
+    note("alive after fill", daemon_alive().to_string());
+    note(
+        "stat root",
+        format!("{:?}", errno(fs::metadata(root)).map(|_| ())),
+    );
+    // Leave about 4 MiB free: too little for the 8 MiB lower file.
+    let keep = written.saturating_sub(4 << 20);
+    note(
+        "shrink fill",
+        format!(
+            "{:?}",
+            errno(
+                OpenOptions::new()
+                    .write(true)
+                    .open(root.join("fill"))
+                    .and_then(|f| f.set_len(keep))
+            )
+        ),
+    );
+    // 2. Copy-ups that do not fit: by open for writing, by chmod, by a rename of the file.
+    let open = errno(OpenOptions::new().append(true).open(root.join("big")));
+    note("open big for append", format!("{:?}", open.map(|_| ())));
+    let chmod = errno(fs::set_permissions(
+        root.join("big"),
+        fs::Permissions::from_mode(0o600),
+    ));
+    note("chmod big", format!("{chmod:?}"));
+    let ren = errno(fs::rename(root.join("big"), root.join("big2")));
+    note("rename big", format!("{ren:?}"));
+    // Nothing half-done is visible: the lower file reads whole, no upper copy, clean work.
+    let data = fs::read(root.join("big")).unwrap();
+    note(
+        "big reads as the lower",
+        (data == big_content()).to_string(),
+    );
+    note(
+        "big mode",
+        format!(
+            "{:o}",
+            fs::metadata(root.join("big")).unwrap().permissions().mode() & 0o7777
+        ),
+    );
+    note("big in upper", dirs.upper.join("big").exists().to_string());
+    note("work leftovers", format!("{:?}", scratch_entries(dirs)));
+    note("alive after copy-ups", daemon_alive().to_string());
+    // 3. Small files until full.
+    let mut small = 0;
+    let err = loop {
+        let p = root.join(format!("s{small}"));
+        match fs::write(&p, vec![1u8; 256 << 10]) {
+            Ok(()) => small += 1,
+            Err(e) => break errno_of(&e),
+        }
+        if small > 1000 {
+            break 0;
+        }
+    };
+    note("small files", format!("errno {err}"));
+    // 4. Space freed: the copy-up now succeeds and is complete.
+    for i in 0..=small {
+        let _ = fs::remove_file(root.join(format!("s{i}")));
+    }
+    note(
+        "rm fill",
+        format!("{:?}", errno(fs::remove_file(root.join("fill")))),
+    );
+    let res = errno(
+        OpenOptions::new()
+            .append(true)
+            .open(root.join("big"))
+            .and_then(|mut f| f.write_all(b"tail")),
+    );
+    note("append after freeing", format!("{res:?}"));
+    let mut want = big_content();
+    want.extend_from_slice(b"tail");
+    note(
+        "big complete",
+        (fs::read(root.join("big")).unwrap() == want).to_string(),
+    );
+    note(
+        "work leftovers at the end",
+        format!("{:?}", scratch_entries(dirs)),
+    );
+    seen
+}
+
+#[test]
+fn full_upper_gives_enospc_and_no_partial_copy_up() {
+    if !can_mount("full_upper_gives_enospc_and_no_partial_copy_up") {
+        return;
+    }
+    let stack = Stack::new(1);
+    stack.lower(0).file("big", &big_content());
+
+    let ktmp = Tmpfs::new(UPPER_MB);
+    let kdirs = dirs_on(&stack, &ktmp);
+    let k = KernelOverlay::mount_dirs(&kdirs).unwrap();
+    let want = scenario(k.path(), &kdirs, &|| true);
+    k.unmount().unwrap();
+
+    let ftmp = Tmpfs::new(UPPER_MB);
+    let fdirs = dirs_on(&stack, &ftmp);
+    let m = FuseMount::mount_dirs(&fdirs).unwrap();
+    let _dog = Watchdog::arm(
+        "enospc",
+        vec![m.path().to_path_buf()],
+        Duration::from_secs(120),
+    );
+    let pids = m.daemons().to_vec();
+    assert!(!pids.is_empty());
+    let alive = || pids.iter().all(|&p| !is_zombie(p));
+    let got = scenario(m.path(), &fdirs, &alive);
+    m.unmount().unwrap();
+    for line in &got {
+        eprintln!("{line}");
+    }
+    assert_same(
+        "enospc",
+        "observations",
+        "kernel overlayfs".into(),
+        &want,
+        "rlayerfs",
+        &got,
+    );
+    // The kernel's own results, so that a change on both sides is noticed too.
+    assert!(want[0].contains("Err(28)"), "{want:?}");
+    assert!(want.iter().any(|l| l == "big in upper: false"), "{want:?}");
+}
