@@ -568,17 +568,63 @@ impl UnionFs {
             let src_lower_has = self.lower_has(&sinfo, name)?;
             let dst_lower_has = self.lower_has(&dinfo, new_name)?;
             if exchange {
-                rustix::fs::renameat_with(&spfd, name, &dpfd, new_name, RenameFlags::EXCHANGE)
-                    .at("rename exchange", Where::Upper)?;
-                self.invalidate_renamed(parent, name, new_parent, new_name)?;
                 let dst_ino = dst_ino.ok_or(Error::Invariant("exchange without target"))?;
+                let (sp, dp) = (spfd.as_fd(), dpfd.as_fd());
+                let saved_src = self.fix_moved_dir(
+                    fmt,
+                    src_ino,
+                    (sp, name),
+                    new_name,
+                    &dinfo,
+                    dst_lower_has,
+                    MovePhase::Before,
+                )?;
+                let saved_dst = match self.fix_moved_dir(
+                    fmt,
+                    dst_ino,
+                    (dp, new_name),
+                    name,
+                    &sinfo,
+                    src_lower_has,
+                    MovePhase::Before,
+                ) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        self.undo_moved_dir(fmt, saved_src);
+                        return Err(e);
+                    }
+                };
+                if let Err(e) =
+                    rustix::fs::renameat_with(&spfd, name, &dpfd, new_name, RenameFlags::EXCHANGE)
+                {
+                    self.undo_moved_dir(fmt, saved_src);
+                    self.undo_moved_dir(fmt, saved_dst);
+                    return Err(Error::os("rename exchange", e, Where::Upper));
+                }
+                self.invalidate_renamed(parent, name, new_parent, new_name)?;
                 {
                     let mut nodes = self.nodes.write();
                     nodes.rename(src_ino, parent, name, new_parent, new_name)?;
                     nodes.rename(dst_ino, new_parent, new_name, parent, name)?;
                 }
-                self.fix_moved_dir(fmt, src_ino, dpfd.as_fd(), new_name, &dinfo, dst_lower_has)?;
-                self.fix_moved_dir(fmt, dst_ino, spfd.as_fd(), name, &sinfo, src_lower_has)?;
+                self.fix_moved_dir(
+                    fmt,
+                    src_ino,
+                    (dp, new_name),
+                    new_name,
+                    &dinfo,
+                    dst_lower_has,
+                    MovePhase::After,
+                )?;
+                self.fix_moved_dir(
+                    fmt,
+                    dst_ino,
+                    (sp, name),
+                    name,
+                    &sinfo,
+                    src_lower_has,
+                    MovePhase::After,
+                )?;
                 return Ok(());
             }
             let slot = if dst.as_ref().map(|d| d.upper.is_some()).unwrap_or(false) {
@@ -611,11 +657,24 @@ impl UnionFs {
                     }
                 }
             }
+            let saved = self.fix_moved_dir(
+                fmt,
+                src_ino,
+                (spfd.as_fd(), name),
+                new_name,
+                &dinfo,
+                dst_lower_has,
+                MovePhase::Before,
+            )?;
             if slot == UpperSlot::WhiteoutObject && src.is_dir {
                 // A directory cannot replace the whiteout object: swap them, and the
                 // whiteout lands at the old name, where it is needed or removed.
-                rustix::fs::renameat_with(&spfd, name, &dpfd, new_name, RenameFlags::EXCHANGE)
-                    .at("rename over whiteout", Where::Upper)?;
+                if let Err(e) =
+                    rustix::fs::renameat_with(&spfd, name, &dpfd, new_name, RenameFlags::EXCHANGE)
+                {
+                    self.undo_moved_dir(fmt, saved);
+                    return Err(Error::os("rename over whiteout", e, Where::Upper));
+                }
                 if !src_lower_has {
                     rustix::fs::unlinkat(&spfd, name, AtFlags::empty())
                         .at("drop whiteout", Where::Upper)?;
@@ -625,8 +684,10 @@ impl UnionFs {
                 if src_lower_has && fmt.whiteout == WhiteoutKind::CharDev {
                     rflags |= RenameFlags::WHITEOUT;
                 }
-                rustix::fs::renameat_with(&spfd, name, &dpfd, new_name, rflags)
-                    .at("rename", Where::Upper)?;
+                if let Err(e) = rustix::fs::renameat_with(&spfd, name, &dpfd, new_name, rflags) {
+                    self.undo_moved_dir(fmt, saved);
+                    return Err(Error::os("rename", e, Where::Upper));
+                }
                 if src_lower_has && fmt.whiteout == WhiteoutKind::WhFile {
                     self.put_whiteout(fmt, spfd.as_fd(), name, false)?;
                 }
@@ -654,7 +715,15 @@ impl UnionFs {
                 }
                 nodes.rename(src_ino, parent, name, new_parent, new_name)?;
             }
-            self.fix_moved_dir(fmt, src_ino, dpfd.as_fd(), new_name, &dinfo, dst_lower_has)?;
+            self.fix_moved_dir(
+                fmt,
+                src_ino,
+                (dpfd.as_fd(), new_name),
+                new_name,
+                &dinfo,
+                dst_lower_has,
+                MovePhase::After,
+            )?;
             Ok(())
         })();
         let mut nodes = self.nodes.write();
@@ -684,39 +753,55 @@ impl UnionFs {
         Ok(())
     }
 
-    /// After a directory moved to `name` in upper dir `pfd` (whose merged info is
-    /// `dinfo`): point it at its lower content (redirect) or hide what the lower layers
-    /// hold at the new name (opaque).
+    /// Points a directory that moves to `new_name` in the directory whose merged info is
+    /// `dinfo` at its lower content (redirect), or hides what the lower layers hold at the
+    /// new name (opaque). `at` is where the directory is in the upper now.
+    ///
+    /// `MovePhase::Before` runs before the rename and only adds xattrs, so that a daemon
+    /// killed between the two steps never leaves a moved directory without its redirect
+    /// (its lower content would vanish); a redirect or opaque mark at the old name is
+    /// harmless (kernel overlayfs sets its redirect before renaming too). It returns the
+    /// redirect value it replaced, for `undo_moved_dir` if the rename fails.
+    /// `MovePhase::After` removes a redirect the directory no longer needs (moved back to
+    /// its natural place); removing it before the rename would lose the content likewise.
+    #[allow(clippy::too_many_arguments)]
     fn fix_moved_dir(
         &self,
         fmt: WriteFormat,
         ino: u64,
-        pfd: BorrowedFd<'_>,
-        name: &OsStr,
+        at: (BorrowedFd<'_>, &OsStr),
+        new_name: &OsStr,
         dinfo: &DirInfo,
         lower_occupied: bool,
-    ) -> Result<()> {
+        phase: MovePhase,
+    ) -> Result<Option<SavedRedirect>> {
         let lower = {
             let nodes = self.nodes.read();
             let n = nodes.get(ino)?;
             if !n.is_dir {
-                return Ok(());
+                return Ok(None);
             }
             n.lower.clone()
         };
+        let (pfd, name) = at;
         let dfd = sys::open_dir_path(pfd, Path::new(name)).at("open moved dir", Where::Upper)?;
-        match lower {
-            Some(l) => {
-                let natural = dinfo.lower.as_ref().map(|pl| pl.path.join(name));
+        let redirect = OsStr::new(fmt.xattr_ns.redirect());
+        match (lower, phase) {
+            (Some(l), phase) => {
+                let natural = dinfo.lower.as_ref().map(|pl| pl.path.join(new_name));
                 if natural.as_deref() == Some(l.path.as_path()) {
-                    for n in whiteout::redirect_xattr_names() {
-                        match sys::remove_xattr(dfd.as_fd(), OsStr::new(n)) {
-                            Ok(()) | Err(Errno::NODATA) | Err(Errno::NOTSUP) | Err(Errno::PERM) => {
+                    if phase == MovePhase::After {
+                        for n in whiteout::redirect_xattr_names() {
+                            match sys::remove_xattr(dfd.as_fd(), OsStr::new(n)) {
+                                Ok(()) | Err(Errno::NODATA) | Err(Errno::NOTSUP)
+                                | Err(Errno::PERM) => {}
+                                Err(e) => {
+                                    return Err(Error::os("remove redirect", e, Where::Upper))
+                                }
                             }
-                            Err(e) => return Err(Error::os("remove redirect", e, Where::Upper)),
                         }
                     }
-                } else {
+                } else if phase == MovePhase::Before {
                     let same_parent = dinfo
                         .lower
                         .as_ref()
@@ -732,18 +817,47 @@ impl UnionFs {
                         v.extend_from_slice(l.path.as_os_str().as_bytes());
                         v
                     };
-                    sys::set_xattr(dfd.as_fd(), OsStr::new(fmt.xattr_ns.redirect()), &value, 0)
+                    let old =
+                        sys::get_xattr(dfd.as_fd(), redirect).at("get redirect", Where::Upper)?;
+                    sys::set_xattr(dfd.as_fd(), redirect, &value, 0)
                         .at("set redirect", Where::Upper)?;
+                    return Ok(Some(SavedRedirect { dir: dfd, old }));
                 }
             }
-            None if lower_occupied => {
+            (None, MovePhase::Before) if lower_occupied => {
                 sys::set_xattr(dfd.as_fd(), OsStr::new(fmt.xattr_ns.opaque()), b"y", 0)
                     .at("set opaque", Where::Upper)?;
             }
-            None => {}
+            (None, _) => {}
         }
-        Ok(())
+        Ok(None)
     }
+
+    /// Puts back the redirect `fix_moved_dir` replaced before a rename that then failed.
+    fn undo_moved_dir(&self, fmt: WriteFormat, saved: Option<SavedRedirect>) {
+        let Some(saved) = saved else { return };
+        let redirect = OsStr::new(fmt.xattr_ns.redirect());
+        let r = match &saved.old {
+            Some(v) => sys::set_xattr(saved.dir.as_fd(), redirect, v, 0),
+            None => sys::remove_xattr(saved.dir.as_fd(), redirect),
+        };
+        if let Err(e) = r {
+            tracing::error!(error = %e, "cannot restore a directory's redirect after a failed rename");
+        }
+    }
+}
+
+/// When `UnionFs::fix_moved_dir` runs: before or after the rename.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MovePhase {
+    Before,
+    After,
+}
+
+/// A redirect replaced before a rename: the directory and the previous value.
+struct SavedRedirect {
+    dir: OwnedFd,
+    old: Option<Vec<u8>>,
 }
 
 trait FdEq {
