@@ -1,18 +1,22 @@
 //! Hostile layers: symlinks pointing outside (absolute, `../..`), symlinked parent
 //! directories, names with newlines and 255 bytes, very deep trees and FIFOs. Reading,
 //! copying up and deleting everything through the mount must never touch anything outside
-//! the layers (canary files keep content, mode, owner and times) and never hang.
+//! the layers (canary files keep content, mode, owner and times) and never hang. Also FIFOs
+//! where files are expected, and lower files swapped for symlinks during copy-up.
 
 mod common;
 
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::io::Read;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::can_mount;
 use common::dump::dump_tree;
 use common::fixture::Stack;
+use common::live::{same, Watchdog};
 use common::mount::FuseMount;
+use common::Pair;
 
 use rustix::fs::{Mode, OFlags};
 
@@ -175,4 +179,186 @@ fn hostile_layer_cannot_reach_outside() {
         std::fs::read(stack.lower(1).path("plain")).unwrap(),
         b"plain"
     );
+}
+
+/// FIFOs where files are expected (`etc/passwd`, `bin/sh`): every operation that makes the
+/// daemon touch the object (lookup, copy-up by chown/chmod/xattr/utimes, link, rename,
+/// opens that the kernel answers for FIFOs) completes without blocking and gives what
+/// kernel overlayfs gives.
+#[test]
+fn fifo_where_a_file_is_expected() {
+    let name = "fifo_where_a_file_is_expected";
+    if !can_mount(name) {
+        return;
+    }
+    let stack = Stack::new(2);
+    stack
+        .lower(1)
+        .fifo("etc/passwd")
+        .file("etc/hosts", b"127.0.0.1 localhost\n")
+        .fifo("bin/sh");
+    stack.lower(0).fifo("etc/group").dir("etc");
+    let pair = Pair::new(name, &stack);
+    let _wd = Watchdog::for_pair(&pair, Duration::from_secs(60));
+    let nonblock = |p: &Path, write: bool| {
+        std::fs::OpenOptions::new()
+            .read(!write)
+            .write(write)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(p)
+            .and_then(|mut f| {
+                let mut buf = Vec::new();
+                if write {
+                    Ok(0)
+                } else {
+                    f.read_to_end(&mut buf)
+                }
+            })
+            .map_err(|e| e.raw_os_error())
+    };
+    same(&pair, "operations on FIFOs", |root, _| {
+        let mut obs = Vec::new();
+        for f in ["etc/passwd", "etc/group", "bin/sh"] {
+            let p = root.join(f);
+            obs.push(format!("{f} read nonblock: {:?}", nonblock(&p, false)));
+            obs.push(format!("{f} write nonblock: {:?}", nonblock(&p, true)));
+            obs.push(format!(
+                "{f} lchown: {:?}",
+                std::os::unix::fs::lchown(&p, Some(7), Some(7)).map_err(|e| e.raw_os_error())
+            ));
+            obs.push(format!(
+                "{f} chmod: {:?}",
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))
+                    .map_err(|e| e.raw_os_error())
+            ));
+            obs.push(format!(
+                "{f} setxattr: {:?}",
+                common::sys::set_xattr(&p, "trusted.x", b"1").map_err(|e| e.raw_os_error())
+            ));
+            obs.push(format!(
+                "{f} link: {:?}",
+                std::fs::hard_link(&p, root.join(format!("{f}.link")))
+                    .map_err(|e| e.raw_os_error())
+            ));
+            obs.push(format!(
+                "{f} truncate: {:?}",
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .custom_flags(libc::O_NONBLOCK)
+                    .open(&p)
+                    .and_then(|f| f.set_len(0))
+                    .map_err(|e| e.raw_os_error())
+            ));
+            obs.push(format!(
+                "{f} rename: {:?}",
+                std::fs::rename(&p, root.join(format!("{f}.moved"))).map_err(|e| e.raw_os_error())
+            ));
+        }
+        obs.push(dump_tree(root));
+        obs
+    });
+    drop(pair);
+}
+
+/// Another process swaps lower files for symlinks to a canary (and back, atomically with
+/// RENAME_EXCHANGE) while the mount copies them up by write, chown, chmod and truncate.
+/// The daemon never follows a layer's symlink: the canary keeps content, mode, owner and
+/// times; every copied-up object is either the complete original file or the symlink
+/// itself; the daemon stays alive and the mount answers.
+#[test]
+fn layer_file_swapped_for_symlink_during_copy_up() {
+    let name = "layer_file_swapped_for_symlink_during_copy_up";
+    if !can_mount(name) {
+        return;
+    }
+    const FILES: usize = 24;
+    let canary = Canary::new();
+    let before = canary.snapshot();
+    let secret = canary.path().join("secret");
+    let stack = Stack::new(1);
+    let content = |i: usize| vec![b'a' + (i % 26) as u8; (2 << 20) + i];
+    for i in 0..FILES {
+        stack.lower(0).file(&format!("f{i}"), &content(i));
+        stack
+            .lower(0)
+            .symlink(&format!(".swap{i}"), &secret.display().to_string());
+    }
+    let m = FuseMount::mount(&stack).unwrap();
+    let root = m.path().to_path_buf();
+    let _wd = common::live::Watchdog::arm(name, vec![root.clone()], Duration::from_secs(90));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (lower, stop2) = (stack.lower(0).path(""), stop.clone());
+    let swapper = std::thread::spawn(move || {
+        let mut swaps = 0u64;
+        while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
+            for i in 0..FILES {
+                common::sys::renameat2(
+                    &lower.join(format!("f{i}")),
+                    &lower.join(format!(".swap{i}")),
+                    libc::RENAME_EXCHANGE,
+                )
+                .unwrap();
+                swaps += 1;
+            }
+        }
+        swaps
+    });
+    let mut outcomes = std::collections::BTreeMap::<String, u32>::new();
+    for i in 0..FILES {
+        let p = root.join(format!("f{i}"));
+        let r = match i % 4 {
+            0 => std::fs::OpenOptions::new()
+                .append(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&p)
+                .map(|_| ()),
+            1 => std::os::unix::fs::lchown(&p, Some(4242), Some(4242)),
+            2 => std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&p)
+                .and_then(|f| f.set_permissions(std::fs::Permissions::from_mode(0o600))),
+            _ => std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&p)
+                .and_then(|f| f.set_len(1 << 20)),
+        };
+        let key = match r {
+            Ok(()) => "ok".to_string(),
+            Err(e) => format!("errno {}", e.raw_os_error().unwrap_or(0)),
+        };
+        *outcomes.entry(key).or_default() += 1;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let swaps = swapper.join().unwrap();
+    // The mount still answers and the daemon is alive.
+    assert!(std::fs::read_dir(&root).unwrap().count() >= FILES);
+    for &pid in m.daemons() {
+        assert!(!common::live::is_zombie(pid), "daemon {pid} died");
+    }
+    m.unmount().unwrap();
+    eprintln!("{swaps} swaps; copy-up outcomes {outcomes:?}");
+    assert_eq!(canary.snapshot(), before, "the canary changed");
+    // Each upper object is the whole original file (possibly truncated to 1 MiB by the
+    // truncate case) or the symlink, never the canary's data nor a partial copy.
+    for i in 0..FILES {
+        let p = stack.upper.join(format!("f{i}"));
+        let Ok(md) = std::fs::symlink_metadata(&p) else {
+            continue;
+        };
+        if md.file_type().is_symlink() {
+            assert_eq!(std::fs::read_link(&p).unwrap(), secret);
+            continue;
+        }
+        assert!(md.file_type().is_file(), "f{i}: {:?}", md.file_type());
+        let data = std::fs::read(&p).unwrap();
+        let orig = content(i);
+        assert!(
+            data == orig || (i % 4 == 3 && data[..] == orig[..1 << 20]),
+            "f{i}: upper copy of {} bytes is not the original ({} bytes)",
+            data.len(),
+            orig.len()
+        );
+    }
 }
