@@ -61,6 +61,8 @@ fi
 
 out=${RLAYERFS_PJDFSTEST_OUT:-}
 base=$(mktemp -d /tmp/rlayerfs-pjdfstest.XXXXXX)
+# Tests switch to unprivileged users, who must reach the mounts (mktemp makes it 0700).
+chmod 0755 "$base"
 [ -n "$out" ] || out="$base/results"
 mkdir -p "$out"
 mounts=()
@@ -101,6 +103,7 @@ EOF
 make_stack() {
     local s=$1
     mkdir -p "$s"/{l0,l1,l2,upper,work,mnt}
+    chmod 0755 "$s"
     mkdir -p "$s/l2/t/sub" "$s/l1/other" "$s/l0/t"
     echo bottom >"$s/l2/t/from_bottom"
     echo middle >"$s/l1/other/f"
@@ -124,7 +127,9 @@ run_one() {
         kernel) mount -t overlay overlay -o "$opts,index=on,redirect_dir=on" "$s/mnt" ;;
     esac
     mounts+=("$s/mnt")
-    log "pjdfstest on $system ($s/mnt/t)${fusebin:+, FUSE program $fusebin}"
+    local prog=""
+    [ "$system" = kernel ] || prog=", $fusebin"
+    log "pjdfstest on $system ($s/mnt/t$prog)"
     local start=$SECONDS
     # pjdfstest exits 1 when a test fails; the comparison below decides.
     (cd "$s/mnt/t" && NO_COLOR=1 "$pjd" -c "$conf" -p "$s/mnt/t" "${patterns[@]}") \
