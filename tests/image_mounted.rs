@@ -221,8 +221,14 @@ fn unpack_mount_change_commit_unpack_mount_round_trip() {
     assert!(before.contains("/var/log/new.log ") && !before.contains("/etc/hosts "));
     change(container.path());
     let seen = view(container.path());
+    // Committing the upper of a live container gives the same layer as after unmount.
+    let (live, after) = (d.at("live.tar"), d.at("after.tar"));
+    let live_out = rlayerfs(&["commit", "--quiet", s(&upper), s(&live)]);
     container.unmount().unwrap();
     assert_ne!(before, seen, "the changes must show in the container");
+    let after_out = rlayerfs(&["commit", "--quiet", s(&upper), s(&after)]);
+    assert_eq!(live_out, after_out);
+    assert!(fs::read(&live).unwrap() == fs::read(&after).unwrap());
 
     // The new image as a new tag of the OCI layout, unpacked and mounted read-only.
     let printed = rlayerfs(&[
