@@ -221,7 +221,14 @@ fn eight_clients_mixed_load() {
     let seconds = env_u64("RLAYERFS_LOAD_SECONDS", 30).max(WARMUP_SECS + 2);
     let seed = env_u64("RLAYERFS_LOAD_SEED", 1);
     let stack = build_stack();
-    let m = FuseMount::mount(&stack).unwrap();
+    // RLAYERFS_LOAD_LOG=FILE: the daemon's log (warnings and errors) goes there.
+    let log = std::env::var("RLAYERFS_LOAD_LOG").unwrap_or_default();
+    let args: Vec<&str> = if log.is_empty() {
+        vec![]
+    } else {
+        vec!["--log-file", &log]
+    };
+    let m = FuseMount::mount_args(&stack, &args).unwrap();
     let pid = *m.daemons().first().expect("daemon pid");
     let root = m.path().to_path_buf();
     thread::sleep(Duration::from_millis(200));

@@ -2561,3 +2561,78 @@ fn hard_link_changed_through_other_name_after_remount() {
         panic!("{r}");
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// inode numbers reused by the upper filesystem
+
+/// Found by the long load test (`scripts/loadtest.sh --seconds 600`: `mkdir` failing with
+/// ESTALE about once per 10 s). The FUSE node id is the object's real inode number. A
+/// directory replaced by a rename kept no handle on its upper inode, so the upper
+/// filesystem (ext4 here) could give that inode number to the next new directory while
+/// the kernel still held the replaced one under it: the new directory got the old node
+/// id, the kernel reused its old inode, a process holding the replaced directory saw the
+/// new one's entries, and `d_splice_alias` could fail the `mkdir` with ESTALE; `stat`
+/// through the replaced directory's fd failed too. Kernel overlayfs keeps the replaced
+/// directory's identity (and answers `stat` on it).
+#[test]
+fn directory_replaced_by_rename_never_shows_a_new_directory() {
+    let name = "directory_replaced_by_rename_never_shows_a_new_directory";
+    if !can_mount(name) {
+        return;
+    }
+    // The stack on /tmp (ext4 here): tmpfs does not reuse inode numbers soon.
+    let stack = Stack::new(1);
+    stack.lower(0).dir("lowerdir");
+    let (pair, _wd) = pair(name, &stack);
+    same(
+        &pair,
+        "entries seen through a replaced directory",
+        |root, _| {
+            let mut seen = Vec::new();
+            for round in 0..20 {
+                let (a, b) = (
+                    root.join(format!("a{round}")),
+                    root.join(format!("b{round}")),
+                );
+                fs::create_dir(&a).unwrap();
+                fs::create_dir(&b).unwrap();
+                let held = OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+                    .open(&b)
+                    .unwrap();
+                let held_ino = fs::metadata(&b).map(|m| m.ino()).ok();
+                fs::rename(&a, &b).unwrap();
+                let fstat = fs::metadata(format!("/proc/self/fd/{}", held.as_raw_fd()));
+                seen.push(format!(
+                    "stat of the replaced b{round} through its fd: {:?}",
+                    errno(fstat).map(|m| Some(m.ino()) == held_ino)
+                ));
+                for i in 0..20 {
+                    // Alternate parents, as the load test's clients do.
+                    let parent = if i % 2 == 0 {
+                        root.to_path_buf()
+                    } else {
+                        root.join("lowerdir")
+                    };
+                    let d = parent.join(format!("new{round}.{i}"));
+                    if let Err(e) = fs::create_dir(&d) {
+                        seen.push(format!("mkdir new{round}.{i}: {e}"));
+                    }
+                    if fs::metadata(&d).map(|m| m.ino()).ok() == held_ino {
+                        seen.push(format!("new{round}.{i} has the replaced b{round}'s st_ino"));
+                    }
+                    let _ = fs::write(d.join("marker"), b"m");
+                    let via_held =
+                        fs::metadata(format!("/proc/self/fd/{}/marker", held.as_raw_fd()));
+                    if via_held.is_ok() {
+                        seen.push(format!(
+                            "new{round}.{i} visible through the replaced b{round}"
+                        ));
+                    }
+                }
+            }
+            seen
+        },
+    );
+}
