@@ -435,6 +435,36 @@ fn rename_over_lower_hardlink() {
     run_scenario("rename_over_lower_hardlink", &stack, &phases);
 }
 
+/// Found by the campaign (seed 6496): RENAME_EXCHANGE with a lower hard link whose other
+/// name the mount already knows copies it up at the exchanged name.
+#[test]
+fn exchange_with_lower_hardlink() {
+    if !can_mount("exchange_with_lower_hardlink") {
+        return;
+    }
+    let stack = Stack::new(1);
+    stack
+        .lower(0)
+        .file("b/d/b", b"linked")
+        .hardlink("b/c", "b/d/b")
+        .file("c/x", b"x");
+    let phases = vec![
+        vec![
+            Op::Read { path: s("b/d/b") },
+            readdir("b"),
+            Op::Rename {
+                from: s("c"),
+                to: s("b/c"),
+                flags: RenameFlags::Exchange,
+            },
+            readdir("b/c"),
+            Op::Read { path: s("c") },
+        ],
+        vec![Op::Read { path: s("b/d/b") }, readdir("b/c")],
+    ];
+    run_scenario("exchange_with_lower_hardlink", &stack, &phases);
+}
+
 #[test]
 fn open_unlink_lower_file() {
     if !can_mount("open_unlink_lower_file") {

@@ -624,6 +624,13 @@ impl UnionFs {
             let mut detached = None;
             if let Some(d) = &dst {
                 if d.upper.is_some() {
+                    // Held until the kernel forgets the replaced object: its node id is
+                    // its upper inode number, which the upper filesystem must not hand
+                    // to a new object meanwhile.
+                    detached = Some(Arc::new(
+                        sys::open_path(dpfd.as_fd(), Path::new(new_name))
+                            .at("open", Where::Upper)?,
+                    ));
                     if d.is_dir {
                         // Merged-empty: only whiteouts remain inside; clear them so the
                         // rename can replace the directory.
@@ -638,11 +645,6 @@ impl UnionFs {
                             remove_tree(dfd.as_fd(), &e.name)
                                 .at("clear whiteouts", Where::Upper)?;
                         }
-                    } else {
-                        detached = Some(Arc::new(
-                            sys::open_path(dpfd.as_fd(), Path::new(new_name))
-                                .at("open", Where::Upper)?,
-                        ));
                     }
                 }
             }
