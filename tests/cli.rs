@@ -760,7 +760,7 @@ fn busy_mountpoint_is_refused() {
 // Unmount followed at once by a new mount at the same path
 
 /// Rounds of unmount + immediate remount.
-const REMOUNT_ROUNDS: usize = 20;
+const REMOUNT_ROUNDS: usize = 100;
 
 #[test]
 fn remount_race_keeps_the_new_mount() {

@@ -757,9 +757,10 @@ impl UnionFs {
             }
         }
         drop(nodes);
-        if elsewhere {
+        // The override xattr needs the object itself: stat it again through its node.
+        if elsewhere || self.reads_override() {
             return self.getattr(ino);
         }
-        Ok(attr)
+        Ok(self.present(attr, None))
     }
 }

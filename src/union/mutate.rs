@@ -29,7 +29,7 @@ use crate::sys;
 use crate::union::layer::remove_tree;
 use crate::union::lookup::{DirInfo, LowerChild, Resolved};
 use crate::union::whiteout::{self, WhiteoutKind, WriteFormat};
-use crate::union::{check_name, Attr, Caller, UnionFs};
+use crate::union::{check_name, ids, Attr, Caller, UnionFs};
 
 /// What to create.
 #[derive(Debug, Clone, Copy)]
@@ -224,12 +224,48 @@ impl UnionFs {
         } else {
             mode & 0o7777 & !umask
         };
-        let setgid_parent = pst.st_mode & libc::S_ISGID != 0;
-        let gid = if setgid_parent {
-            pst.st_gid
-        } else {
-            caller.gid
+        let ids = &self.opts.ids;
+        // With an override xattr the parent's shown mode and group are in it.
+        let (pmode, pgid) = match self.read_override_stat(pfd.as_fd(), pst.st_mode) {
+            Some(o) if self.reads_override() => (o.mode, o.gid),
+            _ => (pst.st_mode, pst.st_gid),
         };
+        let setgid_parent = pmode & libc::S_ISGID != 0;
+        // The caller's ids as stored on disk. With squashing an unmapped caller is not an
+        // error (fuse-overlayfs ignores the chown then): the object keeps the daemon's ids.
+        let squash = ids.squashing();
+        let uid = match ids.uid_to_disk(caller.uid) {
+            Ok(u) => Some(u),
+            Err(_) if squash => None,
+            Err(e) => return Err(e),
+        };
+        let gid = if setgid_parent {
+            Some(pgid)
+        } else {
+            match ids.gid_to_disk(caller.gid) {
+                Ok(g) => Some(g),
+                Err(_) if squash => None,
+                Err(e) => return Err(e),
+            }
+        };
+        // xattr_permissions: directories and regular files (and stand-ins for devices the
+        // daemon may not create) keep owner and mode in the override xattr; the real object
+        // stays the daemon's and keeps owner access, so the daemon can always reach it.
+        let override_name = match kind {
+            NewKind::File { .. } | NewKind::Dir | NewKind::Node { .. } => ids.override_write,
+            NewKind::Symlink(_) | NewKind::Link(_) => None,
+        };
+        let owner_bits = if matches!(kind, NewKind::Dir) {
+            0o700
+        } else {
+            0o600
+        };
+        let real_perm = if override_name.is_some() {
+            perm | owner_bits
+        } else {
+            perm
+        };
+        let mut stand_in = None;
         let mut file = None;
         let made = (|| -> Result<()> {
             match kind {
@@ -245,12 +281,13 @@ impl UnionFs {
                         | OFlags::EXCL
                         | OFlags::NOFOLLOW
                         | OFlags::CLOEXEC;
-                    let fd = rustix::fs::openat(tdir, tname, oflags, Mode::from_raw_mode(perm))
-                        .at("create", Where::Upper)?;
+                    let fd =
+                        rustix::fs::openat(tdir, tname, oflags, Mode::from_raw_mode(real_perm))
+                            .at("create", Where::Upper)?;
                     file = Some(File::from(fd));
                 }
                 NewKind::Dir => {
-                    rustix::fs::mkdirat(tdir, tname, Mode::from_raw_mode(perm))
+                    rustix::fs::mkdirat(tdir, tname, Mode::from_raw_mode(real_perm))
                         .at("mkdir", Where::Upper)?;
                 }
                 NewKind::Symlink(target) => {
@@ -258,14 +295,35 @@ impl UnionFs {
                         .at("symlink", Where::Upper)?;
                 }
                 NewKind::Node { rdev } => {
-                    rustix::fs::mknodat(
+                    let made = rustix::fs::mknodat(
                         tdir,
                         tname,
                         FileType::from_raw_mode(mode),
                         Mode::from_raw_mode(perm),
                         rdev,
-                    )
-                    .at("mknod", Where::Upper)?;
+                    );
+                    match made {
+                        // An unprivileged daemon cannot make devices: with xattr_permissions
+                        // an empty file stands for one, its type in the override xattr
+                        // (containers/storage's `char-MAJ-MIN` / `block-MAJ-MIN`).
+                        Err(Errno::PERM) if override_name.is_some() => {
+                            let special =
+                                ids::OverrideKind::special(mode, rdev).ok_or(Error::Permission)?;
+                            rustix::fs::openat(
+                                tdir,
+                                tname,
+                                OFlags::CREATE
+                                    | OFlags::EXCL
+                                    | OFlags::WRONLY
+                                    | OFlags::NOFOLLOW
+                                    | OFlags::CLOEXEC,
+                                Mode::from_raw_mode(real_perm),
+                            )
+                            .at("create device stand-in", Where::Upper)?;
+                            stand_in = Some(special);
+                        }
+                        r => r.at("mknod", Where::Upper)?,
+                    }
                 }
                 NewKind::Link(src) => {
                     let (sp, sn) = {
@@ -280,21 +338,48 @@ impl UnionFs {
                     return Ok(());
                 }
             }
-            let chown = rustix::fs::chownat(
-                tdir,
-                tname,
-                Some(rustix::fs::Uid::from_raw(caller.uid)),
-                Some(rustix::fs::Gid::from_raw(gid)),
-                AtFlags::SYMLINK_NOFOLLOW,
-            );
-            if let Err(e) = chown {
-                if is_root() {
-                    return Err(Error::os("chown new", e, Where::Upper));
+            let is_dir = matches!(kind, NewKind::Dir);
+            let real = rustix::fs::statat(tdir, tname, AtFlags::SYMLINK_NOFOLLOW)
+                .at("stat new", Where::Upper)?;
+            let real_ty = real.st_mode & libc::S_IFMT;
+            if let Some(name) =
+                override_name.filter(|_| real_ty == libc::S_IFREG || real_ty == libc::S_IFDIR)
+            {
+                let sgid_dir = if is_dir && setgid_parent {
+                    libc::S_ISGID
+                } else {
+                    0
+                };
+                let over = ids::OverrideStat {
+                    uid: uid.unwrap_or(real.st_uid),
+                    gid: gid.unwrap_or(real.st_gid),
+                    mode: perm | sgid_dir,
+                    kind: stand_in,
+                };
+                let fd = sys::open_path(tdir, Path::new(tname)).at("open new", Where::Upper)?;
+                sys::set_xattr(fd.as_fd(), OsStr::new(name), over.format().as_bytes(), 0)
+                    .at("set override xattr", Where::Upper)?;
+            } else {
+                if uid.is_some() || gid.is_some() {
+                    let chown = rustix::fs::chownat(
+                        tdir,
+                        tname,
+                        uid.map(rustix::fs::Uid::from_raw),
+                        gid.map(rustix::fs::Gid::from_raw),
+                        AtFlags::SYMLINK_NOFOLLOW,
+                    );
+                    if let Err(e) = chown {
+                        if is_root() && !squash {
+                            return Err(Error::os("chown new", e, Where::Upper));
+                        }
+                    }
                 }
             }
-            let is_dir = matches!(kind, NewKind::Dir);
             let want_sgid_dir = is_dir && setgid_parent && tdir.as_raw_fd_eq(work);
-            if !matches!(kind, NewKind::Symlink(_)) && (perm & 0o6000 != 0 || want_sgid_dir) {
+            if override_name.is_none()
+                && !matches!(kind, NewKind::Symlink(_))
+                && (perm & 0o6000 != 0 || want_sgid_dir)
+            {
                 let fd = rustix::fs::openat(
                     tdir,
                     tname,
