@@ -18,8 +18,9 @@ use common::{can_mount, sys};
 
 const OVERRIDE: &str = "user.containers.override_stat";
 const ACL_ACCESS: &str = "system.posix_acl_access";
-/// Container ids 0..10 are host uids 1000.. and gids 2000..
-const MAPPING: &str = "uidmapping=0:1000:10,gidmapping=0:2000:10";
+/// Stored uids 1000..1010 show as 0..10, stored gids 2000..2010 as 0..10 (`C:H:S`: the id
+/// in the layers first, the id shown through the mount second, as fuse-overlayfs reads it).
+const MAPPING: &str = "uidmapping=1000:0:10,gidmapping=2000:0:10";
 
 fn mount(st: &Stack, extra: &str) -> FuseMount {
     let dirs = MountDirs::of(st);
@@ -111,14 +112,16 @@ fn uid_gid_mapping_through_the_mount() {
         assert_eq!(ids(&st.upper.join("shared").join(n)), (1003, 2003), "{n}");
         assert_eq!(ids(&mnt.join("shared").join(n)), (3, 3), "{n}");
     }
-    // A caller outside the mapping cannot create.
-    let refused = as_user(
+    // A caller outside the mapping creates objects stored with the overflow id.
+    let outside = as_user(
         50,
         50,
-        "mkdir(qq{$ARGV[0]/no}, 0755) or exit($!+0); exit(0)",
+        "mkdir(qq{$ARGV[0]/o}, 0755) or exit($!+0); exit(0)",
         &[&mnt.join("shared")],
     );
-    assert_eq!(refused, Err(libc::EINVAL));
+    assert_eq!(outside, Ok(String::new()));
+    assert_eq!(ids(&st.upper.join("shared/o")), (65534, 65534));
+    assert_eq!(ids(&mnt.join("shared/o")), (65534, 65534));
 
     // ACLs set through the mount are stored with host ids.
     sys::set_xattr(&mnt.join("a"), ACL_ACCESS, &acl_for_user(6)).unwrap();

@@ -165,7 +165,8 @@ impl UnionFs {
             attr.nlink = (attr.nlink as i64 + node.nlink_offset).max(0) as u32;
         }
         drop(nodes);
-        Ok(self.present(attr, over))
+        let shifted = matches!(loc, RealLoc::Lower(l, _) if self.stack.lower(l).shifted);
+        Ok(self.present(attr, over, shifted))
     }
 
     /// The ownership override of a real object (directories and regular files only, as
@@ -190,9 +191,14 @@ impl UnionFs {
             })
     }
 
-    /// Attributes as the mount shows them: the override applied, then ids mapped or
-    /// squashed.
-    pub(crate) fn present(&self, mut attr: Attr, over: Option<OverrideStat>) -> Attr {
+    /// Attributes as the mount shows them: the override applied, then ids mapped (unless the
+    /// object sits in a `shifted` layer, whose ids are mapped already) or squashed.
+    pub(crate) fn present(
+        &self,
+        mut attr: Attr,
+        over: Option<OverrideStat>,
+        shifted: bool,
+    ) -> Attr {
         if let Some((mode, uid, gid, rdev)) = over.and_then(|o| o.apply(attr.mode, attr.rdev)) {
             if mode & libc::S_IFMT != attr.mode & libc::S_IFMT {
                 // A regular file standing for a special file: no data to show.
@@ -206,8 +212,13 @@ impl UnionFs {
         }
         let ids = &self.opts.ids;
         if !ids.is_identity() {
-            attr.uid = ids.uid_to_mount(attr.uid);
-            attr.gid = ids.gid_to_mount(attr.gid);
+            if shifted {
+                attr.uid = ids.squash_uid.unwrap_or(attr.uid);
+                attr.gid = ids.squash_gid.unwrap_or(attr.gid);
+            } else {
+                attr.uid = ids.uid_to_mount(attr.uid);
+                attr.gid = ids.gid_to_mount(attr.gid);
+            }
         }
         attr
     }
@@ -350,6 +361,10 @@ impl UnionFs {
         let value = sys::get_xattr(fd.as_fd(), &disk)
             .at("getxattr", loc.at())?
             .ok_or_else(|| Self::no_data(loc.at()))?;
+        // An idmapped mount translates ACL ids itself.
+        if matches!(loc, RealLoc::Lower(l, _) if self.stack.lower(l).shifted) {
+            return Ok(value);
+        }
         Ok(self.opts.ids.xattr_to_mount(name, value))
     }
 

@@ -3,16 +3,25 @@
 //! calls them where attributes leave it and where ids from a caller reach the disk.
 //!
 //! # Directions
-//! * Disk → mount (stat, getxattr of an ACL): a host id is shown as the container id its
-//!   mapping gives; a host id no range covers shows as the overflow id 65534, as the kernel
-//!   shows ids from outside a user namespace and as fuse-overlayfs does. Squashing
-//!   (`squash_to_uid`, `squash_to_gid`, `squash_to_root`) replaces the shown owner of every
-//!   object, whatever the disk says (fuse-overlayfs's `find_mapping`).
-//! * Mount → disk (chown, the owner of a new object, setxattr of an ACL): a container id is
-//!   stored as the host id of its range; an id no range covers is refused with `EINVAL`
-//!   (an id that cannot be represented, as POSIX ACL decoding refuses one; fuse-overlayfs
-//!   would store the overflow id instead, which loses the owner). Squashing does not change
-//!   what is stored, but with it a chown that fails is not an error (fuse-overlayfs).
+//! `uidmapping=C:H:S` reads as fuse-overlayfs reads it (and as containers/storage, which sends
+//! `ContainerID:HostID:Size`, relies on): the layers hold container ids `C..C+S` (the ids of
+//! the image, unshifted), the mount shows host ids `H..H+S` (ids of the namespace the mount
+//! serves, which the container's user namespace maps back to `C..`).
+//! * Disk → mount (stat, getxattr of an ACL): a stored id is shown as the host id its range
+//!   gives; a stored id no range covers shows as the overflow id 65534, as the kernel shows
+//!   ids from outside a user namespace and as fuse-overlayfs does. Squashing (`squash_to_uid`,
+//!   `squash_to_gid`, `squash_to_root`) replaces the shown owner of every object, whatever
+//!   the disk says (fuse-overlayfs's `find_mapping`).
+//! * Mount → disk (chown, setxattr of an ACL): a host id is stored as the container id of its
+//!   range; an id no range covers is refused with `EINVAL` (an id that cannot be represented,
+//!   as POSIX ACL decoding refuses one; fuse-overlayfs would store the overflow id instead,
+//!   which loses the owner). A new object made by a caller outside the mapping is stored
+//!   with the overflow id, as fuse-overlayfs does (podman, as host root, prepares files in
+//!   container roots mapped elsewhere; refusing would fail the container). Squashing does not
+//!   change what is stored, but with it a chown that fails is not an error (fuse-overlayfs).
+//! * A lower layer reached through an idmapped mount (containers/storage makes one under
+//!   `LAYER/mapped/` when the kernel allows, and still passes `uidmapping=`) already shows
+//!   host ids: the core does not map its ids again, and stores them unmapped on copy-up.
 //!
 //! # Ownership override (`xattr_permissions`, containers/storage)
 //! An unprivileged daemon cannot chown files to ids it does not own, nor make device nodes.
@@ -258,26 +267,32 @@ impl IdOptions {
         self.squash_uid.is_some() || self.squash_gid.is_some()
     }
 
-    /// The uid shown for an owner stored as `host`.
-    pub fn uid_to_mount(&self, host: u32) -> u32 {
-        self.squash_uid
-            .unwrap_or_else(|| host_to_container(&self.uid_maps, host).unwrap_or(OVERFLOW_ID))
+    /// The uid shown for an owner stored as `disk`.
+    pub fn uid_to_mount(&self, disk: u32) -> u32 {
+        self.squash_uid.unwrap_or_else(|| self.uid_unsquashed(disk))
     }
 
-    /// The gid shown for a group stored as `host`.
-    pub fn gid_to_mount(&self, host: u32) -> u32 {
-        self.squash_gid
-            .unwrap_or_else(|| host_to_container(&self.gid_maps, host).unwrap_or(OVERFLOW_ID))
+    /// The gid shown for a group stored as `disk`.
+    pub fn gid_to_mount(&self, disk: u32) -> u32 {
+        self.squash_gid.unwrap_or_else(|| self.gid_unsquashed(disk))
+    }
+
+    fn uid_unsquashed(&self, disk: u32) -> u32 {
+        container_to_host(&self.uid_maps, disk).unwrap_or(OVERFLOW_ID)
+    }
+
+    fn gid_unsquashed(&self, disk: u32) -> u32 {
+        container_to_host(&self.gid_maps, disk).unwrap_or(OVERFLOW_ID)
     }
 
     /// The uid stored for `id` given through the mount; `EINVAL` outside every range.
     pub fn uid_to_disk(&self, id: u32) -> Result<u32> {
-        container_to_host(&self.uid_maps, id).ok_or(Error::Invalid)
+        host_to_container(&self.uid_maps, id).ok_or(Error::Invalid)
     }
 
     /// The gid stored for `id` given through the mount; `EINVAL` outside every range.
     pub fn gid_to_disk(&self, id: u32) -> Result<u32> {
-        container_to_host(&self.gid_maps, id).ok_or(Error::Invalid)
+        host_to_container(&self.gid_maps, id).ok_or(Error::Invalid)
     }
 
     /// True when the ids inside ACL xattrs need translating.
@@ -294,8 +309,8 @@ impl IdOptions {
         }
         translate_acl(value.clone(), |tag, id| {
             Some(match tag {
-                ACL_USER => host_to_container(&self.uid_maps, id).unwrap_or(OVERFLOW_ID),
-                _ => host_to_container(&self.gid_maps, id).unwrap_or(OVERFLOW_ID),
+                ACL_USER => self.uid_unsquashed(id),
+                _ => self.gid_unsquashed(id),
             })
         })
         .unwrap_or(value)
@@ -308,8 +323,8 @@ impl IdOptions {
             return Ok(value.to_vec());
         }
         translate_acl(value.to_vec(), |tag, id| match tag {
-            ACL_USER => container_to_host(&self.uid_maps, id),
-            _ => container_to_host(&self.gid_maps, id),
+            ACL_USER => self.uid_to_disk(id).ok(),
+            _ => self.gid_to_disk(id).ok(),
         })
         .ok_or(Error::Invalid)
     }
@@ -353,8 +368,9 @@ mod tests {
 
     fn mapped() -> IdOptions {
         IdOptions {
-            uid_maps: vec![map(0, 1000, 1), map(1, 100000, 65536)],
-            gid_maps: vec![map(0, 2000, 10)],
+            // Stored 1000 shows as 0, stored 100000.. as 1.., stored 2000.. as gid 0..
+            uid_maps: vec![map(1000, 0, 1), map(100000, 1, 65536)],
+            gid_maps: vec![map(2000, 0, 10)],
             ..IdOptions::default()
         }
     }
@@ -424,15 +440,16 @@ mod tests {
         for (opts, uid, gid) in cases {
             let mut mo = crate::options::MountOptions::default();
             mo.parse(&format!("{opts},uidmapping=0:1000:10")).unwrap();
+            // Stored 0..10 shows as 1000..1010.
             let o = IdOptions::from_mount_options(&mo);
             assert!(o.squashing(), "{opts}");
             for host in [0, 1000, 1005, 50000] {
-                let mapped_uid = host_to_container(&o.uid_maps, host).unwrap_or(OVERFLOW_ID);
+                let mapped_uid = container_to_host(&o.uid_maps, host).unwrap_or(OVERFLOW_ID);
                 assert_eq!(o.uid_to_mount(host), uid.unwrap_or(mapped_uid), "{opts}");
                 assert_eq!(o.gid_to_mount(host), gid.unwrap_or(host), "{opts}");
             }
             // Storing is not squashed.
-            assert_eq!(o.uid_to_disk(3), Ok(1003), "{opts}");
+            assert_eq!(o.uid_to_disk(1003), Ok(3), "{opts}");
         }
     }
 

@@ -761,6 +761,12 @@ impl UnionFs {
         if elsewhere || self.reads_override() {
             return self.getattr(ino);
         }
-        Ok(self.present(attr, None))
+        let shifted = r.upper.is_none()
+            && r.index.is_none()
+            && r.lower
+                .as_ref()
+                .and_then(|l| l.top())
+                .is_some_and(|t| self.stack.lower(t).shifted);
+        Ok(self.present(attr, None, shifted))
     }
 }

@@ -231,23 +231,16 @@ impl UnionFs {
             _ => (pst.st_mode, pst.st_gid),
         };
         let setgid_parent = pmode & libc::S_ISGID != 0;
-        // The caller's ids as stored on disk. With squashing an unmapped caller is not an
-        // error (fuse-overlayfs ignores the chown then): the object keeps the daemon's ids.
+        // The caller's ids as stored on disk. A caller outside the mapping (podman, as host
+        // root, creating /etc/mtab in a container root mapped elsewhere) still creates: the
+        // object is stored with the overflow id, as fuse-overlayfs does.
         let squash = ids.squashing();
-        let uid = match ids.uid_to_disk(caller.uid) {
-            Ok(u) => Some(u),
-            Err(_) if squash => None,
-            Err(e) => return Err(e),
-        };
-        let gid = if setgid_parent {
-            Some(pgid)
+        let uid = Some(ids.uid_to_disk(caller.uid).unwrap_or(ids::OVERFLOW_ID));
+        let gid = Some(if setgid_parent {
+            pgid
         } else {
-            match ids.gid_to_disk(caller.gid) {
-                Ok(g) => Some(g),
-                Err(_) if squash => None,
-                Err(e) => return Err(e),
-            }
-        };
+            ids.gid_to_disk(caller.gid).unwrap_or(ids::OVERFLOW_ID)
+        });
         // xattr_permissions: directories and regular files (and stand-ins for devices the
         // daemon may not create) keep owner and mode in the override xattr; the real object
         // stays the daemon's and keeps owner access, so the daemon can always reach it.
