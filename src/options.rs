@@ -475,6 +475,9 @@ impl MountOptions {
             "lowerdir+" => self.lowerdirs.push(non_empty_path(value()?)?),
             "upperdir" => self.upperdir = Some(non_empty_path(value()?)?),
             "workdir" => self.workdir = Some(non_empty_path(value()?)?),
+            // fstab and mount(8) options meant for mount itself, not for the filesystem
+            // (mount.fuse3 drops some of them, mount(8) passes others on to helpers).
+            _ if is_fstab_only(key) => {}
             "ro" | "rw" => {
                 if raw.is_some() {
                     return Err("takes no value".to_string());
@@ -552,6 +555,17 @@ impl MountOptions {
         self.fuse.retain(|f| f.family() != family);
         self.fuse.push(flag);
     }
+}
+
+/// fstab-only options (`defaults`, `noauto`, `nofail`, `user`, `_netdev`, `x-*`, `comment=`):
+/// accepted and ignored without a warning.
+pub const FSTAB_ONLY_OPTIONS: &[&str] = &[
+    "defaults", "auto", "noauto", "nofail", "user", "users", "nouser", "owner", "group", "_netdev",
+    "comment",
+];
+
+fn is_fstab_only(key: &str) -> bool {
+    FSTAB_ONLY_OPTIONS.contains(&key) || key.starts_with("x-")
 }
 
 /// Splits an option string on commas, except commas inside double quotes or escaped with `\`.
@@ -961,6 +975,11 @@ mod tests {
             o.overlay = vec![("datadir+".into(), "/data".into())]
         }),
         ("fast_ino=1", |o| o.unknown = vec!["fast_ino=1".into()]),
+        // fstab-only options are ignored silently.
+        (
+            "defaults,noauto,nofail,_netdev,user,x-systemd.automount,comment=x,ro",
+            |o| o.read_only = true,
+        ),
         ("plugins=/x.so,frobnicate", |o| {
             o.unknown = vec!["plugins=/x.so".into(), "frobnicate".into()]
         }),

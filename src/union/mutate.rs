@@ -235,12 +235,12 @@ impl UnionFs {
         // root, creating /etc/mtab in a container root mapped elsewhere) still creates: the
         // object is stored with the overflow id, as fuse-overlayfs does.
         let squash = ids.squashing();
-        let uid = Some(ids.uid_to_disk(caller.uid).unwrap_or(ids::OVERFLOW_ID));
-        let gid = Some(if setgid_parent {
+        let uid = ids.uid_to_disk(caller.uid).unwrap_or(ids::OVERFLOW_ID);
+        let gid = if setgid_parent {
             pgid
         } else {
             ids.gid_to_disk(caller.gid).unwrap_or(ids::OVERFLOW_ID)
-        });
+        };
         // xattr_permissions: directories and regular files (and stand-ins for devices the
         // daemon may not create) keep owner and mode in the override xattr; the real object
         // stays the daemon's and keeps owner access, so the daemon can always reach it.
@@ -344,8 +344,8 @@ impl UnionFs {
                     0
                 };
                 let over = ids::OverrideStat {
-                    uid: uid.unwrap_or(real.st_uid),
-                    gid: gid.unwrap_or(real.st_gid),
+                    uid,
+                    gid,
                     mode: perm | sgid_dir,
                     kind: stand_in,
                 };
@@ -353,18 +353,16 @@ impl UnionFs {
                 sys::set_xattr(fd.as_fd(), OsStr::new(name), over.format().as_bytes(), 0)
                     .at("set override xattr", Where::Upper)?;
             } else {
-                if uid.is_some() || gid.is_some() {
-                    let chown = rustix::fs::chownat(
-                        tdir,
-                        tname,
-                        uid.map(rustix::fs::Uid::from_raw),
-                        gid.map(rustix::fs::Gid::from_raw),
-                        AtFlags::SYMLINK_NOFOLLOW,
-                    );
-                    if let Err(e) = chown {
-                        if is_root() && !squash {
-                            return Err(Error::os("chown new", e, Where::Upper));
-                        }
+                let chown = rustix::fs::chownat(
+                    tdir,
+                    tname,
+                    Some(rustix::fs::Uid::from_raw(uid)),
+                    Some(rustix::fs::Gid::from_raw(gid)),
+                    AtFlags::SYMLINK_NOFOLLOW,
+                );
+                if let Err(e) = chown {
+                    if is_root() && !squash {
+                        return Err(Error::os("chown new", e, Where::Upper));
                     }
                 }
             }
