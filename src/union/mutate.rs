@@ -226,9 +226,14 @@ impl UnionFs {
         };
         let ids = &self.opts.ids;
         // With an override xattr the parent's shown mode and group are in it.
-        let (pmode, pgid) = match self.read_override_stat(pfd.as_fd(), pst.st_mode) {
-            Some(o) if self.reads_override() => (o.mode, o.gid),
-            _ => (pst.st_mode, pst.st_gid),
+        let parent_override = if self.reads_override() {
+            self.read_override_stat(pfd.as_fd(), pst.st_mode)
+        } else {
+            None
+        };
+        let (pmode, pgid) = match parent_override {
+            Some(o) => (o.mode, o.gid),
+            None => (pst.st_mode, pst.st_gid),
         };
         let setgid_parent = pmode & libc::S_ISGID != 0;
         // The caller's ids as stored on disk. A caller outside the mapping (podman, as host
