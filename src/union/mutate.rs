@@ -652,6 +652,24 @@ impl UnionFs {
                     _ => {}
                 }
             }
+            // As unlink (and kernel overlayfs with index=on): a lower hard link about to
+            // be replaced is copied up into the index first, so its other names keep an
+            // exact st_nlink.
+            let refreshed;
+            let dst = match (&dst, dst_ino) {
+                (Some(d), Some(di))
+                    if !exchange
+                        && !d.is_dir
+                        && d.upper.is_none()
+                        && self.index_enabled()
+                        && d.stat().is_some_and(|s| s.st_nlink > 1) =>
+                {
+                    self.copy_up_at(di, new_parent, new_name)?;
+                    refreshed = Some(self.resolve(&self.dir_info(new_parent)?, new_name)?);
+                    &refreshed
+                }
+                _ => &dst,
+            };
             self.copy_up_at(src_ino, parent, name)?;
             self.copy_up(new_parent)?;
             if exchange {
