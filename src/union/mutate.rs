@@ -674,7 +674,9 @@ impl UnionFs {
             self.copy_up(new_parent)?;
             if exchange {
                 if let Some(d) = dst_ino {
-                    self.copy_up(d)?;
+                    // At this name: a hard link's object may have another name in the
+                    // node table.
+                    self.copy_up_at(d, new_parent, new_name)?;
                 }
             }
             let sinfo = self.dir_info(parent)?;
@@ -705,13 +707,6 @@ impl UnionFs {
             let mut detached = None;
             if let Some(d) = &dst {
                 if d.upper.is_some() {
-                    // Held until the kernel forgets the replaced object: its node id is
-                    // its upper inode number, which the upper filesystem must not hand
-                    // to a new object meanwhile.
-                    detached = Some(Arc::new(
-                        sys::open_path(dpfd.as_fd(), Path::new(new_name))
-                            .at("open", Where::Upper)?,
-                    ));
                     if d.is_dir {
                         // Merged-empty: only whiteouts remain inside; clear them so the
                         // rename can replace the directory.
@@ -726,6 +721,11 @@ impl UnionFs {
                             remove_tree(dfd.as_fd(), &e.name)
                                 .at("clear whiteouts", Where::Upper)?;
                         }
+                    } else {
+                        detached = Some(Arc::new(
+                            sys::open_path(dpfd.as_fd(), Path::new(new_name))
+                                .at("open", Where::Upper)?,
+                        ));
                     }
                 }
             }
