@@ -141,9 +141,7 @@ impl UnionFs {
 
     /// stat of a node.
     pub fn getattr(&self, ino: u64) -> Result<Attr> {
-        let loc = self.real(ino)?;
-        let fd = self.open_real_path(&loc)?;
-        let st = rustix::fs::fstat(&*fd).at("stat", loc.at())?;
+        let st = self.stat_real(&self.real(ino)?)?;
         let mut attr = Attr::from_stat(ino, &st);
         let nodes = self.nodes.read();
         let node = nodes.get(ino)?;
@@ -250,9 +248,7 @@ impl UnionFs {
             Err(_) => return Err(Self::no_data(Where::Unknown)),
         };
         let loc = self.real(ino)?;
-        let fd = self.open_real_path(&loc)?;
-        sys::get_xattr(fd.as_fd(), &disk)
-            .at("getxattr", loc.at())?
+        self.get_xattr_real(&loc, &disk)?
             .ok_or_else(|| Self::no_data(loc.at()))
     }
 
