@@ -1,9 +1,11 @@
 //! Throughput of `unpack` and `commit` (MB/s of uncompressed layer) on a generated layer:
 //! a tree of a few thousand small files plus some larger ones, plain and gzip.
+//! GNU tar on the same tree and blobs (`tar_c`, `tar_x`) is measured beside them.
 //! Put TMPDIR on a journaled filesystem for meaningful numbers (see FACTS.md).
 
 use std::fs;
 use std::path::Path;
+use std::process::{Command, Stdio};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use rlayerfs::image::archive::Compression;
@@ -60,6 +62,29 @@ fn benches(c: &mut Criterion) {
                 b.iter(|| commit_to_writer(&upper, std::io::sink(), opts).unwrap());
             },
         );
+        // GNU tar creating the same tree into a pipe that is drained (not /dev/null, which
+        // GNU tar detects and then skips reading file data).
+        g.bench_with_input(
+            BenchmarkId::new("tar_c", format!("{comp:?}")),
+            &comp,
+            |b, comp| {
+                b.iter(|| {
+                    let mut cmd = Command::new("tar");
+                    cmd.args(["--xattrs", "-C"]).arg(&upper).arg("-c");
+                    if *comp == Compression::Gzip {
+                        cmd.arg("-z");
+                    }
+                    let mut child = cmd
+                        .args(["-f", "-", "."])
+                        .stdout(Stdio::piped())
+                        .spawn()
+                        .unwrap();
+                    let mut out = child.stdout.take().unwrap();
+                    std::io::copy(&mut out, &mut std::io::sink()).unwrap();
+                    assert!(child.wait().unwrap().success());
+                });
+            },
+        );
         let blob = tmp.path().join(format!("layer-{comp:?}"));
         commit(&upper, &blob, &opts).unwrap();
         let mut n = 0u64;
@@ -71,6 +96,26 @@ fn benches(c: &mut Criterion) {
                     n += 1;
                     let dest = tmp.path().join(format!("dest{n}"));
                     unpack(blob, &dest, &UnpackOptions::default()).unwrap();
+                    fs::remove_dir_all(&dest).unwrap();
+                });
+            },
+        );
+        g.bench_with_input(
+            BenchmarkId::new("tar_x", format!("{comp:?}")),
+            &blob,
+            |b, blob| {
+                b.iter(|| {
+                    n += 1;
+                    let dest = tmp.path().join(format!("dest{n}"));
+                    fs::create_dir(&dest).unwrap();
+                    let st = Command::new("tar")
+                        .args(["--xattrs", "--xattrs-include=*", "-C"])
+                        .arg(&dest)
+                        .arg("-xf")
+                        .arg(blob)
+                        .status()
+                        .unwrap();
+                    assert!(st.success());
                     fs::remove_dir_all(&dest).unwrap();
                 });
             },

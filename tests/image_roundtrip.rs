@@ -279,6 +279,8 @@ fn every_whiteout_and_opaque_encoding_is_exported() {
         ]);
     }
     want.sort();
+    // The layer root comes first, with the upper root's attributes.
+    want.insert(0, "./");
     let (_, blob) = commit_to_writer(
         &u,
         Vec::new(),
@@ -352,13 +354,14 @@ fn override_stat_is_applied_to_headers() {
         .unwrap()
         .map(|e| e.unwrap().header().clone())
         .collect();
-    assert_eq!(hs[0].entry_type(), tar::EntryType::Char);
-    assert_eq!(hs[0].device_minor().unwrap(), Some(5));
+    assert_eq!(hs[0].path_bytes().as_ref(), b"./");
+    assert_eq!(hs[1].entry_type(), tar::EntryType::Char);
+    assert_eq!(hs[1].device_minor().unwrap(), Some(5));
     assert_eq!(
         (
-            hs[1].uid().unwrap(),
-            hs[1].gid().unwrap(),
-            hs[1].mode().unwrap()
+            hs[2].uid().unwrap(),
+            hs[2].gid().unwrap(),
+            hs[2].mode().unwrap()
         ),
         (100, 200, 0o4711)
     );

@@ -552,6 +552,62 @@ fn default_acl_applies_in_copied_up_dir() {
     );
 }
 
+/// Objects created where a whiteout stands are built in the work directory; they must still
+/// get the parent's default ACL (masked by their mode, and inherited by directories).
+#[test]
+fn default_acl_applies_over_whiteouts() {
+    let name = "default_acl_applies_over_whiteouts";
+    if !can_mount(name) {
+        return;
+    }
+    let stack = Stack::new(1);
+    stack
+        .lower(0)
+        .dir("dir")
+        .file("dir/f", b"f")
+        .dir("dir/d")
+        .file("dir/n", b"n")
+        .file("dir/plain", b"p");
+    let (pair, _wd) = pair(name, &stack);
+    same(
+        &pair,
+        "files, dirs and nodes created over whiteouts under a default ACL",
+        |root, _| {
+            let dir = root.join("dir");
+            set_acl(&dir, true, "u:1000:rwx,g:100:r-x");
+            let mut obs = vec![format!(
+                "unlink/rmdir: {:?} {:?} {:?}",
+                errno(fs::remove_file(dir.join("f"))),
+                errno(fs::remove_dir(dir.join("d"))),
+                errno(fs::remove_file(dir.join("n")))
+            )];
+            let f = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o640)
+                .open(dir.join("f"))
+                .map(|_| ());
+            let d = fs::create_dir(dir.join("d"));
+            let n = sys::mknod(&dir.join("n"), libc::S_IFIFO | 0o666, 0, 0);
+            let g = fs::write(dir.join("fresh"), b"no whiteout here");
+            obs.push(format!(
+                "create: {:?} {:?} {:?} {:?}",
+                errno(f),
+                errno(d),
+                errno(n),
+                errno(g)
+            ));
+            for n in ["dir/f", "dir/d", "dir/n", "dir/fresh"] {
+                let p = root.join(n);
+                let line = describe(&p);
+                let line = line.split(" mtime=").next().unwrap_or("").to_string();
+                obs.push(format!("{n}: {line} {:?}", xattrs(&p)));
+            }
+            obs
+        },
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // special files
 

@@ -6,8 +6,8 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use super::archive::Compression;
-use super::commit::{append_to_image, commit, CommitOptions};
-use super::description::lowerdir_option;
+use super::commit::{append_to_image, commit_over, CommitOptions};
+use super::description::{lowerdir_option, DESCRIPTION_FILE};
 use super::error::ImageError;
 use super::oci::Platform;
 use super::source::InputFormat;
@@ -63,6 +63,11 @@ pub struct CommitArgs {
     /// Name of the new image (OCI ref name / description tag).
     #[arg(long, requires = "image")]
     pub tag: Option<String>,
+    /// A lower layer of the upper (repeat, top first, as `lowerdir=`). Needed when the
+    /// container changed a hard-linked lower file (its other names must be exported); an
+    /// unpacked --image gives its own layers by default.
+    #[arg(long = "lower", value_name = "DIR")]
+    pub lowers: Vec<PathBuf>,
     /// Base image in an OCI layout (ref name); by default the one matching --platform.
     #[arg(long = "from", value_name = "REF")]
     pub from: Option<String>,
@@ -120,7 +125,11 @@ pub fn run_commit(args: &CommitArgs) -> Result<(), ImageError> {
         ),
         (None, None) => return Err(ImageError::Usage("commit needs OUT or --image".into())),
     };
-    let report = commit(&args.upper, &out, &opts);
+    let lowers = match (&args.image, args.lowers.is_empty()) {
+        (Some(img), true) if img.join(DESCRIPTION_FILE).is_file() => super::image_lowerdirs(img)?,
+        _ => args.lowers.clone(),
+    };
+    let report = commit_over(&args.upper, &lowers, &out, &opts);
     let result = report.and_then(|report| {
         println!("digest: {}", report.digest);
         println!("diff_id: {}", report.diff_id);

@@ -9,7 +9,8 @@
 //! entry right after its own. Overlay-private xattrs are never exported;
 //! `user.containers.override_stat` is applied to the header (owner, mode, device type) and
 //! dropped. Directories the kernel renamed (`overlay.redirect`) and metacopy files cannot be
-//! exported without the lower layers and are refused.
+//! exported without the lower layers and are refused. Hard-linked lower files changed
+//! through the workdir's index need the lower layers too (`--lower`, see [`lower_links`]).
 //!
 //! Output is deterministic: entries in bytewise name order (a directory before its
 //! children), ustar headers with empty uname/gname and no atime/ctime, mtimes in whole
@@ -29,6 +30,7 @@ use serde_json::{json, Value};
 use super::archive::{sha256_digest, Compression, Compressor, HashingWriter};
 use super::description::{ImageDescription, LayerRecord, LAYERS_DIR};
 use super::error::ImageError;
+use super::lower_links::{self, Extra, LowerLinks};
 use super::oci::{
     parse_json, Descriptor, Digest, Index, Platform, ANNOTATION_REF_NAME, MT_DOCKER_MANIFEST,
     MT_OCI_CONFIG, MT_OCI_MANIFEST,
@@ -278,9 +280,42 @@ pub fn parse_override_stat(v: &[u8]) -> Option<OverrideStat> {
     })
 }
 
+/// An xattr name and value.
+type Xattr = (Vec<u8>, Vec<u8>);
+
+/// The xattrs a layer keeps, and the entry type: `user.containers.override_stat` goes into
+/// the header (owner, mode, and the device type a placeholder file stands for), private
+/// overlay xattrs are dropped.
+fn exported_xattrs(xattrs: Vec<Xattr>, h: &mut Hdr, real: Kind) -> (Kind, Vec<Xattr>) {
+    let mut kind = real;
+    let mut exported = Vec::with_capacity(xattrs.len());
+    for (k, v) in xattrs {
+        if k == OVERRIDE_STAT_XATTR {
+            if let Some(o) = parse_override_stat(&v) {
+                h.uid = u64::from(o.uid);
+                h.gid = u64::from(o.gid);
+                h.perm = o.perm;
+                if let (Some((k2, ma, mi)), Kind::File) = (o.kind, real) {
+                    kind = k2;
+                    h.major = ma;
+                    h.minor = mi;
+                }
+            }
+            continue;
+        }
+        if is_private_xattr(&k) {
+            continue;
+        }
+        exported.push((k, v));
+    }
+    (kind, exported)
+}
+
 enum Item {
     Whiteout,
     Real(Vec<u8>, Meta),
+    /// An entry of the merged view the upper lacks (see [`lower_links`]).
+    Extra(Extra),
 }
 
 struct Committer<'a, W: Write> {
@@ -288,6 +323,7 @@ struct Committer<'a, W: Write> {
     links: HashMap<(u64, u64), Vec<u8>>,
     upper: &'a Path,
     bar: indicatif::ProgressBar,
+    extras: LowerLinks,
 }
 
 fn has_xattr(fd: BorrowedFd<'_>, names: &[&[u8]], want: Option<&[u8]>) -> io::Result<bool> {
@@ -330,10 +366,86 @@ impl<W: Write> Committer<'_, W> {
         }
     }
 
-    fn walk(&mut self, dir: &OwnedFd, prefix: &[u8]) -> Result<(), ImageError> {
+    /// Writes the entries below `prefix`: the upper directory `dir`'s (none for a
+    /// directory only the lowers hold) and the extras the merged view needs there.
+    fn walk(&mut self, dir: Option<&OwnedFd>, prefix: &[u8]) -> Result<(), ImageError> {
+        let mut items: Vec<(Vec<u8>, Item)> = self
+            .extras
+            .children(prefix)
+            .into_iter()
+            .map(|(n, e)| (n, Item::Extra(e)))
+            .collect();
+        if let Some(dir) = dir {
+            self.upper_items(dir, prefix, &mut items)?;
+        }
+        items.sort_by(|a, b| a.0.cmp(&b.0));
+        items.dedup_by(|a, b| a.0 == b.0);
+        for (out_name, item) in items {
+            let mut path = prefix.to_vec();
+            path.extend_from_slice(&out_name);
+            match item {
+                Item::Whiteout => self.marker(&path)?,
+                Item::Real(name, m) => {
+                    if let Some(d) = dir {
+                        self.emit(d.as_fd(), &name, &path, m, false)?;
+                    }
+                }
+                Item::Extra(e) => self.emit_extra(e, &path)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the layer root (`./`) with the upper root's attributes, which the merged
+    /// root shows.
+    fn emit_root(&mut self, root: &OwnedFd) -> Result<(), ImageError> {
+        let m = safe_fs::stat_fd(root.as_fd()).map_err(|e| self.io("stat", b"", e))?;
+        let xattrs =
+            safe_fs::list_xattrs_fd(root.as_fd()).map_err(|e| self.io("read xattrs", b"", e))?;
+        let mut h = Hdr {
+            kind: tar::EntryType::Directory,
+            perm: m.perm,
+            uid: u64::from(m.uid),
+            gid: u64::from(m.gid),
+            mtime: u64::try_from(m.mtime).unwrap_or(0),
+            size: 0,
+            major: 0,
+            minor: 0,
+        };
+        let (_, exported) = exported_xattrs(xattrs, &mut h, Kind::Dir);
+        self.out
+            .entry(b"./", &h, None, &exported, None)
+            .map_err(|e| self.io("write", b"", e))
+    }
+
+    /// Writes an extra entry: a lower directory's header (its children are extras too) or
+    /// another name of a copied-up file.
+    fn emit_extra(&mut self, extra: Extra, path: &[u8]) -> Result<(), ImageError> {
+        let (root, rel, lower) = match &extra {
+            Extra::Dir { layer } => (self.extras.lower(*layer).to_path_buf(), path, true),
+            Extra::Link { upper_path } => (self.upper.to_path_buf(), &upper_path[..], false),
+        };
+        let rel = rel.to_vec();
+        let shown = root.join(std::ffi::OsStr::from_bytes(&rel));
+        let (parent, name) = (|| {
+            let r = safe_fs::open_dir_path(&root)?;
+            lower_links::open_parent(&r, &rel).map(|(d, n)| (d, n.to_vec()))
+        })()
+        .map_err(|e| ImageError::io("open", &shown, e))?;
+        let m = safe_fs::stat_at(parent.as_fd(), &name)
+            .map_err(|e| ImageError::io("stat", &shown, e))?;
+        self.emit(parent.as_fd(), &name, path, m, lower)
+    }
+
+    /// The upper directory's entries as items (whiteouts in their OCI names).
+    fn upper_items(
+        &mut self,
+        dir: &OwnedFd,
+        prefix: &[u8],
+        items: &mut Vec<(Vec<u8>, Item)>,
+    ) -> Result<(), ImageError> {
         let names = safe_fs::read_dir_names(dir.as_fd())
             .map_err(|e| self.io("read directory", prefix, e))?;
-        let mut items: Vec<(Vec<u8>, Item)> = Vec::with_capacity(names.len());
         for name in names {
             if name.starts_with(b".wh..wh.") {
                 // The opaque marker (handled with its directory) or aufs metadata.
@@ -381,16 +493,6 @@ impl<W: Write> Committer<'_, W> {
             }
             items.push((name.clone(), Item::Real(name, m)));
         }
-        items.sort_by(|a, b| a.0.cmp(&b.0));
-        items.dedup_by(|a, b| a.0 == b.0);
-        for (out_name, item) in items {
-            let mut path = prefix.to_vec();
-            path.extend_from_slice(&out_name);
-            match item {
-                Item::Whiteout => self.marker(&path)?,
-                Item::Real(name, m) => self.emit(dir.as_fd(), &name, &path, m)?,
-            }
-        }
         Ok(())
     }
 
@@ -407,12 +509,15 @@ impl<W: Write> Committer<'_, W> {
         }
     }
 
+    /// Writes the entry `name` of `dir` as `path`; a directory's children follow (for a
+    /// lower directory, `lower`, only the extras below it).
     fn emit(
         &mut self,
         dir: BorrowedFd<'_>,
         name: &[u8],
         path: &[u8],
         m: Meta,
+        lower: bool,
     ) -> Result<(), ImageError> {
         let mut h = Hdr {
             kind: tar::EntryType::Regular,
@@ -462,27 +567,7 @@ impl<W: Write> Committer<'_, W> {
                 (x, None, None)
             }
         };
-        let mut kind = m.kind;
-        let mut exported = Vec::with_capacity(xattrs.len());
-        for (k, v) in xattrs {
-            if k == OVERRIDE_STAT_XATTR {
-                if let Some(o) = parse_override_stat(&v) {
-                    h.uid = u64::from(o.uid);
-                    h.gid = u64::from(o.gid);
-                    h.perm = o.perm;
-                    if let (Some((k2, ma, mi)), Kind::File) = (o.kind, m.kind) {
-                        kind = k2;
-                        h.major = ma;
-                        h.minor = mi;
-                    }
-                }
-                continue;
-            }
-            if is_private_xattr(&k) {
-                continue;
-            }
-            exported.push((k, v));
-        }
+        let (kind, exported) = exported_xattrs(xattrs, &mut h, m.kind);
         let mut tar_path = path.to_vec();
         if kind == Kind::Dir {
             tar_path.push(b'/');
@@ -524,12 +609,15 @@ impl<W: Write> Committer<'_, W> {
         };
         res.map_err(|e| self.io("write", path, e))?;
         if let Some(d) = dirfd {
+            if lower {
+                return self.walk(None, &tar_path);
+            }
             if self.is_opaque(d.as_fd(), path)? {
                 let mut p = tar_path.clone();
                 p.extend_from_slice(WH_OPAQUE);
                 self.marker(&p)?;
             }
-            self.walk(&d, &tar_path)?;
+            self.walk(Some(&d), &tar_path)?;
         }
         Ok(())
     }
@@ -541,6 +629,18 @@ pub fn commit_to_writer<W: Write>(
     out: W,
     opts: &CommitOptions,
 ) -> Result<(CommitReport, W), ImageError> {
+    commit_over_to_writer(upper, &[], out, opts)
+}
+
+/// [`commit_to_writer`] for an upper over `lowers` (top first): other lower names of
+/// hard links copied up through the workdir's index are kept (see [`lower_links`]).
+pub fn commit_over_to_writer<W: Write>(
+    upper: &Path,
+    lowers: &[PathBuf],
+    out: W,
+    opts: &CommitOptions,
+) -> Result<(CommitReport, W), ImageError> {
+    let extras = lower_links::find(upper, lowers)?;
     let root = safe_fs::open_dir_path(upper).map_err(|e| ImageError::io("open", upper, e))?;
     let blob = HashingWriter::new(out);
     let comp = Compressor::new(blob, opts.compression)
@@ -565,11 +665,13 @@ pub fn commit_to_writer<W: Write>(
         links: HashMap::new(),
         upper,
         bar: bar.clone(),
+        extras,
     };
+    c.emit_root(&root)?;
     if c.is_opaque(root.as_fd(), b"")? {
         c.marker(WH_OPAQUE)?;
     }
-    c.walk(&root, b"")?;
+    c.walk(Some(&root), b"")?;
     bar.finish_and_clear();
     let entries = c.out.entries;
     let diff = c
@@ -642,8 +744,18 @@ impl Drop for TempFile {
 
 /// Writes the layer tarball of `upper` to the file `out` (atomically).
 pub fn commit(upper: &Path, out: &Path, opts: &CommitOptions) -> Result<CommitReport, ImageError> {
+    commit_over(upper, &[], out, opts)
+}
+
+/// [`commit`] for an upper over `lowers` (top first), as [`commit_over_to_writer`].
+pub fn commit_over(
+    upper: &Path,
+    lowers: &[PathBuf],
+    out: &Path,
+    opts: &CommitOptions,
+) -> Result<CommitReport, ImageError> {
     let (tmp, f) = TempFile::beside(out)?;
-    let (report, w) = commit_to_writer(upper, BufWriter::new(f), opts)?;
+    let (report, w) = commit_over_to_writer(upper, lowers, BufWriter::new(f), opts)?;
     let f = w
         .into_inner()
         .map_err(|e| ImageError::io("write", out, e.into_error()))?;

@@ -27,6 +27,7 @@ pub mod cli;
 pub mod commit;
 pub mod description;
 pub mod error;
+pub mod lower_links;
 pub mod oci;
 pub mod safe_fs;
 pub mod source;
@@ -35,7 +36,8 @@ pub mod unpack;
 pub use archive::Compression;
 pub use cli::{run_commit, run_unpack, CommitArgs, UnpackArgs};
 pub use commit::{
-    append_to_image, commit, commit_to_writer, AppendReport, CommitOptions, CommitReport,
+    append_to_image, commit, commit_over, commit_over_to_writer, commit_to_writer, AppendReport,
+    CommitOptions, CommitReport,
 };
 pub use description::{image_lowerdirs, lowerdir_option, ImageDescription, LayerRecord};
 pub use error::{ImageError, Refusal};

@@ -12,6 +12,7 @@
 //! by `ns_lock`, so two of them never interleave half-way; lookups, reads and writes to
 //! open files run in parallel with each other and with those changes.
 
+pub mod acl;
 pub mod attr;
 pub mod copy_up;
 pub mod dirfd;

@@ -26,6 +26,7 @@ use rustix::io::Errno;
 
 use crate::error::{Error, OsContext, Result, Where};
 use crate::sys;
+use crate::union::acl;
 use crate::union::layer::remove_tree;
 use crate::union::lookup::{DirInfo, LowerChild, Resolved};
 use crate::union::whiteout::{self, WhiteoutKind, WriteFormat};
@@ -215,11 +216,10 @@ impl UnionFs {
         };
         // Under a default ACL the umask does not apply: the filesystem derives the new
         // object's permissions from the ACL (and the daemon runs with umask 0).
-        let default_acl = sys::get_xattr(pfd.as_fd(), OsStr::new("system.posix_acl_default"))
+        let default_acl = sys::get_xattr(pfd.as_fd(), OsStr::new(acl::DEFAULT_XATTR))
             .ok()
-            .flatten()
-            .is_some();
-        let perm = if default_acl && slot == UpperSlot::Empty {
+            .flatten();
+        let perm = if default_acl.is_some() {
             mode & 0o7777
         } else {
             mode & 0o7777 & !umask
@@ -308,6 +308,23 @@ impl UnionFs {
                     Mode::from_raw_mode(perm | extra),
                 )
                 .at("chmod new", Where::Upper)?;
+            }
+            if let (Some(default), false) = (
+                &default_acl,
+                slot == UpperSlot::Empty || matches!(kind, NewKind::Symlink(_)),
+            ) {
+                // Built in the work directory: give it what the parent would have.
+                let fd = rustix::fs::openat(
+                    tdir,
+                    tname,
+                    OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )
+                .at("open new", Where::Work)?;
+                let st = rustix::fs::fstat(&fd).at("stat new", Where::Work)?;
+                let path = sys::proc_fd_path(&fd);
+                acl::inherit(default, fd.as_fd(), &path, st.st_mode & 0o7777, is_dir)
+                    .map_err(|e| Error::io("inherit default ACL", &e, Where::Work))?;
             }
             if is_dir && slot != UpperSlot::Empty {
                 let fd =

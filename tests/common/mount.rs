@@ -253,7 +253,19 @@ impl FuseMount {
     #[allow(dead_code)]
     pub fn mount_args(stack: &Stack, args: &[&str]) -> io::Result<FuseMount> {
         let dirs = MountDirs::of(stack);
-        Self::mount_full(&dirs, &dirs.options(), args)
+        Self::mount_full(&dirs, Some(&dirs.options()), args)
+    }
+
+    /// `rlayerfs mount ARGS MNT` with no `-o` string (e.g. `--image DEST --upper U --work W`).
+    #[allow(dead_code)]
+    pub fn mount_cli(mnt: &Path, args: &[&str]) -> io::Result<FuseMount> {
+        let dirs = MountDirs {
+            lowers: Vec::new(),
+            upper: PathBuf::new(),
+            work: PathBuf::new(),
+            mnt: mnt.to_path_buf(),
+        };
+        Self::mount_full(&dirs, None, args)
     }
 
     /// A read-only mount of the lowers only (no upperdir/workdir; `dirs.upper`/`work` unused).
@@ -268,10 +280,10 @@ impl FuseMount {
 
     /// Mounts at `dirs.mnt` with the given `-o` string.
     pub fn mount_with(dirs: &MountDirs, options: &str) -> io::Result<FuseMount> {
-        Self::mount_full(dirs, options, &[])
+        Self::mount_full(dirs, Some(options), &[])
     }
 
-    fn mount_full(dirs: &MountDirs, options: &str, args: &[&str]) -> io::Result<FuseMount> {
+    fn mount_full(dirs: &MountDirs, options: Option<&str>, args: &[&str]) -> io::Result<FuseMount> {
         let bin = fuse_bin();
         let mut cmd = Command::new(&bin);
         if takes_mount_subcommand(&bin) {
@@ -279,7 +291,10 @@ impl FuseMount {
             cmd.args(args);
             THREAD_FUSE_ARGS.with(|a| cmd.args(a.borrow().iter()));
         }
-        cmd.arg("-o").arg(options).arg(&dirs.mnt);
+        if let Some(options) = options {
+            cmd.arg("-o").arg(options);
+        }
+        cmd.arg(&dirs.mnt);
         // Output goes to an unnamed file, never a pipe: a daemon that keeps stderr open would
         // make reading a pipe to EOF hang.
         let mut log = tempfile::tempfile()?;
