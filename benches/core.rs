@@ -199,6 +199,7 @@ fn new_fs(paths: &StackPaths, volatile: bool) -> UnionFs {
         CoreOptions {
             volatile,
             read_only: false,
+            ..CoreOptions::default()
         },
     )
     .expect("stack")

@@ -4,7 +4,7 @@
 #
 #   scripts/podman-e2e.sh [--bin PATH] [--variant rlayerfs|fuse-overlayfs|native] [--keep]
 #   scripts/podman-e2e.sh --timings [--runs N] [--variants rlayerfs,fuse-overlayfs,native] [--bin PATH]
-#   scripts/podman-e2e.sh --rootless [--bin PATH]          # stretch: rootless flow, see below
+#   scripts/podman-e2e.sh --rootless [--bin PATH]          # rootless flow, see below
 #
 # Everything podman writes lives in one private temp directory: storage.conf and
 # containers.conf are passed with CONTAINERS_STORAGE_CONF / CONTAINERS_CONF, and graphroot,
@@ -464,9 +464,9 @@ fresh_diff_empty() {
     [ -z "$out" ] || { printf '%s\n' "$out"; return 1; }
 }
 
-uidmap_ok() {
+uidmap_ok() { # uidmap_ok ENV IMAGE MAPPING
     local out
-    out=$(pm "$1" run --pull=never --rm --uidmap 0:100000:65536 --gidmap 0:100000:65536 "$2" \
+    out=$(pm "$1" run --pull=never --rm --uidmap "$3" --gidmap "$3" "$2" \
         sh -c 'touch /data/x && stat -c %u:%g /data/keep.txt /data/x' 2>&1) &&
         [ "$(printf '%s' "$out" | tr '\n' ' ')" = "0:0 0:0" ] || { printf '%s\n' "$out"; return 1; }
 }
@@ -497,9 +497,15 @@ e2e() {
     if [ -z "$RL_USER" ]; then
         # With a mount program, containers/storage 1.43 on a kernel with idmapped mounts shifts
         # the lowers itself (an idmapped bind mount under LAYER/mapped/) AND passes
-        # uidmapping=/gidmapping= to the mount program: the program must not shift again.
+        # uidmapping=/gidmapping= to the mount program: the program must not shift them again
+        # (it maps the upper, which is not idmapped).
         check "podman run --uidmap 0:100000:65536: lower files owned by container root, writes work" \
-            uidmap_ok "$env" "$img-built:latest"
+            uidmap_ok "$env" "$img-built:latest" 0:100000:65536
+    else
+        # Rootless: no idmapped mounts; containers/storage passes uidmapping=0:1:65536 and the
+        # mount program shows the unshifted layers' ids shifted (ids of podman's namespace).
+        check "podman run --uidmap 0:1:65536 (rootless): lower files owned by container root, writes work" \
+            uidmap_ok "$env" "$img-built:latest" 0:1:65536
     fi
     local keepdir_mtime
     keepdir_mtime=$(pm "$env" run --pull=never --rm "$img-built:latest" stat -c %Y /data/keepdir)
@@ -654,7 +660,7 @@ timings() {
 }
 
 # ---------------------------------------------------------------------------------------------
-# Rootless (stretch): the same e2e flow run by an unprivileged user with subordinate id ranges.
+# Rootless: the same e2e flow run by an unprivileged user with subordinate id ranges.
 # Podman then runs rlayerfs inside its user namespace (uid 0 there, no capability on the host),
 # where FUSE mounts are allowed; the mounts live in podman's mount namespace, so they are
 # checked through `podman unshare`. The user (and its subuid/subgid ranges) is removed on exit.

@@ -9,8 +9,18 @@ use crate::mount::{self, MountRequest};
 use crate::options::MountOptions;
 
 /// A union filesystem over FUSE with kernel-overlayfs semantics.
+///
+/// Merges read-only lower layers and one writable upper layer into one mount, with
+/// copy-on-write and whiteouts, as kernel overlayfs does, and serves as podman's and buildah's
+/// overlay `mount_program` (fuse-overlayfs's options are understood). `--help` shows every
+/// mount option; `-h` a summary.
 #[derive(Debug, Parser)]
-#[command(name = "rlayerfs", version, args_conflicts_with_subcommands = true)]
+#[command(
+    name = "rlayerfs",
+    version,
+    args_conflicts_with_subcommands = true,
+    after_long_help = LONG_HELP
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -22,6 +32,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Mount a union of layers.
+    #[command(after_long_help = LONG_HELP)]
     Mount(MountArgs),
     /// Unpack an image (docker save archive, OCI layout, or one layer tarball) into layers.
     Unpack(crate::image::cli::UnpackArgs),
@@ -35,7 +46,7 @@ enum Command {
 #[derive(Debug, Args, Default)]
 struct MountArgs {
     /// Mount options, comma separated; may be repeated: lowerdir=TOP:…:BOTTOM, upperdir=,
-    /// workdir=, ro, volatile, timeout=SECONDS, allow_other, … (see README).
+    /// workdir=, ro, volatile, timeout=SECONDS, allow_other, … (all of them: --help).
     #[arg(short = 'o', value_name = "OPTIONS")]
     options: Vec<String>,
     /// A lower layer (repeat; first is the top), instead of lowerdir=.
@@ -65,9 +76,11 @@ struct MountArgs {
     /// Where the daemon logs (default: stderr in the foreground, nowhere in the background).
     #[arg(long = "log-file", value_name = "FILE")]
     log_file: Option<PathBuf>,
-    /// Where to mount.
-    #[arg(value_name = "MOUNTPOINT")]
-    mountpoint: Option<PathBuf>,
+    /// Where to mount. Two operands are SOURCE MOUNTPOINT, SOURCE being shown in the mount
+    /// table (`rlayerfs SOURCE MOUNTPOINT -o …`, as mount.fuse3 runs it for
+    /// `mount -t fuse.rlayerfs`).
+    #[arg(value_name = "MOUNTPOINT", num_args = 0..=2)]
+    operands: Vec<PathBuf>,
 }
 
 fn init_logging(level: &str, file: Option<&PathBuf>) -> Result<(), String> {
@@ -108,7 +121,14 @@ fn mount_request(args: MountArgs) -> Result<MountRequest, String> {
     if args.work.is_some() {
         options.workdir = args.work.clone();
     }
-    let mountpoint = args.mountpoint.clone().ok_or("missing MOUNTPOINT")?;
+    let (source, mountpoint) = match args.operands.as_slice() {
+        [mnt] => (None, mnt.clone()),
+        [source, mnt] => (Some(source), mnt.clone()),
+        _ => return Err("missing MOUNTPOINT".into()),
+    };
+    if let Some(source) = source {
+        set_source(&mut options, &source.to_string_lossy())?;
+    }
     Ok(MountRequest {
         options,
         mountpoint,
@@ -129,8 +149,102 @@ fn run_mount(args: MountArgs) -> Result<i32, String> {
     mount::run(req)
 }
 
+/// The mount table source (`fsname=`) from a SOURCE operand, unless `-o fsname=` gave one or
+/// the source says nothing (`none`, empty).
+fn set_source(options: &mut MountOptions, source: &str) -> Result<(), String> {
+    let named = options
+        .fuse
+        .iter()
+        .any(|f| matches!(f, crate::options::FuseFlag::FsName(_)));
+    if named || source.is_empty() || source == "none" {
+        return Ok(());
+    }
+    // Escaped so that commas and quotes in the source survive option splitting.
+    let escaped: String = source
+        .chars()
+        .flat_map(|c| {
+            let esc = matches!(c, ',' | '"' | '\\').then_some('\\');
+            esc.into_iter().chain(std::iter::once(c))
+        })
+        .collect();
+    options
+        .parse(&format!("fsname={escaped}"))
+        .map_err(|e| e.to_string())
+}
+
+/// `mount.fuse.rlayerfs SOURCE MOUNTPOINT [-sfnv] [-o OPTIONS] [-t TYPE]`: how mount(8) runs a
+/// helper for `-t fuse.rlayerfs` (when installed as `/sbin/mount.fuse.rlayerfs`). `-f` is
+/// mount(8)'s fake mode (check, mount nothing); `-s` (sloppy), `-n` (no mtab) and `-v` are
+/// accepted and change nothing; `-t` is ignored.
+fn helper_main(args: Vec<std::ffi::OsString>) -> Result<i32, String> {
+    let mut operands = Vec::new();
+    let mut options = Vec::new();
+    let mut fake = false;
+    let mut it = args.into_iter();
+    while let Some(a) = it.next() {
+        let text = a.to_string_lossy().into_owned();
+        match text.as_str() {
+            "-o" => options.push(
+                it.next()
+                    .ok_or("-o needs OPTIONS")?
+                    .to_string_lossy()
+                    .into_owned(),
+            ),
+            "-t" => {
+                it.next().ok_or("-t needs a TYPE")?;
+            }
+            "-N" => return Err("-N (mount namespace) is not supported".into()),
+            "-h" | "--help" => {
+                println!(
+                    "usage: mount.fuse.rlayerfs SOURCE MOUNTPOINT [-sfnv] [-o OPTIONS]\n\
+                     (run by mount -t fuse.rlayerfs; see rlayerfs --help for OPTIONS)"
+                );
+                return Ok(0);
+            }
+            t if t.starts_with("-o") && t.len() > 2 => options.push(t[2..].to_string()),
+            t if t.starts_with('-') && t.len() > 1 => {
+                for c in t[1..].chars() {
+                    match c {
+                        'f' => fake = true,
+                        's' | 'n' | 'v' => {}
+                        _ => return Err(format!("unknown flag -{c}")),
+                    }
+                }
+            }
+            _ => operands.push(PathBuf::from(a)),
+        }
+    }
+    let args = MountArgs {
+        options,
+        operands,
+        ..MountArgs::default()
+    };
+    if fake {
+        // Check everything a mount would, mount nothing.
+        let req = mount_request(args)?;
+        req.options.validate().map_err(|e| e.to_string())?;
+        return Ok(0);
+    }
+    run_mount(args)
+}
+
 /// Runs the command line; returns the exit code.
 pub fn main() -> i32 {
+    let mut argv = std::env::args_os();
+    let argv0 = argv.next().unwrap_or_default();
+    let name = std::path::Path::new(&argv0)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if name.starts_with("mount.") {
+        return match helper_main(argv.collect()) {
+            Ok(code) => code,
+            Err(msg) => {
+                eprintln!("rlayerfs: {msg}");
+                1
+            }
+        };
+    }
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -158,3 +272,80 @@ pub fn main() -> i32 {
         }
     }
 }
+
+/// The man page part of `--help`: every mount option with its meaning. A test checks that
+/// every option the parser in `crate::options` knows is listed here.
+const LONG_HELP: &str = r#"FORMS
+    rlayerfs mount -o lowerdir=TOP:...:BOTTOM[,upperdir=U,workdir=W][,OPTIONS] MOUNTPOINT
+    rlayerfs -o OPTIONS MOUNTPOINT                 (podman/buildah mount_program form)
+    rlayerfs SOURCE MOUNTPOINT -o OPTIONS          (as mount.fuse3 runs it: mount -t fuse.rlayerfs)
+    mount.fuse.rlayerfs SOURCE MOUNTPOINT [-sfnv] [-o OPTIONS]   (mount(8) helper, argv[0])
+    fusermount3 -u MOUNTPOINT                      (unmount; or umount, or SIGTERM to the daemon)
+  The command returns once the mount is live, leaving the daemon in the background (-f keeps
+  it in the foreground). Errors: one line on stderr, exit status 1, nothing mounted.
+
+MOUNT OPTIONS (-o, comma separated, may be repeated; unknown ones get one warning)
+  Layers
+    lowerdir=TOP:...:BOTTOM   lower layers, leftmost on top; "\:" is a colon in a name
+    lowerdir+=DIR             append one lower layer (below the others)
+    datadir+=DIR              kernel data-only layer: refused (not supported)
+    upperdir=DIR              the writable layer; without it the mount is read-only
+    workdir=DIR               scratch directory on the upper's filesystem (needs upperdir)
+  Behaviour
+    ro | rw                   read-only mount even with an upper layer / read-write
+    volatile                  never fsync: faster copy-up, no durability after a crash
+    fsync=0|1                 fuse-overlayfs's name for the opposite of volatile
+    timeout=SECONDS           kernel cache time of entries and attributes (default 3600)
+    threaded=0|1              one serving thread with 0 (default: several)
+    writeback=0|1             accepted; the FUSE writeback cache is never used (it would
+                              disable passthrough)
+    noxattrs[=0|1]            accepted (fuse-overlayfs: refuse user xattrs)
+    static_nlink              accepted; merged directories always report st_nlink 1
+    noacl                     accepted (fuse-overlayfs: no POSIX ACL support)
+    ino32_t                   accepted (fuse-overlayfs: 32-bit inode numbers)
+  Ownership (containers/storage, fuse-overlayfs)
+    uidmapping=C:H:S[:C:H:S...]  ids C..C+S stored in the layers show as H..H+S through the
+                              mount (containers/storage sends ContainerID:HostID:Size); ids
+                              given through the mount (chown, ACLs) are stored mapped back,
+                              EINVAL outside the ranges; new objects of a caller outside
+                              them, and stored ids outside them, become 65534
+    gidmapping=C:H:S[:...]    the same for group ids
+    squash_to_root            every object shows as owned by 0:0
+    squash_to_uid=N           every object shows as owned by uid N
+    squash_to_gid=N           every object shows as owned by gid N
+    xattr_permissions=0|1|2   keep owner and mode changes in an xattr instead of chown/chmod
+                              (for stores written without privilege): 1 writes
+                              security.fuseoverlayfs.override_stat, 2 writes
+                              user.containers.override_stat; value UID:GID:MODE[:TYPE] where
+                              TYPE may make an empty file show as a device (char-MAJ-MIN,
+                              block-MAJ-MIN), a pipe or a socket. Read whenever set or when a
+                              layer root carries one; never visible through the mount
+    context="CONTEXT"         SELinux context (commas allowed inside the quotes); accepted
+  FUSE and VFS
+    allow_other | allow_root  who may use the mount (root mounts default to allow_other)
+    default_permissions       always on: the kernel checks permissions
+    auto_unmount              unmount when the daemon dies
+    suid | nosuid             honour set-id bits (default for root) / ignore them
+    dev | nodev               honour device nodes (default for root) / refuse them
+    exec | noexec             allow / refuse executing files
+    atime | noatime | relatime | strictatime   access time updates
+    sync | async | dirsync    synchronous writes / directory changes
+    fsname=NAME               the source in the mount table (default rlayerfs)
+    subtype=NAME              the type in the mount table (fuse.NAME, default rlayerfs)
+  Kernel overlayfs (accepted with the kernel's values; rlayerfs behaves as index=on,
+  redirect_dir=on, metacopy=off)
+    index=on|off  redirect_dir=on|off|follow|nofollow  metacopy=on|off  xino=on|off|auto
+    nfs_export=on|off  uuid=on|off|null|auto  verity=on|off|require  userxattr
+  fstab only (ignored): defaults auto noauto nofail user users nouser owner group _netdev
+    comment=... x-...
+
+FSTAB
+    rlayerfs /srv/merged fuse.rlayerfs lowerdir=/l1:/l2,upperdir=/u,workdir=/w,nofail 0 0
+  mount(8) runs /sbin/mount.fuse.rlayerfs (a symlink to rlayerfs) when present, else
+  mount.fuse3, which runs `rlayerfs SOURCE MOUNTPOINT -o OPTIONS` from /usr/local/bin,
+  /usr/bin or /bin.
+
+FORMATS WRITTEN
+  Whiteouts: character device 0/0 when the daemon may mknod (root), else .wh.NAME files.
+  Opaque and redirect xattrs: trusted.overlay.* with CAP_SYS_ADMIN, else user.overlay.*.
+"#;

@@ -185,6 +185,7 @@ pub fn run(req: MountRequest) -> Result<i32, String> {
     let core_opts = CoreOptions {
         volatile: !o.fsync_enabled(),
         read_only: o.read_only,
+        ids: crate::union::ids::IdOptions::from_mount_options(o),
     };
     let fs = Arc::new(UnionFs::new(&paths, core_opts)?);
     let ttl = o

@@ -34,13 +34,16 @@
 use std::fmt;
 use std::path::PathBuf;
 
-/// One range of an id mapping, as in `/proc/PID/uid_map`: ids `container..container+size`
-/// seen through the mount are `host..host+size` on disk.
+/// One range of an id mapping `C:H:S` (containers/storage writes `ContainerID:HostID:Size`):
+/// ids `container..container+size` as stored in the layers (the ids of the image) are shown
+/// through the mount as `host..host+size` (ids of the namespace the mount serves). This is
+/// fuse-overlayfs's reading (`find_mapping`: the first field is the id on disk, the second the
+/// id it reports), the one containers/storage relies on when it passes `uidmapping=`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct IdMapping {
-    /// First id of the range as seen through the mount (in the container).
+    /// First id of the range as stored in the layers (the container's own id).
     pub container: u32,
-    /// First id of the range as stored in the layers (on the host).
+    /// First id of the range as shown through the mount (the id on the host side).
     pub host: u32,
     /// Number of ids in the range; never 0 once parsed.
     pub size: u32,
@@ -60,8 +63,9 @@ impl IdMapping {
     }
 }
 
-/// Maps a container id to the host through `maps`: identity when `maps` is empty, `None` when
-/// mappings exist but none covers `id` (fuse-overlayfs then shows the overflow id, 65534).
+/// Maps a container id (on disk) to the host (through the mount) with `maps`: identity when
+/// `maps` is empty, `None` when mappings exist but none covers `id` (fuse-overlayfs then shows
+/// the overflow id, 65534).
 pub fn container_to_host(maps: &[IdMapping], id: u32) -> Option<u32> {
     if maps.is_empty() {
         return Some(id);
@@ -424,23 +428,27 @@ impl MountOptions {
             .map(|(_, value)| value.as_str())
     }
 
-    /// Host uid stored on disk for a uid seen through the mount (identity without mappings).
+    /// Uid shown through the mount (host) for a uid stored on disk (container); identity
+    /// without mappings.
     pub fn mapped_uid_to_host(&self, uid: u32) -> Option<u32> {
         container_to_host(&self.uid_mappings, uid)
     }
 
-    /// Host gid stored on disk for a gid seen through the mount (identity without mappings).
+    /// Gid shown through the mount (host) for a gid stored on disk (container); identity
+    /// without mappings.
     pub fn mapped_gid_to_host(&self, gid: u32) -> Option<u32> {
         container_to_host(&self.gid_mappings, gid)
     }
 
-    /// Uid seen through the mount for a uid stored on disk (identity without mappings).
+    /// Uid stored on disk (container) for a uid given through the mount (host); identity
+    /// without mappings.
     /// Squashing is not applied here.
     pub fn host_uid_to_container(&self, uid: u32) -> Option<u32> {
         host_to_container(&self.uid_mappings, uid)
     }
 
-    /// Gid seen through the mount for a gid stored on disk (identity without mappings).
+    /// Gid stored on disk (container) for a gid given through the mount (host); identity
+    /// without mappings.
     /// Squashing is not applied here.
     pub fn host_gid_to_container(&self, gid: u32) -> Option<u32> {
         host_to_container(&self.gid_mappings, gid)
@@ -467,6 +475,9 @@ impl MountOptions {
             "lowerdir+" => self.lowerdirs.push(non_empty_path(value()?)?),
             "upperdir" => self.upperdir = Some(non_empty_path(value()?)?),
             "workdir" => self.workdir = Some(non_empty_path(value()?)?),
+            // fstab and mount(8) options meant for mount itself, not for the filesystem
+            // (mount.fuse3 drops some of them, mount(8) passes others on to helpers).
+            _ if is_fstab_only(key) => {}
             "ro" | "rw" => {
                 if raw.is_some() {
                     return Err("takes no value".to_string());
@@ -544,6 +555,17 @@ impl MountOptions {
         self.fuse.retain(|f| f.family() != family);
         self.fuse.push(flag);
     }
+}
+
+/// fstab-only options (`defaults`, `noauto`, `nofail`, `user`, `_netdev`, `x-*`, `comment=`):
+/// accepted and ignored without a warning.
+pub const FSTAB_ONLY_OPTIONS: &[&str] = &[
+    "defaults", "auto", "noauto", "nofail", "user", "users", "nouser", "owner", "group", "_netdev",
+    "comment",
+];
+
+fn is_fstab_only(key: &str) -> bool {
+    FSTAB_ONLY_OPTIONS.contains(&key) || key.starts_with("x-")
 }
 
 /// Splits an option string on commas, except commas inside double quotes or escaped with `\`.
@@ -953,6 +975,11 @@ mod tests {
             o.overlay = vec![("datadir+".into(), "/data".into())]
         }),
         ("fast_ino=1", |o| o.unknown = vec!["fast_ino=1".into()]),
+        // fstab-only options are ignored silently.
+        (
+            "defaults,noauto,nofail,_netdev,user,x-systemd.automount,comment=x,ro",
+            |o| o.read_only = true,
+        ),
         ("plugins=/x.so,frobnicate", |o| {
             o.unknown = vec!["plugins=/x.so".into(), "frobnicate".into()]
         }),

@@ -46,14 +46,19 @@ struct Run {
 /// Runs rlayerfs with `args` (output to unnamed files, never pipes: a daemon keeps them
 /// open), killing it after `RUN_TIMEOUT`.
 fn run(args: &[OsString]) -> Run {
+    run_program(Path::new(BIN), args)
+}
+
+/// Runs `program` (rlayerfs under another name, or a tool that runs it) like [`run`].
+fn run_program(program: &Path, args: &[OsString]) -> Run {
     let mut err = tempfile::tempfile().expect("tempfile");
-    let mut child = Command::new(BIN)
+    let mut child = Command::new(program)
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(err.try_clone().expect("dup"))
         .spawn()
-        .expect("spawn rlayerfs");
+        .unwrap_or_else(|e| panic!("spawn {}: {e}", program.display()));
     let code = wait_for(&mut child, RUN_TIMEOUT);
     let mut stderr = String::new();
     err.seek(SeekFrom::Start(0)).unwrap();
@@ -760,7 +765,7 @@ fn busy_mountpoint_is_refused() {
 // Unmount followed at once by a new mount at the same path
 
 /// Rounds of unmount + immediate remount.
-const REMOUNT_ROUNDS: usize = 20;
+const REMOUNT_ROUNDS: usize = 100;
 
 #[test]
 fn remount_race_keeps_the_new_mount() {
@@ -1077,4 +1082,231 @@ fn bench_subcommand_reports_json() {
         0,
         "bench leaves nothing behind"
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// mount(8), /etc/fstab and --help
+
+/// `mount.fuse.rlayerfs SOURCE MOUNTPOINT -sn -o OPTS` (how mount(8) runs a helper): mounts,
+/// shows SOURCE in the mount table, ignores fstab-only options without a warning; `-f` (fake)
+/// mounts nothing.
+#[test]
+fn mount_helper_argv0_form() {
+    if !can_mount("mount_helper_argv0_form") {
+        return;
+    }
+    let st = good_stack();
+    let helper_dir = st.fresh_dir("helper");
+    let helper = helper_dir.join("mount.fuse.rlayerfs");
+    std::os::unix::fs::symlink(BIN, &helper).unwrap();
+    let o = format!(
+        "{},noauto,nofail,_netdev,defaults,x-systemd.automount",
+        opts(Some(&st.lowerdir()), Some(&st.upper), Some(&st.work))
+    );
+    let fake = run_program(
+        &helper,
+        &os(&[
+            "mysource",
+            &p(&st.mnt),
+            "-f",
+            "-o",
+            &o,
+            "-t",
+            "fuse.rlayerfs",
+        ]),
+    );
+    assert_eq!(fake.code, Some(0), "fake mount: {fake:?}");
+    assert!(mount_info(&st.mnt).is_none(), "-f (fake) mounted something");
+
+    let known = daemons_of(&bin(), &st.mnt);
+    let r = run_program(
+        &helper,
+        &os(&[
+            "mysource",
+            &p(&st.mnt),
+            "-sn",
+            "-o",
+            &o,
+            "-t",
+            "fuse.rlayerfs",
+        ]),
+    );
+    let live = Live {
+        mnt: st.mnt.clone(),
+        daemons: daemons_of(&bin(), &st.mnt)
+            .into_iter()
+            .filter(|p| !known.contains(p))
+            .collect(),
+    };
+    assert_eq!(r.code, Some(0), "{r:?}");
+    assert!(r.stderr.trim().is_empty(), "unexpected stderr: {r:?}");
+    assert_eq!(
+        mount_info(&st.mnt),
+        Some(("fuse.rlayerfs".to_string(), "mysource".to_string()))
+    );
+    check_serves(&st, &st.mnt, "helper");
+    drop(live);
+    assert!(mount_info(&st.mnt).is_none());
+    let bad = run_program(&helper, &os(&["src", &p(&st.mnt), "-q"]));
+    assert_eq!(bad.code, Some(1), "{bad:?}");
+}
+
+/// `mount -t fuse.rlayerfs` (through mount.fuse3) and an /etc/fstab line, in a private mount
+/// namespace where /usr/local/bin holds `rlayerfs` and /etc/fstab is a test file: the host's
+/// directories and fstab are untouched, and the mounts vanish with the namespace.
+#[test]
+fn mount_t_fuse_rlayerfs_and_fstab() {
+    if !can_mount("mount_t_fuse_rlayerfs_and_fstab") {
+        return;
+    }
+    if !Path::new("/sbin/mount.fuse3").exists() && !Path::new("/usr/sbin/mount.fuse3").exists() {
+        eprintln!("SKIP mount_t_fuse_rlayerfs_and_fstab: mount.fuse3 (package fuse3) missing");
+        return;
+    }
+    let st = good_stack();
+    let bindir = st.fresh_dir("bin");
+    std::os::unix::fs::symlink(BIN, bindir.join("rlayerfs")).unwrap();
+    let o = opts(Some(&st.lowerdir()), Some(&st.upper), Some(&st.work));
+    let fstab = st.fresh_dir("etc").join("fstab");
+    fs::write(
+        &fstab,
+        format!(
+            "# test fstab\nfromfstab {} fuse.rlayerfs {o},nofail 0 0\n",
+            p(&st.mnt)
+        ),
+    )
+    .unwrap();
+    let script = r#"
+set -e
+mount --bind "$1" /usr/local/bin
+mount --bind "$2" /etc/fstab
+mnt=$3
+mount -t fuse.rlayerfs bycommand "$mnt" -o "$4"
+findmnt -n -o FSTYPE,SOURCE --mountpoint "$mnt"
+cat "$mnt/f"; echo
+umount "$mnt"
+mount "$mnt"
+findmnt -n -o FSTYPE,SOURCE --mountpoint "$mnt"
+cat "$mnt/g"; echo
+umount "$mnt"
+"#;
+    let out = Command::new("unshare")
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "--",
+            "sh",
+            "-c",
+            script,
+            "sh",
+        ])
+        .arg(&bindir)
+        .arg(&fstab)
+        .arg(&st.mnt)
+        .arg(&o)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run unshare");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{}: {stdout}{stderr}", out.status);
+    let lines: Vec<&str> = stdout.lines().map(|l| l.trim()).collect();
+    assert_eq!(
+        lines,
+        [
+            "fuse.rlayerfs bycommand",
+            "top f",
+            "fuse.rlayerfs fromfstab",
+            "bottom g"
+        ],
+        "stderr: {stderr}"
+    );
+    assert!(
+        mount_info(&st.mnt).is_none(),
+        "a mount leaked out of the namespace"
+    );
+}
+
+/// Option names the parser in src/options.rs knows: the keys of `MountOptions::apply`'s and
+/// `FuseFlag::from_name`'s match arms, the kernel overlayfs table and the fstab-only list.
+fn parser_option_names() -> Vec<String> {
+    let src = fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/options.rs"))
+        .expect("read src/options.rs");
+    let region = |from: &str, to: &str| -> String {
+        let start = src
+            .find(from)
+            .unwrap_or_else(|| panic!("{from} not in options.rs"));
+        let len = src[start..]
+            .find(to)
+            .unwrap_or_else(|| panic!("{to} after {from}"));
+        src[start..start + len].to_string()
+    };
+    let quoted = |line: &str| -> Vec<String> {
+        line.split('"')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_string)
+            .collect()
+    };
+    let mut names = Vec::new();
+    for body in [
+        region("fn apply(", "fn add_fuse_flag("),
+        region("fn from_name(", "fn family("),
+    ] {
+        for line in body.lines().map(str::trim) {
+            // Match arms: `"a" | "b" => ...`.
+            if line.starts_with('"') && line.contains("=>") {
+                let arm = line.split("=>").next().unwrap_or_default();
+                names.extend(quoted(arm));
+            }
+        }
+    }
+    for line in region("const OVERLAY_OPTIONS", "];").lines().map(str::trim) {
+        if line.starts_with("(\"") {
+            names.extend(quoted(line).into_iter().take(1));
+        }
+    }
+    names.extend(quoted(&region("pub const FSTAB_ONLY_OPTIONS", "];")));
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// Whether `name` occurs in `text` as a whole option name.
+fn mentions(text: &str, name: &str) -> bool {
+    let word = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    text.match_indices(name).any(|(i, _)| {
+        let before = text[..i].chars().next_back();
+        let after = text[i + name.len()..].chars().next();
+        !before.is_some_and(word)
+            && !after.is_some_and(|c| word(c) || (c == '+' && !name.ends_with('+')))
+    })
+}
+
+/// `--help` (and `mount --help`) list every option the parser knows.
+#[test]
+fn help_lists_every_option() {
+    let names = parser_option_names();
+    for must in [
+        "lowerdir",
+        "uidmapping",
+        "xattr_permissions",
+        "allow_other",
+        "index",
+        "nofail",
+    ] {
+        assert!(
+            names.iter().any(|n| n == must),
+            "extraction missed {must}: {names:?}"
+        );
+    }
+    assert!(names.len() >= 60, "too few option names found: {names:?}");
+    for args in [&["--help"][..], &["mount", "--help"][..]] {
+        let out = Command::new(BIN).args(args).output().expect("run --help");
+        assert!(out.status.success(), "{args:?}: {}", out.status);
+        let help = String::from_utf8_lossy(&out.stdout);
+        let missing: Vec<&String> = names.iter().filter(|n| !mentions(&help, n)).collect();
+        assert!(missing.is_empty(), "{args:?} does not list {missing:?}");
+    }
 }

@@ -376,6 +376,95 @@ fn hardlink_copy_up_keeps_link() {
     run_scenario("hardlink_copy_up_keeps_link", &stack, &phases);
 }
 
+/// Found by the campaign (seed 6086): renaming a file over one name of a copied-up lower
+/// hard link must drop the merged link count of the names left.
+#[test]
+fn rename_over_copied_up_hardlink() {
+    if !can_mount("rename_over_copied_up_hardlink") {
+        return;
+    }
+    let stack = Stack::new(1);
+    stack
+        .lower(0)
+        .file("c/d", b"linked")
+        .hardlink("a/c/a", "c/d")
+        .file("c/a", b"replacement")
+        .file("e", b"second group")
+        .hardlink("f", "e")
+        .hardlink("g", "e");
+    let phases = vec![
+        vec![
+            Op::SetXattr {
+                path: s("c/d"),
+                name: s("user.k"),
+                value: b"v".to_vec(),
+            },
+            rename("c/a", "c/d"),
+            Op::Read { path: s("a/c/a") },
+            // Copied up through one name, replaced at another that is still lower-only.
+            Op::SetXattr {
+                path: s("e"),
+                name: s("user.k"),
+                value: b"w".to_vec(),
+            },
+            rename("a/c/a", "f"),
+            Op::Read { path: s("g") },
+        ],
+        vec![Op::Read { path: s("a/c/a") }, Op::Read { path: s("g") }],
+    ];
+    run_scenario("rename_over_copied_up_hardlink", &stack, &phases);
+}
+
+/// The same with the target never copied up: the lower name goes, its copy-up first.
+#[test]
+fn rename_over_lower_hardlink() {
+    if !can_mount("rename_over_lower_hardlink") {
+        return;
+    }
+    let stack = Stack::new(1);
+    stack
+        .lower(0)
+        .file("c/d", b"linked")
+        .hardlink("a/c/a", "c/d")
+        .hardlink("b", "c/d")
+        .file("c/a", b"replacement");
+    let phases = vec![
+        vec![rename("c/a", "c/d"), Op::Read { path: s("a/c/a") }],
+        vec![Op::Read { path: s("b") }],
+    ];
+    run_scenario("rename_over_lower_hardlink", &stack, &phases);
+}
+
+/// Found by the campaign (seed 6496): RENAME_EXCHANGE with a lower hard link whose other
+/// name the mount already knows copies it up at the exchanged name.
+#[test]
+fn exchange_with_lower_hardlink() {
+    if !can_mount("exchange_with_lower_hardlink") {
+        return;
+    }
+    let stack = Stack::new(1);
+    stack
+        .lower(0)
+        .file("b/d/b", b"linked")
+        .hardlink("b/c", "b/d/b")
+        .file("c/x", b"x");
+    let phases = vec![
+        vec![
+            Op::Read { path: s("b/d/b") },
+            readdir("b"),
+            Op::Rename {
+                from: s("c"),
+                to: s("b/c"),
+                flags: RenameFlags::Exchange,
+            },
+            readdir("b/c"),
+            Op::Read { path: s("c") },
+        ],
+        vec![Op::Read { path: s("b/d/b") }, readdir("b/c")],
+    ];
+    run_scenario("exchange_with_lower_hardlink", &stack, &phases);
+}
+
 #[test]
 fn open_unlink_lower_file() {
     if !can_mount("open_unlink_lower_file") {

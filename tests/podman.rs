@@ -1,5 +1,5 @@
-//! rlayerfs as podman's overlay `mount_program`, end to end (rootful): runs
-//! `scripts/podman-e2e.sh` with the binary cargo built for this test run.
+//! rlayerfs as podman's overlay `mount_program`, end to end, rootful and rootless: runs
+//! `scripts/podman-e2e.sh` (and `--rootless`) with the binary cargo built for this test run.
 //!
 //! The script does the whole flow in a private storage (see its header): import a busybox
 //! image, `podman build` layers that add, delete and replace files and directories, run
@@ -7,8 +7,9 @@
 //! image, and check that a rlayerfs mount served the container roots. It prints one `ok`/`FAIL`
 //! line per check; this test prints that output and fails when the script does.
 //!
-//! Skipped (prints `SKIP`, passes) when not root, when podman is not installed (`.ci/run`
-//! installs it), or when `RLAYERFS_SKIP_PODMAN=1`.
+//! Skipped (prints `SKIP`, passes) when not root (the rootless flow needs root to create its
+//! temporary user), when podman is not installed (`.ci/run` installs it), or when
+//! `RLAYERFS_SKIP_PODMAN=1`.
 
 use std::path::Path;
 use std::process::Command;
@@ -30,12 +31,17 @@ fn skip_reason() -> Option<String> {
     None
 }
 
-#[test]
-fn podman_mount_program_e2e() {
+/// The two flows would compete for the machine's few cores: run them one at a time.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Runs scripts/podman-e2e.sh with the binary under test and `args`, prints its output and
+/// fails when it fails.
+fn run_e2e(test: &str, args: &[&str]) {
     if let Some(why) = skip_reason() {
-        println!("SKIP podman_mount_program_e2e: {why}");
+        println!("SKIP {test}: {why}");
         return;
     }
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/podman-e2e.sh");
     // One stream, in order: the script's progress goes to stderr, its checks to stdout.
     let out = Command::new("bash")
@@ -44,12 +50,26 @@ fn podman_mount_program_e2e() {
         .arg(&script)
         .arg("--bin")
         .arg(env!("CARGO_BIN_EXE_rlayerfs"))
+        .args(args)
         .output()
         .expect("run scripts/podman-e2e.sh");
     print!("{}", String::from_utf8_lossy(&out.stdout));
     assert!(
         out.status.success(),
-        "scripts/podman-e2e.sh failed ({}); its output is above",
+        "scripts/podman-e2e.sh {args:?} failed ({}); its output is above",
         out.status
     );
+}
+
+#[test]
+fn podman_mount_program_e2e() {
+    run_e2e("podman_mount_program_e2e", &[]);
+}
+
+/// The same flow rootless: a temporary unprivileged user with subuid/subgid ranges runs
+/// podman, which runs rlayerfs inside its user namespace (plus a `--uidmap 0:1:65536`
+/// container, for which containers/storage passes `uidmapping=` to rlayerfs).
+#[test]
+fn podman_mount_program_e2e_rootless() {
+    run_e2e("podman_mount_program_e2e_rootless", &["--rootless"]);
 }

@@ -2,7 +2,7 @@
 //! Reads go to wherever the object lives now; every change copies the object up first.
 
 use std::ffi::{CString, OsStr, OsString};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -11,6 +11,7 @@ use rustix::fs::{AtFlags, Mode, OFlags, Timestamps};
 use crate::error::{Error, OsContext, Result, Where};
 use crate::sys;
 use crate::union::dirfd::LayerKey;
+use crate::union::ids::{self, OverrideStat};
 use crate::union::layer::LowerIdx;
 use crate::union::{whiteout, Attr, Timespec, UnionFs};
 
@@ -141,7 +142,16 @@ impl UnionFs {
 
     /// stat of a node.
     pub fn getattr(&self, ino: u64) -> Result<Attr> {
-        let st = self.stat_real(&self.real(ino)?)?;
+        let loc = self.real(ino)?;
+        // One fstatat by name unless the override xattr must be read too (then one handle
+        // serves both).
+        let (st, over) = if self.reads_override() {
+            let fd = self.open_real_path(&loc)?;
+            let st = rustix::fs::fstat(&*fd).at("stat", loc.at())?;
+            (st, self.read_override_stat(fd.as_fd(), st.st_mode))
+        } else {
+            (self.stat_real(&loc)?, None)
+        };
         let mut attr = Attr::from_stat(ino, &st);
         let nodes = self.nodes.read();
         let node = nodes.get(ino)?;
@@ -156,7 +166,63 @@ impl UnionFs {
         if !node.is_dir {
             attr.nlink = (attr.nlink as i64 + node.nlink_offset).max(0) as u32;
         }
-        Ok(attr)
+        drop(nodes);
+        let shifted = matches!(loc, RealLoc::Lower(l, _) if self.stack.lower(l).shifted);
+        Ok(self.present(attr, over, shifted))
+    }
+
+    /// The ownership override of a real object (directories and regular files only, as
+    /// fuse-overlayfs): the configured xattr first, then the other names. A malformed value
+    /// is ignored, so the real attributes stand.
+    pub(crate) fn read_override_stat(&self, fd: BorrowedFd<'_>, mode: u32) -> Option<OverrideStat> {
+        let ty = mode & libc::S_IFMT;
+        if ty != libc::S_IFDIR && ty != libc::S_IFREG {
+            return None;
+        }
+        let first = self.opts.ids.override_write;
+        first
+            .into_iter()
+            .chain(
+                ids::OVERRIDE_NAMES
+                    .into_iter()
+                    .filter(|n| Some(*n) != first),
+            )
+            .find_map(|n| match sys::get_xattr(fd, OsStr::new(n)) {
+                Ok(Some(v)) => OverrideStat::parse(&v),
+                _ => None,
+            })
+    }
+
+    /// Attributes as the mount shows them: the override applied, then ids mapped (unless the
+    /// object sits in a `shifted` layer, whose ids are mapped already) or squashed.
+    pub(crate) fn present(
+        &self,
+        mut attr: Attr,
+        over: Option<OverrideStat>,
+        shifted: bool,
+    ) -> Attr {
+        if let Some((mode, uid, gid, rdev)) = over.and_then(|o| o.apply(attr.mode, attr.rdev)) {
+            if mode & libc::S_IFMT != attr.mode & libc::S_IFMT {
+                // A regular file standing for a special file: no data to show.
+                attr.size = 0;
+                attr.blocks = 0;
+            }
+            attr.mode = mode;
+            attr.uid = uid;
+            attr.gid = gid;
+            attr.rdev = rdev;
+        }
+        let ids = &self.opts.ids;
+        if !ids.is_identity() {
+            if shifted {
+                attr.uid = ids.squash_uid.unwrap_or(attr.uid);
+                attr.gid = ids.squash_gid.unwrap_or(attr.gid);
+            } else {
+                attr.uid = ids.uid_to_mount(attr.uid);
+                attr.gid = ids.gid_to_mount(attr.gid);
+            }
+        }
+        attr
     }
 
     /// Reads a symlink.
@@ -178,22 +244,67 @@ impl UnionFs {
         let fd = self.open_real_path(&loc)?;
         let st = rustix::fs::fstat(&*fd).at("stat", at)?;
         let is_link = st.st_mode & libc::S_IFMT == libc::S_IFLNK;
-        if set.uid.is_some() || set.gid.is_some() {
-            rustix::fs::chownat(
-                &*fd,
-                "",
-                set.uid.map(rustix::fs::Uid::from_raw),
-                set.gid.map(rustix::fs::Gid::from_raw),
-                AtFlags::EMPTY_PATH,
-            )
-            .at("chown", at)?;
+        if is_link && set.mode.is_some() {
+            return Err(Error::NotSupported);
         }
-        if let Some(mode) = set.mode {
-            if is_link {
-                return Err(Error::NotSupported);
+        let ids = &self.opts.ids;
+        // Ids given through the mount are stored as host ids. With squashing a chown that
+        // cannot be done is not an error (fuse-overlayfs): the owner shown does not change.
+        let squash = ids.squashing();
+        let host_uid = match set.uid.map(|u| ids.uid_to_disk(u)).transpose() {
+            Ok(v) => v,
+            Err(_) if squash => None,
+            Err(e) => return Err(e),
+        };
+        let host_gid = match set.gid.map(|g| ids.gid_to_disk(g)).transpose() {
+            Ok(v) => v,
+            Err(_) if squash => None,
+            Err(e) => return Err(e),
+        };
+        let ty = st.st_mode & libc::S_IFMT;
+        let override_name = ids
+            .override_write
+            .filter(|_| ty == libc::S_IFDIR || ty == libc::S_IFREG);
+        match override_name {
+            // xattr_permissions: owner and mode live in the override xattr, as fuse-overlayfs
+            // writes them; the real object keeps the daemon's ownership.
+            Some(name) if set.uid.is_some() || set.gid.is_some() || set.mode.is_some() => {
+                let cur = self
+                    .read_override_stat(fd.as_fd(), st.st_mode)
+                    .unwrap_or(OverrideStat {
+                        uid: st.st_uid,
+                        gid: st.st_gid,
+                        mode: st.st_mode & 0o7777,
+                        kind: None,
+                    });
+                let new = OverrideStat {
+                    uid: host_uid.unwrap_or(cur.uid),
+                    gid: host_gid.unwrap_or(cur.gid),
+                    mode: set.mode.map(|m| m & 0o7777).unwrap_or(cur.mode),
+                    kind: cur.kind,
+                };
+                sys::set_xattr(fd.as_fd(), OsStr::new(name), new.format().as_bytes(), 0)
+                    .at("set override xattr", at)?;
             }
-            rustix::fs::chmod(&*proc_path(&*fd), Mode::from_raw_mode(mode & 0o7777))
-                .at("chmod", at)?;
+            _ => {
+                if host_uid.is_some() || host_gid.is_some() {
+                    let r = rustix::fs::chownat(
+                        &*fd,
+                        "",
+                        host_uid.map(rustix::fs::Uid::from_raw),
+                        host_gid.map(rustix::fs::Gid::from_raw),
+                        AtFlags::EMPTY_PATH,
+                    );
+                    match r {
+                        Err(_) if squash => {}
+                        r => r.at("chown", at)?,
+                    }
+                }
+                if let Some(mode) = set.mode {
+                    rustix::fs::chmod(&*proc_path(&*fd), Mode::from_raw_mode(mode & 0o7777))
+                        .at("chmod", at)?;
+                }
+            }
         }
         if let Some(size) = set.size {
             let via_handle = set.fh.and_then(|fh| self.handles.file(fh).ok());
@@ -243,13 +354,28 @@ impl UnionFs {
     /// Reads one xattr. Private overlay xattrs do not exist for users; their own
     /// `trusted.overlay.*` ones are stored escaped.
     pub fn getxattr(&self, ino: u64, name: &OsStr) -> Result<Vec<u8>> {
-        let disk = match Self::disk_xattr_name(name) {
+        let disk = match self.user_xattr_name(name) {
             Ok(n) => n,
             Err(_) => return Err(Self::no_data(Where::Unknown)),
         };
         let loc = self.real(ino)?;
-        self.get_xattr_real(&loc, &disk)?
-            .ok_or_else(|| Self::no_data(loc.at()))
+        let value = self
+            .get_xattr_real(&loc, &disk)?
+            .ok_or_else(|| Self::no_data(loc.at()))?;
+        // An idmapped mount translates ACL ids itself.
+        if matches!(loc, RealLoc::Lower(l, _) if self.stack.lower(l).shifted) {
+            return Ok(value);
+        }
+        Ok(self.opts.ids.xattr_to_mount(name, value))
+    }
+
+    /// [`Self::disk_xattr_name`], and the override xattrs are private while this mount
+    /// interprets them.
+    fn user_xattr_name<'a>(&self, name: &'a OsStr) -> Result<std::borrow::Cow<'a, OsStr>> {
+        if self.reads_override() && ids::is_override_xattr(name) {
+            return Err(Error::NotSupported);
+        }
+        Self::disk_xattr_name(name)
     }
 
     /// Lists xattrs, without the private ones, escaped ones under their user names.
@@ -257,23 +383,26 @@ impl UnionFs {
         let loc = self.real(ino)?;
         let fd = self.open_real_path(&loc)?;
         let names = sys::list_xattrs(fd.as_fd()).at("listxattr", loc.at())?;
+        let hide_override = self.reads_override();
         Ok(names
             .into_iter()
             .filter(|n| !whiteout::is_private_xattr(n))
+            .filter(|n| !(hide_override && ids::is_override_xattr(n)))
             .map(|n| whiteout::unescape_xattr(&n).unwrap_or(n))
             .collect())
     }
 
     /// Sets an xattr (copy-up first).
     pub fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> Result<()> {
-        let disk = Self::disk_xattr_name(name)?;
+        let disk = self.user_xattr_name(name)?;
+        let value = self.opts.ids.xattr_to_disk(name, value)?;
         let fd = self.upper_object(ino)?;
-        sys::set_xattr(fd.as_fd(), &disk, value, flags).at("setxattr", Where::Upper)
+        sys::set_xattr(fd.as_fd(), &disk, &value, flags).at("setxattr", Where::Upper)
     }
 
     /// Removes an xattr (copy-up first, unless it does not exist).
     pub fn removexattr(&self, ino: u64, name: &OsStr) -> Result<()> {
-        let disk = Self::disk_xattr_name(name)?;
+        let disk = self.user_xattr_name(name)?;
         let loc = self.real(ino)?;
         let fd = self.open_real_path(&loc)?;
         if sys::get_xattr(fd.as_fd(), &disk)

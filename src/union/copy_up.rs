@@ -412,7 +412,14 @@ impl UnionFs {
         .at("open copy", Where::Work)?;
         // Owner and mode first (chown drops security.capability and set-id bits), then
         // the xattrs, then the times (which nothing after changes).
-        copy_owner_mode(work, tmp, st)?;
+        // A shifted (idmapped) lower shows mount ids: store the ids they stand for.
+        let mut owner = *st;
+        if self.stack.lower(layer).shifted {
+            let ids = &self.opts.ids;
+            owner.st_uid = ids.uid_to_disk(st.st_uid).unwrap_or(st.st_uid);
+            owner.st_gid = ids.gid_to_disk(st.st_gid).unwrap_or(st.st_gid);
+        }
+        copy_owner_mode(work, tmp, &owner)?;
         copy_xattrs(src.as_fd(), copy.as_fd(), at)?;
         copy_times(work, tmp, st)?;
         tracing::trace!(?path, "copy built");

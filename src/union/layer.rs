@@ -26,6 +26,9 @@ pub struct Layer {
     pub path: PathBuf,
     /// The filesystem's UUID, as origin records carry it.
     pub uuid: [u8; 16],
+    /// Reached through an idmapped mount: its ids are already shifted to the ids the mount
+    /// shows (containers/storage idmaps lowers under `LAYER/mapped/` when it can).
+    pub shifted: bool,
 }
 
 /// The paths that make up a stack, as given by the user.
@@ -68,11 +71,32 @@ fn open_layer(path: &Path, what: &str) -> Result<Layer, String> {
         .canonicalize()
         .map_err(|e| format!("{what} {}: {e}", path.display()))?;
     let uuid = sys::fs_uuid(root.as_fd());
+    let shifted = is_idmapped(root.as_fd());
     Ok(Layer {
         root,
         dev: st.st_dev,
         path,
         uuid,
+        shifted,
+    })
+}
+
+/// Whether the mount holding `fd` is idmapped (`idmapped` among the per-mount options of its
+/// /proc/self/mountinfo line, found by mount id).
+fn is_idmapped(fd: std::os::fd::BorrowedFd<'_>) -> bool {
+    use rustix::fs::{statx, AtFlags, StatxFlags};
+    let Ok(stx) = statx(fd, "", AtFlags::EMPTY_PATH, StatxFlags::MNT_ID) else {
+        return false;
+    };
+    let id = stx.stx_mnt_id.to_string();
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    info.lines().any(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        f.first() == Some(&id.as_str())
+            && f.get(5)
+                .is_some_and(|o| o.split(',').any(|x| x == "idmapped"))
     })
 }
 

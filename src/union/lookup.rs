@@ -752,9 +752,16 @@ impl UnionFs {
             }
         }
         drop(nodes);
-        if elsewhere {
+        // The override xattr needs the object itself: stat it again through its node.
+        if elsewhere || self.reads_override() {
             return self.getattr(ino);
         }
-        Ok(attr)
+        let shifted = r.upper.is_none()
+            && r.index.is_none()
+            && r.lower
+                .as_ref()
+                .and_then(|l| l.top())
+                .is_some_and(|t| self.stack.lower(t).shifted);
+        Ok(self.present(attr, None, shifted))
     }
 }

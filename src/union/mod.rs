@@ -17,6 +17,7 @@ pub mod attr;
 pub mod copy_up;
 pub mod dirfd;
 pub mod handle;
+pub mod ids;
 pub mod inode;
 pub mod layer;
 pub mod lookup;
@@ -120,6 +121,8 @@ pub struct CoreOptions {
     pub volatile: bool,
     /// Mount read-only even with an upper layer.
     pub read_only: bool,
+    /// Ownership through the mount: id mappings, squashing, the override xattr.
+    pub ids: ids::IdOptions,
 }
 
 /// Maps (device, inode) of layer objects to stable, unique inode numbers of the mount.
@@ -184,6 +187,9 @@ pub struct UnionFs {
     pub(crate) dirs: dirfd::DirFdCache,
     inos: InoMap,
     tmp_seq: AtomicU64,
+    /// Read ownership override xattrs (`xattr_permissions`, or a layer root carrying one,
+    /// as fuse-overlayfs detects stores written that way).
+    read_override: bool,
 }
 
 impl UnionFs {
@@ -211,6 +217,15 @@ impl UnionFs {
                 devs.push(l.dev);
             }
         }
+        let read_override = opts.ids.override_write.is_some()
+            || stack.upper.iter().chain(stack.lowers.iter()).any(|l| {
+                ids::OVERRIDE_NAMES.iter().any(|n| {
+                    matches!(
+                        crate::sys::get_xattr(l.root.as_fd(), OsStr::new(n)),
+                        Ok(Some(_))
+                    )
+                })
+            });
         let root_lower = Arc::new(LowerRef {
             path: Default::default(),
             layers: (0..stack.lowers.len() as LowerIdx).collect(),
@@ -226,9 +241,15 @@ impl UnionFs {
             dirs: dirfd::DirFdCache::new(dir_cache_capacity()),
             inos: InoMap::new(devs),
             tmp_seq: AtomicU64::new(0),
+            read_override,
         };
         fs.check_upper_features()?;
         Ok(fs)
+    }
+
+    /// Whether stat reads ownership override xattrs.
+    pub(crate) fn reads_override(&self) -> bool {
+        self.read_override
     }
 
     /// True when the mount accepts no change.
@@ -515,5 +536,7 @@ impl UnionFs {
     }
 }
 
+#[cfg(test)]
+mod ids_tests;
 #[cfg(test)]
 mod tests;

@@ -30,7 +30,7 @@ use crate::union::acl;
 use crate::union::layer::remove_tree;
 use crate::union::lookup::{DirInfo, LowerChild, Resolved};
 use crate::union::whiteout::{self, WhiteoutKind, WriteFormat};
-use crate::union::{check_name, Attr, Caller, UnionFs};
+use crate::union::{check_name, ids, Attr, Caller, UnionFs};
 
 /// What to create.
 #[derive(Debug, Clone, Copy)]
@@ -224,12 +224,46 @@ impl UnionFs {
         } else {
             mode & 0o7777 & !umask
         };
-        let setgid_parent = pst.st_mode & libc::S_ISGID != 0;
-        let gid = if setgid_parent {
-            pst.st_gid
+        let ids = &self.opts.ids;
+        // With an override xattr the parent's shown mode and group are in it.
+        let parent_override = if self.reads_override() {
+            self.read_override_stat(pfd.as_fd(), pst.st_mode)
         } else {
-            caller.gid
+            None
         };
+        let (pmode, pgid) = match parent_override {
+            Some(o) => (o.mode, o.gid),
+            None => (pst.st_mode, pst.st_gid),
+        };
+        let setgid_parent = pmode & libc::S_ISGID != 0;
+        // The caller's ids as stored on disk. A caller outside the mapping (podman, as host
+        // root, creating /etc/mtab in a container root mapped elsewhere) still creates: the
+        // object is stored with the overflow id, as fuse-overlayfs does.
+        let squash = ids.squashing();
+        let uid = ids.uid_to_disk(caller.uid).unwrap_or(ids::OVERFLOW_ID);
+        let gid = if setgid_parent {
+            pgid
+        } else {
+            ids.gid_to_disk(caller.gid).unwrap_or(ids::OVERFLOW_ID)
+        };
+        // xattr_permissions: directories and regular files (and stand-ins for devices the
+        // daemon may not create) keep owner and mode in the override xattr; the real object
+        // stays the daemon's and keeps owner access, so the daemon can always reach it.
+        let override_name = match kind {
+            NewKind::File { .. } | NewKind::Dir | NewKind::Node { .. } => ids.override_write,
+            NewKind::Symlink(_) | NewKind::Link(_) => None,
+        };
+        let owner_bits = if matches!(kind, NewKind::Dir) {
+            0o700
+        } else {
+            0o600
+        };
+        let real_perm = if override_name.is_some() {
+            perm | owner_bits
+        } else {
+            perm
+        };
+        let mut stand_in = None;
         let mut file = None;
         let made = (|| -> Result<()> {
             match kind {
@@ -245,12 +279,13 @@ impl UnionFs {
                         | OFlags::EXCL
                         | OFlags::NOFOLLOW
                         | OFlags::CLOEXEC;
-                    let fd = rustix::fs::openat(tdir, tname, oflags, Mode::from_raw_mode(perm))
-                        .at("create", Where::Upper)?;
+                    let fd =
+                        rustix::fs::openat(tdir, tname, oflags, Mode::from_raw_mode(real_perm))
+                            .at("create", Where::Upper)?;
                     file = Some(File::from(fd));
                 }
                 NewKind::Dir => {
-                    rustix::fs::mkdirat(tdir, tname, Mode::from_raw_mode(perm))
+                    rustix::fs::mkdirat(tdir, tname, Mode::from_raw_mode(real_perm))
                         .at("mkdir", Where::Upper)?;
                 }
                 NewKind::Symlink(target) => {
@@ -258,14 +293,35 @@ impl UnionFs {
                         .at("symlink", Where::Upper)?;
                 }
                 NewKind::Node { rdev } => {
-                    rustix::fs::mknodat(
+                    let made = rustix::fs::mknodat(
                         tdir,
                         tname,
                         FileType::from_raw_mode(mode),
                         Mode::from_raw_mode(perm),
                         rdev,
-                    )
-                    .at("mknod", Where::Upper)?;
+                    );
+                    match made {
+                        // An unprivileged daemon cannot make devices: with xattr_permissions
+                        // an empty file stands for one, its type in the override xattr
+                        // (containers/storage's `char-MAJ-MIN` / `block-MAJ-MIN`).
+                        Err(Errno::PERM) if override_name.is_some() => {
+                            let special =
+                                ids::OverrideKind::special(mode, rdev).ok_or(Error::Permission)?;
+                            rustix::fs::openat(
+                                tdir,
+                                tname,
+                                OFlags::CREATE
+                                    | OFlags::EXCL
+                                    | OFlags::WRONLY
+                                    | OFlags::NOFOLLOW
+                                    | OFlags::CLOEXEC,
+                                Mode::from_raw_mode(real_perm),
+                            )
+                            .at("create device stand-in", Where::Upper)?;
+                            stand_in = Some(special);
+                        }
+                        r => r.at("mknod", Where::Upper)?,
+                    }
                 }
                 NewKind::Link(src) => {
                     let (sp, sn) = {
@@ -280,21 +336,46 @@ impl UnionFs {
                     return Ok(());
                 }
             }
-            let chown = rustix::fs::chownat(
-                tdir,
-                tname,
-                Some(rustix::fs::Uid::from_raw(caller.uid)),
-                Some(rustix::fs::Gid::from_raw(gid)),
-                AtFlags::SYMLINK_NOFOLLOW,
-            );
-            if let Err(e) = chown {
-                if is_root() {
-                    return Err(Error::os("chown new", e, Where::Upper));
+            let is_dir = matches!(kind, NewKind::Dir);
+            let real = rustix::fs::statat(tdir, tname, AtFlags::SYMLINK_NOFOLLOW)
+                .at("stat new", Where::Upper)?;
+            let real_ty = real.st_mode & libc::S_IFMT;
+            if let Some(name) =
+                override_name.filter(|_| real_ty == libc::S_IFREG || real_ty == libc::S_IFDIR)
+            {
+                let sgid_dir = if is_dir && setgid_parent {
+                    libc::S_ISGID
+                } else {
+                    0
+                };
+                let over = ids::OverrideStat {
+                    uid,
+                    gid,
+                    mode: perm | sgid_dir,
+                    kind: stand_in,
+                };
+                let fd = sys::open_path(tdir, Path::new(tname)).at("open new", Where::Upper)?;
+                sys::set_xattr(fd.as_fd(), OsStr::new(name), over.format().as_bytes(), 0)
+                    .at("set override xattr", Where::Upper)?;
+            } else {
+                let chown = rustix::fs::chownat(
+                    tdir,
+                    tname,
+                    Some(rustix::fs::Uid::from_raw(uid)),
+                    Some(rustix::fs::Gid::from_raw(gid)),
+                    AtFlags::SYMLINK_NOFOLLOW,
+                );
+                if let Err(e) = chown {
+                    if is_root() && !squash {
+                        return Err(Error::os("chown new", e, Where::Upper));
+                    }
                 }
             }
-            let is_dir = matches!(kind, NewKind::Dir);
             let want_sgid_dir = is_dir && setgid_parent && tdir.as_raw_fd_eq(work);
-            if !matches!(kind, NewKind::Symlink(_)) && (perm & 0o6000 != 0 || want_sgid_dir) {
+            if override_name.is_none()
+                && !matches!(kind, NewKind::Symlink(_))
+                && (perm & 0o6000 != 0 || want_sgid_dir)
+            {
                 let fd = rustix::fs::openat(
                     tdir,
                     tname,
@@ -571,11 +652,31 @@ impl UnionFs {
                     _ => {}
                 }
             }
+            // As unlink (and kernel overlayfs with index=on): a lower hard link about to
+            // be replaced is copied up into the index first, so its other names keep an
+            // exact st_nlink.
+            let refreshed;
+            let dst = match (&dst, dst_ino) {
+                (Some(d), Some(di))
+                    if !exchange
+                        && !d.is_dir
+                        && d.upper.is_none()
+                        && self.index_enabled()
+                        && d.stat().is_some_and(|s| s.st_nlink > 1) =>
+                {
+                    self.copy_up_at(di, new_parent, new_name)?;
+                    refreshed = Some(self.resolve(&self.dir_info(new_parent)?, new_name)?);
+                    &refreshed
+                }
+                _ => &dst,
+            };
             self.copy_up_at(src_ino, parent, name)?;
             self.copy_up(new_parent)?;
             if exchange {
                 if let Some(d) = dst_ino {
-                    self.copy_up(d)?;
+                    // At this name: a hard link's object may have another name in the
+                    // node table.
+                    self.copy_up_at(d, new_parent, new_name)?;
                 }
             }
             let sinfo = self.dir_info(parent)?;

@@ -10,14 +10,14 @@ use crate::union::layer::StackPaths;
 use crate::union::mutate::NewKind;
 use crate::union::{Caller, CoreOptions, UnionFs, ROOT};
 
-struct Fixture {
+pub(crate) struct Fixture {
     _dir: tempfile::TempDir,
-    root: PathBuf,
+    pub(crate) root: PathBuf,
     lowers: usize,
 }
 
 impl Fixture {
-    fn new(lowers: usize) -> Fixture {
+    pub(crate) fn new(lowers: usize) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().to_path_buf();
         for i in 0..lowers {
@@ -32,25 +32,25 @@ impl Fixture {
         }
     }
 
-    fn l(&self, i: usize) -> PathBuf {
+    pub(crate) fn l(&self, i: usize) -> PathBuf {
         self.root.join(format!("l{i}"))
     }
 
-    fn u(&self) -> PathBuf {
+    pub(crate) fn u(&self) -> PathBuf {
         self.root.join("u")
     }
 
-    fn write(&self, layer: &Path, rel: &str, data: &str) {
+    pub(crate) fn write(&self, layer: &Path, rel: &str, data: &str) {
         let p = layer.join(rel);
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         std::fs::write(p, data).unwrap();
     }
 
-    fn mkdir(&self, layer: &Path, rel: &str) {
+    pub(crate) fn mkdir(&self, layer: &Path, rel: &str) {
         std::fs::create_dir_all(layer.join(rel)).unwrap();
     }
 
-    fn whiteout(&self, layer: &Path, rel: &str) {
+    pub(crate) fn whiteout(&self, layer: &Path, rel: &str) {
         let p = layer.join(rel);
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         rustix::fs::mknodat(
@@ -63,7 +63,11 @@ impl Fixture {
         .unwrap();
     }
 
-    fn fs(&self) -> UnionFs {
+    pub(crate) fn fs(&self) -> UnionFs {
+        self.fs_with(crate::union::ids::IdOptions::default())
+    }
+
+    pub(crate) fn fs_with(&self, ids: crate::union::ids::IdOptions) -> UnionFs {
         let paths = StackPaths {
             lowers: (0..self.lowers).map(|i| self.l(i)).collect(),
             upper: Some(self.u()),
@@ -74,13 +78,14 @@ impl Fixture {
             CoreOptions {
                 volatile: true,
                 read_only: false,
+                ids,
             },
         )
         .unwrap()
     }
 }
 
-fn walk(fs: &UnionFs, path: &str) -> Result<u64, Error> {
+pub(crate) fn walk(fs: &UnionFs, path: &str) -> Result<u64, Error> {
     let mut ino = ROOT;
     for c in path.split('/').filter(|c| !c.is_empty()) {
         ino = fs.lookup(ino, OsStr::new(c))?.ino;
@@ -88,7 +93,7 @@ fn walk(fs: &UnionFs, path: &str) -> Result<u64, Error> {
     Ok(ino)
 }
 
-fn names(fs: &UnionFs, path: &str) -> Vec<String> {
+pub(crate) fn names(fs: &UnionFs, path: &str) -> Vec<String> {
     let ino = walk(fs, path).unwrap();
     let mut v: Vec<String> = fs
         .list_merged(ino)
@@ -101,7 +106,7 @@ fn names(fs: &UnionFs, path: &str) -> Vec<String> {
     v
 }
 
-fn read(fs: &UnionFs, path: &str) -> String {
+pub(crate) fn read(fs: &UnionFs, path: &str) -> String {
     let ino = walk(fs, path).unwrap();
     let fh = fs.open(ino, libc::O_RDONLY).unwrap();
     let d = fs.read(fh, 0, 1 << 16).unwrap();
@@ -109,7 +114,7 @@ fn read(fs: &UnionFs, path: &str) -> String {
     String::from_utf8(d).unwrap()
 }
 
-fn set_xattr(p: &Path, name: &str, value: &[u8]) {
+pub(crate) fn set_xattr(p: &Path, name: &str, value: &[u8]) {
     let fd = rustix::fs::open(
         p,
         rustix::fs::OFlags::PATH | rustix::fs::OFlags::NOFOLLOW,

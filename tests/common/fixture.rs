@@ -596,7 +596,8 @@ impl Default for GenOptions {
 
 impl GenOptions {
     /// Defaults adjusted by `$RLAYERFS_DIFF_GEN`, a comma-separated list of `no-xwhiteouts`,
-    /// `no-hardlinks`, `keep-unmerged-whiteouts` (to isolate a class of divergence).
+    /// `no-hardlinks`, `keep-unmerged-whiteouts` (to isolate a class of divergence), and
+    /// `non-kernel-formats` (the generator of `random_differential_non_kernel_formats`).
     pub fn from_env() -> GenOptions {
         let mut o = GenOptions::default();
         let spec = std::env::var("RLAYERFS_DIFF_GEN").unwrap_or_default();
@@ -605,6 +606,7 @@ impl GenOptions {
                 "no-xwhiteouts" => o.xattr_whiteouts = false,
                 "no-hardlinks" => o.hard_links = false,
                 "keep-unmerged-whiteouts" => o.prune_unmerged_whiteouts = false,
+                "non-kernel-formats" => o.non_kernel_formats = true,
                 other => panic!("RLAYERFS_DIFF_GEN: unknown flag {other:?}"),
             }
         }
