@@ -1176,8 +1176,14 @@ fn mount_t_fuse_rlayerfs_and_fstab() {
         ),
     )
     .unwrap();
+    // The namespace starts with copies of every mount, other tests' included; while it
+    // lives those copies keep their filesystems (and FUSE daemons) alive after the tests
+    // unmount them, so the ones under the temp directory are dropped first.
     let script = r#"
 set -e
+findmnt -rn -o TARGET | while read -r t; do
+    case "$t" in "$5"/*) umount -l "$t" 2>/dev/null || true ;; esac
+done
 mount --bind "$1" /usr/local/bin
 mount --bind "$2" /etc/fstab
 mnt=$3
@@ -1205,6 +1211,7 @@ umount "$mnt"
         .arg(&fstab)
         .arg(&st.mnt)
         .arg(&o)
+        .arg(std::env::temp_dir())
         .stdin(Stdio::null())
         .output()
         .expect("run unshare");
