@@ -38,6 +38,8 @@ enum Command {
     Unpack(crate::image::cli::UnpackArgs),
     /// Write an upper layer as an OCI layer tarball (optionally appended to an image).
     Commit(crate::image::cli::CommitArgs),
+    /// Measure lookups, listings and small reads over generated stacks of N layers.
+    Bench(crate::bench::BenchArgs),
 }
 
 /// How to mount.
@@ -259,6 +261,7 @@ pub fn main() -> i32 {
         Some(Command::Commit(args)) => crate::image::cli::run_commit(&args)
             .map(|()| 0)
             .map_err(|e| e.to_string()),
+        Some(Command::Bench(args)) => crate::bench::run(&args),
         None => run_mount(cli.mount),
     };
     match result {

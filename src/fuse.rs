@@ -463,7 +463,10 @@ impl Filesystem for FuseAdapter {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        reply.ok();
+        // Nothing to do on close (writes went to the real file already, the kernel handles
+        // locks): ENOSYS tells the kernel never to send FLUSH again, which saves a round
+        // trip on every close.
+        reply.error(Errno::ENOSYS);
     }
 
     fn release(
@@ -496,9 +499,16 @@ impl Filesystem for FuseAdapter {
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         match self.fs.opendir(ino.0) {
-            // No FOPEN_CACHE_DIR: the kernel would then restart a cached listing from offset
-            // 0 after any change, which breaks seekdir back into a listing being deleted.
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            // The kernel keeps listings (`FOPEN_CACHE_DIR`) across opens (`FOPEN_KEEP_CACHE`)
+            // and drops one when it sees the directory change (every change goes through
+            // it): a warm re-listing reaches the daemon only for the open and release. A
+            // handle that may not use the cache (see `UnionFs::opendir`) still keeps it
+            // (`FOPEN_KEEP_CACHE`) for the handle that does.
+            Ok((fh, true)) => reply.opened(
+                FileHandle(fh),
+                FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
+            ),
+            Ok((fh, false)) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
             Err(e) => reply.error(errno(&e, "opendir")),
         }
     }
@@ -511,12 +521,12 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let dir = match self.fs.readdir(fh.0, offset) {
+        let (dir, start) = match self.fs.readdir(fh.0, offset) {
             Ok(d) => d,
             Err(e) => return reply.error(errno(&e, "readdir")),
         };
-        for (i, e) in dir.iter().enumerate().skip(offset as usize) {
-            if reply.add(INodeNo(e.ino), (i + 1) as u64, kind_of(e.kind), &e.name) {
+        for (e, off) in dir.entries[start..].iter().zip(&dir.offs[start..]) {
+            if reply.add(INodeNo(e.ino), *off, kind_of(e.kind), &e.name) {
                 break;
             }
         }
@@ -531,16 +541,18 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let dir = match self.fs.readdir(fh.0, offset) {
+        let (dir, start) = match self.fs.readdir(fh.0, offset) {
             Ok(d) => d,
             Err(e) => return reply.error(errno(&e, "readdirplus")),
         };
-        for (i, e) in dir.iter().enumerate().skip(offset as usize) {
+        for (e, off) in dir.entries[start..].iter().zip(&dir.offs[start..]) {
             let attr = if e.name == "." || e.name == ".." {
-                // The kernel does not take a lookup reference for these.
-                match self.fs.getattr(if e.name == "." { ino.0 } else { e.ino }) {
-                    Ok(a) => a,
-                    Err(_) => continue,
+                // The kernel takes no lookup reference for these and ignores their
+                // attributes: no stat needed.
+                Attr {
+                    ino: e.ino,
+                    mode: libc::S_IFDIR,
+                    ..Attr::default()
                 }
             } else {
                 match self.fs.lookup(ino.0, &e.name) {
@@ -556,7 +568,7 @@ impl Filesystem for FuseAdapter {
             };
             if reply.add(
                 INodeNo(attr.ino),
-                (i + 1) as u64,
+                *off,
                 &e.name,
                 &self.ttl,
                 &to_fuse(&attr),

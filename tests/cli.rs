@@ -1023,6 +1023,67 @@ fn repeated_o_and_read_only_mounts() {
     );
 }
 
+/// `rlayerfs bench`, tiny: it runs, removes what it generated, and its JSON has one row per
+/// system and layer count with every figure (through the mount when one can be made).
+#[test]
+fn bench_subcommand_reports_json() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mount = can_mount("bench_subcommand_reports_json (mounted part)");
+    let mut args = os(&[
+        "bench", "--layers", "1,2", "--files", "50", "--json", "--dir",
+    ]);
+    args.push(dir.path().into());
+    if !mount {
+        args.push("--no-mount".into());
+    }
+    let out = Command::new(BIN)
+        .args(&args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run rlayerfs bench");
+    assert!(out.status.success(), "bench failed: {out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON output");
+    assert_eq!(v["files"], 50);
+    assert_eq!(v["layers"], serde_json::json!([1, 2]));
+    let rows = v["results"].as_array().expect("results");
+    let mut systems = vec!["core"];
+    if mount {
+        systems.push("rlayerfs");
+    }
+    for sys in systems {
+        for layers in [1, 2] {
+            let row = rows
+                .iter()
+                .find(|r| r["system"] == sys && r["layers"] == layers)
+                .unwrap_or_else(|| panic!("no {sys} row at {layers} layers: {v}"));
+            for key in [
+                "lookup_hit_us",
+                "lookup_miss_us",
+                "readdir_first_ms",
+                "readdir_again_ms",
+                "small_read_us",
+            ] {
+                assert!(
+                    row[key].as_f64().is_some(),
+                    "{sys}/{layers}: {key} in {row}"
+                );
+            }
+            // 50 files, and 10 fillers per layer above the bottom one.
+            assert_eq!(
+                row["entries"],
+                50 + 10 * (layers - 1),
+                "{sys}/{layers}: {row}"
+            );
+        }
+    }
+    assert!(v["skipped"].as_array().is_some_and(|s| s.is_empty()), "{v}");
+    assert_eq!(
+        fs::read_dir(dir.path()).expect("list").count(),
+        0,
+        "bench leaves nothing behind"
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // mount(8), /etc/fstab and --help
 
@@ -1115,8 +1176,14 @@ fn mount_t_fuse_rlayerfs_and_fstab() {
         ),
     )
     .unwrap();
+    // The namespace starts with copies of every mount, other tests' included; while it
+    // lives those copies keep their filesystems (and FUSE daemons) alive after the tests
+    // unmount them, so the ones under the temp directory are dropped first.
     let script = r#"
 set -e
+findmnt -rn -o TARGET | while read -r t; do
+    case "$t" in "$5"/*) umount -l "$t" 2>/dev/null || true ;; esac
+done
 mount --bind "$1" /usr/local/bin
 mount --bind "$2" /etc/fstab
 mnt=$3
@@ -1144,6 +1211,7 @@ umount "$mnt"
         .arg(&fstab)
         .arg(&st.mnt)
         .arg(&o)
+        .arg(std::env::temp_dir())
         .stdin(Stdio::null())
         .output()
         .expect("run unshare");

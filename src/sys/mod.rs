@@ -122,6 +122,93 @@ pub fn get_xattr(fd: BorrowedFd<'_>, name: &OsStr) -> Result<Option<Vec<u8>>> {
     }
 }
 
+/// `getxattrat(2)` (Linux 6.13) is missing: set at the first ENOSYS.
+static NO_GETXATTRAT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// The system call number of `getxattrat` (the same in every architecture's table).
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+const SYS_GETXATTRAT: libc::c_long = 464;
+
+/// `struct xattr_args` of `getxattrat(2)`.
+#[repr(C)]
+struct XattrArgs {
+    value: u64,
+    size: u32,
+    flags: u32,
+}
+
+/// One `getxattrat(dir, child, AT_SYMLINK_NOFOLLOW, name)` into `buf`: the value's size.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+fn getxattrat(
+    dir: BorrowedFd<'_>,
+    child: &CString,
+    name: &CString,
+    buf: &mut [u8],
+) -> Result<usize> {
+    let mut args = XattrArgs {
+        value: buf.as_mut_ptr() as u64,
+        size: buf.len() as u32,
+        flags: 0,
+    };
+    // SAFETY: `child` and `name` are NUL-terminated strings that outlive the call, `args`
+    // is a `struct xattr_args` whose size is passed, and its `value` points to `buf`,
+    // writable for `size` bytes (the kernel writes at most that many).
+    #[allow(unsafe_code)]
+    let r = unsafe {
+        libc::syscall(
+            SYS_GETXATTRAT,
+            dir.as_raw_fd(),
+            child.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+            name.as_ptr(),
+            &mut args as *mut XattrArgs,
+            std::mem::size_of::<XattrArgs>(),
+        )
+    };
+    if r < 0 {
+        Err(Errno::from_io_error(&std::io::Error::last_os_error()).unwrap_or(Errno::IO))
+    } else {
+        Ok(r as usize)
+    }
+}
+
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+fn getxattrat(_: BorrowedFd<'_>, _: &CString, _: &CString, _: &mut [u8]) -> Result<usize> {
+    Err(Errno::NOSYS)
+}
+
+/// Reads one xattr of `child` (one name component) in directory `dir`, never following a
+/// symlink there: one `getxattrat` call, without opening the object. Where the kernel
+/// lacks it, opens an `O_PATH` handle and uses [`get_xattr`]. `Ok(None)` when absent.
+pub fn get_xattr_at(dir: BorrowedFd<'_>, child: &OsStr, name: &OsStr) -> Result<Option<Vec<u8>>> {
+    use std::sync::atomic::Ordering;
+    if !NO_GETXATTRAT.load(Ordering::Relaxed) && !child.as_bytes().contains(&b'/') {
+        let c = CString::new(child.as_bytes()).map_err(|_| Errno::INVAL)?;
+        let n = CString::new(name.as_bytes()).map_err(|_| Errno::INVAL)?;
+        let mut buf = vec![0u8; 256];
+        loop {
+            match getxattrat(dir, &c, &n, &mut buf) {
+                Ok(len) => {
+                    buf.truncate(len);
+                    return Ok(Some(buf));
+                }
+                Err(Errno::NODATA) => return Ok(None),
+                Err(Errno::RANGE) => {
+                    let size = getxattrat(dir, &c, &n, &mut [])?;
+                    buf.resize(size.max(buf.len() * 2), 0);
+                }
+                Err(Errno::NOSYS) => {
+                    NO_GETXATTRAT.store(true, Ordering::Relaxed);
+                    break;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    let fd = open_path(dir, Path::new(child))?;
+    get_xattr(fd.as_fd(), name)
+}
+
 /// Lists the xattr names of the object behind `fd`.
 pub fn list_xattrs(fd: BorrowedFd<'_>) -> Result<Vec<OsString>> {
     let path = proc_fd_path(&fd);

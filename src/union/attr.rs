@@ -143,14 +143,16 @@ impl UnionFs {
     /// stat of a node.
     pub fn getattr(&self, ino: u64) -> Result<Attr> {
         let loc = self.real(ino)?;
-        let fd = self.open_real_path(&loc)?;
-        let st = rustix::fs::fstat(&*fd).at("stat", loc.at())?;
-        let mut attr = Attr::from_stat(ino, &st);
-        let over = if self.reads_override() {
-            self.read_override_stat(fd.as_fd(), st.st_mode)
+        // One fstatat by name unless the override xattr must be read too (then one handle
+        // serves both).
+        let (st, over) = if self.reads_override() {
+            let fd = self.open_real_path(&loc)?;
+            let st = rustix::fs::fstat(&*fd).at("stat", loc.at())?;
+            (st, self.read_override_stat(fd.as_fd(), st.st_mode))
         } else {
-            None
+            (self.stat_real(&loc)?, None)
         };
+        let mut attr = Attr::from_stat(ino, &st);
         let nodes = self.nodes.read();
         let node = nodes.get(ino)?;
         let merged = match (&node.lower, node.upper) {
@@ -357,9 +359,8 @@ impl UnionFs {
             Err(_) => return Err(Self::no_data(Where::Unknown)),
         };
         let loc = self.real(ino)?;
-        let fd = self.open_real_path(&loc)?;
-        let value = sys::get_xattr(fd.as_fd(), &disk)
-            .at("getxattr", loc.at())?
+        let value = self
+            .get_xattr_real(&loc, &disk)?
             .ok_or_else(|| Self::no_data(loc.at()))?;
         // An idmapped mount translates ACL ids itself.
         if matches!(loc, RealLoc::Lower(l, _) if self.stack.lower(l).shifted) {

@@ -1,8 +1,9 @@
 //! Copy-up: making a lower object writable by copying it into the upper layer.
 //!
 //! The copy is built under a fresh name in the work directory (data with holes kept,
-//! then xattrs, owner, mode, timestamps), made durable with fsync unless the mount is
-//! volatile, and only then renamed into place with RENAME_NOREPLACE. A daemon killed at
+//! then xattrs, owner, mode, timestamps), its data made durable with fdatasync unless the
+//! mount is volatile or the file is empty, and only then renamed into place with
+//! RENAME_NOREPLACE. A daemon killed at
 //! any point leaves either no upper object or a complete one; the work directory's
 //! leftovers are removed at the next mount. Parents are copied up first, each the same
 //! way. Callers hold `ns_lock`.
@@ -380,8 +381,12 @@ impl UnionFs {
                 .at("create copy", Where::Work)?;
                 sys::copy_file_data(data.as_fd(), dst.as_fd(), st.st_size as u64)
                     .at("copy data", Where::Work)?;
-                if !self.opts.volatile {
-                    rustix::fs::fsync(&dst).at("fsync copy", Where::Work)?;
+                // The data (and the size and block map that find it: fdatasync) must be on
+                // disk before the rename publishes the copy and hides the lower file, or a
+                // crash could leave an upper file without its data. An empty file has no
+                // data: its creation and the rename are ordered by the filesystem's journal.
+                if !self.opts.volatile && st.st_size > 0 {
+                    rustix::fs::fdatasync(&dst).at("fsync copy", Where::Work)?;
                 }
             }
             FileType::Symlink => {

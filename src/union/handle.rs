@@ -3,8 +3,13 @@
 //! A file handle owns a real fd on the layer object it was opened on: a reader that
 //! opened a lower file keeps reading it even after another open copied it up (as with
 //! kernel overlayfs). Opening for write copies up first. A directory handle holds the
-//! merged listing taken at `opendir`, so offsets stay valid across telldir/seekdir and
-//! while entries are removed (`rm -rf` walks a stable snapshot).
+//! merged listing taken at its first read (a [`Listing`]), so offsets stay valid across
+//! telldir/seekdir and while entries are removed (`rm -rf` walks a stable snapshot).
+//!
+//! Directory offsets are cookies derived from the names (see [`Listing`]), the same in
+//! every listing of a directory: the kernel may keep a listing in its cache
+//! (`FOPEN_CACHE_DIR`) and serve a `seekdir` of one open directory from a listing another
+//! open directory read later; a cookie then still means "after this name".
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -35,14 +40,72 @@ pub struct FileHandle {
     pub on_lower: bool,
 }
 
-/// An open directory: the merged listing.
+/// A merged listing in cookie order: entry `i` is followed by offset `offs[i]`.
+///
+/// `.` and `..` come first with offsets 1 and 2; every other name has the offset
+/// [`name_cookie`] gives it (above 2, below 2^63), so an offset handed out by one listing
+/// means the same place in any other listing of the directory: "after this name". Two
+/// names of one listing with the same cookie (a 63-bit hash: practically never) get
+/// consecutive offsets.
+#[derive(Debug, Default)]
+pub struct Listing {
+    pub entries: Vec<DirEntry>,
+    pub offs: Vec<u64>,
+}
+
+/// The directory offset that follows `name` (stable for the daemon's life).
+pub fn name_cookie(name: &std::ffi::OsStr) -> u64 {
+    use std::hash::{Hash, Hasher};
+    // `DefaultHasher::new()` has fixed keys: the same name always gives the same cookie.
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    name.hash(&mut h);
+    (h.finish() >> 1).max(3)
+}
+
+impl Listing {
+    /// Orders a merged listing (`.` and `..` first) by cookie.
+    pub fn new(entries: Vec<DirEntry>) -> Listing {
+        let mut keyed: Vec<(u64, DirEntry)> = entries
+            .into_iter()
+            .map(|e| {
+                let off = match e.name.as_encoded_bytes() {
+                    b"." => 1,
+                    b".." => 2,
+                    _ => name_cookie(&e.name),
+                };
+                (off, e)
+            })
+            .collect();
+        keyed.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.name.cmp(&b.1.name)));
+        let mut offs = Vec::with_capacity(keyed.len());
+        let mut out = Vec::with_capacity(keyed.len());
+        for (off, e) in keyed {
+            let off = match offs.last() {
+                Some(&prev) if off <= prev => prev + 1,
+                _ => off,
+            };
+            offs.push(off);
+            out.push(e);
+        }
+        Listing { entries: out, offs }
+    }
+
+    /// Index of the first entry after offset `offset`.
+    pub fn start(&self, offset: u64) -> usize {
+        self.offs.partition_point(|&o| o <= offset)
+    }
+}
+
+/// An open directory: the merged listing, taken at the first read.
 #[derive(Debug)]
 pub struct DirHandle {
     pub ino: u64,
-    entries: RwLock<Arc<Vec<DirEntry>>>,
+    entries: RwLock<Option<Arc<Listing>>>,
     /// Entries were handed out: a read from offset 0 again is a rewind, which must show
     /// the directory as it is now.
     served: std::sync::atomic::AtomicBool,
+    /// The kernel may keep this handle's listing in its cache and serve it from there.
+    pub kernel_cache: bool,
 }
 
 #[derive(Debug)]
@@ -56,6 +119,8 @@ enum Handle {
 pub struct HandleTable {
     next: AtomicU64,
     map: RwLock<HashMap<u64, Handle>>,
+    /// Directories with an open handle the kernel may serve from its listing cache.
+    cache_users: parking_lot::Mutex<std::collections::HashSet<u64>>,
 }
 
 impl HandleTable {
@@ -294,30 +359,59 @@ impl UnionFs {
         self.handles.remove(fh);
     }
 
-    /// Opens a directory: takes the merged listing.
-    pub fn opendir(&self, ino: u64) -> Result<u64> {
-        let entries = self.list_merged(ino)?;
-        Ok(self.handles.insert(Handle::Dir(Arc::new(DirHandle {
+    /// Opens a directory; returns the handle and whether the kernel may cache its listing.
+    /// The listing is taken at the first read: when the kernel serves it from its cache,
+    /// an open costs no I/O.
+    ///
+    /// The kernel keeps one listing cache per directory, shared by the open handles that
+    /// use it, while each handle here is a snapshot of its own (as kernel overlayfs's merged
+    /// directories are): a handle opened while another one uses the cache would rebuild it
+    /// from a newer snapshot under the older handle's offsets. So at most one open handle
+    /// of a directory uses the kernel cache; others are served by the daemon.
+    pub fn opendir(&self, ino: u64) -> Result<(u64, bool)> {
+        self.dir_info(ino)?;
+        let kernel_cache = self.handles.cache_users.lock().insert(ino);
+        let fh = self.handles.insert(Handle::Dir(Arc::new(DirHandle {
             ino,
-            entries: RwLock::new(Arc::new(entries)),
+            entries: RwLock::new(None),
             served: std::sync::atomic::AtomicBool::new(false),
-        }))))
+            kernel_cache,
+        })));
+        Ok((fh, kernel_cache))
     }
 
-    /// The listing of an open directory (entry i has offset i+1). Offsets stay valid while
-    /// entries are removed; reading from offset 0 again (rewinddir) takes a new listing.
-    pub fn readdir(&self, fh: u64, offset: u64) -> Result<Arc<Vec<DirEntry>>> {
+    /// The listing of an open directory and the index of the first entry after `offset`.
+    /// Offsets stay valid while entries are removed; reading from offset 0 again
+    /// (rewinddir) takes a new listing.
+    pub fn readdir(&self, fh: u64, offset: u64) -> Result<(Arc<Listing>, usize)> {
         let d = self.handles.dir(fh)?;
-        if offset == 0 && d.served.swap(true, Ordering::Relaxed) {
-            if let Ok(fresh) = self.list_merged(d.ino) {
-                *d.entries.write() = Arc::new(fresh);
-            }
-        }
-        let entries = d.entries.read().clone();
-        Ok(entries)
+        let rewind = d.served.swap(true, Ordering::Relaxed) && offset == 0;
+        let current = d.entries.read().clone();
+        let listing = match current {
+            Some(l) if !rewind => l,
+            old => match self.list_merged(d.ino) {
+                Ok(fresh) => {
+                    let fresh = Arc::new(Listing::new(fresh));
+                    *d.entries.write() = Some(fresh.clone());
+                    fresh
+                }
+                Err(e) => match old {
+                    // A rewind of a directory that has gone since: the old listing.
+                    Some(l) => l,
+                    None => return Err(e),
+                },
+            },
+        };
+        let start = listing.start(offset);
+        Ok((listing, start))
     }
 
     pub fn releasedir(&self, fh: u64) {
+        if let Ok(d) = self.handles.dir(fh) {
+            if d.kernel_cache {
+                self.handles.cache_users.lock().remove(&d.ino);
+            }
+        }
         self.handles.remove(fh);
     }
 
@@ -331,6 +425,64 @@ impl UnionFs {
                 rustix::fs::fsync(&d).at("fsync dir", Where::Upper)
             }
             _ => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustix::fs::FileType;
+
+    fn entry(name: &str) -> DirEntry {
+        DirEntry {
+            ino: 7,
+            name: name.into(),
+            kind: FileType::RegularFile,
+        }
+    }
+
+    fn listing(names: &[&str]) -> Listing {
+        let mut v = vec![entry("."), entry("..")];
+        v.extend(names.iter().map(|n| entry(n)));
+        Listing::new(v)
+    }
+
+    #[test]
+    fn offsets_mean_the_same_name_in_every_listing() {
+        let full = listing(&["a", "b", "c", "d", "e"]);
+        assert_eq!(&full.offs[..2], &[1, 2], ". and .. come first");
+        assert!(full.offs.windows(2).all(|w| w[0] < w[1]), "{:?}", full.offs);
+        // A later listing with some names removed and one added.
+        let later = listing(&["a", "c", "e", "z"]);
+        for (i, e) in full.entries.iter().enumerate() {
+            let after = full.offs[i];
+            // What follows `e` in the later listing: every later name with a greater cookie.
+            let rest: Vec<_> = later.entries[later.start(after)..]
+                .iter()
+                .map(|x| x.name.clone())
+                .collect();
+            let want: Vec<_> = later
+                .entries
+                .iter()
+                .zip(&later.offs)
+                .filter(|(_, o)| **o > after)
+                .map(|(x, _)| x.name.clone())
+                .collect();
+            assert_eq!(rest, want, "after {:?}", e.name);
+            if let Some(j) = later.entries.iter().position(|x| x.name == e.name) {
+                assert_eq!(later.offs[j], after, "{:?} keeps its offset", e.name);
+            }
+        }
+        assert_eq!(full.start(0), 0);
+        assert_eq!(full.start(u64::MAX), full.entries.len());
+    }
+
+    #[test]
+    fn cookies_are_above_dot_entries_and_below_2_63() {
+        for name in ["", "a", "..", "very-long-name-0123456789", "\u{e9}t\u{e9}"] {
+            let c = name_cookie(std::ffi::OsStr::new(name));
+            assert!((3..1 << 63).contains(&c), "{name:?}: {c}");
         }
     }
 }

@@ -157,15 +157,8 @@ pub fn dir_opaque(dir: BorrowedFd<'_>) -> Result<OpaqueXattr> {
 
 /// True when the zero-size regular file `name` in `dir` carries a whiteout xattr.
 fn is_xattr_whiteout(dir: BorrowedFd<'_>, name: &OsStr) -> Result<bool> {
-    let fd = rustix::fs::openat(
-        dir,
-        name,
-        rustix::fs::OFlags::PATH | rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::CLOEXEC,
-        rustix::fs::Mode::empty(),
-    )
-    .at("open", Where::Unknown)?;
     for n in whiteout::whiteout_xattr_names() {
-        if sys::get_xattr(fd.as_fd(), OsStr::new(n))
+        if sys::get_xattr_at(dir, name, OsStr::new(n))
             .at("getxattr", Where::Unknown)?
             .is_some()
         {
@@ -175,11 +168,18 @@ fn is_xattr_whiteout(dir: BorrowedFd<'_>, name: &OsStr) -> Result<bool> {
     Ok(false)
 }
 
-/// Refuses a kernel metacopy file (its data would still be in a lower layer).
-fn refuse_metacopy(fd: BorrowedFd<'_>, name: &OsStr) -> Result<()> {
-    if has_metacopy_xattr(fd).at("getxattr", Where::Upper)? {
-        tracing::error!(?name, "metacopy file in the upper layer: not supported");
-        return Err(Error::Invariant("metacopy upper file"));
+/// Refuses a kernel metacopy file `name` in `dir` (its data would still be in a lower
+/// layer).
+fn refuse_metacopy(dir: BorrowedFd<'_>, name: &OsStr) -> Result<()> {
+    for p in whiteout::OVERLAY_PREFIXES {
+        let x = format!("{p}metacopy");
+        if sys::get_xattr_at(dir, name, OsStr::new(&x))
+            .at("getxattr", Where::Upper)?
+            .is_some()
+        {
+            tracing::error!(?name, "metacopy file in the upper layer: not supported");
+            return Err(Error::Invariant("metacopy upper file"));
+        }
     }
     Ok(())
 }
@@ -448,23 +448,19 @@ impl UnionFs {
                         }
                     } else {
                         // Only a regular file with fewer blocks than its size can be a
-                        // metacopy file: the stat above filters before any xattr read,
-                        // and one O_PATH handle serves both checks.
+                        // metacopy file: the stat above filters before any xattr read.
+                        // The xattrs are read by name (`getxattrat`), without an open.
                         let maybe_metacopy = st.st_mode & libc::S_IFMT == libc::S_IFREG
                             && st.st_blocks * 512 < st.st_size;
-                        if maybe_metacopy || self.index_enabled() {
-                            let fd = sys::open_path(pfd.as_fd(), Path::new(name))
-                                .at("open", Where::Upper)?;
-                            if maybe_metacopy {
-                                refuse_metacopy(fd.as_fd(), name)?;
-                            }
-                            if self.index_enabled() {
-                                let (ino, offset, record) =
-                                    self.read_identity(fd.as_fd(), st.st_nlink > 1)?;
-                                origin = (ino, offset);
-                                if st.st_nlink > 1 {
-                                    upper_index = self.index_entry(record.as_deref())?;
-                                }
+                        if maybe_metacopy {
+                            refuse_metacopy(pfd.as_fd(), name)?;
+                        }
+                        if self.index_enabled() {
+                            let (ino, offset, record) =
+                                self.read_identity(pfd.as_fd(), name, st.st_nlink > 1)?;
+                            origin = (ino, offset);
+                            if st.st_nlink > 1 {
+                                upper_index = self.index_entry(record.as_deref())?;
                             }
                         }
                     }
@@ -521,9 +517,8 @@ impl UnionFs {
         if let (None, Some(l), Some(st)) = (&upper, &lower, &lower_stat) {
             if !is_dir && st.st_nlink > 1 && self.index_enabled() {
                 if let Some(found) = self.find_index(l)? {
-                    let fd = sys::open_path(self.index_fd()?, Path::new(&*found.0))
-                        .at("open index", Where::Work)?;
-                    let (_, offset, _) = self.read_identity(fd.as_fd(), true)?;
+                    let (_, offset, _) =
+                        self.read_identity(self.index_fd()?, OsStr::new(&*found.0), true)?;
                     origin = (Some(self.map_ino(st)), offset);
                     index = Some(found);
                 }
@@ -583,24 +578,25 @@ impl UnionFs {
         }
     }
 
-    /// Reads an upper object's origin (→ the inode number of its lower origin) and, for
-    /// hard-linked ones, its `overlay.nlink` offset.
+    /// Reads the origin of upper object `name` in `dir` (→ the inode number of its lower
+    /// origin) and, for hard-linked ones, its `overlay.nlink` offset.
     fn read_identity(
         &self,
-        fd: BorrowedFd<'_>,
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
         linked: bool,
     ) -> Result<(Option<u64>, i64, Option<Vec<u8>>)> {
         use crate::union::origin;
-        let record =
-            sys::get_xattr(fd, OsStr::new(origin::ORIGIN_XATTR)).at("getxattr", Where::Upper)?;
+        let record = sys::get_xattr_at(dir, name, OsStr::new(origin::ORIGIN_XATTR))
+            .at("getxattr", Where::Upper)?;
         let ino = record
             .as_deref()
             .and_then(origin::decode)
             .and_then(|(uuid, h)| self.decode_origin_ino(&uuid, &h));
         let mut offset = 0;
         if linked {
-            let v =
-                sys::get_xattr(fd, OsStr::new(origin::NLINK_XATTR)).at("getxattr", Where::Upper)?;
+            let v = sys::get_xattr_at(dir, name, OsStr::new(origin::NLINK_XATTR))
+                .at("getxattr", Where::Upper)?;
             // The kernel writes upper-relative records; a lower-relative one (only written
             // by old kernels) is taken as an offset of 0.
             if let Some((origin::NlinkBase::Upper, n)) = v.as_deref().and_then(origin::parse_nlink)
@@ -629,8 +625,7 @@ impl UnionFs {
     }
 
     pub(crate) fn stat_lower(&self, layer: LowerIdx, path: &Path) -> Result<Stat> {
-        let fd = self.path_fd(crate::union::dirfd::LayerKey::Lower(layer), path)?;
-        rustix::fs::fstat(&fd).at("stat lower", Where::Lower(layer))
+        self.stat_in(crate::union::dirfd::LayerKey::Lower(layer), path)
     }
 
     /// The inode number of a resolved object: directories and copied-up files keep the

@@ -442,6 +442,70 @@ impl UnionFs {
         .map_err(|e| Error::os("open", e, at))
     }
 
+    /// The stat of the object at `path` in a layer (never following a symlink): one
+    /// `fstatat` relative to the parent's cached fd, no open.
+    pub(crate) fn stat_in(&self, layer: dirfd::LayerKey, path: &Path) -> Result<rustix::fs::Stat> {
+        let at = match layer {
+            dirfd::LayerKey::Upper => Where::Upper,
+            dirfd::LayerKey::Lower(l) => Where::Lower(l),
+        };
+        let root = match layer {
+            dirfd::LayerKey::Upper => self.upper_root()?,
+            dirfd::LayerKey::Lower(l) => self.lower_root(l),
+        };
+        let (parent, name) = dirfd::split(path);
+        let pfd = self
+            .dirs
+            .dir(layer, root, parent)
+            .map_err(|e| Error::os("open dir", e, at))?;
+        match name {
+            Some(name) => rustix::fs::statat(&*pfd, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW),
+            None => rustix::fs::fstat(&*pfd),
+        }
+        .map_err(|e| Error::os("stat", e, at))
+    }
+
+    /// The stat of the object a node lives at now (see [`attr::RealLoc`]).
+    pub(crate) fn stat_real(&self, loc: &attr::RealLoc) -> Result<rustix::fs::Stat> {
+        use crate::error::OsContext;
+        match loc {
+            attr::RealLoc::Upper(p) => self.stat_in(dirfd::LayerKey::Upper, p),
+            attr::RealLoc::Lower(l, p) => self.stat_in(dirfd::LayerKey::Lower(*l), p),
+            _ => {
+                let fd = self.open_real_path(loc)?;
+                rustix::fs::fstat(&*fd).at("stat", loc.at())
+            }
+        }
+    }
+
+    /// Reads xattr `xname` of the object a node lives at now: by name relative to the
+    /// parent's cached fd (one `getxattrat`), else through an `O_PATH` handle.
+    pub(crate) fn get_xattr_real(
+        &self,
+        loc: &attr::RealLoc,
+        xname: &OsStr,
+    ) -> Result<Option<Vec<u8>>> {
+        use crate::error::OsContext;
+        let (layer, path, root) = match loc {
+            attr::RealLoc::Upper(p) => (dirfd::LayerKey::Upper, p, self.upper_root()?),
+            attr::RealLoc::Lower(l, p) => (dirfd::LayerKey::Lower(*l), p, self.lower_root(*l)),
+            _ => {
+                let fd = self.open_real_path(loc)?;
+                return crate::sys::get_xattr(fd.as_fd(), xname).at("getxattr", loc.at());
+            }
+        };
+        let (parent, name) = dirfd::split(path);
+        let Some(name) = name else {
+            let fd = self.open_real_path(loc)?;
+            return crate::sys::get_xattr(fd.as_fd(), xname).at("getxattr", loc.at());
+        };
+        let pfd = self
+            .dirs
+            .dir(layer, root, parent)
+            .map_err(|e| Error::os("open dir", e, loc.at()))?;
+        crate::sys::get_xattr_at(pfd.as_fd(), name, xname).at("getxattr", loc.at())
+    }
+
     /// An `O_PATH` handle on the object at `path` in a layer.
     pub(crate) fn path_fd(
         &self,

@@ -464,3 +464,44 @@ fn unlinking_one_upper_hard_link_keeps_the_other_reachable() {
     assert_eq!(attr.nlink, 1);
     assert_eq!(read(&fs, "b/a"), "data");
 }
+
+#[test]
+fn open_dirs_snapshot_and_one_uses_the_kernel_cache() {
+    let f = Fixture::new(2);
+    for i in 0..5 {
+        f.write(&f.l(i % 2), &format!("d/f{i}"), "x");
+    }
+    let fs = f.fs();
+    let d = walk(&fs, "d").unwrap();
+    let (a, a_cache) = fs.opendir(d).unwrap();
+    let (b, b_cache) = fs.opendir(d).unwrap();
+    assert!(
+        a_cache && !b_cache,
+        "one open handle at a time uses the kernel cache"
+    );
+    let (first, start) = fs.readdir(a, 0).unwrap();
+    assert_eq!((first.entries.len(), start), (7, 0));
+    // Stop after the third entry, remove the fourth and fifth, then read on.
+    let after = first.offs[2];
+    let gone: Vec<_> = first.entries[3..5].iter().map(|e| e.name.clone()).collect();
+    for name in &gone {
+        fs.unlink(d, name).unwrap();
+    }
+    let (same, i) = fs.readdir(a, after).unwrap();
+    assert_eq!(
+        same.entries[i].name, gone[0],
+        "the open handle keeps its snapshot"
+    );
+    // Another handle lists the directory as it is now, with the same offsets.
+    let (now, j) = fs.readdir(b, after).unwrap();
+    assert!(now.entries[j..].iter().all(|e| !gone.contains(&e.name)));
+    assert_eq!(now.entries.len(), 5);
+    // rewinddir: a new snapshot.
+    let (fresh, _) = fs.readdir(a, 0).unwrap();
+    assert_eq!(fresh.entries.len(), 5);
+    fs.releasedir(a);
+    let (c, c_cache) = fs.opendir(d).unwrap();
+    assert!(c_cache, "the cache is free again once its user is released");
+    fs.releasedir(b);
+    fs.releasedir(c);
+}
