@@ -90,6 +90,15 @@ if [ -z "${RLAYERFS_E2E_NS:-}" ]; then
     export RLAYERFS_E2E_NS=1 RLAYERFS_BIN=$BIN
     exec unshare --mount --propagation slave -- "$REPO/scripts/podman-e2e.sh" "${ARGS[@]}"
 fi
+# The namespace starts with copies of the overlay and FUSE mounts other programs (tests,
+# containers) had at that moment. Where the host's root is private (no systemd) their
+# unmounts do not reach these copies, which would keep those filesystems and their FUSE
+# daemons alive until we exit: drop them now (lazily; none of them is ours yet).
+findmnt -rn -o TARGET,FSTYPE | while read -r target fstype; do
+    case "$fstype" in
+        overlay | fuse | fuse.*) umount -l "$(printf '%b' "$target")" 2>/dev/null || true ;;
+    esac
+done
 
 # ---------------------------------------------------------------------------------------------
 # Private podman environments. One "env" = one directory holding its storage and configs.
