@@ -27,7 +27,8 @@ const FS_SHUTDOWN_FLAGS_NOLOGFLUSH: u32 = 2;
 
 /// An ext4 image loop-mounted on a fresh temporary directory; unmounted on drop.
 struct Ext4 {
-    dir: tempfile::TempDir,
+    /// Holds the image and the mountpoint; removed after the unmount in `drop`.
+    _dir: tempfile::TempDir,
     mnt: std::path::PathBuf,
 }
 
@@ -54,7 +55,7 @@ impl Ext4 {
             eprintln!("SKIP: cannot loop-mount an ext4 image");
             return None;
         }
-        Some(Ext4 { dir, mnt })
+        Some(Ext4 { _dir: dir, mnt })
     }
 
     fn path(&self) -> &Path {
@@ -76,19 +77,6 @@ impl Drop for Ext4 {
             eprintln!("warning: umount {}: {e}", self.mnt.display());
             let _ = common::sys::umount2(&self.mnt, libc::MNT_DETACH);
         }
-        let _ = &self.dir;
-    }
-}
-
-fn dirs_on(stack: &Stack, fs_: &Ext4) -> MountDirs {
-    let (upper, work) = (fs_.path().join("upper"), fs_.path().join("work"));
-    fs::create_dir(&upper).unwrap();
-    fs::create_dir(&work).unwrap();
-    MountDirs {
-        lowers: stack.lowers.clone(),
-        upper,
-        work,
-        mnt: stack.mnt.clone(),
     }
 }
 
@@ -194,13 +182,13 @@ fn failing_upper_gives_eio_and_nothing_hangs() {
     let lower_before = dump_tree_with(&stack.lowers[0], raw);
 
     let Some(kfs) = Ext4::new() else { return };
-    let kdirs = dirs_on(&stack, &kfs);
+    let kdirs = MountDirs::with_upper_in(&stack, kfs.path());
     let k = KernelOverlay::mount_dirs(&kdirs).unwrap();
     let want = scenario(k.path(), &kfs, &|| true);
     k.unmount().unwrap();
 
     let Some(ffs) = Ext4::new() else { return };
-    let fdirs = dirs_on(&stack, &ffs);
+    let fdirs = MountDirs::with_upper_in(&stack, ffs.path());
     let m = FuseMount::mount_dirs(&fdirs).unwrap();
     let _dog = Watchdog::arm(
         "eio",

@@ -65,19 +65,6 @@ fn big_content() -> Vec<u8> {
     (0..BIG).map(|i| (i % 251) as u8).collect()
 }
 
-/// The lower stack plus an upper and workdir on a small tmpfs.
-fn dirs_on(stack: &Stack, tmpfs: &Tmpfs) -> MountDirs {
-    let (upper, work) = (tmpfs.path().join("upper"), tmpfs.path().join("work"));
-    fs::create_dir(&upper).unwrap();
-    fs::create_dir(&work).unwrap();
-    MountDirs {
-        lowers: stack.lowers.clone(),
-        upper,
-        work,
-        mnt: stack.mnt.clone(),
-    }
-}
-
 fn errno<T>(r: io::Result<T>) -> Result<T, i32> {
     r.map_err(|e| errno_of(&e))
 }
@@ -215,13 +202,13 @@ fn full_upper_gives_enospc_and_no_partial_copy_up() {
     stack.lower(0).file("big", &big_content());
 
     let ktmp = Tmpfs::new(UPPER_MB);
-    let kdirs = dirs_on(&stack, &ktmp);
+    let kdirs = MountDirs::with_upper_in(&stack, ktmp.path());
     let k = KernelOverlay::mount_dirs(&kdirs).unwrap();
     let want = scenario(k.path(), &kdirs, &|| true);
     k.unmount().unwrap();
 
     let ftmp = Tmpfs::new(UPPER_MB);
-    let fdirs = dirs_on(&stack, &ftmp);
+    let fdirs = MountDirs::with_upper_in(&stack, ftmp.path());
     let m = FuseMount::mount_dirs(&fdirs).unwrap();
     let _dog = Watchdog::arm(
         "enospc",

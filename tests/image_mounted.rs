@@ -173,6 +173,19 @@ fn view(root: &Path) -> String {
         .collect()
 }
 
+/// Mounts the unpacked image `image` read-only at `mnt` and checks it shows `seen`.
+fn assert_image_shows(mnt: &Path, image: &Path, seen: &str, what: &str) {
+    let m = FuseMount::mount_cli(mnt, &["--image", s(image)]).unwrap();
+    let got = view(m.path());
+    m.unmount().unwrap();
+    assert_eq!(
+        got,
+        seen,
+        "{what} differs from the container's view:\n{}",
+        common::dump::diff_dumps(seen, &got)
+    );
+}
+
 struct Dirs {
     _tmp: tempfile::TempDir,
     root: PathBuf,
@@ -256,15 +269,7 @@ fn unpack_mount_change_commit_unpack_mount_round_trip() {
         lowerdir.is_empty(),
         "no lowerdir printed without --print-lowerdir"
     );
-    let again = FuseMount::mount_cli(&d.at("mnt2"), &["--image", s(&image2)]).unwrap();
-    let committed = view(again.path());
-    again.unmount().unwrap();
-    assert_eq!(
-        committed,
-        seen,
-        "the committed image differs from the container's view:\n{}",
-        common::dump::diff_dumps(&seen, &committed)
-    );
+    assert_image_shows(&d.at("mnt2"), &image2, &seen, "the committed image");
 
     // The same layer appended to the unpacked image itself (commit --image DEST).
     rlayerfs(&[
@@ -276,14 +281,11 @@ fn unpack_mount_change_commit_unpack_mount_round_trip() {
         "--tag",
         "v2",
     ]);
-    let third = FuseMount::mount_cli(&d.at("mnt3"), &["--image", s(&image)]).unwrap();
-    let appended = view(third.path());
-    third.unmount().unwrap();
-    assert_eq!(
-        appended,
-        seen,
-        "the image with the appended layer differs from the container's view:\n{}",
-        common::dump::diff_dumps(&seen, &appended)
+    assert_image_shows(
+        &d.at("mnt3"),
+        &image,
+        &seen,
+        "the image with the appended layer",
     );
 }
 
@@ -346,8 +348,8 @@ fn changed_lower_hard_link_round_trips() {
     for l in &lowers {
         args.extend(["--lower", s(l)]);
     }
-    rlayerfs(&args);
-    rlayerfs(&[
+    let explicit = rlayerfs(&args);
+    let appended = rlayerfs(&[
         "commit",
         "--quiet",
         s(&upper),
@@ -356,13 +358,16 @@ fn changed_lower_hard_link_round_trips() {
         "--tag",
         "v2",
     ]);
-    let again = FuseMount::mount_cli(&d.at("mnt2"), &["--image", s(&image)]).unwrap();
-    let committed = view(again.path());
-    again.unmount().unwrap();
+    let digest = |out: &str| {
+        out.lines()
+            .find(|l| l.starts_with("digest: "))
+            .map(str::to_owned)
+    };
+    assert!(digest(&explicit).is_some(), "{explicit}");
     assert_eq!(
-        committed,
-        seen,
-        "the committed image differs from the container's view:\n{}",
-        common::dump::diff_dumps(&seen, &committed)
+        digest(&explicit),
+        digest(&appended),
+        "--lower and an unpacked --image must give the same layer"
     );
+    assert_image_shows(&d.at("mnt2"), &image, &seen, "the committed image");
 }

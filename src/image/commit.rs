@@ -326,6 +326,32 @@ struct Committer<'a, W: Write> {
     extras: LowerLinks,
 }
 
+/// Whether directory `dir` is opaque in any encoding (an opaque xattr set to `y`, or a
+/// `.wh..wh..opq` file inside).
+pub(super) fn dir_is_opaque(dir: BorrowedFd<'_>) -> io::Result<bool> {
+    if has_xattr(dir, &OPAQUE_XATTRS, Some(b"y"))? {
+        return Ok(true);
+    }
+    match safe_fs::stat_at(dir, WH_OPAQUE) {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether the entry `name` of `dir` (stat `m`) is a whiteout object: a char device 0/0 or
+/// a zero-size file carrying an overlay whiteout xattr. (`.wh.NAME` files are told by name.)
+fn is_whiteout_object(dir: BorrowedFd<'_>, name: &[u8], m: &Meta) -> io::Result<bool> {
+    match m.kind {
+        Kind::Char => Ok(m.major == 0 && m.minor == 0),
+        Kind::File if m.size == 0 => {
+            let f = safe_fs::open_file_at(dir, name)?;
+            has_xattr(f.as_fd(), &WHITEOUT_XATTRS, None)
+        }
+        _ => Ok(false),
+    }
+}
+
 fn has_xattr(fd: BorrowedFd<'_>, names: &[&[u8]], want: Option<&[u8]>) -> io::Result<bool> {
     for n in names {
         if let Some(v) = safe_fs::get_xattr_fd(fd, n)? {
@@ -354,16 +380,7 @@ impl<W: Write> Committer<'_, W> {
 
     /// Is `dir` opaque in any encoding?
     fn is_opaque(&self, dir: BorrowedFd<'_>, path: &[u8]) -> Result<bool, ImageError> {
-        if has_xattr(dir, &OPAQUE_XATTRS, Some(b"y"))
-            .map_err(|e| self.io("read xattrs", path, e))?
-        {
-            return Ok(true);
-        }
-        match safe_fs::stat_at(dir, WH_OPAQUE) {
-            Ok(_) => Ok(true),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(self.io("stat", path, e)),
-        }
+        dir_is_opaque(dir).map_err(|e| self.io("read xattrs", path, e))
     }
 
     /// Writes the entries below `prefix`: the upper directory `dir`'s (none for a
@@ -470,19 +487,11 @@ impl<W: Write> Committer<'_, W> {
                 n.extend_from_slice(&name);
                 n
             };
-            if m.kind == Kind::Char && m.major == 0 && m.minor == 0 {
+            if is_whiteout_object(dir.as_fd(), &name, &m)
+                .map_err(|e| self.io("read xattrs", &path, e))?
+            {
                 items.push((wh(), Item::Whiteout));
                 continue;
-            }
-            if m.kind == Kind::File && m.size == 0 {
-                let f = safe_fs::open_file_at(dir.as_fd(), &name)
-                    .map_err(|e| self.io("open", &path, e))?;
-                if has_xattr(f.as_fd(), &WHITEOUT_XATTRS, None)
-                    .map_err(|e| self.io("read xattrs", &path, e))?
-                {
-                    items.push((wh(), Item::Whiteout));
-                    continue;
-                }
             }
             if m.kind == Kind::Socket {
                 tracing::warn!(

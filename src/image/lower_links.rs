@@ -17,19 +17,11 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
+use super::commit::dir_is_opaque;
 use super::error::ImageError;
 use super::safe_fs::{self, Kind};
+use super::unpack::WH_PREFIX;
 use crate::union::origin;
-
-const ORIGIN_XATTR: &[u8] = b"trusted.overlay.origin";
-const WHITEOUT_XATTRS: [&[u8]; 2] = [b"trusted.overlay.whiteout", b"user.overlay.whiteout"];
-const OPAQUE_XATTRS: [&[u8]; 3] = [
-    b"trusted.overlay.opaque",
-    b"user.overlay.opaque",
-    b"user.fuseoverlayfs.opaque",
-];
-const WH_PREFIX: &[u8] = b".wh.";
-const WH_OPAQUE: &[u8] = b".wh..wh..opq";
 
 /// An entry the layer needs that the upper directory does not hold.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -140,7 +132,7 @@ fn copied_hard_links(upper: &Path) -> Result<Vec<Copied>, ImageError> {
         });
         if c.names.is_empty() {
             let f = safe_fs::open_file_at(dir, name).map_err(|e| io_err("open", upper, path, e))?;
-            c.origin = safe_fs::get_xattr_fd(f.as_fd(), ORIGIN_XATTR)
+            c.origin = safe_fs::get_xattr_fd(f.as_fd(), origin::ORIGIN_XATTR.as_bytes())
                 .map_err(|e| io_err("read xattrs", upper, path, e))?;
         }
         c.names.push(path.to_vec());
@@ -202,16 +194,17 @@ fn origin_of(layer_root: &OwnedFd, uuid: &[u8; 16], path: &[u8]) -> Option<Vec<u
 /// What a layer holds at one name, for visibility.
 enum Held {
     Nothing,
-    Whiteout,
-    Dir { opaque: bool },
-    Other,
+    /// A whiteout or a non-directory: it hides the name below.
+    Hides,
+    /// A directory (open), and whether it is opaque.
+    Dir(OwnedFd, bool),
 }
 
 fn held(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<Held> {
     let mut wh = WH_PREFIX.to_vec();
     wh.extend_from_slice(name);
     match safe_fs::stat_at(dir, &wh) {
-        Ok(_) => return Ok(Held::Whiteout),
+        Ok(_) => return Ok(Held::Hides),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
@@ -220,31 +213,13 @@ fn held(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<Held> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Held::Nothing),
         Err(e) => return Err(e),
     };
-    match m.kind {
-        Kind::Char if m.major == 0 && m.minor == 0 => Ok(Held::Whiteout),
-        Kind::File if m.size == 0 => {
-            let f = safe_fs::open_file_at(dir, name)?;
-            for x in WHITEOUT_XATTRS {
-                if safe_fs::get_xattr_fd(f.as_fd(), x)?.is_some() {
-                    return Ok(Held::Whiteout);
-                }
-            }
-            Ok(Held::Other)
-        }
-        Kind::Dir => {
-            let d = safe_fs::open_dir_at(dir, name)?;
-            let mut opaque = match safe_fs::stat_at(d.as_fd(), WH_OPAQUE) {
-                Ok(_) => true,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => false,
-                Err(e) => return Err(e),
-            };
-            for x in OPAQUE_XATTRS {
-                opaque |= safe_fs::get_xattr_fd(d.as_fd(), x)?.as_deref() == Some(b"y");
-            }
-            Ok(Held::Dir { opaque })
-        }
-        _ => Ok(Held::Other),
+    if m.kind != Kind::Dir {
+        // A whiteout object or any other non-directory hides the name alike.
+        return Ok(Held::Hides);
     }
+    let d = safe_fs::open_dir_at(dir, name)?;
+    let opaque = dir_is_opaque(d.as_fd())?;
+    Ok(Held::Dir(d, opaque))
 }
 
 /// Whether the object at `path` of the layer below `above` (upper first, then the lowers
@@ -261,10 +236,9 @@ fn visible(above: &[OwnedFd], path: &[u8]) -> io::Result<bool> {
             let last = i + 1 == comps.len();
             match held(dir.as_fd(), c)? {
                 Held::Nothing => break,
-                Held::Whiteout | Held::Other => return Ok(false),
-                Held::Dir { .. } if last => return Ok(false),
-                Held::Dir { opaque: true } => return Ok(false),
-                Held::Dir { opaque: false } => dir = safe_fs::open_dir_at(dir.as_fd(), c)?,
+                Held::Hides => return Ok(false),
+                Held::Dir(_, opaque) if last || opaque => return Ok(false),
+                Held::Dir(d, _) => dir = d,
             }
         }
     }

@@ -411,6 +411,29 @@ impl UnionFs {
             .dir(dirfd::LayerKey::Lower(l), self.lower_root(l), path)
     }
 
+    /// The cached fd of the parent directory of `path` in a layer, the last component
+    /// (`None` for the layer root) and where errors come from.
+    fn parent_in<'p>(
+        &self,
+        layer: dirfd::LayerKey,
+        path: &'p Path,
+    ) -> Result<(
+        std::sync::Arc<std::os::fd::OwnedFd>,
+        Option<&'p OsStr>,
+        Where,
+    )> {
+        let (at, root) = match layer {
+            dirfd::LayerKey::Upper => (Where::Upper, self.upper_root()?),
+            dirfd::LayerKey::Lower(l) => (Where::Lower(l), self.lower_root(l)),
+        };
+        let (parent, name) = dirfd::split(path);
+        let pfd = self
+            .dirs
+            .dir(layer, root, parent)
+            .map_err(|e| Error::os("open dir", e, at))?;
+        Ok((pfd, name, at))
+    }
+
     /// Opens the object at `path` in a layer (`O_NOFOLLOW` always), relative to its
     /// parent's cached fd.
     pub(crate) fn open_in(
@@ -419,19 +442,7 @@ impl UnionFs {
         path: &Path,
         flags: rustix::fs::OFlags,
     ) -> Result<std::os::fd::OwnedFd> {
-        let at = match layer {
-            dirfd::LayerKey::Upper => Where::Upper,
-            dirfd::LayerKey::Lower(l) => Where::Lower(l),
-        };
-        let root = match layer {
-            dirfd::LayerKey::Upper => self.upper_root()?,
-            dirfd::LayerKey::Lower(l) => self.lower_root(l),
-        };
-        let (parent, name) = dirfd::split(path);
-        let pfd = self
-            .dirs
-            .dir(layer, root, parent)
-            .map_err(|e| Error::os("open dir", e, at))?;
+        let (pfd, name, at) = self.parent_in(layer, path)?;
         let name = name.unwrap_or(OsStr::new("."));
         rustix::fs::openat(
             &*pfd,
@@ -445,19 +456,7 @@ impl UnionFs {
     /// The stat of the object at `path` in a layer (never following a symlink): one
     /// `fstatat` relative to the parent's cached fd, no open.
     pub(crate) fn stat_in(&self, layer: dirfd::LayerKey, path: &Path) -> Result<rustix::fs::Stat> {
-        let at = match layer {
-            dirfd::LayerKey::Upper => Where::Upper,
-            dirfd::LayerKey::Lower(l) => Where::Lower(l),
-        };
-        let root = match layer {
-            dirfd::LayerKey::Upper => self.upper_root()?,
-            dirfd::LayerKey::Lower(l) => self.lower_root(l),
-        };
-        let (parent, name) = dirfd::split(path);
-        let pfd = self
-            .dirs
-            .dir(layer, root, parent)
-            .map_err(|e| Error::os("open dir", e, at))?;
+        let (pfd, name, at) = self.parent_in(layer, path)?;
         match name {
             Some(name) => rustix::fs::statat(&*pfd, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW),
             None => rustix::fs::fstat(&*pfd),

@@ -47,6 +47,21 @@ impl MountDirs {
         }
     }
 
+    /// The stack's lowers and mountpoint with a fresh upper and workdir made in `dir` (a
+    /// test filesystem: a small tmpfs, an ext4 image).
+    #[allow(dead_code)]
+    pub fn with_upper_in(stack: &Stack, dir: &Path) -> MountDirs {
+        let (upper, work) = (dir.join("upper"), dir.join("work"));
+        fs::create_dir(&upper).unwrap();
+        fs::create_dir(&work).unwrap();
+        MountDirs {
+            lowers: stack.lowers.clone(),
+            upper,
+            work,
+            mnt: stack.mnt.clone(),
+        }
+    }
+
     /// `lowerdir=..,upperdir=..,workdir=..`
     pub fn options(&self) -> String {
         let lowers: Vec<String> = self
