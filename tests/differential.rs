@@ -48,17 +48,7 @@ fn write(p: &str, offset: u64, data: &[u8]) -> Op {
 /// cross-checks the on-disk results; panics with the divergence report.
 fn run_scenario(name: &str, stack: &Stack, phases: &[Vec<Op>]) {
     let mut pair = Pair::new(name, stack);
-    let result = (|| {
-        pair.check("initially")?;
-        for (i, phase) in phases.iter().enumerate() {
-            if i > 0 {
-                pair.remount()?;
-            }
-            pair.apply_all(phase.iter().cloned())?;
-        }
-        pair.cross_check()
-    })();
-    if let Err(report) = result {
+    if let Err(report) = pair.run_phases(phases.to_vec()) {
         panic!("{report}");
     }
 }

@@ -1715,17 +1715,7 @@ fn rename_lower_dirs_and_flags() {
         ],
         vec![rd(""), rd("back"), rd("p"), rd("q")],
     ];
-    let result = (|| {
-        pair.check("initially")?;
-        for (i, phase) in phases.into_iter().enumerate() {
-            if i > 0 {
-                pair.remount()?;
-            }
-            pair.apply_all(phase)?;
-        }
-        pair.cross_check()
-    })();
-    if let Err(r) = result {
+    if let Err(r) = pair.run_phases(phases) {
         panic!("{r}");
     }
 }
@@ -2547,17 +2537,7 @@ fn hard_link_changed_through_other_name_after_remount() {
         ],
         vec![read("a"), read("sub/b2"), read("sub/c")],
     ];
-    let result = (|| {
-        pair.check("initially")?;
-        for (i, phase) in phases.into_iter().enumerate() {
-            if i > 0 {
-                pair.remount()?;
-            }
-            pair.apply_all(phase)?;
-        }
-        pair.cross_check()
-    })();
-    if let Err(r) = result {
+    if let Err(r) = pair.run_phases(phases) {
         panic!("{r}");
     }
 }

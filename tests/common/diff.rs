@@ -184,6 +184,19 @@ impl Pair {
     }
 
     /// Applies every op in order, stopping at the first divergence.
+    /// Checks the start, applies each phase (remounting both systems between phases) and
+    /// cross-mounts at the end; the first divergence's report is the error.
+    pub fn run_phases(&mut self, phases: Vec<Vec<Op>>) -> Result<(), String> {
+        self.check("initially")?;
+        for (i, phase) in phases.into_iter().enumerate() {
+            if i > 0 {
+                self.remount()?;
+            }
+            self.apply_all(phase)?;
+        }
+        self.cross_check()
+    }
+
     pub fn apply_all(&mut self, ops: impl IntoIterator<Item = Op>) -> Result<(), String> {
         ops.into_iter().try_for_each(|op| self.apply(op))
     }

@@ -340,24 +340,5 @@ pub fn mmap_write_msync(file: &File, len: usize, off: usize, data: &[u8]) -> Err
 /// `utimensat(AT_FDCWD, path, times, AT_SYMLINK_NOFOLLOW)` with raw timespecs (tv_nsec may be
 /// UTIME_NOW or UTIME_OMIT).
 pub fn utimensat(path: &std::path::Path, atime: (i64, i64), mtime: (i64, i64)) -> Errno<()> {
-    let p = cpath(path);
-    let ts = [
-        libc::timespec {
-            tv_sec: atime.0,
-            tv_nsec: atime.1,
-        },
-        libc::timespec {
-            tv_sec: mtime.0,
-            tv_nsec: mtime.1,
-        },
-    ];
-    // SAFETY: p is NUL-terminated and ts holds two timespecs.
-    check(unsafe {
-        libc::utimensat(
-            libc::AT_FDCWD,
-            p.as_ptr(),
-            ts.as_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
-    })
+    errno(super::sys::set_times(path, atime, mtime))
 }
