@@ -83,18 +83,18 @@ impl UnionFs {
     pub(crate) fn real(&self, ino: u64) -> Result<RealLoc> {
         let nodes = self.nodes.read();
         let node = nodes.get(ino)?;
-        if let Some(fd) = &node.detached {
+        if let Some(fd) = node.detached() {
             return Ok(RealLoc::Detached(fd.clone()));
         }
         if node.upper {
             return Ok(RealLoc::Upper(nodes.path_of(ino)?));
         }
-        if let Some(name) = &node.index {
+        if let Some(name) = node.index() {
             return Ok(RealLoc::Index(name.clone()));
         }
-        match &node.lower {
-            Some(l) => match l.top() {
-                Some(top) => Ok(RealLoc::Lower(top, l.path.clone())),
+        match node.lower() {
+            Some(_) => match node.lower_path() {
+                Some((top, path)) => Ok(RealLoc::Lower(top, path)),
                 None => Err(Error::Invariant("lower reference without layers")),
             },
             None => Err(Error::NotFound),
@@ -109,7 +109,7 @@ impl UnionFs {
         let (detached, lower) = {
             let nodes = self.nodes.read();
             let n = nodes.get(ino)?;
-            (n.detached.is_some(), n.detached_lower)
+            (n.detached().is_some(), n.detached_lower)
         };
         match (detached, lower) {
             (false, _) => self.copy_up(ino),
@@ -155,16 +155,16 @@ impl UnionFs {
         let mut attr = Attr::from_stat(ino, &st);
         let nodes = self.nodes.read();
         let node = nodes.get(ino)?;
-        let merged = match (&node.lower, node.upper) {
+        let merged = match (node.lower(), node.upper) {
             (Some(_), true) => true,
-            (Some(l), false) => l.layers.len() > 1,
+            (Some(l), false) => l.merged(),
             _ => false,
         };
         if node.is_dir && merged {
             attr.nlink = 1;
         }
         if !node.is_dir {
-            attr.nlink = (attr.nlink as i64 + node.nlink_offset).max(0) as u32;
+            attr.nlink = (attr.nlink as i64 + node.nlink_offset()).max(0) as u32;
         }
         drop(nodes);
         let shifted = matches!(loc, RealLoc::Lower(l, _) if self.stack.lower(l).shifted);

@@ -150,14 +150,14 @@ impl UnionFs {
             if node.upper {
                 return Ok(());
             }
-            if node.detached.is_some() {
+            if node.detached().is_some() {
                 return Err(Error::NotFound);
             }
             (
                 node.parent,
-                node.name.clone(),
-                node.lower.clone(),
-                node.index.clone(),
+                node.name().to_os_string(),
+                node.lower_path(),
+                node.index().cloned(),
             )
         };
         let upper_parent = self.nodes.read().path_of(parent)?;
@@ -192,12 +192,9 @@ impl UnionFs {
                 Ok(())
             };
         }
-        let lower = lower.ok_or(Error::Invariant("node without upper or lower"))?;
-        let top = lower
-            .top()
-            .ok_or(Error::Invariant("lower without layers"))?;
+        let (top, lower_path) = lower.ok_or(Error::Invariant("node without upper or lower"))?;
         let at = Where::Lower(top);
-        let src = self.path_fd(crate::union::dirfd::LayerKey::Lower(top), &lower.path)?;
+        let src = self.path_fd(crate::union::dirfd::LayerKey::Lower(top), &lower_path)?;
         let st = rustix::fs::fstat(&src).at("stat lower", at)?;
         let origin = if self.index_enabled() {
             self.origin_of(top, src.as_fd())
@@ -209,7 +206,7 @@ impl UnionFs {
         let is_reg = st.st_mode & libc::S_IFMT == libc::S_IFREG;
         let linked = is_reg && st.st_nlink > 1;
         let built = self
-            .build_copy(work, &tmp, &src, &st, &lower.path, top)
+            .build_copy(work, &tmp, &src, &st, &lower_path, top)
             .and_then(|()| {
                 let Some(o) = &origin else { return Ok(()) };
                 let fd = rustix::fs::openat(
@@ -258,10 +255,10 @@ impl UnionFs {
         };
         if let Ok(n) = self.nodes.write().get_mut(ino) {
             n.upper = true;
-            n.index = index_entry;
-            n.nlink_offset = offset;
+            n.set_index(index_entry);
+            n.set_nlink_offset(offset);
         }
-        tracing::debug!(ino, path = ?lower.path, "copied up");
+        tracing::debug!(ino, path = ?lower_path, "copied up");
         Ok(())
     }
 
@@ -299,8 +296,8 @@ impl UnionFs {
         let (offset, persist) = {
             let mut nodes = self.nodes.write();
             let n = nodes.get_mut(ino)?;
-            n.nlink_offset += delta;
-            (n.nlink_offset, n.index.is_some())
+            n.set_nlink_offset(n.nlink_offset() + delta);
+            (n.nlink_offset(), n.index().is_some())
         };
         if persist {
             let fd = self.open_real_path(&self.real(ino)?)?;
@@ -324,9 +321,9 @@ impl UnionFs {
             let nodes = self.nodes.read();
             let n = nodes.get(ino)?;
             (
-                n.parent == parent && n.name == name,
+                n.parent == parent && n.name() == name,
                 n.parent,
-                n.name.clone(),
+                n.name().to_os_string(),
             )
         };
         if at_node || self.nodes.read().get(ino)?.is_dir {
@@ -432,7 +429,7 @@ impl UnionFs {
     pub fn is_upper(&self, ino: u64) -> Result<bool> {
         let nodes = self.nodes.read();
         let n = nodes.get(ino)?;
-        Ok(n.detached.is_none() && (n.upper || n.index.is_some()))
+        Ok(n.detached().is_none() && (n.upper || n.index().is_some()))
     }
 
     /// The open file behind a handle (for FUSE passthrough registration).

@@ -1,18 +1,32 @@
 //! The inode table: which merged objects the kernel holds, where each one lives now
 //! (parent and name: its upper path is derived from that chain, so a directory rename
 //! moves every descendant at once), where its lower content comes from (an immutable
-//! lower path and layer list, which never changes because lowers are read-only), and
-//! how many kernel lookups pin it.
+//! lower location, which never changes because lowers are read-only), and how many
+//! kernel lookups pin it.
+//!
+//! Layout, for memory (a walk pins one node per file): a node holds its name once; the
+//! name index stores only inode numbers and finds a node by hashing the node's own
+//! (parent, name), so names are not stored twice. A non-directory's lower location is its
+//! layer plus a shared reference to the lower directory it was found in (its name there
+//! is the node's own, or kept aside if the node moved); only directories own a lower
+//! path. Rarely set fields (detached handle, index entry, link count offset, moved lower
+//! name) live in one boxed [`Extra`].
 //!
 //! Invariants: a node stays while the kernel holds lookups on it or while any node names
-//! it as parent (so an upper path can always be rebuilt); `names` maps every live
-//! (parent, name) to the node it leads to.
+//! it as parent (so an upper path can always be rebuilt). Every live (parent, name) maps
+//! to at most one node: through `names` when it is that node's own location, else through
+//! `aliases` (other hard links of the object). A node's location only changes through
+//! [`NodeTable::relocate`], which keeps `names` consistent with it.
 
 use std::collections::HashMap;
-use std::ffi::{OsStr, OsString};
+use std::ffi::OsStr;
+use std::hash::BuildHasher;
 use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::sync::Arc;
+
+use hashbrown::HashTable;
 
 use crate::error::{Error, Result};
 use crate::union::layer::LowerIdx;
@@ -20,23 +34,22 @@ use crate::union::layer::LowerIdx;
 /// The FUSE root node id.
 pub const ROOT_INO: u64 = 1;
 
-/// Where an object's lower content lives: fixed for its whole life.
+/// A lower directory: fixed for its whole life.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct LowerRef {
     /// Path relative to every lower layer root ("" for the root).
     pub path: PathBuf,
-    /// For a directory: the layers that merge into it, top first, ending at the first
-    /// opaque one. For a non-directory: the one layer holding it.
+    /// The layers that merge into it, top first, ending at the first opaque one.
     pub layers: Arc<[LowerIdx]>,
 }
 
 impl LowerRef {
-    /// The top layer holding the object.
+    /// The top layer holding the directory.
     pub fn top(&self) -> Option<LowerIdx> {
         self.layers.first().copied()
     }
 
-    /// The lower reference of child `name` found in `layers`.
+    /// The lower reference of child directory `name` found in `layers`.
     pub fn child(&self, name: &OsStr, layers: Arc<[LowerIdx]>) -> LowerRef {
         LowerRef {
             path: self.path.join(name),
@@ -45,58 +58,192 @@ impl LowerRef {
     }
 }
 
+/// Where an object's lower content lives.
+#[derive(Debug, Clone)]
+pub enum Lower {
+    /// A directory, with its own lower path and merged layers.
+    Dir(Arc<LowerRef>),
+    /// A non-directory: an entry of lower directory `dir` in one `layer`. Its name is the
+    /// one it was resolved under (for a node: see [`Node::lower_name`]). Sharing the
+    /// directory's reference spares every file a path of its own.
+    Entry { dir: Arc<LowerRef>, layer: LowerIdx },
+}
+
+impl Lower {
+    /// The top layer holding the object.
+    pub fn top(&self) -> Option<LowerIdx> {
+        match self {
+            Lower::Dir(d) => d.top(),
+            Lower::Entry { layer, .. } => Some(*layer),
+        }
+    }
+
+    /// More than one lower layer merges into the object.
+    pub fn merged(&self) -> bool {
+        matches!(self, Lower::Dir(d) if d.layers.len() > 1)
+    }
+
+    /// The directory reference, for a directory.
+    pub fn dir(&self) -> Option<&Arc<LowerRef>> {
+        match self {
+            Lower::Dir(d) => Some(d),
+            Lower::Entry { .. } => None,
+        }
+    }
+
+    /// The path relative to the lower roots; `name` is the entry's name (unused for a
+    /// directory, which knows its own path).
+    pub fn path_at(&self, name: &OsStr) -> PathBuf {
+        match self {
+            Lower::Dir(d) => d.path.clone(),
+            Lower::Entry { dir, .. } => dir.path.join(name),
+        }
+    }
+}
+
+/// Node fields that most nodes never set.
+#[derive(Debug, Default)]
+struct Extra {
+    detached: Option<Arc<OwnedFd>>,
+    nlink_offset: i64,
+    index: Option<Arc<str>>,
+    /// The lower entry name of a non-directory that moved to another of its names.
+    lower_name: Option<Box<OsStr>>,
+}
+
+impl Extra {
+    fn is_default(&self) -> bool {
+        self.detached.is_none()
+            && self.nlink_offset == 0
+            && self.index.is_none()
+            && self.lower_name.is_none()
+    }
+}
+
 /// One merged object the kernel knows.
 #[derive(Debug)]
 pub struct Node {
     pub parent: u64,
-    pub name: OsString,
+    name: Box<OsStr>,
+    pub lookups: u64,
+    lower: Option<Lower>,
+    /// Number of nodes whose `parent` is this node.
+    pub children: u32,
     pub is_dir: bool,
     /// The object exists in the upper layer at the path given by the parent chain.
     pub upper: bool,
-    pub lower: Option<Arc<LowerRef>>,
-    pub lookups: u64,
-    /// Number of nodes whose `parent` is this node.
-    pub children: u32,
-    /// Set once the object lost its last name while still referenced: an `O_PATH`
-    /// handle that keeps `getattr` and open handles working.
-    pub detached: Option<Arc<OwnedFd>>,
     /// The detached object is a lower layer's: it must never be written.
     pub detached_lower: bool,
+    extra: Option<Box<Extra>>,
+}
+
+impl Node {
+    /// A node not yet placed in the table (the table sets its location).
+    pub fn new(is_dir: bool, upper: bool, lower: Option<Lower>) -> Node {
+        Node {
+            parent: 0,
+            name: Box::default(),
+            lookups: 0,
+            lower,
+            children: 0,
+            is_dir,
+            upper,
+            detached_lower: false,
+            extra: None,
+        }
+    }
+
+    pub fn name(&self) -> &OsStr {
+        &self.name
+    }
+
+    pub fn lower(&self) -> Option<&Lower> {
+        self.lower.as_ref()
+    }
+
+    /// Replaces the lower location, resolved under the node's current name.
+    pub fn set_lower(&mut self, lower: Option<Lower>) {
+        self.lower = lower;
+        self.edit_extra(|e| e.lower_name = None);
+    }
+
+    /// The name of the object's lower entry in its lower directory.
+    pub fn lower_name(&self) -> &OsStr {
+        self.extra
+            .as_ref()
+            .and_then(|e| e.lower_name.as_deref())
+            .unwrap_or(&self.name)
+    }
+
+    /// The top lower layer holding the object and its path there.
+    pub fn lower_path(&self) -> Option<(LowerIdx, PathBuf)> {
+        let l = self.lower.as_ref()?;
+        Some((l.top()?, l.path_at(self.lower_name())))
+    }
+
+    /// Set once the object lost its last name while still referenced: an `O_PATH`
+    /// handle that keeps `getattr` and open handles working.
+    pub fn detached(&self) -> Option<&Arc<OwnedFd>> {
+        self.extra.as_ref()?.detached.as_ref()
+    }
+
+    pub fn set_detached(&mut self, fd: Option<Arc<OwnedFd>>) {
+        self.edit_extra(|e| e.detached = fd);
+    }
+
     /// Merged st_nlink minus the real one: lower names of a copied-up hard-linked file
     /// still count, as with kernel overlayfs `index=on` (persisted as `overlay.nlink`
     /// when the object is indexed).
-    pub nlink_offset: i64,
+    pub fn nlink_offset(&self) -> i64 {
+        self.extra.as_ref().map_or(0, |e| e.nlink_offset)
+    }
+
+    pub fn set_nlink_offset(&mut self, offset: i64) {
+        self.edit_extra(|e| e.nlink_offset = offset);
+    }
+
     /// Name of the object's entry in `WORKDIR/index`, for an indexed hard-linked file.
-    pub index: Option<Arc<str>>,
+    pub fn index(&self) -> Option<&Arc<str>> {
+        self.extra.as_ref()?.index.as_ref()
+    }
+
+    pub fn set_index(&mut self, index: Option<Arc<str>>) {
+        self.edit_extra(|e| e.index = index);
+    }
+
+    /// Changes the rare fields, allocating them only when one is set.
+    fn edit_extra(&mut self, f: impl FnOnce(&mut Extra)) {
+        let mut e = self.extra.take().unwrap_or_default();
+        f(&mut e);
+        if !e.is_default() {
+            self.extra = Some(e);
+        }
+    }
 }
 
 /// The table of nodes, guarded by one `RwLock` in the core, never held across I/O.
 #[derive(Debug, Default)]
 pub struct NodeTable {
     nodes: HashMap<u64, Node>,
-    names: HashMap<(u64, OsString), u64>,
+    /// Nodes by their own (parent, name): the key is read from the node itself.
+    names: HashTable<u64>,
+    /// Names that lead to a node located elsewhere (another hard link of its object).
+    aliases: HashMap<(u64, Box<OsStr>), u64>,
+    hasher: std::hash::RandomState,
+}
+
+fn name_hash(h: &std::hash::RandomState, parent: u64, name: &OsStr) -> u64 {
+    h.hash_one((parent, name.as_bytes()))
 }
 
 impl NodeTable {
     /// A table holding only the root.
     pub fn new(root_upper: bool, root_lower: Arc<LowerRef>) -> Self {
         let mut t = NodeTable::default();
-        t.nodes.insert(
-            ROOT_INO,
-            Node {
-                parent: ROOT_INO,
-                name: OsString::new(),
-                is_dir: true,
-                upper: root_upper,
-                lower: Some(root_lower),
-                lookups: 1,
-                children: 0,
-                detached: None,
-                detached_lower: false,
-                nlink_offset: 0,
-                index: None,
-            },
-        );
+        let mut root = Node::new(true, root_upper, Some(Lower::Dir(root_lower)));
+        root.parent = ROOT_INO;
+        root.lookups = 1;
+        t.nodes.insert(ROOT_INO, root);
         t
     }
 
@@ -116,9 +263,116 @@ impl NodeTable {
         self.nodes.is_empty()
     }
 
+    /// The node located at (parent, name) and indexed there.
+    fn located(&self, parent: u64, name: &OsStr) -> Option<u64> {
+        let nodes = &self.nodes;
+        self.names
+            .find(name_hash(&self.hasher, parent, name), |i| {
+                nodes
+                    .get(i)
+                    .is_some_and(|n| n.parent == parent && *n.name == *name)
+            })
+            .copied()
+    }
+
     /// The node currently at (parent, name), if the kernel holds one.
     pub fn child(&self, parent: u64, name: &OsStr) -> Option<u64> {
-        self.names.get(&(parent, name.to_os_string())).copied()
+        self.located(parent, name).or_else(|| {
+            if self.aliases.is_empty() {
+                return None;
+            }
+            self.aliases.get(&(parent, Box::from(name))).copied()
+        })
+    }
+
+    /// Forgets the name (parent, name); returns the node it led to.
+    fn name_remove(&mut self, parent: u64, name: &OsStr) -> Option<u64> {
+        let nodes = &self.nodes;
+        let found = self
+            .names
+            .find_entry(name_hash(&self.hasher, parent, name), |i| {
+                nodes
+                    .get(i)
+                    .is_some_and(|n| n.parent == parent && *n.name == *name)
+            });
+        match found {
+            Ok(entry) => Some(entry.remove().0),
+            Err(_) if self.aliases.is_empty() => None,
+            Err(_) => self.aliases.remove(&(parent, Box::from(name))),
+        }
+    }
+
+    /// Makes the name (parent, name) lead to `ino`.
+    fn name_insert(&mut self, parent: u64, name: &OsStr, ino: u64) {
+        self.name_remove(parent, name);
+        let at_node = self
+            .nodes
+            .get(&ino)
+            .is_some_and(|n| n.parent == parent && *n.name == *name);
+        if at_node {
+            self.index_location(ino);
+        } else {
+            self.aliases.insert((parent, Box::from(name)), ino);
+        }
+    }
+
+    /// Enters `ino` in `names` under its own location (the name must lead nowhere yet).
+    fn index_location(&mut self, ino: u64) {
+        let Some(n) = self.nodes.get(&ino) else {
+            return;
+        };
+        let (nodes, hasher) = (&self.nodes, &self.hasher);
+        self.names
+            .insert_unique(name_hash(hasher, n.parent, &n.name), ino, |i| {
+                nodes
+                    .get(i)
+                    .map_or(0, |n| name_hash(hasher, n.parent, &n.name))
+            });
+    }
+
+    /// Takes `ino` out of `names` if it is indexed under its own location.
+    fn unindex_location(&mut self, ino: u64) -> bool {
+        let Some(n) = self.nodes.get(&ino) else {
+            return false;
+        };
+        match self
+            .names
+            .find_entry(name_hash(&self.hasher, n.parent, &n.name), |i| *i == ino)
+        {
+            Ok(entry) => {
+                entry.remove();
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Moves node `ino` to (parent, name). The names that lead to it stay as they were
+    /// (its old location, if indexed, becomes an alias); children counts are the
+    /// caller's. A non-directory keeps the name of its lower entry.
+    fn relocate(&mut self, ino: u64, parent: u64, name: &OsStr) {
+        let indexed = self.unindex_location(ino);
+        let Some(n) = self.nodes.get_mut(&ino) else {
+            return;
+        };
+        let old_parent = std::mem::replace(&mut n.parent, parent);
+        let old_name = std::mem::replace(&mut n.name, Box::from(name));
+        if matches!(n.lower, Some(Lower::Entry { .. })) && *old_name != *name {
+            n.edit_extra(|e| {
+                if e.lower_name.is_none() {
+                    e.lower_name = Some(old_name.clone());
+                }
+            });
+        }
+        if indexed {
+            self.aliases.insert((old_parent, old_name), ino);
+        }
+        if self.aliases.get(&(parent, Box::from(name))) == Some(&ino) {
+            self.aliases.remove(&(parent, Box::from(name)));
+            if self.located(parent, name).is_none() {
+                self.index_location(ino);
+            }
+        }
     }
 
     /// The object's path relative to the layer roots, following the parent chain.
@@ -128,7 +382,7 @@ impl NodeTable {
         let mut guard = 0usize;
         while cur != ROOT_INO {
             let n = self.get(cur)?;
-            parts.push(n.name.as_os_str());
+            parts.push(n.name());
             cur = n.parent;
             guard += 1;
             if guard > 1 << 20 {
@@ -141,42 +395,42 @@ impl NodeTable {
     /// Records a lookup of `ino` at (parent, name), creating the node if new.
     /// `make` builds the node when it is not known yet.
     pub fn add_lookup(&mut self, ino: u64, parent: u64, name: &OsStr, make: impl FnOnce() -> Node) {
-        let name_key = (parent, name.to_os_string());
-        if let Some(old) = self.names.get(&name_key).copied() {
+        if let Some(old) = self.child(parent, name) {
             if old != ino {
                 // Another object held that name before (replaced behind the kernel's back
                 // or a stale alias): the name now leads to `ino`.
-                self.names.remove(&name_key);
+                self.name_remove(parent, name);
             }
         }
         if let Some(node) = self.nodes.get_mut(&ino) {
             node.lookups += 1;
-            let moved = node.parent != parent || node.name != name;
+            let moved = node.parent != parent || *node.name != *name;
             // A non-directory reached through another hard link keeps the location of its
             // upper copy; otherwise the node follows the name it was last found at.
-            if moved && (node.is_dir || !node.upper || node.detached.is_some()) {
+            if moved && (node.is_dir || !node.upper || node.detached().is_some()) {
+                let is_dir = node.is_dir;
                 let old_parent = node.parent;
-                let old_name = std::mem::replace(&mut node.name, name.to_os_string());
-                node.parent = parent;
-                node.detached = None;
+                let old_name = node.name.clone();
+                node.set_detached(None);
+                self.relocate(ino, parent, name);
                 // A directory has one name: the old one is stale. A non-directory keeps
                 // its other names (hard links) mapped.
-                if node.is_dir && self.names.get(&(old_parent, old_name.clone())) == Some(&ino) {
-                    self.names.remove(&(old_parent, old_name));
+                if is_dir && self.child(old_parent, &old_name) == Some(ino) {
+                    self.name_remove(old_parent, &old_name);
                 }
                 self.reparent_count(old_parent, parent);
             }
         } else {
             let mut node = make();
             node.parent = parent;
-            node.name = name.to_os_string();
+            node.name = Box::from(name);
             node.lookups = 1;
             self.nodes.insert(ino, node);
             if let Some(p) = self.nodes.get_mut(&parent) {
                 p.children += 1;
             }
         }
-        self.names.insert(name_key, ino);
+        self.name_insert(parent, name, ino);
     }
 
     fn reparent_count(&mut self, old_parent: u64, new_parent: u64) {
@@ -206,12 +460,8 @@ impl NodeTable {
     }
 
     fn remove(&mut self, ino: u64) {
-        if let Some(n) = self.nodes.remove(&ino) {
-            let key = (n.parent, n.name);
-            if self.names.get(&key) == Some(&ino) {
-                self.names.remove(&key);
-            }
-        }
+        self.unindex_location(ino);
+        self.nodes.remove(&ino);
     }
 
     /// Drops `n` kernel lookups of `ino`; frees the node when nothing pins it.
@@ -241,17 +491,15 @@ impl NodeTable {
         parent: u64,
         name: &OsStr,
     ) -> Result<()> {
-        let old_key = (from_parent, from_name.to_os_string());
-        if self.names.get(&old_key) == Some(&ino) {
-            self.names.remove(&old_key);
+        if self.child(from_parent, from_name) == Some(ino) {
+            self.name_remove(from_parent, from_name);
         }
-        self.names.insert((parent, name.to_os_string()), ino);
-        let node = self.get_mut(ino)?;
-        if node.parent != from_parent || node.name != from_name {
+        self.name_insert(parent, name, ino);
+        let node = self.get(ino)?;
+        if node.parent != from_parent || node.name() != from_name {
             return Ok(());
         }
-        node.name = name.to_os_string();
-        node.parent = parent;
+        self.relocate(ino, parent, name);
         if from_parent != parent {
             if let Some(p) = self.nodes.get_mut(&parent) {
                 p.children += 1;
@@ -271,30 +519,30 @@ impl NodeTable {
         aliases: bool,
         detached: Option<Arc<OwnedFd>>,
     ) {
-        let Some(ino) = self.names.remove(&(parent, name.to_os_string())) else {
+        let Some(ino) = self.name_remove(parent, name) else {
             return;
         };
         let Some(n) = self.nodes.get(&ino) else {
             return;
         };
-        if n.parent != parent || n.name != name {
+        if n.parent != parent || n.name() != name {
             return;
         }
+        // Its own location is unnamed: any other name leading to it is an alias.
         let other = if aliases {
-            self.names
+            self.aliases
                 .iter()
                 .find(|(_, v)| **v == ino)
-                .map(|(k, _)| k.clone())
+                .map(|((p, nm), _)| (*p, nm.clone()))
         } else {
             None
         };
         match other {
             Some((p, nm)) => {
                 // The object lives on under another name: move the node there.
+                self.relocate(ino, p, &nm);
                 if let Some(n) = self.nodes.get_mut(&ino) {
-                    n.parent = p;
-                    n.name = nm;
-                    if n.index.is_some() {
+                    if n.index().is_some() {
                         // That name may be a lower one still: reach the object through
                         // its index entry, which is always one of its links.
                         n.upper = false;
@@ -305,11 +553,11 @@ impl NodeTable {
             None => {
                 if let Some(n) = self.nodes.get_mut(&ino) {
                     n.upper = false;
-                    if n.index.is_none() {
+                    if n.index().is_none() {
                         // An indexed object lives on in the index; anything else only
                         // through the handle taken before the removal.
-                        n.detached = detached;
-                        n.lower = None;
+                        n.set_detached(detached);
+                        n.set_lower(None);
                     }
                 }
             }
@@ -327,19 +575,7 @@ mod tests {
     use super::*;
 
     fn leaf(is_dir: bool) -> Node {
-        Node {
-            parent: 0,
-            name: OsString::new(),
-            is_dir,
-            upper: false,
-            lower: None,
-            lookups: 0,
-            children: 0,
-            detached: None,
-            detached_lower: false,
-            nlink_offset: 0,
-            index: None,
-        }
+        Node::new(is_dir, false, None)
     }
 
     fn table() -> NodeTable {
@@ -384,5 +620,67 @@ mod tests {
         assert!(t.get(20).is_ok());
         t.forget(20, 1);
         assert!(t.get(20).is_err());
+    }
+
+    fn entry() -> Node {
+        let dir = Arc::new(LowerRef {
+            path: PathBuf::from("d"),
+            layers: Arc::from(vec![0u16]),
+        });
+        Node::new(false, false, Some(Lower::Entry { dir, layer: 0 }))
+    }
+
+    #[test]
+    fn a_moved_lower_entry_keeps_its_lower_name() {
+        let mut t = table();
+        t.add_lookup(30, ROOT_INO, OsStr::new("x"), entry);
+        assert_eq!(t.get(30).unwrap().lower_path().unwrap().1, PathBuf::from("d/x"));
+        // The same lower object found under another hard link: the node follows it.
+        t.add_lookup(30, ROOT_INO, OsStr::new("y"), entry);
+        let n = t.get(30).unwrap();
+        assert_eq!(n.name(), "y");
+        assert_eq!(n.lower_path().unwrap().1, PathBuf::from("d/x"));
+        assert_eq!(t.child(ROOT_INO, OsStr::new("x")), Some(30));
+        assert_eq!(t.child(ROOT_INO, OsStr::new("y")), Some(30));
+        // Resolved again under its new name: the lower name is the node's own again.
+        t.get_mut(30).unwrap().set_lower(entry().lower().cloned());
+        assert_eq!(t.get(30).unwrap().lower_path().unwrap().1, PathBuf::from("d/y"));
+    }
+
+    #[test]
+    fn unname_moves_a_node_to_its_other_name() {
+        let mut t = table();
+        t.add_lookup(40, ROOT_INO, OsStr::new("a"), || leaf(false));
+        t.get_mut(40).unwrap().upper = true;
+        // An upper hard link found under another name: the node stays at "a".
+        t.add_lookup(40, ROOT_INO, OsStr::new("b"), || leaf(false));
+        assert_eq!(t.get(40).unwrap().name(), "a");
+        t.unname(ROOT_INO, OsStr::new("a"), true, None);
+        assert_eq!(t.get(40).unwrap().name(), "b");
+        assert_eq!(t.child(ROOT_INO, OsStr::new("a")), None);
+        assert_eq!(t.child(ROOT_INO, OsStr::new("b")), Some(40));
+        // Renaming the last name moves the node and its index entry.
+        t.rename(40, ROOT_INO, OsStr::new("b"), ROOT_INO, OsStr::new("c"))
+            .unwrap();
+        assert_eq!(t.child(ROOT_INO, OsStr::new("b")), None);
+        assert_eq!(t.child(ROOT_INO, OsStr::new("c")), Some(40));
+        t.unname(ROOT_INO, OsStr::new("c"), false, None);
+        assert_eq!(t.child(ROOT_INO, OsStr::new("c")), None);
+        assert!(t.get(40).unwrap().lower().is_none());
+    }
+
+    #[test]
+    fn a_name_taken_by_another_object_leads_to_it() {
+        let mut t = table();
+        t.add_lookup(50, ROOT_INO, OsStr::new("n"), || leaf(false));
+        t.add_lookup(51, ROOT_INO, OsStr::new("n"), || leaf(false));
+        assert_eq!(t.child(ROOT_INO, OsStr::new("n")), Some(51));
+        // The old node still sits at "n" but the name no longer leads to it: forgetting
+        // it must leave the new node's name alone.
+        t.forget(50, 1);
+        assert_eq!(t.child(ROOT_INO, OsStr::new("n")), Some(51));
+        t.forget(51, 1);
+        assert_eq!(t.child(ROOT_INO, OsStr::new("n")), None);
+        assert_eq!(t.len(), 1);
     }
 }

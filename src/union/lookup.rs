@@ -25,7 +25,7 @@ use rustix::io::Errno;
 
 use crate::error::{Error, OsContext, Result, Where};
 use crate::sys;
-use crate::union::inode::{LowerRef, Node};
+use crate::union::inode::{Lower, LowerRef, Node};
 use crate::union::layer::LowerIdx;
 use crate::union::whiteout::{self, OpaqueXattr};
 use crate::union::{check_name, Attr, UnionFs};
@@ -106,7 +106,8 @@ impl Default for LowerIndexCache {
 pub struct Resolved {
     pub is_dir: bool,
     pub upper: Option<Stat>,
-    pub lower: Option<Arc<LowerRef>>,
+    /// For a non-directory, an entry named as the name resolved.
+    pub lower: Option<Lower>,
     pub lower_stat: Option<Stat>,
     /// For a lower hard link whose object was copied up: its index entry and stat.
     pub index: Option<(Arc<str>, Stat)>,
@@ -359,41 +360,47 @@ impl UnionFs {
         Ok(Some(merged.get_or_init(|| layers).clone()))
     }
 
-    /// The lower reference of `name` inside lower directory `parent`, if visible there.
+    /// The lower location of `name` inside lower directory `parent`, if visible there.
     pub(crate) fn lower_child(
         &self,
-        parent: &LowerRef,
+        parent: &Arc<LowerRef>,
         name: &OsStr,
-    ) -> Result<Option<(Arc<LowerRef>, bool)>> {
+    ) -> Result<Option<Lower>> {
         let dir = self.lower_dir(parent)?;
         let Some(child) = dir.children.get(name) else {
             return Ok(None);
         };
         match child {
             LowerChild::Hidden { .. } => Ok(None),
-            LowerChild::NonDir { layer, .. } => Ok(Some((
-                Arc::new(parent.child(name, Arc::from(vec![*layer]))),
-                false,
-            ))),
+            LowerChild::NonDir { layer, .. } => Ok(Some(Lower::Entry {
+                dir: parent.clone(),
+                layer: *layer,
+            })),
             LowerChild::Dir { .. } => {
                 let layers = self
                     .merged_layers(parent, name, child)?
                     .unwrap_or_else(|| Arc::from(Vec::new()));
-                Ok(Some((Arc::new(parent.child(name, layers)), true)))
+                Ok(Some(Lower::Dir(Arc::new(parent.child(name, layers)))))
             }
         }
     }
 
     /// Resolves an absolute lower path (a redirect from the root) component by component.
     fn lower_from_root(&self, path: &Path) -> Result<Option<Arc<LowerRef>>> {
-        let mut cur = self.nodes.read().get(crate::union::ROOT)?.lower.clone();
+        let mut cur = self
+            .nodes
+            .read()
+            .get(crate::union::ROOT)?
+            .lower()
+            .and_then(Lower::dir)
+            .cloned();
         for comp in path.components() {
             let std::path::Component::Normal(name) = comp else {
                 continue;
             };
             let Some(dir) = cur else { return Ok(None) };
             match self.lower_child(&dir, name)? {
-                Some((child, true)) => cur = Some(child),
+                Some(Lower::Dir(child)) => cur = Some(child),
                 _ => return Ok(None),
             }
         }
@@ -407,7 +414,7 @@ impl UnionFs {
         if !node.is_dir {
             return Err(Error::NotDir);
         }
-        if node.detached.is_some() {
+        if node.detached().is_some() {
             return Err(Error::NotFound);
         }
         Ok(DirInfo {
@@ -416,7 +423,7 @@ impl UnionFs {
             } else {
                 None
             },
-            lower: node.lower.clone(),
+            lower: node.lower().and_then(Lower::dir).cloned(),
         })
     }
 
@@ -487,7 +494,7 @@ impl UnionFs {
                 (Some(r), _) if r.first() == Some(&b'/') => {
                     use std::os::unix::ffi::OsStrExt;
                     self.lower_from_root(Path::new(OsStr::from_bytes(r)))?
-                        .map(|l| (l, true))
+                        .map(Lower::Dir)
                 }
                 (Some(r), Some(pl)) => {
                     use std::os::unix::ffi::OsStrExt;
@@ -496,15 +503,15 @@ impl UnionFs {
                 (None, Some(pl)) => self.lower_child(pl, name)?,
                 (_, None) => None,
             }
-            .filter(|(_, is_dir)| upper_is_dir.is_none() || *is_dir)
-            .map(|(l, _)| l),
+            // A redirect names a directory only; an entry is always found under `name`.
+            .filter(|l| upper_is_dir.is_none() || matches!(l, Lower::Dir(_))),
         };
         if upper.is_none() && lower.is_none() {
             return Err(Error::NotFound);
         }
         let lower_stat = match &lower {
             Some(l) => match l.top() {
-                Some(top) => Some(self.stat_lower(top, &l.path)?),
+                Some(top) => Some(self.stat_lower(top, &l.path_at(name))?),
                 None => None,
             },
             None => None,
@@ -516,7 +523,7 @@ impl UnionFs {
         let mut index = upper_index;
         if let (None, Some(l), Some(st)) = (&upper, &lower, &lower_stat) {
             if !is_dir && st.st_nlink > 1 && self.index_enabled() {
-                if let Some(found) = self.find_index(l)? {
+                if let Some(found) = self.find_index(l, name)? {
                     let (_, offset, _) =
                         self.read_identity(self.index_fd()?, OsStr::new(&*found.0), true)?;
                     origin = (Some(self.map_ino(st)), offset);
@@ -558,10 +565,10 @@ impl UnionFs {
         crate::union::origin::encode(&self.stack.lower(layer).uuid, &h)
     }
 
-    /// The index entry of lower object `l`, if one exists.
-    fn find_index(&self, l: &LowerRef) -> Result<Option<(Arc<str>, Stat)>> {
+    /// The index entry of lower object `l` (resolved under `name`), if one exists.
+    fn find_index(&self, l: &Lower, name: &OsStr) -> Result<Option<(Arc<str>, Stat)>> {
         let Some(top) = l.top() else { return Ok(None) };
-        let fd = self.path_fd(crate::union::dirfd::LayerKey::Lower(top), &l.path)?;
+        let fd = self.path_fd(crate::union::dirfd::LayerKey::Lower(top), &l.path_at(name))?;
         self.index_entry(self.origin_of(top, fd.as_fd()).as_deref())
     }
 
@@ -654,7 +661,7 @@ impl UnionFs {
         }
         let merged = match (&r.upper, &r.lower) {
             (Some(_), Some(_)) => true,
-            (None, Some(l)) => l.layers.len() > 1,
+            (None, Some(l)) => l.merged(),
             _ => false,
         };
         if r.is_dir && merged {
@@ -688,7 +695,7 @@ impl UnionFs {
             nodes.child(parent, name).filter(|ino| {
                 nodes
                     .get(*ino)
-                    .map(|n| n.is_dir == r.is_dir && n.detached.is_none())
+                    .map(|n| n.is_dir == r.is_dir && n.detached().is_none())
                     .unwrap_or(false)
             })
         });
@@ -697,11 +704,11 @@ impl UnionFs {
             if let Ok(n) = nodes.get(ino) {
                 // The number is held by an object that lost its name (ext4 reuses freed
                 // inode numbers) or by a different kind of object: pick a fresh one.
-                if n.detached.is_some()
+                if n.detached().is_some()
                     || n.is_dir != r.is_dir
                     || (r.is_dir
                         && n.parent != parent
-                        && nodes.child(n.parent, &n.name) == Some(ino))
+                        && nodes.child(n.parent, n.name()) == Some(ino))
                 {
                     // Prefer the upper object's own number (a copy-up detached from its
                     // lower origin for passthrough readers has one).
@@ -718,18 +725,11 @@ impl UnionFs {
         let (is_dir, upper, lower) = (r.is_dir, r.upper.is_some(), r.lower.clone());
         let index = r.index.as_ref().map(|(n, _)| n.clone());
         let nlink_offset = r.nlink_offset;
-        nodes.add_lookup(ino, parent, name, || Node {
-            parent,
-            name: OsString::new(),
-            is_dir,
-            upper,
-            lower: lower.clone(),
-            lookups: 0,
-            children: 0,
-            detached: None,
-            detached_lower: false,
-            nlink_offset,
-            index: index.clone(),
+        nodes.add_lookup(ino, parent, name, || {
+            let mut n = Node::new(is_dir, upper, lower.clone());
+            n.set_nlink_offset(nlink_offset);
+            n.set_index(index.clone());
+            n
         });
         // Refresh what the disk says now (the object may have been copied up).
         let mut elsewhere = false;
@@ -737,18 +737,18 @@ impl UnionFs {
             // A copy-up that finished after this lookup read the disk must not be undone:
             // the upper state of a name only ever goes from false to true here (removals
             // go through `unname`).
-            if n.parent == parent && n.name == name && !n.upper {
+            if n.parent == parent && n.name() == name && !n.upper {
                 n.upper = upper;
                 if lower.is_some() || upper {
-                    n.lower = lower;
+                    n.set_lower(lower);
                 }
                 if index.is_some() || upper {
-                    n.index = index;
-                    n.nlink_offset = nlink_offset;
+                    n.set_index(index);
+                    n.set_nlink_offset(nlink_offset);
                 }
-            } else if n.parent != parent || n.name != name {
+            } else if n.parent != parent || n.name() != name {
                 // A hard link found under another name: the object is where the node is.
-                elsewhere = n.upper || n.index.is_some() || n.nlink_offset != 0;
+                elsewhere = n.upper || n.index().is_some() || n.nlink_offset() != 0;
             }
         }
         drop(nodes);

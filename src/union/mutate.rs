@@ -27,6 +27,7 @@ use rustix::io::Errno;
 use crate::error::{Error, OsContext, Result, Where};
 use crate::sys;
 use crate::union::acl;
+use crate::union::inode::Lower;
 use crate::union::layer::remove_tree;
 use crate::union::lookup::{DirInfo, LowerChild, Resolved};
 use crate::union::whiteout::{self, WhiteoutKind, WriteFormat};
@@ -148,14 +149,16 @@ impl UnionFs {
                 (Some(p), Some(_)) => Some(p.join(name)),
                 _ => None,
             },
-            lower: r.lower.clone(),
+            lower: r.lower.as_ref().and_then(Lower::dir).cloned(),
         };
         if !self.merged_entries(&info, None)?.is_empty() {
             return Ok(false);
         }
         // As kernel overlayfs: a name whose topmost lower entry is an xattr whiteout
         // counts as an entry, unless the upper covers the name.
-        let Some(l) = &r.lower else { return Ok(true) };
+        let Some(l) = r.lower.as_ref().and_then(Lower::dir) else {
+            return Ok(true);
+        };
         let lower = self.lower_dir(l)?;
         let mut xhidden = lower
             .children
@@ -327,7 +330,7 @@ impl UnionFs {
                     let (sp, sn) = {
                         let nodes = self.nodes.read();
                         let n = nodes.get(src)?;
-                        (nodes.path_of(n.parent)?, n.name.clone())
+                        (nodes.path_of(n.parent)?, n.name().to_os_string())
                     };
                     let sfd = sys::open_dir_path(self.upper_root()?, &sp)
                         .at("open upper dir", Where::Upper)?;
@@ -500,7 +503,7 @@ impl UnionFs {
                     }
                     (None, Some(l)) => {
                         let top = l.top().ok_or(Error::Invariant("lower without layers"))?;
-                        sys::open_path(self.lower_root(top), &l.path)
+                        sys::open_path(self.lower_root(top), &l.path_at(name))
                             .at("open", Where::Lower(top))?
                     }
                     (None, None) => return Err(Error::NotFound),
@@ -549,7 +552,7 @@ impl UnionFs {
                     .read()
                     .get(ino)
                     .ok()
-                    .map(|n| n.upper || n.index.is_some())
+                    .map(|n| n.upper || n.index().is_some())
             });
             match (known, copied) {
                 (Some(ino), Some(true)) => self.adjust_nlink(ino, -1)?,
@@ -572,7 +575,7 @@ impl UnionFs {
         let mut nodes = self.nodes.write();
         nodes.unname(parent, name, aliases, detached);
         if let Some(n) = known.and_then(|ino| nodes.get_mut(ino).ok()) {
-            if n.detached.is_some() {
+            if n.detached().is_some() {
                 n.detached_lower = r.upper.is_none();
             }
         }
@@ -901,7 +904,7 @@ impl UnionFs {
             if !n.is_dir {
                 return Ok(None);
             }
-            n.lower.clone()
+            n.lower().and_then(Lower::dir).cloned()
         };
         let (pfd, name) = at;
         let dfd = sys::open_dir_path(pfd, Path::new(name)).at("open moved dir", Where::Upper)?;
