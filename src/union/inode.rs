@@ -634,7 +634,10 @@ mod tests {
     fn a_moved_lower_entry_keeps_its_lower_name() {
         let mut t = table();
         t.add_lookup(30, ROOT_INO, OsStr::new("x"), entry);
-        assert_eq!(t.get(30).unwrap().lower_path().unwrap().1, PathBuf::from("d/x"));
+        assert_eq!(
+            t.get(30).unwrap().lower_path().unwrap().1,
+            PathBuf::from("d/x")
+        );
         // The same lower object found under another hard link: the node follows it.
         t.add_lookup(30, ROOT_INO, OsStr::new("y"), entry);
         let n = t.get(30).unwrap();
@@ -644,7 +647,10 @@ mod tests {
         assert_eq!(t.child(ROOT_INO, OsStr::new("y")), Some(30));
         // Resolved again under its new name: the lower name is the node's own again.
         t.get_mut(30).unwrap().set_lower(entry().lower().cloned());
-        assert_eq!(t.get(30).unwrap().lower_path().unwrap().1, PathBuf::from("d/y"));
+        assert_eq!(
+            t.get(30).unwrap().lower_path().unwrap().1,
+            PathBuf::from("d/y")
+        );
     }
 
     #[test]

@@ -13,11 +13,14 @@
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
+use std::hash::BuildHasher;
 use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
+use hashbrown::HashTable;
 use lru::LruCache;
 use parking_lot::Mutex;
 use rustix::fs::{AtFlags, FileType, Stat};
@@ -30,7 +33,8 @@ use crate::union::layer::LowerIdx;
 use crate::union::whiteout::{self, OpaqueXattr};
 use crate::union::{check_name, Attr, UnionFs};
 
-/// How many names the lower index cache may hold in all (about 100 bytes each).
+/// How many names the lower index cache may hold in all (about 40 bytes each, plus the
+/// name).
 const MAX_INDEX_ENTRIES: usize = 256 * 1024;
 
 /// What the lower layers hold under one name of a directory.
@@ -45,19 +49,96 @@ pub enum LowerChild {
         ino: u64,
         kind: FileType,
     },
-    /// A directory present in `candidates` (top first; merging stops at a non-directory or
-    /// whiteout). `merged` caches the candidates cut after the first opaque one.
-    Dir {
-        candidates: Vec<LowerIdx>,
-        ino: u64,
-        merged: OnceLock<Arc<[LowerIdx]>>,
-    },
+    /// A directory (boxed: most entries are files, and this keeps every entry small).
+    Dir(Box<LowerSubdir>),
 }
 
-/// The merged lower listing of one directory.
+/// A directory entry of the lower layers.
+#[derive(Debug)]
+pub struct LowerSubdir {
+    /// The layers holding it, top first (merging stops at a non-directory or whiteout).
+    pub candidates: Vec<LowerIdx>,
+    pub ino: u64,
+    /// The candidates cut after the first opaque one, once known.
+    merged: OnceLock<Arc<[LowerIdx]>>,
+}
+
+/// One name of a [`LowerDir`]: where its bytes are in the name buffer, and what it is.
+#[derive(Debug)]
+struct LowerSlot {
+    name_at: u32,
+    name_len: u16,
+    child: LowerChild,
+}
+
+/// The merged lower listing of one directory. Kept compact, since the cache holds up to
+/// [`MAX_INDEX_ENTRIES`] names: the names back to back in one buffer, the entries in one
+/// slice, and a hash table of entry positions (hashed and compared through the buffer).
 #[derive(Debug, Default)]
 pub struct LowerDir {
-    pub children: HashMap<OsString, LowerChild>,
+    names: Box<[u8]>,
+    slots: Box<[LowerSlot]>,
+    index: HashTable<u32>,
+    hasher: std::hash::RandomState,
+}
+
+impl LowerDir {
+    fn from_children(children: Vec<(OsString, LowerChild)>) -> LowerDir {
+        let mut names = Vec::with_capacity(children.iter().map(|(n, _)| n.len()).sum());
+        let mut slots = Vec::with_capacity(children.len());
+        for (name, child) in children {
+            slots.push(LowerSlot {
+                name_at: names.len() as u32,
+                name_len: name.len() as u16,
+                child,
+            });
+            names.extend_from_slice(name.as_bytes());
+        }
+        let mut dir = LowerDir {
+            names: names.into_boxed_slice(),
+            slots: slots.into_boxed_slice(),
+            index: HashTable::with_capacity(0),
+            hasher: Default::default(),
+        };
+        let mut index = HashTable::with_capacity(dir.slots.len());
+        for i in 0..dir.slots.len() {
+            let h = dir.hasher.hash_one(dir.slot_name(i));
+            index.insert_unique(h, i as u32, |&j| {
+                dir.hasher.hash_one(dir.slot_name(j as usize))
+            });
+        }
+        dir.index = index;
+        dir
+    }
+
+    fn slot_name(&self, i: usize) -> &[u8] {
+        let s = &self.slots[i];
+        let at = s.name_at as usize;
+        &self.names[at..at + s.name_len as usize]
+    }
+
+    /// What the lower layers hold under `name`.
+    pub fn get(&self, name: &OsStr) -> Option<&LowerChild> {
+        let name = name.as_bytes();
+        self.index
+            .find(self.hasher.hash_one(name), |&i| {
+                self.slot_name(i as usize) == name
+            })
+            .map(|&i| &self.slots[i as usize].child)
+    }
+
+    /// Every name with what the layers hold under it.
+    pub fn iter(&self) -> impl Iterator<Item = (&OsStr, &LowerChild)> {
+        (0..self.slots.len()).map(|i| (OsStr::from_bytes(self.slot_name(i)), &self.slots[i].child))
+    }
+
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
 }
 
 /// LRU cache of [`LowerDir`]s keyed by lower path and layer list.
@@ -81,13 +162,13 @@ impl LowerIndexCache {
 
     fn put(&self, key: LowerRef, dir: Arc<LowerDir>) {
         let mut cache = self.cache.lock();
-        let mut total = self.entries.load(Ordering::Relaxed) + dir.children.len();
+        let mut total = self.entries.load(Ordering::Relaxed) + dir.len();
         if let Some(old) = cache.put(key, dir) {
-            total -= old.children.len();
+            total -= old.len();
         }
         while total > MAX_INDEX_ENTRIES && cache.len() > 1 {
             match cache.pop_lru() {
-                Some((_, old)) => total -= old.children.len(),
+                Some((_, old)) => total -= old.len(),
                 None => break,
             }
         }
@@ -274,11 +355,11 @@ impl UnionFs {
                 match map.get_mut(name.as_os_str()) {
                     None => {
                         let child = if *kind == FileType::Directory {
-                            LowerChild::Dir {
+                            LowerChild::Dir(Box::new(LowerSubdir {
                                 candidates: vec![layer],
                                 ino: *ino,
                                 merged: OnceLock::new(),
-                            }
+                            }))
                         } else {
                             LowerChild::NonDir {
                                 layer,
@@ -290,10 +371,8 @@ impl UnionFs {
                         map.insert(name.clone(), Slot { child, open });
                     }
                     Some(slot) if slot.open => {
-                        if let (LowerChild::Dir { candidates, .. }, FileType::Directory) =
-                            (&mut slot.child, kind)
-                        {
-                            candidates.push(layer);
+                        if let (LowerChild::Dir(d), FileType::Directory) = (&mut slot.child, kind) {
+                            d.candidates.push(layer);
                         } else {
                             slot.open = false;
                         }
@@ -319,9 +398,9 @@ impl UnionFs {
                 }
             }
         }
-        Ok(LowerDir {
-            children: map.into_iter().map(|(k, v)| (k, v.child)).collect(),
-        })
+        Ok(LowerDir::from_children(
+            map.into_iter().map(|(k, v)| (k, v.child)).collect(),
+        ))
     }
 
     /// The merged layer list of a lower directory child: candidates cut after the first
@@ -332,12 +411,10 @@ impl UnionFs {
         name: &OsStr,
         child: &LowerChild,
     ) -> Result<Option<Arc<[LowerIdx]>>> {
-        let LowerChild::Dir {
-            candidates, merged, ..
-        } = child
-        else {
+        let LowerChild::Dir(d) = child else {
             return Ok(None);
         };
+        let (candidates, merged) = (&d.candidates, &d.merged);
         if let Some(m) = merged.get() {
             return Ok(Some(m.clone()));
         }
@@ -367,7 +444,7 @@ impl UnionFs {
         name: &OsStr,
     ) -> Result<Option<Lower>> {
         let dir = self.lower_dir(parent)?;
-        let Some(child) = dir.children.get(name) else {
+        let Some(child) = dir.get(name) else {
             return Ok(None);
         };
         match child {
@@ -376,7 +453,7 @@ impl UnionFs {
                 dir: parent.clone(),
                 layer: *layer,
             })),
-            LowerChild::Dir { .. } => {
+            LowerChild::Dir(_) => {
                 let layers = self
                     .merged_layers(parent, name, child)?
                     .unwrap_or_else(|| Arc::from(Vec::new()));
@@ -491,15 +568,10 @@ impl UnionFs {
             Some(false) => None,
             Some(true) if opaque => None,
             _ => match (&redirect, &parent.lower) {
-                (Some(r), _) if r.first() == Some(&b'/') => {
-                    use std::os::unix::ffi::OsStrExt;
-                    self.lower_from_root(Path::new(OsStr::from_bytes(r)))?
-                        .map(Lower::Dir)
-                }
-                (Some(r), Some(pl)) => {
-                    use std::os::unix::ffi::OsStrExt;
-                    self.lower_child(pl, OsStr::from_bytes(r))?
-                }
+                (Some(r), _) if r.first() == Some(&b'/') => self
+                    .lower_from_root(Path::new(OsStr::from_bytes(r)))?
+                    .map(Lower::Dir),
+                (Some(r), Some(pl)) => self.lower_child(pl, OsStr::from_bytes(r))?,
                 (None, Some(pl)) => self.lower_child(pl, name)?,
                 (_, None) => None,
             }

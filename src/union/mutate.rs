@@ -161,7 +161,6 @@ impl UnionFs {
         };
         let lower = self.lower_dir(l)?;
         let mut xhidden = lower
-            .children
             .iter()
             .filter(|(_, c)| matches!(c, LowerChild::Hidden { by_xattr: true }))
             .map(|(n, _)| n);

@@ -95,12 +95,11 @@ impl UnionFs {
                 }
                 let known = dir_ino.and_then(|d| self.nodes.read().child(d, &e.name));
                 let lower_ino = match (&lower_dir, kind) {
-                    (Some(ld), FileType::Directory) => match ld.children.get(&e.name) {
-                        Some(LowerChild::Dir {
-                            ino, candidates, ..
-                        }) => candidates
+                    (Some(ld), FileType::Directory) => match ld.get(&e.name) {
+                        Some(LowerChild::Dir(d)) => d
+                            .candidates
                             .first()
-                            .map(|l| self.inos_for(self.stack.lower(*l).dev, *ino)),
+                            .map(|l| self.inos_for(self.stack.lower(*l).dev, d.ino)),
                         _ => None,
                     },
                     _ => None,
@@ -117,17 +116,15 @@ impl UnionFs {
             }
         }
         if let Some(ld) = lower_dir {
-            for (name, child) in ld.children.iter() {
+            for (name, child) in ld.iter() {
                 if seen.contains(name) {
                     continue;
                 }
                 let (layer, lino, kind) = match child {
                     LowerChild::Hidden { .. } => continue,
                     LowerChild::NonDir { layer, ino, kind } => (*layer, *ino, *kind),
-                    LowerChild::Dir {
-                        candidates, ino, ..
-                    } => match candidates.first() {
-                        Some(l) => (*l, *ino, FileType::Directory),
+                    LowerChild::Dir(d) => match d.candidates.first() {
+                        Some(l) => (*l, d.ino, FileType::Directory),
                         None => continue,
                     },
                 };
@@ -135,7 +132,7 @@ impl UnionFs {
                 let ino = known.unwrap_or_else(|| self.inos_for(self.stack.lower(layer).dev, lino));
                 out.push(DirEntry {
                     ino,
-                    name: name.clone(),
+                    name: name.to_os_string(),
                     kind,
                 });
             }
