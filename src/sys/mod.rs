@@ -9,12 +9,12 @@
 pub mod fusemount;
 pub mod process;
 
-use std::ffi::{CString, OsStr, OsString};
+use std::ffi::{CStr, CString, OsStr, OsString};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::Path;
 
-use rustix::fs::{Mode, OFlags, ResolveFlags, SeekFrom};
+use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags, SeekFrom};
 use rustix::io::{Errno, Result};
 
 /// The resolve flags of every lookup inside a layer.
@@ -102,7 +102,9 @@ pub fn proc_fd_path(fd: &impl AsRawFd) -> CString {
     CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap_or_default()
 }
 
-/// Reads one xattr of the object behind `fd` (any kind of fd). `Ok(None)` when absent.
+/// Reads one xattr of the object behind `fd` (any kind of fd, `O_PATH` included).
+/// `Ok(None)` when absent. Through `/proc/self/fd/N`: `getxattrat(fd, "",
+/// AT_EMPTY_PATH)` refuses `O_PATH` fds (EBADF, Linux 6.18); see [`get_dir_xattr`].
 pub fn get_xattr(fd: BorrowedFd<'_>, name: &OsStr) -> Result<Option<Vec<u8>>> {
     let path = proc_fd_path(&fd);
     let mut buf = vec![0u8; 256];
@@ -115,6 +117,46 @@ pub fn get_xattr(fd: BorrowedFd<'_>, name: &OsStr) -> Result<Option<Vec<u8>>> {
             Err(Errno::NODATA) => return Ok(None),
             Err(Errno::RANGE) => {
                 let size = rustix::fs::getxattr_query(&*path, name)?;
+                buf.resize(size.max(buf.len() * 2), 0);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Reads one xattr of the directory behind `dir` (an `O_PATH` fd included): one
+/// `getxattrat(dir, ".")`, which resolves to the directory itself, where the kernel has
+/// it; else as [`get_xattr`].
+pub fn get_dir_xattr(dir: BorrowedFd<'_>, name: &OsStr) -> Result<Option<Vec<u8>>> {
+    use std::sync::atomic::Ordering;
+    if !NO_GETXATTRAT.load(Ordering::Relaxed) {
+        match get_xattr_with(dir, c".", libc::AT_SYMLINK_NOFOLLOW, name) {
+            Err(Errno::NOSYS) => NO_GETXATTRAT.store(true, Ordering::Relaxed),
+            r => return r,
+        }
+    }
+    get_xattr(dir, name)
+}
+
+/// Reads one xattr through `getxattrat(dir, child, at_flags)`, growing the buffer as
+/// needed. `Err(NOSYS)` where the kernel lacks the call.
+fn get_xattr_with(
+    dir: BorrowedFd<'_>,
+    child: &CStr,
+    at_flags: libc::c_int,
+    name: &OsStr,
+) -> Result<Option<Vec<u8>>> {
+    let n = CString::new(name.as_bytes()).map_err(|_| Errno::INVAL)?;
+    let mut buf = vec![0u8; 256];
+    loop {
+        match getxattrat(dir, child, at_flags, &n, &mut buf) {
+            Ok(len) => {
+                buf.truncate(len);
+                return Ok(Some(buf));
+            }
+            Err(Errno::NODATA) => return Ok(None),
+            Err(Errno::RANGE) => {
+                let size = getxattrat(dir, child, at_flags, &n, &mut [])?;
                 buf.resize(size.max(buf.len() * 2), 0);
             }
             Err(e) => return Err(e),
@@ -137,12 +179,13 @@ struct XattrArgs {
     flags: u32,
 }
 
-/// One `getxattrat(dir, child, AT_SYMLINK_NOFOLLOW, name)` into `buf`: the value's size.
+/// One `getxattrat(dir, child, at_flags, name)` into `buf`: the value's size.
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 fn getxattrat(
     dir: BorrowedFd<'_>,
-    child: &CString,
-    name: &CString,
+    child: &CStr,
+    at_flags: libc::c_int,
+    name: &CStr,
     buf: &mut [u8],
 ) -> Result<usize> {
     let mut args = XattrArgs {
@@ -159,7 +202,7 @@ fn getxattrat(
             SYS_GETXATTRAT,
             dir.as_raw_fd(),
             child.as_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW,
+            at_flags,
             name.as_ptr(),
             &mut args as *mut XattrArgs,
             std::mem::size_of::<XattrArgs>(),
@@ -173,7 +216,13 @@ fn getxattrat(
 }
 
 #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-fn getxattrat(_: BorrowedFd<'_>, _: &CString, _: &CString, _: &mut [u8]) -> Result<usize> {
+fn getxattrat(
+    _: BorrowedFd<'_>,
+    _: &CStr,
+    _: libc::c_int,
+    _: &CStr,
+    _: &mut [u8],
+) -> Result<usize> {
     Err(Errno::NOSYS)
 }
 
@@ -184,29 +233,111 @@ pub fn get_xattr_at(dir: BorrowedFd<'_>, child: &OsStr, name: &OsStr) -> Result<
     use std::sync::atomic::Ordering;
     if !NO_GETXATTRAT.load(Ordering::Relaxed) && !child.as_bytes().contains(&b'/') {
         let c = CString::new(child.as_bytes()).map_err(|_| Errno::INVAL)?;
-        let n = CString::new(name.as_bytes()).map_err(|_| Errno::INVAL)?;
-        let mut buf = vec![0u8; 256];
-        loop {
-            match getxattrat(dir, &c, &n, &mut buf) {
-                Ok(len) => {
-                    buf.truncate(len);
-                    return Ok(Some(buf));
-                }
-                Err(Errno::NODATA) => return Ok(None),
-                Err(Errno::RANGE) => {
-                    let size = getxattrat(dir, &c, &n, &mut [])?;
-                    buf.resize(size.max(buf.len() * 2), 0);
-                }
-                Err(Errno::NOSYS) => {
-                    NO_GETXATTRAT.store(true, Ordering::Relaxed);
-                    break;
-                }
-                Err(e) => return Err(e),
-            }
+        match get_xattr_with(dir, &c, libc::AT_SYMLINK_NOFOLLOW, name) {
+            Err(Errno::NOSYS) => NO_GETXATTRAT.store(true, Ordering::Relaxed),
+            r => return r,
         }
     }
     let fd = open_path(dir, Path::new(child))?;
     get_xattr(fd.as_fd(), name)
+}
+
+/// `fchmodat2(2)` (Linux 6.6) is missing or refuses `AT_EMPTY_PATH`: set at the first
+/// ENOSYS (or EINVAL on an empty path).
+static NO_FCHMODAT2: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Sets the permission bits of `child` in `dir` without following a symlink there (a
+/// symlink gives EOPNOTSUPP), or of `dir` itself when `child` is empty (an `O_PATH` fd
+/// included). One `fchmodat2` where the kernel has it, else through an `O_PATH` handle and
+/// its `/proc/self/fd/N` path.
+pub fn chmod_at(dir: BorrowedFd<'_>, child: &OsStr, mode: u32) -> Result<()> {
+    use std::sync::atomic::Ordering;
+    let flags = if child.is_empty() {
+        libc::AT_EMPTY_PATH
+    } else {
+        libc::AT_SYMLINK_NOFOLLOW
+    };
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    if !NO_FCHMODAT2.load(Ordering::Relaxed) {
+        let c = CString::new(child.as_bytes()).map_err(|_| Errno::INVAL)?;
+        // SAFETY: the path is a NUL-terminated string that outlives the call; the other
+        // arguments are plain integers.
+        #[allow(unsafe_code)]
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_fchmodat2,
+                dir.as_raw_fd(),
+                c.as_ptr(),
+                mode as libc::c_uint,
+                flags,
+            )
+        };
+        if r == 0 {
+            return Ok(());
+        }
+        match Errno::from_io_error(&std::io::Error::last_os_error()).unwrap_or(Errno::IO) {
+            Errno::NOSYS => NO_FCHMODAT2.store(true, Ordering::Relaxed),
+            Errno::INVAL if child.is_empty() => NO_FCHMODAT2.store(true, Ordering::Relaxed),
+            e => return Err(e),
+        }
+    }
+    let held;
+    let fd = if child.is_empty() {
+        dir
+    } else {
+        held = rustix::fs::openat(
+            dir,
+            child,
+            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        held.as_fd()
+    };
+    if rustix::fs::fstat(fd)?.st_mode & libc::S_IFMT == libc::S_IFLNK {
+        return Err(Errno::OPNOTSUPP);
+    }
+    rustix::fs::chmod(&*proc_fd_path(&fd), Mode::from_raw_mode(mode))
+}
+
+/// `utimensat(2)` refuses `AT_EMPTY_PATH` (before Linux 5.8): set at the first EINVAL.
+static NO_UTIMENS_EMPTY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Sets the times of `child` in `dir`, or of `dir` itself when `child` is empty (an
+/// `O_PATH` fd included), never following a symlink.
+pub fn set_times_at(dir: BorrowedFd<'_>, child: &OsStr, ts: &rustix::fs::Timestamps) -> Result<()> {
+    use std::sync::atomic::Ordering;
+    if !child.is_empty() {
+        return rustix::fs::utimensat(dir, child, ts, AtFlags::SYMLINK_NOFOLLOW);
+    }
+    if !NO_UTIMENS_EMPTY.load(Ordering::Relaxed) {
+        match rustix::fs::utimensat(dir, "", ts, AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW) {
+            Err(Errno::INVAL) => NO_UTIMENS_EMPTY.store(true, Ordering::Relaxed),
+            r => return r,
+        }
+    }
+    rustix::fs::utimensat(rustix::fs::CWD, &*proc_fd_path(&dir), ts, AtFlags::empty())
+}
+
+/// Sets the owner of `child` in `dir`, or of `dir` itself when `child` is empty (an
+/// `O_PATH` fd included), never following a symlink.
+pub fn chown_at(
+    dir: BorrowedFd<'_>,
+    child: &OsStr,
+    uid: Option<u32>,
+    gid: Option<u32>,
+) -> Result<()> {
+    let flags = if child.is_empty() {
+        AtFlags::EMPTY_PATH
+    } else {
+        AtFlags::SYMLINK_NOFOLLOW
+    };
+    rustix::fs::chownat(
+        dir,
+        child,
+        uid.map(rustix::fs::Uid::from_raw),
+        gid.map(rustix::fs::Gid::from_raw),
+        flags,
+    )
 }
 
 /// Lists the xattr names of the object behind `fd`.
@@ -455,6 +586,75 @@ mod tests {
             .contains(&OsString::from("user.t")));
         remove_xattr(fd.as_fd(), OsStr::new("user.t")).unwrap();
         assert_eq!(get_xattr(fd.as_fd(), OsStr::new("user.t")).unwrap(), None);
+    }
+
+    #[test]
+    fn dir_xattrs_modes_and_times_on_o_path_fds() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("d")).unwrap();
+        std::fs::write(dir.path().join("f"), b"x").unwrap();
+        std::os::unix::fs::symlink("f", dir.path().join("l")).unwrap();
+        let root =
+            rustix::fs::open(dir.path(), OFlags::PATH | OFlags::DIRECTORY, Mode::empty()).unwrap();
+        let d = open_dir_path(root.as_fd(), Path::new("d")).unwrap();
+        set_xattr(d.as_fd(), OsStr::new("user.t"), b"dv", 0).unwrap();
+        assert_eq!(
+            get_dir_xattr(d.as_fd(), OsStr::new("user.t"))
+                .unwrap()
+                .as_deref(),
+            Some(&b"dv"[..])
+        );
+        assert_eq!(
+            get_dir_xattr(d.as_fd(), OsStr::new("user.none")).unwrap(),
+            None
+        );
+
+        let f = open_path(root.as_fd(), Path::new("f")).unwrap();
+        chmod_at(f.as_fd(), OsStr::new(""), 0o4640).unwrap();
+        let ts = rustix::fs::Timestamps {
+            last_access: rustix::fs::Timespec {
+                tv_sec: 1000,
+                tv_nsec: 5,
+            },
+            last_modification: rustix::fs::Timespec {
+                tv_sec: 2000,
+                tv_nsec: 7,
+            },
+        };
+        set_times_at(f.as_fd(), OsStr::new(""), &ts).unwrap();
+        let st = rustix::fs::fstat(&f).unwrap();
+        assert_eq!(st.st_mode & 0o7777, 0o4640);
+        assert_eq!((st.st_atime, st.st_atime_nsec), (1000, 5));
+        assert_eq!((st.st_mtime, st.st_mtime_nsec), (2000, 7));
+
+        // A symlink's own times change; its target's do not.
+        let l = open_path(root.as_fd(), Path::new("l")).unwrap();
+        let before = rustix::fs::fstat(&f).unwrap();
+        set_times_at(l.as_fd(), OsStr::new(""), &ts).unwrap();
+        let lst = rustix::fs::statat(&root, "l", AtFlags::SYMLINK_NOFOLLOW).unwrap();
+        assert_eq!(lst.st_mtime, 2000);
+        let ts2 = rustix::fs::Timestamps {
+            last_access: ts.last_access,
+            last_modification: rustix::fs::Timespec {
+                tv_sec: 3000,
+                tv_nsec: 0,
+            },
+        };
+        set_times_at(root.as_fd(), OsStr::new("l"), &ts2).unwrap();
+        let lst = rustix::fs::statat(&root, "l", AtFlags::SYMLINK_NOFOLLOW).unwrap();
+        assert_eq!(lst.st_mtime, 3000);
+        assert_eq!(
+            rustix::fs::fstat(&f).unwrap().st_ctime_nsec,
+            before.st_ctime_nsec
+        );
+        // By name: a symlink is refused, its target untouched; a file changes.
+        assert_eq!(
+            chmod_at(root.as_fd(), OsStr::new("l"), 0o600),
+            Err(Errno::OPNOTSUPP)
+        );
+        assert_eq!(rustix::fs::fstat(&f).unwrap().st_mode & 0o7777, 0o4640);
+        chmod_at(root.as_fd(), OsStr::new("f"), 0o600).unwrap();
+        assert_eq!(rustix::fs::fstat(&f).unwrap().st_mode & 0o7777, 0o600);
     }
 }
 

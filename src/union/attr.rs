@@ -6,7 +6,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rustix::fs::{AtFlags, Mode, OFlags, Timestamps};
+use rustix::fs::{Mode, OFlags, Timestamps};
 
 use crate::error::{Error, OsContext, Result, Where};
 use crate::sys;
@@ -241,12 +241,15 @@ impl UnionFs {
         if let RealLoc::Lower(..) = loc {
             return Err(Error::Invariant("setattr on a lower object"));
         }
-        let fd = self.open_real_path(&loc)?;
-        let st = rustix::fs::fstat(&*fd).at("stat", at)?;
-        let is_link = st.st_mode & libc::S_IFMT == libc::S_IFLNK;
-        if is_link && set.mode.is_some() {
-            return Err(Error::NotSupported);
-        }
+        // An upper object is changed by name in its parent's cached fd (the calls never
+        // follow a symlink there): no handle to open, stat and close per change.
+        let (dir, child): (Arc<OwnedFd>, OsString) = match &loc {
+            RealLoc::Upper(p) => match self.parent_in(LayerKey::Upper, p)? {
+                (pfd, Some(name), _) => (pfd, name.to_owned()),
+                (pfd, None, _) => (pfd, OsString::new()),
+            },
+            _ => (self.open_real_path(&loc)?, OsString::new()),
+        };
         let ids = &self.opts.ids;
         // Ids given through the mount are stored as host ids. With squashing a chown that
         // cannot be done is not an error (fuse-overlayfs): the owner shown does not change.
@@ -261,14 +264,28 @@ impl UnionFs {
             Err(_) if squash => None,
             Err(e) => return Err(e),
         };
-        let ty = st.st_mode & libc::S_IFMT;
-        let override_name = ids
-            .override_write
-            .filter(|_| ty == libc::S_IFDIR || ty == libc::S_IFREG);
-        match override_name {
+        let override_name = match ids.override_write {
+            Some(name) if set.uid.is_some() || set.gid.is_some() || set.mode.is_some() => {
+                Some(name)
+            }
+            _ => None,
+        };
+        let overridden = match override_name {
+            Some(name) => {
+                let fd = self.open_real_path(&loc)?;
+                let st = rustix::fs::fstat(&*fd).at("stat", at)?;
+                let ty = st.st_mode & libc::S_IFMT;
+                if ty == libc::S_IFLNK && set.mode.is_some() {
+                    return Err(Error::NotSupported);
+                }
+                (ty == libc::S_IFDIR || ty == libc::S_IFREG).then_some((name, fd, st))
+            }
+            None => None,
+        };
+        match overridden {
             // xattr_permissions: owner and mode live in the override xattr, as fuse-overlayfs
             // writes them; the real object keeps the daemon's ownership.
-            Some(name) if set.uid.is_some() || set.gid.is_some() || set.mode.is_some() => {
+            Some((name, fd, st)) => {
                 let cur = self
                     .read_override_stat(fd.as_fd(), st.st_mode)
                     .unwrap_or(OverrideStat {
@@ -286,23 +303,19 @@ impl UnionFs {
                 sys::set_xattr(fd.as_fd(), OsStr::new(name), new.format().as_bytes(), 0)
                     .at("set override xattr", at)?;
             }
-            _ => {
+            None => {
                 if host_uid.is_some() || host_gid.is_some() {
-                    let r = rustix::fs::chownat(
-                        &*fd,
-                        "",
-                        host_uid.map(rustix::fs::Uid::from_raw),
-                        host_gid.map(rustix::fs::Gid::from_raw),
-                        AtFlags::EMPTY_PATH,
-                    );
-                    match r {
+                    match sys::chown_at(dir.as_fd(), &child, host_uid, host_gid) {
                         Err(_) if squash => {}
                         r => r.at("chown", at)?,
                     }
                 }
                 if let Some(mode) = set.mode {
-                    rustix::fs::chmod(&*proc_path(&*fd), Mode::from_raw_mode(mode & 0o7777))
-                        .at("chmod", at)?;
+                    match sys::chmod_at(dir.as_fd(), &child, mode & 0o7777) {
+                        // A symlink's mode cannot change.
+                        Err(rustix::io::Errno::OPNOTSUPP) => return Err(Error::NotSupported),
+                        r => r.at("chmod", at)?,
+                    }
                 }
             }
         }
@@ -311,11 +324,20 @@ impl UnionFs {
             match via_handle {
                 Some(h) if h.writable => rustix::fs::ftruncate(&h.file, size).at("truncate", at)?,
                 _ => {
-                    let w = rustix::fs::open(
-                        &*proc_path(&*fd),
-                        OFlags::WRONLY | OFlags::CLOEXEC,
-                        Mode::empty(),
-                    )
+                    let w = if child.is_empty() {
+                        rustix::fs::open(
+                            &*proc_path(&*dir),
+                            OFlags::WRONLY | OFlags::CLOEXEC,
+                            Mode::empty(),
+                        )
+                    } else {
+                        rustix::fs::openat(
+                            &*dir,
+                            &child,
+                            OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                            Mode::empty(),
+                        )
+                    }
                     .at("open for truncate", at)?;
                     rustix::fs::ftruncate(&w, size).at("truncate", at)?;
                 }
@@ -326,8 +348,7 @@ impl UnionFs {
                 last_access: to_timestamp(set.atime),
                 last_modification: to_timestamp(set.mtime),
             };
-            rustix::fs::utimensat(rustix::fs::CWD, &*proc_path(&*fd), &ts, AtFlags::empty())
-                .at("utimens", at)?;
+            sys::set_times_at(dir.as_fd(), &child, &ts).at("utimens", at)?;
         }
         self.getattr(ino)
     }

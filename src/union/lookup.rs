@@ -221,7 +221,9 @@ pub fn dir_opaque(dir: BorrowedFd<'_>) -> Result<OpaqueXattr> {
     let mut state = OpaqueXattr::None;
     for want in whiteout::opaque_xattr_names() {
         if names.iter().any(|n| n == want) {
-            if let Some(v) = sys::get_xattr(dir, OsStr::new(want)).at("getxattr", Where::Unknown)? {
+            if let Some(v) =
+                sys::get_dir_xattr(dir, OsStr::new(want)).at("getxattr", Where::Unknown)?
+            {
                 match whiteout::classify_opaque(&v) {
                     OpaqueXattr::Opaque => return Ok(OpaqueXattr::Opaque),
                     OpaqueXattr::HasXattrWhiteouts => state = OpaqueXattr::HasXattrWhiteouts,
@@ -523,7 +525,7 @@ impl UnionFs {
                             .at("open upper dir", Where::Upper)?;
                         opaque = dir_opaque(dfd.as_fd())? == OpaqueXattr::Opaque;
                         for n in whiteout::redirect_xattr_names() {
-                            if let Some(v) = sys::get_xattr(dfd.as_fd(), OsStr::new(n))
+                            if let Some(v) = sys::get_dir_xattr(dfd.as_fd(), OsStr::new(n))
                                 .at("getxattr", Where::Upper)?
                             {
                                 redirect = Some(v);

@@ -413,7 +413,7 @@ impl UnionFs {
 
     /// The cached fd of the parent directory of `path` in a layer, the last component
     /// (`None` for the layer root) and where errors come from.
-    fn parent_in<'p>(
+    pub(crate) fn parent_in<'p>(
         &self,
         layer: dirfd::LayerKey,
         path: &'p Path,

@@ -193,10 +193,22 @@ impl UnionFs {
         let fmt = self.writable()?;
         let _ns = self.ns_lock.lock();
         let info = self.dir_info(parent)?;
-        match self.resolve(&info, name) {
-            Ok(_) => return Err(Error::Exists),
-            Err(Error::NotFound) => {}
-            Err(e) => return Err(e),
+        // In an upper parent an empty slot leaves the name to the lowers (their index is
+        // cached): the common create costs two stats, not four.
+        let early_slot = match &info.upper {
+            Some(pu) => Some(upper_slot(self.upper_dir(pu)?.as_fd(), name)?),
+            None => None,
+        };
+        let exists = match early_slot {
+            Some(UpperSlot::Empty) => self.lower_has(&info, name)?,
+            _ => match self.resolve(&info, name) {
+                Ok(_) => true,
+                Err(Error::NotFound) => false,
+                Err(e) => return Err(e),
+            },
+        };
+        if exists {
+            return Err(Error::Exists);
         }
         if let NewKind::Link(src) = kind {
             if self.nodes.read().get(src)?.is_dir {
@@ -208,9 +220,18 @@ impl UnionFs {
         let info = self.dir_info(parent)?;
         let pfd = self.upper_dir_fd(parent)?;
         let pst = rustix::fs::fstat(&pfd).at("stat upper dir", Where::Upper)?;
-        let slot = upper_slot(pfd.as_fd(), name)?;
+        let slot = match (early_slot, kind) {
+            (Some(slot), NewKind::File { .. } | NewKind::Dir | NewKind::Node { .. })
+            | (Some(slot), NewKind::Symlink(_)) => slot,
+            // Copying up a link source may have changed the parent.
+            _ => upper_slot(pfd.as_fd(), name)?,
+        };
         let work = self.work_dir()?;
-        let tmp = self.tmp_name();
+        let tmp = if slot == UpperSlot::Empty {
+            std::ffi::OsString::new()
+        } else {
+            self.tmp_name()
+        };
         let (tdir, tname): (BorrowedFd<'_>, &OsStr) = if slot == UpperSlot::Empty {
             (pfd.as_fd(), name)
         } else {
@@ -218,7 +239,7 @@ impl UnionFs {
         };
         // Under a default ACL the umask does not apply: the filesystem derives the new
         // object's permissions from the ACL (and the daemon runs with umask 0).
-        let default_acl = sys::get_xattr(pfd.as_fd(), OsStr::new(acl::DEFAULT_XATTR))
+        let default_acl = sys::get_dir_xattr(pfd.as_fd(), OsStr::new(acl::DEFAULT_XATTR))
             .ok()
             .flatten();
         let perm = if default_acl.is_some() {
@@ -339,12 +360,27 @@ impl UnionFs {
                 }
             }
             let is_dir = matches!(kind, NewKind::Dir);
-            let real = rustix::fs::statat(tdir, tname, AtFlags::SYMLINK_NOFOLLOW)
-                .at("stat new", Where::Upper)?;
-            let real_ty = real.st_mode & libc::S_IFMT;
-            if let Some(name) =
-                override_name.filter(|_| real_ty == libc::S_IFREG || real_ty == libc::S_IFDIR)
-            {
+            let overridden = match override_name {
+                Some(_) => {
+                    let real = rustix::fs::statat(tdir, tname, AtFlags::SYMLINK_NOFOLLOW)
+                        .at("stat new", Where::Upper)?;
+                    let real_ty = real.st_mode & libc::S_IFMT;
+                    override_name.filter(|_| real_ty == libc::S_IFREG || real_ty == libc::S_IFDIR)
+                }
+                None => None,
+            };
+            // Made in place by the daemon, the object already has the daemon's ids (the
+            // parent's group under a setgid parent): a chown would change nothing.
+            let kernel_gid = if setgid_parent {
+                pst.st_gid
+            } else {
+                rustix::process::getegid().as_raw()
+            };
+            let ids_given = slot == UpperSlot::Empty
+                && parent_override.is_none()
+                && uid == rustix::process::geteuid().as_raw()
+                && gid == kernel_gid;
+            if let Some(name) = overridden {
                 let sgid_dir = if is_dir && setgid_parent {
                     libc::S_ISGID
                 } else {
@@ -359,7 +395,7 @@ impl UnionFs {
                 let fd = sys::open_path(tdir, Path::new(tname)).at("open new", Where::Upper)?;
                 sys::set_xattr(fd.as_fd(), OsStr::new(name), over.format().as_bytes(), 0)
                     .at("set override xattr", Where::Upper)?;
-            } else {
+            } else if !ids_given {
                 let chown = rustix::fs::chownat(
                     tdir,
                     tname,
@@ -439,11 +475,27 @@ impl UnionFs {
                     .at("remove whiteout file", Where::Upper)?;
             }
         }
-        let r = self.resolve(&info, name)?;
         let forced = if let NewKind::Link(src) = kind {
             Some(src)
         } else {
             None
+        };
+        let r = match kind {
+            // A link shares the source's identity (origin, index entry): resolve it.
+            NewKind::Link(_) => self.resolve(&info, name)?,
+            // A new object is upper-only: whatever a lower holds at the name is hidden.
+            _ => Resolved {
+                is_dir: matches!(kind, NewKind::Dir),
+                upper: Some(
+                    rustix::fs::statat(&pfd, name, AtFlags::SYMLINK_NOFOLLOW)
+                        .at("stat new", Where::Upper)?,
+                ),
+                lower: None,
+                lower_stat: None,
+                index: None,
+                origin_ino: None,
+                nlink_offset: 0,
+            },
         };
         let attr = self.pin(parent, name, &r, forced)?;
         let fh = file.map(|f| self.register_file(attr.ino, f, true));
