@@ -211,12 +211,23 @@ impl Node {
         self.edit_extra(|e| e.index = index);
     }
 
-    /// Changes the rare fields, allocating them only when one is set.
+    /// Changes the rare fields, allocating them only when one is set (lookups clear them
+    /// on every refresh: that must not cost an allocation).
     fn edit_extra(&mut self, f: impl FnOnce(&mut Extra)) {
-        let mut e = self.extra.take().unwrap_or_default();
-        f(&mut e);
-        if !e.is_default() {
-            self.extra = Some(e);
+        match &mut self.extra {
+            Some(e) => {
+                f(e);
+                if e.is_default() {
+                    self.extra = None;
+                }
+            }
+            None => {
+                let mut e = Extra::default();
+                f(&mut e);
+                if !e.is_default() {
+                    self.extra = Some(Box::new(e));
+                }
+            }
         }
     }
 }
