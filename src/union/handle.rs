@@ -144,14 +144,20 @@ impl HandleTable {
         }
     }
 
+    // The replaced or removed handle is dropped after the lock: its last reference
+    // closes the real file, which must not stall every other request.
     fn replace_file(&self, fh: u64, h: Arc<FileHandle>) {
-        if let Some(slot) = self.map.write().get_mut(&fh) {
-            *slot = Handle::File(h);
-        }
+        let old = self
+            .map
+            .write()
+            .get_mut(&fh)
+            .map(|slot| std::mem::replace(slot, Handle::File(h)));
+        drop(old);
     }
 
     fn remove(&self, fh: u64) {
-        self.map.write().remove(&fh);
+        let old = self.map.write().remove(&fh);
+        drop(old);
     }
 
     /// Number of open handles (for leak checks).

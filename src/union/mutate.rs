@@ -190,6 +190,12 @@ impl UnionFs {
         if whiteout::is_reserved_name(name) {
             return Err(Error::Invalid);
         }
+        // As kernel overlayfs: the whiteout device cannot be made through the mount.
+        if let NewKind::Node { rdev: 0 } = kind {
+            if mode & libc::S_IFMT == libc::S_IFCHR {
+                return Err(Error::Permission);
+            }
+        }
         let fmt = self.writable()?;
         let _ns = self.ns_lock.lock();
         let info = self.dir_info(parent)?;
