@@ -63,57 +63,34 @@ fn stat_times(st: &Stat) -> Timestamps {
 impl Drop for RestoreTimes {
     fn drop(&mut self) {
         let ts = stat_times(&self.st);
-        let path = crate::union::attr::proc_path(&*self.dir);
-        if let Err(e) = rustix::fs::utimensat(rustix::fs::CWD, &*path, &ts, AtFlags::empty()) {
+        if let Err(e) = sys::set_times_at(self.dir.as_fd(), OsStr::new(""), &ts) {
             tracing::warn!(error = %e, "restoring directory times after copy-up");
         }
     }
 }
 
-fn open_copy(dir: BorrowedFd<'_>, name: &OsStr) -> Result<std::os::fd::OwnedFd> {
-    rustix::fs::openat(
-        dir,
-        name,
-        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .at("open copy", Where::Work)
-}
-
-/// Applies the owner and mode of `st` to the object `name` in `dir`.
+/// Applies the owner and mode of `st` to the object `name` in `dir`, by name (the calls
+/// never follow a symlink there).
 pub(crate) fn copy_owner_mode(dir: BorrowedFd<'_>, name: &OsStr, st: &Stat) -> Result<()> {
-    let fd = open_copy(dir, name)?;
     // chown before chmod: chown clears set-id bits.
-    rustix::fs::chownat(
-        &fd,
-        "",
-        Some(rustix::fs::Uid::from_raw(st.st_uid)),
-        Some(rustix::fs::Gid::from_raw(st.st_gid)),
-        AtFlags::EMPTY_PATH,
-    )
-    .or_else(|e| {
-        if rustix::process::geteuid().is_root() {
-            Err(e)
-        } else {
-            Ok(())
-        }
-    })
-    .at("chown copy", Where::Work)?;
+    sys::chown_at(dir, name, Some(st.st_uid), Some(st.st_gid))
+        .or_else(|e| {
+            if rustix::process::geteuid().is_root() {
+                Err(e)
+            } else {
+                Ok(())
+            }
+        })
+        .at("chown copy", Where::Work)?;
     if st.st_mode & libc::S_IFMT != libc::S_IFLNK {
-        let path = crate::union::attr::proc_path(&fd);
-        rustix::fs::chmod(&*path, Mode::from_raw_mode(st.st_mode & 0o7777))
-            .at("chmod copy", Where::Work)?;
+        sys::chmod_at(dir, name, st.st_mode & 0o7777).at("chmod copy", Where::Work)?;
     }
     Ok(())
 }
 
 /// Applies the access and modification times of `st` to the object `name` in `dir`.
 pub(crate) fn copy_times(dir: BorrowedFd<'_>, name: &OsStr, st: &Stat) -> Result<()> {
-    let fd = open_copy(dir, name)?;
-    let ts = stat_times(st);
-    let path = crate::union::attr::proc_path(&fd);
-    rustix::fs::utimensat(rustix::fs::CWD, &*path, &ts, AtFlags::empty())
-        .at("utimens copy", Where::Work)
+    sys::set_times_at(dir, name, &stat_times(st)).at("utimens copy", Where::Work)
 }
 
 impl UnionFs {
