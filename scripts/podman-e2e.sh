@@ -20,7 +20,7 @@
 # expected results are those of kernel overlayfs).
 #
 # Cleanup (containers, images, `podman system reset` on the private storage, leftover mounts,
-# the temp dir) runs on exit, failure or signal. Needs root; installs podman, runc,
+# the temp dir) runs on exit, failure or signal. Needs root; installs podman, netavark, runc,
 # busybox-static and fuse-overlayfs with apt-get when missing.
 #
 # --bin PATH: the rlayerfs binary (default $RLAYERFS_BIN, else `cargo build --release` and
@@ -63,7 +63,7 @@ die() { printf 'FAIL: %s\n' "$*" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || die "must run as root (rootful podman)"
 
 installed() { [ "$(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null)" = installed ]; }
-need=(podman runc busybox-static fuse-overlayfs fuse3)
+need=(podman netavark runc busybox-static fuse-overlayfs fuse3)
 [ "$MODE" = rootless ] && need+=(uidmap)
 missing=()
 for p in "${need[@]}"; do installed "$p" || missing+=("$p"); done
