@@ -102,65 +102,67 @@ pub fn proc_fd_path(fd: &impl AsRawFd) -> CString {
     CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap_or_default()
 }
 
-/// Reads one xattr of the object behind `fd` (any kind of fd, `O_PATH` included).
-/// `Ok(None)` when absent. Through `/proc/self/fd/N`: `getxattrat(fd, "",
-/// AT_EMPTY_PATH)` refuses `O_PATH` fds (EBADF, Linux 6.18); see [`get_dir_xattr`].
-pub fn get_xattr(fd: BorrowedFd<'_>, name: &OsStr) -> Result<Option<Vec<u8>>> {
-    let path = proc_fd_path(&fd);
+/// Reads an xattr value with `read` (a getxattr-style call: fills the buffer, or with an
+/// empty one returns the size), growing the buffer on ERANGE. `Ok(None)` when absent.
+fn read_xattr_value(mut read: impl FnMut(&mut [u8]) -> Result<usize>) -> Result<Option<Vec<u8>>> {
     let mut buf = vec![0u8; 256];
     loop {
-        match rustix::fs::getxattr(&*path, name, &mut buf[..]) {
+        match read(&mut buf) {
             Ok(n) => {
                 buf.truncate(n);
                 return Ok(Some(buf));
             }
             Err(Errno::NODATA) => return Ok(None),
             Err(Errno::RANGE) => {
-                let size = rustix::fs::getxattr_query(&*path, name)?;
+                let size = read(&mut [])?;
                 buf.resize(size.max(buf.len() * 2), 0);
             }
             Err(e) => return Err(e),
         }
     }
+}
+
+/// Reads one xattr of the object behind `fd` (any kind of fd, `O_PATH` included).
+/// `Ok(None)` when absent. Through `/proc/self/fd/N`: `getxattrat(fd, "",
+/// AT_EMPTY_PATH)` refuses `O_PATH` fds (EBADF, Linux 6.18); see [`get_dir_xattr`].
+pub fn get_xattr(fd: BorrowedFd<'_>, name: &OsStr) -> Result<Option<Vec<u8>>> {
+    let path = proc_fd_path(&fd);
+    read_xattr_value(|buf| rustix::fs::getxattr(&*path, name, buf))
 }
 
 /// Reads one xattr of the directory behind `dir` (an `O_PATH` fd included): one
 /// `getxattrat(dir, ".")`, which resolves to the directory itself, where the kernel has
 /// it; else as [`get_xattr`].
 pub fn get_dir_xattr(dir: BorrowedFd<'_>, name: &OsStr) -> Result<Option<Vec<u8>>> {
-    use std::sync::atomic::Ordering;
-    if !NO_GETXATTRAT.load(Ordering::Relaxed) {
-        match get_xattr_with(dir, c".", libc::AT_SYMLINK_NOFOLLOW, name) {
-            Err(Errno::NOSYS) => NO_GETXATTRAT.store(true, Ordering::Relaxed),
-            r => return r,
-        }
+    match try_getxattrat(dir, c".", name) {
+        Some(r) => r,
+        None => get_xattr(dir, name),
     }
-    get_xattr(dir, name)
 }
 
-/// Reads one xattr through `getxattrat(dir, child, at_flags)`, growing the buffer as
-/// needed. `Err(NOSYS)` where the kernel lacks the call.
-fn get_xattr_with(
+/// Reads one xattr of `child` in `dir` (never following a symlink there) with
+/// `getxattrat`; `None` where the kernel lacks the call (remembered after the first
+/// ENOSYS), so the caller falls back.
+fn try_getxattrat(
     dir: BorrowedFd<'_>,
     child: &CStr,
-    at_flags: libc::c_int,
     name: &OsStr,
-) -> Result<Option<Vec<u8>>> {
-    let n = CString::new(name.as_bytes()).map_err(|_| Errno::INVAL)?;
-    let mut buf = vec![0u8; 256];
-    loop {
-        match getxattrat(dir, child, at_flags, &n, &mut buf) {
-            Ok(len) => {
-                buf.truncate(len);
-                return Ok(Some(buf));
-            }
-            Err(Errno::NODATA) => return Ok(None),
-            Err(Errno::RANGE) => {
-                let size = getxattrat(dir, child, at_flags, &n, &mut [])?;
-                buf.resize(size.max(buf.len() * 2), 0);
-            }
-            Err(e) => return Err(e),
+) -> Option<Result<Option<Vec<u8>>>> {
+    use std::sync::atomic::Ordering;
+    if NO_GETXATTRAT.load(Ordering::Relaxed) {
+        return None;
+    }
+    let n = match CString::new(name.as_bytes()) {
+        Ok(n) => n,
+        Err(_) => return Some(Err(Errno::INVAL)),
+    };
+    let flags = libc::AT_SYMLINK_NOFOLLOW;
+    match read_xattr_value(|buf| getxattrat(dir, child, flags, &n, buf)) {
+        Err(Errno::NOSYS) => {
+            NO_GETXATTRAT.store(true, Ordering::Relaxed);
+            None
         }
+        r => Some(r),
     }
 }
 
@@ -230,12 +232,10 @@ fn getxattrat(
 /// symlink there: one `getxattrat` call, without opening the object. Where the kernel
 /// lacks it, opens an `O_PATH` handle and uses [`get_xattr`]. `Ok(None)` when absent.
 pub fn get_xattr_at(dir: BorrowedFd<'_>, child: &OsStr, name: &OsStr) -> Result<Option<Vec<u8>>> {
-    use std::sync::atomic::Ordering;
-    if !NO_GETXATTRAT.load(Ordering::Relaxed) && !child.as_bytes().contains(&b'/') {
+    if !child.as_bytes().contains(&b'/') {
         let c = CString::new(child.as_bytes()).map_err(|_| Errno::INVAL)?;
-        match get_xattr_with(dir, &c, libc::AT_SYMLINK_NOFOLLOW, name) {
-            Err(Errno::NOSYS) => NO_GETXATTRAT.store(true, Ordering::Relaxed),
-            r => return r,
+        if let Some(r) = try_getxattrat(dir, &c, name) {
+            return r;
         }
     }
     let fd = open_path(dir, Path::new(child))?;

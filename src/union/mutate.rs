@@ -226,10 +226,9 @@ impl UnionFs {
         let info = self.dir_info(parent)?;
         let pfd = self.upper_dir_fd(parent)?;
         let pst = rustix::fs::fstat(&pfd).at("stat upper dir", Where::Upper)?;
-        let slot = match (early_slot, kind) {
-            (Some(slot), NewKind::File { .. } | NewKind::Dir | NewKind::Node { .. })
-            | (Some(slot), NewKind::Symlink(_)) => slot,
-            // Copying up a link source may have changed the parent.
+        let slot = match early_slot {
+            // Copying up a link source may have changed the parent: look again.
+            Some(slot) if !matches!(kind, NewKind::Link(_)) => slot,
             _ => upper_slot(pfd.as_fd(), name)?,
         };
         let work = self.work_dir()?;
