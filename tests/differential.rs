@@ -143,6 +143,121 @@ fn rename_lower_dir_then_remount() {
     run_scenario("rename_lower_dir_then_remount", &stack, &phases);
 }
 
+/// Redirects found in lower layers (each layer was once an upper in which directories were
+/// renamed), in the kernel's format: relative and absolute ones, a chain through three
+/// layers, an absolute redirect whose path crosses directories redirected in the layers
+/// below, and one pointing nowhere.
+#[test]
+fn redirects_in_lower_layers() {
+    if !can_mount("redirects_in_lower_layers") {
+        return;
+    }
+    const R: &str = "trusted.overlay.redirect";
+    let stack = Stack::new(4);
+    stack
+        .lower(3)
+        .file("a/f", b"a/f from the bottom")
+        .file("a/sub/g", b"g")
+        .file("p/q/r", b"r")
+        .file("x/y", b"y");
+    // Layer 2: `a` renamed to `b` (relative), `p/q` moved to `s` (absolute).
+    stack
+        .lower(2)
+        .file("b/h", b"h added after the rename")
+        .xattr("b", R, b"a")
+        .whiteout("a", WhiteoutFormat::CharDev)
+        .dir("s")
+        .xattr("s", R, b"/p/q")
+        .whiteout("p/q", WhiteoutFormat::CharDev);
+    // Layer 1: `b` renamed to `c` (a chain c -> b -> a), a dangling redirect.
+    stack
+        .lower(1)
+        .dir("c")
+        .xattr("c", R, b"b")
+        .whiteout("b", WhiteoutFormat::CharDev)
+        .dir("nowhere")
+        .file("nowhere/own", b"own")
+        .xattr("nowhere", R, b"/does/not/exist");
+    // Layer 0: `c/sub` moved to `t`: its path crosses `c`, redirected below.
+    stack
+        .lower(0)
+        .dir("c")
+        .whiteout("c/sub", WhiteoutFormat::CharDev)
+        .dir("t")
+        .xattr("t", R, b"/c/sub");
+    let phases = vec![
+        vec![
+            readdir(""),
+            readdir("c"),
+            readdir("t"),
+            readdir("s"),
+            readdir("nowhere"),
+            Op::Read { path: s("c/f") },
+            Op::Read { path: s("t/g") },
+            Op::Read { path: s("s/r") },
+            // Moving redirected directories again, in the upper.
+            rename("c", "d"),
+            rename("t", "d/t2"),
+            create("d/new"),
+            write("d/f", 0, b"changed"),
+            readdir("d"),
+        ],
+        vec![
+            readdir("d"),
+            readdir("d/t2"),
+            Op::Read { path: s("d/t2/g") },
+        ],
+    ];
+    run_scenario("redirects_in_lower_layers", &stack, &phases);
+}
+
+/// A directory whose lower-layer redirect is invalid fails its lookup with the kernel's
+/// errno (`..` or `.`: EACCES, a relative value with `/` or an empty component: EINVAL),
+/// and a redirect can never lead out of the layers. (Not compared through a directory
+/// listing: the kernel lists such a name, rlayerfs lists it without an inode number,
+/// since a READDIRPLUS entry of fuser carries one number for both.)
+#[test]
+fn invalid_redirects_in_lower_layers() {
+    if !can_mount("invalid_redirects_in_lower_layers") {
+        return;
+    }
+    const R: &str = "trusted.overlay.redirect";
+    let stack = Stack::new(2);
+    stack
+        .lower(1)
+        .file("x/y", b"y")
+        .file("etc/passwd", b"inside");
+    let bad: &[(&str, &[u8])] = &[
+        ("dotdot", b"/x/.."),
+        ("up", b".."),
+        ("dot", b"."),
+        ("slash", b"x/y"),
+        ("empty", b""),
+        ("trailing", b"/x/"),
+        ("double", b"//x"),
+    ];
+    for (name, value) in bad {
+        stack.lower(0).dir(name).xattr(name, R, value);
+    }
+    let pair = Pair::new("invalid_redirects_in_lower_layers", &stack);
+    let (ka, fb) = pair.roots();
+    for (name, value) in bad {
+        let errno = |root: &std::path::Path| {
+            std::fs::symlink_metadata(root.join(name))
+                .map(|_| 0)
+                .unwrap_or_else(|e| e.raw_os_error().unwrap_or(-1))
+        };
+        let (k, f) = (errno(ka), errno(fb));
+        assert_ne!(k, 0, "{name}: the kernel accepted redirect {value:?}");
+        assert_eq!(
+            k,
+            f,
+            "{name} (redirect {:?}): kernel errno {k}, rlayerfs {f}",
+            String::from_utf8_lossy(value)
+        );
+    }
+}
+
 #[test]
 fn rm_rf_merged_dir() {
     if !can_mount("rm_rf_merged_dir") {

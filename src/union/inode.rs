@@ -35,25 +35,61 @@ use crate::union::layer::LowerIdx;
 pub const ROOT_INO: u64 = 1;
 
 /// A lower directory: fixed for its whole life.
+///
+/// `path` is where the directory is looked up from the top of the lower stack: the names
+/// leading to it, with the redirects of the upper applied (what kernel overlayfs writes as
+/// an absolute redirect when the directory moves). A redirect found in a lower layer
+/// (that layer was once an upper, and the directory was renamed in it) moves the
+/// directory for the layers below it: those layers are in `moved` with the path the
+/// directory has there.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct LowerRef {
-    /// Path relative to every lower layer root ("" for the root).
+    /// Path relative to the lower layer roots ("" for the root).
     pub path: PathBuf,
     /// The layers that merge into it, top first, ending at the first opaque one.
     pub layers: Arc<[LowerIdx]>,
+    /// The layers where the directory has another path than `path`, in layer order.
+    pub moved: Option<Arc<[(LowerIdx, PathBuf)]>>,
 }
 
 impl LowerRef {
+    /// A directory found at the same `path` in all of its `layers`.
+    pub fn new(path: PathBuf, layers: Arc<[LowerIdx]>) -> LowerRef {
+        LowerRef {
+            path,
+            layers,
+            moved: None,
+        }
+    }
+
     /// The top layer holding the directory.
     pub fn top(&self) -> Option<LowerIdx> {
         self.layers.first().copied()
     }
 
-    /// The lower reference of child directory `name` found in `layers`.
+    /// Where the directory is in lower layer `layer`.
+    pub fn path_in(&self, layer: LowerIdx) -> &std::path::Path {
+        self.moved
+            .as_deref()
+            .and_then(|m| m.iter().find(|(l, _)| *l == layer))
+            .map_or(self.path.as_path(), |(_, p)| p.as_path())
+    }
+
+    /// The lower reference of child directory `name` found in `layers` (under `name` in
+    /// each of them).
     pub fn child(&self, name: &OsStr, layers: Arc<[LowerIdx]>) -> LowerRef {
+        let moved = self.moved.as_deref().and_then(|m| {
+            let kept: Vec<(LowerIdx, PathBuf)> = m
+                .iter()
+                .filter(|(l, _)| layers.contains(l))
+                .map(|(l, p)| (*l, p.join(name)))
+                .collect();
+            (!kept.is_empty()).then(|| Arc::from(kept))
+        });
         LowerRef {
             path: self.path.join(name),
             layers,
+            moved,
         }
     }
 }
@@ -91,12 +127,15 @@ impl Lower {
         }
     }
 
-    /// The path relative to the lower roots; `name` is the entry's name (unused for a
-    /// directory, which knows its own path).
+    /// The path relative to the root of the top layer holding the object; `name` is the
+    /// entry's name (unused for a directory, which knows its own path).
     pub fn path_at(&self, name: &OsStr) -> PathBuf {
         match self {
-            Lower::Dir(d) => d.path.clone(),
-            Lower::Entry { dir, .. } => dir.path.join(name),
+            Lower::Dir(d) => match d.top() {
+                Some(top) => d.path_in(top).to_path_buf(),
+                None => d.path.clone(),
+            },
+            Lower::Entry { dir, layer } => dir.path_in(*layer).join(name),
         }
     }
 }
@@ -592,10 +631,7 @@ mod tests {
     fn table() -> NodeTable {
         NodeTable::new(
             true,
-            Arc::new(LowerRef {
-                path: PathBuf::new(),
-                layers: Arc::from(vec![0u16]),
-            }),
+            Arc::new(LowerRef::new(PathBuf::new(), Arc::from(vec![0u16]))),
         )
     }
 
@@ -634,10 +670,7 @@ mod tests {
     }
 
     fn entry() -> Node {
-        let dir = Arc::new(LowerRef {
-            path: PathBuf::from("d"),
-            layers: Arc::from(vec![0u16]),
-        });
+        let dir = Arc::new(LowerRef::new(PathBuf::from("d"), Arc::from(vec![0u16])));
         Node::new(false, false, Some(Lower::Entry { dir, layer: 0 }))
     }
 

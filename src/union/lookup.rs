@@ -30,6 +30,7 @@ use crate::error::{Error, OsContext, Result, Where};
 use crate::sys;
 use crate::union::inode::{Lower, LowerRef, Node};
 use crate::union::layer::LowerIdx;
+use crate::union::redirect::{self, Redirect};
 use crate::union::whiteout::{self, OpaqueXattr};
 use crate::union::{check_name, Attr, UnionFs};
 
@@ -59,8 +60,9 @@ pub struct LowerSubdir {
     /// The layers holding it, top first (merging stops at a non-directory or whiteout).
     pub candidates: Vec<LowerIdx>,
     pub ino: u64,
-    /// The candidates cut after the first opaque one, once known.
-    merged: OnceLock<Arc<[LowerIdx]>>,
+    /// The merged directory (candidates cut after the first opaque one, redirects
+    /// followed), once known.
+    merged: OnceLock<Arc<LowerRef>>,
 }
 
 /// One name of a [`LowerDir`]: where its bytes are in the name buffer, and what it is.
@@ -215,28 +217,61 @@ pub struct DirInfo {
     pub lower: Option<Arc<LowerRef>>,
 }
 
-/// Reads the opaque state of a directory (xattr in any namespace, or marker file).
-pub fn dir_opaque(dir: BorrowedFd<'_>) -> Result<OpaqueXattr> {
+/// The overlay marks of one directory: its opaque state and its redirect.
+#[derive(Debug, Default)]
+pub struct DirMarks {
+    /// Hides the layers below (xattr `opaque=y` in any namespace, or the marker file).
+    pub opaque: bool,
+    /// Not opaque, but holds xattr whiteouts (`opaque=x`).
+    pub xattr_whiteouts: bool,
+    /// The raw `overlay.redirect` value, if any (see [`crate::union::redirect`]).
+    pub redirect: Option<Vec<u8>>,
+}
+
+/// Reads the marks of a directory: one `listxattr`, a `getxattr` only for the overlay
+/// names it lists, and a `stat` for the opaque marker file.
+pub fn dir_marks(dir: BorrowedFd<'_>) -> Result<DirMarks> {
     let names = sys::list_xattrs(dir).at("listxattr", Where::Unknown)?;
-    let mut state = OpaqueXattr::None;
+    let mut marks = DirMarks::default();
+    let listed = |want: &str| names.iter().any(|n| n == want);
     for want in whiteout::opaque_xattr_names() {
-        if names.iter().any(|n| n == want) {
-            if let Some(v) =
-                sys::get_dir_xattr(dir, OsStr::new(want)).at("getxattr", Where::Unknown)?
-            {
-                match whiteout::classify_opaque(&v) {
-                    OpaqueXattr::Opaque => return Ok(OpaqueXattr::Opaque),
-                    OpaqueXattr::HasXattrWhiteouts => state = OpaqueXattr::HasXattrWhiteouts,
-                    OpaqueXattr::None => {}
-                }
+        if !listed(want) {
+            continue;
+        }
+        if let Some(v) = sys::get_dir_xattr(dir, OsStr::new(want)).at("getxattr", Where::Unknown)? {
+            match whiteout::classify_opaque(&v) {
+                OpaqueXattr::Opaque => marks.opaque = true,
+                OpaqueXattr::HasXattrWhiteouts => marks.xattr_whiteouts = true,
+                OpaqueXattr::None => {}
             }
         }
     }
-    match rustix::fs::statat(dir, whiteout::OPAQUE_MARKER, AtFlags::SYMLINK_NOFOLLOW) {
-        Ok(_) => Ok(OpaqueXattr::Opaque),
-        Err(Errno::NOENT) => Ok(state),
-        Err(e) => Err(Error::os("stat opaque marker", e, Where::Unknown)),
+    for want in whiteout::redirect_xattr_names() {
+        if marks.redirect.is_none() && listed(want) {
+            marks.redirect =
+                sys::get_dir_xattr(dir, OsStr::new(want)).at("getxattr", Where::Unknown)?;
+        }
     }
+    if !marks.opaque {
+        match rustix::fs::statat(dir, whiteout::OPAQUE_MARKER, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(_) => marks.opaque = true,
+            Err(Errno::NOENT) => {}
+            Err(e) => return Err(Error::os("stat opaque marker", e, Where::Unknown)),
+        }
+    }
+    Ok(marks)
+}
+
+/// Reads the opaque state of a directory (xattr in any namespace, or marker file).
+pub fn dir_opaque(dir: BorrowedFd<'_>) -> Result<OpaqueXattr> {
+    let marks = dir_marks(dir)?;
+    Ok(if marks.opaque {
+        OpaqueXattr::Opaque
+    } else if marks.xattr_whiteouts {
+        OpaqueXattr::HasXattrWhiteouts
+    } else {
+        OpaqueXattr::None
+    })
 }
 
 /// True when the zero-size regular file `name` in `dir` carries a whiteout xattr.
@@ -313,7 +348,7 @@ impl UnionFs {
         let mut map: HashMap<OsString, Slot> = HashMap::new();
         for &layer in dir.layers.iter() {
             let at = Where::Lower(layer);
-            let pfd = match self.lower_dir_fd(layer, &dir.path) {
+            let pfd = match self.lower_dir_fd(layer, dir.path_in(layer)) {
                 Ok(fd) => fd,
                 Err(Errno::NOENT) | Err(Errno::NOTDIR) | Err(Errno::LOOP) => continue,
                 Err(e) => return Err(Error::os("open lower dir", e, at)),
@@ -405,38 +440,53 @@ impl UnionFs {
         ))
     }
 
-    /// The merged layer list of a lower directory child: candidates cut after the first
-    /// opaque one (the bottom candidate's opaqueness does not matter).
-    pub(crate) fn merged_layers(
+    /// The merged lower directory of child `name` of `parent`: its candidates top down
+    /// until one is opaque; a redirect on one of them moves the lookup of the layers
+    /// below it to the redirect's target. As the kernel, the bottom layer's marks are
+    /// not read (nothing is below it).
+    pub(crate) fn merged_dir(
         &self,
         parent: &LowerRef,
         name: &OsStr,
         child: &LowerChild,
-    ) -> Result<Option<Arc<[LowerIdx]>>> {
+    ) -> Result<Option<Arc<LowerRef>>> {
         let LowerChild::Dir(d) = child else {
             return Ok(None);
         };
-        let (candidates, merged) = (&d.candidates, &d.merged);
-        if let Some(m) = merged.get() {
+        if let Some(m) = d.merged.get() {
             return Ok(Some(m.clone()));
         }
-        let path = parent.path.join(name);
-        let mut cut = candidates.len();
-        for (i, &layer) in candidates
-            .iter()
-            .enumerate()
-            .take(candidates.len().saturating_sub(1))
-        {
+        let bottom = (self.stack.lowers.len() - 1) as LowerIdx;
+        let mut layers: Vec<LowerIdx> = Vec::with_capacity(d.candidates.len());
+        let mut moved: Vec<(LowerIdx, PathBuf)> = Vec::new();
+        for &layer in &d.candidates {
+            layers.push(layer);
+            if layer == bottom {
+                break;
+            }
+            let path = parent.path_in(layer).join(name);
             let fd = self
                 .lower_dir_fd(layer, &path)
                 .at("open lower dir", Where::Lower(layer))?;
-            if dir_opaque(fd.as_fd())? == OpaqueXattr::Opaque {
-                cut = i + 1;
+            let marks = dir_marks(fd.as_fd())?;
+            if marks.opaque {
+                break;
+            }
+            if let Some(v) = marks.redirect {
+                self.follow_redirect(parent, layer, &v, &mut layers, &mut moved)?;
                 break;
             }
         }
-        let layers: Arc<[LowerIdx]> = candidates[..cut].into();
-        Ok(Some(merged.get_or_init(|| layers).clone()))
+        let mut dir = parent.child(name, layers.into());
+        if !moved.is_empty() {
+            let mut all: Vec<(LowerIdx, PathBuf)> =
+                dir.moved.as_deref().map(<[_]>::to_vec).unwrap_or_default();
+            all.retain(|(l, _)| !moved.iter().any(|(m, _)| m == l));
+            all.extend(moved);
+            all.sort_by_key(|(l, _)| *l);
+            dir.moved = Some(all.into());
+        }
+        Ok(Some(d.merged.get_or_init(|| Arc::new(dir)).clone()))
     }
 
     /// The lower location of `name` inside lower directory `parent`, if visible there.
@@ -455,17 +505,12 @@ impl UnionFs {
                 dir: parent.clone(),
                 layer: *layer,
             })),
-            LowerChild::Dir(_) => {
-                let layers = self
-                    .merged_layers(parent, name, child)?
-                    .unwrap_or_else(|| Arc::from(Vec::new()));
-                Ok(Some(Lower::Dir(Arc::new(parent.child(name, layers)))))
-            }
+            LowerChild::Dir(_) => Ok(self.merged_dir(parent, name, child)?.map(Lower::Dir)),
         }
     }
 
     /// Resolves an absolute lower path (a redirect from the root) component by component.
-    fn lower_from_root(&self, path: &Path) -> Result<Option<Arc<LowerRef>>> {
+    fn lower_from_root(&self, comps: &[OsString]) -> Result<Option<Arc<LowerRef>>> {
         let mut cur = self
             .nodes
             .read()
@@ -473,10 +518,7 @@ impl UnionFs {
             .lower()
             .and_then(Lower::dir)
             .cloned();
-        for comp in path.components() {
-            let std::path::Component::Normal(name) = comp else {
-                continue;
-            };
+        for name in comps {
             let Some(dir) = cur else { return Ok(None) };
             match self.lower_child(&dir, name)? {
                 Some(Lower::Dir(child)) => cur = Some(child),
@@ -511,7 +553,7 @@ impl UnionFs {
         let mut upper = None;
         let mut origin: (Option<u64>, i64) = (None, 0);
         let mut upper_index = None;
-        let mut redirect: Option<Vec<u8>> = None;
+        let mut redirect: Option<Redirect> = None;
         let mut opaque = false;
         if let Some(pu) = &parent.upper {
             let pfd = self.upper_dir(pu)?;
@@ -523,15 +565,12 @@ impl UnionFs {
                     if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
                         let dfd = sys::open_dir_path(pfd.as_fd(), Path::new(name))
                             .at("open upper dir", Where::Upper)?;
-                        opaque = dir_opaque(dfd.as_fd())? == OpaqueXattr::Opaque;
-                        for n in whiteout::redirect_xattr_names() {
-                            if let Some(v) = sys::get_dir_xattr(dfd.as_fd(), OsStr::new(n))
-                                .at("getxattr", Where::Upper)?
-                            {
-                                redirect = Some(v);
-                                break;
-                            }
-                        }
+                        let marks = dir_marks(dfd.as_fd())?;
+                        opaque = marks.opaque;
+                        redirect = match marks.redirect {
+                            Some(v) => Some(redirect::parse(&v, Where::Upper)?),
+                            None => None,
+                        };
                     } else {
                         // Only a regular file with fewer blocks than its size can be a
                         // metacopy file: the stat above filters before any xattr read.
@@ -570,10 +609,10 @@ impl UnionFs {
             Some(false) => None,
             Some(true) if opaque => None,
             _ => match (&redirect, &parent.lower) {
-                (Some(r), _) if r.first() == Some(&b'/') => self
-                    .lower_from_root(Path::new(OsStr::from_bytes(r)))?
-                    .map(Lower::Dir),
-                (Some(r), Some(pl)) => self.lower_child(pl, OsStr::from_bytes(r))?,
+                (Some(Redirect::Absolute(comps)), _) => {
+                    self.lower_from_root(comps)?.map(Lower::Dir)
+                }
+                (Some(Redirect::Relative(r)), Some(pl)) => self.lower_child(pl, r)?,
                 (None, Some(pl)) => self.lower_child(pl, name)?,
                 (_, None) => None,
             }

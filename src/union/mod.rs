@@ -24,6 +24,7 @@ pub mod lookup;
 pub mod mutate;
 pub mod origin;
 pub mod readdir;
+pub mod redirect;
 pub mod whiteout;
 
 use std::ffi::OsStr;
@@ -226,10 +227,10 @@ impl UnionFs {
                     )
                 })
             });
-        let root_lower = Arc::new(LowerRef {
-            path: Default::default(),
-            layers: (0..stack.lowers.len() as LowerIdx).collect(),
-        });
+        let root_lower = Arc::new(LowerRef::new(
+            Default::default(),
+            (0..stack.lowers.len() as LowerIdx).collect(),
+        ));
         let fs = UnionFs {
             nodes: RwLock::new(NodeTable::new(stack.upper.is_some(), root_lower)),
             stack,

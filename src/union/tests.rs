@@ -179,6 +179,33 @@ fn every_whiteout_and_opaque_format_is_honoured() {
 }
 
 #[test]
+fn redirects_in_lower_layers_are_followed() {
+    let f = Fixture::new(3);
+    f.write(&f.l(2), "a/f", "from a");
+    f.write(&f.l(2), "a/deep/g", "g");
+    // Layer 1 renamed `a` to `b` (relative), layer 0 moved `b/deep` to `top` (absolute).
+    f.mkdir(&f.l(1), "b");
+    set_xattr(&f.l(1).join("b"), "trusted.overlay.redirect", b"a");
+    f.whiteout(&f.l(1), "a");
+    f.write(&f.l(1), "b/h", "added in b");
+    f.mkdir(&f.l(0), "top");
+    set_xattr(&f.l(0).join("top"), "trusted.overlay.redirect", b"/b/deep");
+    f.mkdir(&f.l(0), "b");
+    f.whiteout(&f.l(0), "b/deep");
+    let fs = f.fs();
+    assert_eq!(names(&fs, ""), ["b", "top"]);
+    assert_eq!(names(&fs, "b"), ["f", "h"]);
+    assert_eq!(read(&fs, "b/f"), "from a");
+    assert_eq!(names(&fs, "top"), ["g"]);
+    assert_eq!(read(&fs, "top/g"), "g");
+    // A redirect is only followed below its own layer, and never out of the layers.
+    f.mkdir(&f.l(0), "evil");
+    set_xattr(&f.l(0).join("evil"), "trusted.overlay.redirect", b"/..");
+    let fs = f.fs();
+    assert_eq!(walk(&fs, "evil").unwrap_err().errno(), libc::EACCES);
+}
+
+#[test]
 fn whiteout_hides_only_below_its_layer() {
     let f = Fixture::new(3);
     f.write(&f.l(2), "n", "bottom");

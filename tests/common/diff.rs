@@ -330,6 +330,9 @@ impl Pair {
                 ));
             }
         }
+        for on_b in [false, true] {
+            self.rotation_check(on_b, &mut problems);
+        }
         if problems.is_empty() {
             Ok(())
         } else {
@@ -339,6 +342,51 @@ impl Pair {
             }
             let _ = writeln!(r, "--- live reference dump:\n{expected}");
             Err(r)
+        }
+    }
+
+    /// Layer rotation: one side's upper becomes the top lower of a new stack (a
+    /// container's upper turned into the next image layer), mounted with a fresh upper by
+    /// both systems, which must show the same tree. The rotated tree need not match the
+    /// live one (hard links copied up with an index break once the index is gone), so the
+    /// two systems are compared with each other.
+    fn rotation_check(&self, on_b: bool, problems: &mut Vec<String>) {
+        let st = if on_b { &self.sb } else { &self.sa };
+        let whose = if on_b { self.b.name() } else { self.a.name() };
+        let mut dumps = Vec::new();
+        for sys in [self.a, self.b] {
+            let mut lowers = vec![st.upper.clone()];
+            lowers.extend(st.lowers.iter().cloned());
+            let dirs = MountDirs {
+                lowers,
+                upper: st.fresh_dir("rot-upper"),
+                work: st.fresh_dir("rot-work"),
+                mnt: st.fresh_dir("rot-mnt"),
+            };
+            let what = format!("{} over {whose}'s upper as the top lower", sys.name());
+            let m = match Mounted::mount(sys, &dirs) {
+                Ok(m) => m,
+                Err(e) => {
+                    problems.push(format!("{what}: {e}"));
+                    return;
+                }
+            };
+            let mut got = dump_tree_with(m.path(), self.opts);
+            if sys == System::Kernel {
+                got = without_kernel_ghosts(&got);
+            }
+            if let Err(e) = m.unmount() {
+                problems.push(format!("{what}: unmount: {e}"));
+            }
+            dumps.push((what, got));
+        }
+        if let [(wa, da), (wb, db)] = &dumps[..] {
+            if da != db {
+                problems.push(format!(
+                    "layer rotation: {wb} differs from {wa}\n--- diff (- {wa}, + {wb}):\n{}\n--- {wa}:\n{da}",
+                    diff_dumps(da, db)
+                ));
+            }
         }
     }
 
