@@ -211,6 +211,25 @@ fn redirects_in_lower_layers() {
     run_scenario("redirects_in_lower_layers", &stack, &phases);
 }
 
+/// An absolute redirect whose path crosses an opaque directory ends the lookup in that
+/// layer, even where the path goes no further there (found by layer rotation, seed 30158).
+#[test]
+fn redirect_through_opaque_dir_stops() {
+    if !can_mount("redirect_through_opaque_dir_stops") {
+        return;
+    }
+    const R: &str = "trusted.overlay.redirect";
+    let stack = Stack::new(3);
+    stack.lower(2).file("p/q/hidden", b"below the opaque p");
+    stack
+        .lower(1)
+        .opaque("p", OpaqueFormat::TrustedXattr)
+        .file("p/other", b"o");
+    stack.lower(0).file("x/own", b"own").xattr("x", R, b"/p/q");
+    let phases = vec![vec![readdir("x"), readdir("p"), create("x/new")]];
+    run_scenario("redirect_through_opaque_dir_stops", &stack, &phases);
+}
+
 /// A directory whose lower-layer redirect is invalid fails its lookup with the kernel's
 /// errno (`..` or `.`: EACCES, a relative value with `/` or an empty component: EINVAL),
 /// and a redirect can never lead out of the layers. (Not compared through a directory

@@ -187,6 +187,9 @@ impl UnionFs {
             let pfd = self.lower_dir_fd(layer, &here).at("open lower dir", at)?;
             let last = i + 1 == comps.len();
             match self.probe_one(pfd.as_fd(), name, at, bottom)? {
+                // An opaque directory on the way ends the lookup even when the path goes
+                // no further in this layer.
+                Step::Missing if stop_after => return Ok(Probe::Stop),
                 Step::Missing => return Ok(Probe::Missing),
                 Step::Stop => return Ok(Probe::Stop),
                 Step::Dir(m) => {

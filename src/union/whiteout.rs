@@ -13,7 +13,7 @@
 //! What is written depends on privilege: [`WriteFormat`].
 
 use std::ffi::OsStr;
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 
 /// Prefix of whiteout file names (OCI / AUFS style).
 pub const WH_PREFIX: &[u8] = b".wh.";
@@ -64,38 +64,52 @@ impl XattrNs {
     }
 }
 
-/// Prefix under which users' own `trusted.overlay.*` xattrs are stored (kernel 6.7+
-/// escaping: `trusted.overlay.X` set through the mount is `trusted.overlay.overlay.X` on
-/// disk, so overlays can be nested).
-const ESCAPED_TRUSTED: &str = "trusted.overlay.overlay.";
-const ESCAPED_USER: &str = "user.overlay.overlay.";
+/// The xattr namespaces that belong to an overlay: kernel overlayfs (`trusted.overlay.`,
+/// `user.overlay.` with `userxattr`) and fuse-overlayfs (`user.fuseoverlayfs.`).
+const PRIVATE_PREFIXES: [&str; 3] = ["trusted.overlay.", "user.overlay.", "user.fuseoverlayfs."];
 
-/// True for xattr names that belong to the overlay and are hidden from users.
-pub fn is_private_xattr(name: &OsStr) -> bool {
-    let b = name.as_bytes();
-    if b.starts_with(ESCAPED_TRUSTED.as_bytes()) || b.starts_with(ESCAPED_USER.as_bytes()) {
-        return false;
-    }
-    OVERLAY_PREFIXES.iter().any(|p| b.starts_with(p.as_bytes()))
-        || b.starts_with(b"user.fuseoverlayfs.")
+/// What follows a private prefix in the on-disk name of a user's own xattr of that
+/// namespace (kernel 6.7+ escaping: `trusted.overlay.X` set through the mount is
+/// `trusted.overlay.overlay.X` on disk, and each overlay removes one level, so overlays
+/// nest: an inner overlay's marks on an outer overlay's tree are data to the outer one).
+/// Applied to the three namespaces alike, since rlayerfs reads all three as its own.
+const ESCAPE: &str = "overlay.";
+
+/// The private prefix `name` starts with.
+fn private_prefix(name: &[u8]) -> Option<&'static str> {
+    PRIVATE_PREFIXES
+        .into_iter()
+        .find(|p| name.starts_with(p.as_bytes()))
 }
 
-/// The on-disk name of an xattr a user sets through the mount: `trusted.overlay.X` is
-/// escaped to `trusted.overlay.overlay.X`, as kernel overlayfs does. `None` for names
+/// True for xattr names that belong to the overlay and are hidden from users (escaped
+/// names are users' own).
+pub fn is_private_xattr(name: &OsStr) -> bool {
+    let b = name.as_bytes();
+    private_prefix(b).is_some_and(|p| !b[p.len()..].starts_with(ESCAPE.as_bytes()))
+}
+
+/// The on-disk name of an xattr a user sets through the mount: `P.X` for a private
+/// namespace `P` is escaped to `P.overlay.X`, as kernel overlayfs does. `None` for names
 /// that need no escaping.
 pub fn escape_xattr(name: &OsStr) -> Option<std::ffi::OsString> {
-    let rest = name.as_bytes().strip_prefix(b"trusted.overlay.")?;
-    let mut v = ESCAPED_TRUSTED.as_bytes().to_vec();
-    v.extend_from_slice(rest);
-    Some(std::ffi::OsString::from(OsStr::from_bytes(&v)))
+    let b = name.as_bytes();
+    let p = private_prefix(b)?;
+    let mut v = Vec::with_capacity(b.len() + ESCAPE.len());
+    v.extend_from_slice(p.as_bytes());
+    v.extend_from_slice(ESCAPE.as_bytes());
+    v.extend_from_slice(&b[p.len()..]);
+    Some(std::ffi::OsString::from_vec(v))
 }
 
 /// The name users see for an on-disk xattr name (undoes [`escape_xattr`]).
 pub fn unescape_xattr(name: &OsStr) -> Option<std::ffi::OsString> {
-    let rest = name.as_bytes().strip_prefix(ESCAPED_TRUSTED.as_bytes())?;
-    let mut v = b"trusted.overlay.".to_vec();
+    let b = name.as_bytes();
+    let p = private_prefix(b)?;
+    let rest = b[p.len()..].strip_prefix(ESCAPE.as_bytes())?;
+    let mut v = p.as_bytes().to_vec();
     v.extend_from_slice(rest);
-    Some(std::ffi::OsString::from(OsStr::from_bytes(&v)))
+    Some(std::ffi::OsString::from_vec(v))
 }
 
 /// If `name` is a whiteout file name `.wh.X` (but not the opaque marker), returns `X`.
@@ -212,10 +226,47 @@ mod tests {
             ("trusted.foo", false),
             ("user.overlayx", false),
             ("trusted.overlay.overlay.opaque", false),
+            ("user.overlay.overlay.opaque", false),
+            ("user.fuseoverlayfs.overlay.opaque", false),
+            ("user.fuseoverlayfs.origin", true),
         ];
         for (name, private) in table {
             assert_eq!(is_private_xattr(OsStr::new(name)), private, "{name}");
         }
+    }
+
+    #[test]
+    fn users_overlay_xattrs_are_stored_escaped() {
+        let table = [
+            (
+                "trusted.overlay.opaque",
+                Some("trusted.overlay.overlay.opaque"),
+            ),
+            (
+                "user.overlay.redirect",
+                Some("user.overlay.overlay.redirect"),
+            ),
+            (
+                "user.fuseoverlayfs.opaque",
+                Some("user.fuseoverlayfs.overlay.opaque"),
+            ),
+            // Nested one level deeper: each overlay removes one prefix.
+            (
+                "trusted.overlay.overlay.whiteout",
+                Some("trusted.overlay.overlay.overlay.whiteout"),
+            ),
+            ("user.mime", None),
+            ("trusted.overlayx", None),
+        ];
+        for (user, disk) in table {
+            let got = escape_xattr(OsStr::new(user));
+            assert_eq!(got.as_deref(), disk.map(OsStr::new), "{user}");
+            if let Some(d) = got {
+                assert!(!is_private_xattr(&d), "{user}: escaped name is the user's");
+                assert_eq!(unescape_xattr(&d).as_deref(), Some(OsStr::new(user)));
+            }
+        }
+        assert_eq!(unescape_xattr(OsStr::new("user.overlay.opaque")), None);
     }
 
     #[test]

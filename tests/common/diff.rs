@@ -382,8 +382,12 @@ impl Pair {
         }
         if let [(wa, da), (wb, db)] = &dumps[..] {
             if da != db {
+                let mut layers = String::new();
+                for l in std::iter::once(&st.upper).chain(&st.lowers) {
+                    let _ = writeln!(layers, "{}:\n{}", l.display(), layer_marks(l));
+                }
                 problems.push(format!(
-                    "layer rotation: {wb} differs from {wa}\n--- diff (- {wa}, + {wb}):\n{}\n--- {wa}:\n{da}",
+                    "layer rotation: {wb} differs from {wa}\n--- diff (- {wa}, + {wb}):\n{}\n--- {wa}:\n{da}\n--- overlay marks of the rotated layers, top first:\n{layers}",
                     diff_dumps(da, db)
                 ));
             }
@@ -431,6 +435,46 @@ impl Pair {
         );
         r
     }
+}
+
+/// Every entry of a layer directory with what marks it for an overlay: whiteout devices
+/// and overlay xattrs (for divergence reports about redirects and whiteouts).
+fn layer_marks(root: &Path) -> String {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let mut out = String::new();
+    let mut todo = vec![root.to_path_buf()];
+    while let Some(dir) = todo.pop() {
+        let Ok(rd) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        let mut entries: Vec<_> = rd.flatten().map(|e| e.path()).collect();
+        entries.sort();
+        for p in entries {
+            let Ok(md) = std::fs::symlink_metadata(&p) else {
+                continue;
+            };
+            let rel = p.strip_prefix(root).unwrap_or(&p).display().to_string();
+            let kind = if md.file_type().is_char_device() && md.rdev() == 0 {
+                "whiteout"
+            } else if md.is_dir() {
+                todo.push(p.clone());
+                "dir"
+            } else {
+                "other"
+            };
+            let marks: Vec<String> = super::sys::list_xattrs(&p)
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|n| n.contains(".overlay."))
+                .map(|n| {
+                    let v = super::sys::get_xattr(&p, &n).unwrap_or_default();
+                    format!("{n}={}", v.escape_ascii())
+                })
+                .collect();
+            let _ = writeln!(out, "  {rel} {kind} {}", marks.join(" "));
+        }
+    }
+    out
 }
 
 /// Drops entries kernel overlayfs lists in readdir but cannot stat (ENOENT): the kernel

@@ -298,6 +298,11 @@ impl Stack {
             None => builder.tempdir(),
         }
         .expect("create temp dir");
+        // RLAYERFS_TEST_KEEP=1 leaves every stack on disk, to look at after a failure.
+        let mut tmp = tmp;
+        if std::env::var_os("RLAYERFS_TEST_KEEP").is_some() {
+            tmp.disable_cleanup(true);
+        }
         let root = tmp.path().to_path_buf();
         let lowers: Vec<PathBuf> = (0..n_lowers).map(|i| root.join(format!("l{i}"))).collect();
         let (upper, work, mnt) = (root.join("upper"), root.join("work"), root.join("mnt"));
