@@ -193,17 +193,12 @@ impl UnionFs {
                     Mode::empty(),
                 )
                 .at("open copy", Where::Work)?;
-                sys::set_xattr(fd.as_fd(), OsStr::new(origin::ORIGIN_XATTR), o, 0)
+                sys::set_xattr(fd.as_fd(), self.identity_xattrs().0, o, 0)
                     .at("set origin", Where::Work)?;
                 if linked {
                     let rec = origin::format_nlink(st.st_nlink as i64 - 2);
-                    sys::set_xattr(
-                        fd.as_fd(),
-                        OsStr::new(origin::NLINK_XATTR),
-                        rec.as_bytes(),
-                        0,
-                    )
-                    .at("set nlink", Where::Work)?;
+                    sys::set_xattr(fd.as_fd(), self.identity_xattrs().1, rec.as_bytes(), 0)
+                        .at("set nlink", Where::Work)?;
                 }
                 Ok(())
             });
@@ -279,13 +274,8 @@ impl UnionFs {
         if persist {
             let fd = self.open_real_path(&self.real(ino)?)?;
             let rec = origin::format_nlink(offset);
-            sys::set_xattr(
-                fd.as_fd(),
-                OsStr::new(origin::NLINK_XATTR),
-                rec.as_bytes(),
-                0,
-            )
-            .at("set nlink", Where::Upper)?;
+            sys::set_xattr(fd.as_fd(), self.identity_xattrs().1, rec.as_bytes(), 0)
+                .at("set nlink", Where::Upper)?;
         }
         Ok(())
     }

@@ -176,12 +176,35 @@ impl Stack {
 /// `None` when it cannot be had (the mount then works without an index). Entries are
 /// never removed here: one with a single link may still hold the data of lower names
 /// whose upper name was unlinked while open.
+///
+/// Without privilege over its mode, a mode-0 directory cannot be entered: one this daemon
+/// just made gets mode 0700 then; one it cannot use means no index.
 fn open_index(workdir: BorrowedFd<'_>) -> Option<OwnedFd> {
-    match rustix::fs::mkdirat(workdir, crate::union::origin::INDEX_SUBDIR, Mode::empty()) {
-        Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+    let name = crate::union::origin::INDEX_SUBDIR;
+    let made = match rustix::fs::mkdirat(workdir, name, Mode::empty()) {
+        Ok(()) => true,
+        Err(rustix::io::Errno::EXIST) => false,
         Err(_) => return None,
+    };
+    let usable = || {
+        rustix::fs::accessat(
+            workdir,
+            name,
+            rustix::fs::Access::EXEC_OK | rustix::fs::Access::WRITE_OK,
+            AtFlags::empty(),
+        )
+        .is_ok()
+    };
+    if !usable() {
+        if !made
+            || rustix::fs::chmodat(workdir, name, Mode::from_raw_mode(0o700), AtFlags::empty())
+                .is_err()
+            || !usable()
+        {
+            return None;
+        }
     }
-    sys::open_dir_path(workdir, Path::new(crate::union::origin::INDEX_SUBDIR)).ok()
+    sys::open_dir_path(workdir, Path::new(name)).ok()
 }
 
 /// Creates `WORKDIR/work` if needed and removes everything a previous run left in it.

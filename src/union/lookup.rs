@@ -581,8 +581,11 @@ impl UnionFs {
                             refuse_metacopy(pfd.as_fd(), name)?;
                         }
                         if self.index_enabled() {
-                            let (ino, offset, record) =
+                            let (mut ino, offset, record) =
                                 self.read_identity(pfd.as_fd(), name, st.st_nlink > 1)?;
+                            if let (None, Some(rec), Some(pl)) = (ino, &record, &parent.lower) {
+                                ino = self.origin_ino_by_name(pl, name, rec)?;
+                            }
                             origin = (ino, offset);
                             if st.st_nlink > 1 {
                                 upper_index = self.index_entry(record.as_deref())?;
@@ -655,13 +658,21 @@ impl UnionFs {
         })
     }
 
-    /// Whether origin records and the index are read and written (needs privilege).
+    /// Whether origin records and the index are read and written: on every writable
+    /// mount with an index directory. Rootless, the records are `user.overlay.*` (kernel
+    /// overlayfs with `userxattr` has no index; rlayerfs keeps one so that the names of a
+    /// copied-up lower hard link stay one file across remounts, as rootful).
     pub(crate) fn index_enabled(&self) -> bool {
-        self.stack.index.is_some()
-            && self
-                .format
-                .map(|f| f.xattr_ns == whiteout::XattrNs::Trusted)
-                .unwrap_or(false)
+        self.stack.index.is_some() && self.format.is_some()
+    }
+
+    /// The names of the origin and nlink xattrs this mount reads and writes.
+    pub(crate) fn identity_xattrs(&self) -> (&'static OsStr, &'static OsStr) {
+        let ns = self
+            .format
+            .map(|f| f.xattr_ns)
+            .unwrap_or(whiteout::XattrNs::Trusted);
+        (OsStr::new(ns.origin()), OsStr::new(ns.nlink()))
     }
 
     pub(crate) fn index_fd(&self) -> Result<BorrowedFd<'_>> {
@@ -707,16 +718,15 @@ impl UnionFs {
         linked: bool,
     ) -> Result<(Option<u64>, i64, Option<Vec<u8>>)> {
         use crate::union::origin;
-        let record = sys::get_xattr_at(dir, name, OsStr::new(origin::ORIGIN_XATTR))
-            .at("getxattr", Where::Upper)?;
+        let (origin_xattr, nlink_xattr) = self.identity_xattrs();
+        let record = sys::get_xattr_at(dir, name, origin_xattr).at("getxattr", Where::Upper)?;
         let ino = record
             .as_deref()
             .and_then(origin::decode)
             .and_then(|(uuid, h)| self.decode_origin_ino(&uuid, &h));
         let mut offset = 0;
         if linked {
-            let v = sys::get_xattr_at(dir, name, OsStr::new(origin::NLINK_XATTR))
-                .at("getxattr", Where::Upper)?;
+            let v = sys::get_xattr_at(dir, name, nlink_xattr).at("getxattr", Where::Upper)?;
             // The kernel writes upper-relative records; a lower-relative one (only written
             // by old kernels) is taken as an offset of 0.
             if let Some((origin::NlinkBase::Upper, n)) = v.as_deref().and_then(origin::parse_nlink)
@@ -725,6 +735,29 @@ impl UnionFs {
             }
         }
         Ok((ino, offset, record))
+    }
+
+    /// The inode number of the lower object an origin record names, found under the same
+    /// name in the lower layers, for when the handle cannot be opened (`open_by_handle_at`
+    /// needs privilege; `name_to_handle_at` does not): the names of a copied-up hard link
+    /// then keep one inode number across remounts rootless too, unless renamed.
+    fn origin_ino_by_name(
+        &self,
+        parent: &Arc<LowerRef>,
+        name: &OsStr,
+        record: &[u8],
+    ) -> Result<Option<u64>> {
+        let Some(l @ Lower::Entry { .. }) = self.lower_child(parent, name)? else {
+            return Ok(None);
+        };
+        let Some(top) = l.top() else { return Ok(None) };
+        let path = l.path_at(name);
+        let fd = self.path_fd(crate::union::dirfd::LayerKey::Lower(top), &path)?;
+        if self.origin_of(top, fd.as_fd()).as_deref() != Some(record) {
+            return Ok(None);
+        }
+        let st = rustix::fs::fstat(&fd).at("stat lower", Where::Lower(top))?;
+        Ok(Some(self.map_ino(&st)))
     }
 
     /// Finds the lower object an origin record names and returns its inode number.

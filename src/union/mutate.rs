@@ -617,13 +617,8 @@ impl UnionFs {
                         let fd = sys::open_path(self.index_fd()?, Path::new(&**entry))
                             .at("open index", Where::Work)?;
                         let rec = crate::union::origin::format_nlink(r.nlink_offset - 1);
-                        sys::set_xattr(
-                            fd.as_fd(),
-                            OsStr::new(crate::union::origin::NLINK_XATTR),
-                            rec.as_bytes(),
-                            0,
-                        )
-                        .at("set nlink", Where::Work)?;
+                        sys::set_xattr(fd.as_fd(), self.identity_xattrs().1, rec.as_bytes(), 0)
+                            .at("set nlink", Where::Work)?;
                     }
                 }
             }

@@ -62,6 +62,20 @@ impl XattrNs {
             XattrNs::User => "user.overlay.redirect",
         }
     }
+    /// The origin record of a copied-up object (see `crate::union::origin`).
+    pub fn origin(self) -> &'static str {
+        match self {
+            XattrNs::Trusted => "trusted.overlay.origin",
+            XattrNs::User => "user.overlay.origin",
+        }
+    }
+    /// The merged link count offset of an indexed hard link.
+    pub fn nlink(self) -> &'static str {
+        match self {
+            XattrNs::Trusted => "trusted.overlay.nlink",
+            XattrNs::User => "user.overlay.nlink",
+        }
+    }
 }
 
 /// The xattr namespaces that belong to an overlay: kernel overlayfs (`trusted.overlay.`,

@@ -1,0 +1,162 @@
+//! Rootless mounts: rlayerfs in a user namespace of its own (as podman runs it rootless),
+//! without CAP_SYS_ADMIN in the initial namespace, so its overlay xattrs are
+//! `user.overlay.*`. What it writes must mean the same after a remount, and what kernel
+//! overlayfs with `userxattr` makes of it is pinned here.
+
+mod common;
+
+use std::process::Command;
+
+use common::fixture::Stack;
+use common::mount::KernelOverlay;
+use common::{can_mount, sys};
+
+/// Runs `script` in `unshare -Urm` with `$B` the binary, `$O` the stack's `-o` string and
+/// `$M` its mountpoint; returns stdout, panicking with stderr on failure.
+fn rootless(stack: &Stack, script: &str) -> String {
+    let o = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        stack.lowerdir(),
+        stack.upper.display(),
+        stack.work.display()
+    );
+    let out = Command::new("unshare")
+        .args(["-Urm", "sh", "-c", &format!("set -e; {script}")])
+        .env("B", env!("CARGO_BIN_EXE_rlayerfs"))
+        .env("O", &o)
+        .env("M", &stack.mnt)
+        .output()
+        .expect("run unshare");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{}: {stdout}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// Rootless, a lower hard link written through one name stays one file under every name,
+/// also after a remount (an index in `WORKDIR/index` with `user.overlay.origin`/`nlink`, read
+/// back without `open_by_handle_at`): data a container saw never changes on remount.
+#[test]
+fn rootless_hard_links_keep_their_content_across_remounts() {
+    if !can_mount("rootless_hard_links_keep_their_content_across_remounts") {
+        return;
+    }
+    let stack = Stack::new(1);
+    stack
+        .lower(0)
+        .file("d/a", b"orig\n")
+        .hardlink("d/b", "d/a")
+        .hardlink("e", "d/a");
+    let show = "cat $M/d/a $M/d/b $M/e; stat -c '%h %i' $M/d/a $M/d/b $M/e | sort -u";
+    let out = rootless(
+        &stack,
+        &format!(
+            "$B mount -o $O $M; echo changed >> $M/d/a; chmod 600 $M/e; {show}; fusermount3 -u $M; \
+             echo remounted; $B mount -o $O $M; {show}; rm $M/d/a; stat -c '%h' $M/d/b; \
+             fusermount3 -u $M; echo remounted; $B mount -o $O $M; stat -c '%h %a' $M/d/b $M/e; \
+             cat $M/e; fusermount3 -u $M"
+        ),
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    // One `stat` line for the three names: one link count (3) and one inode number.
+    let same = lines.get(6).copied().unwrap_or_default();
+    assert!(same.starts_with("3 "), "{out}");
+    assert_eq!(
+        lines,
+        [
+            "orig",
+            "changed",
+            "orig",
+            "changed",
+            "orig",
+            "changed",
+            same,
+            "remounted",
+            "orig",
+            "changed",
+            "orig",
+            "changed",
+            "orig",
+            "changed",
+            same,
+            "2",
+            "remounted",
+            "2 600",
+            "2 600",
+            "orig",
+            "changed"
+        ],
+        "{out}"
+    );
+}
+
+/// Rootless, a renamed lower directory gets `user.overlay.redirect`, which rlayerfs follows
+/// (also once that upper is the top lower of a new stack). Kernel overlayfs with
+/// `userxattr` does not: `userxattr` implies `redirect_dir=nofollow`, so the kernel
+/// refuses to rename such a directory (EXDEV, `mv` then copies) and refuses to look up a
+/// directory carrying a redirect in its upper (EPERM). This pins both behaviours.
+#[test]
+fn rootless_redirect_is_followed_here_and_refused_by_kernel_userxattr() {
+    if !can_mount("rootless_redirect_is_followed_here_and_refused_by_kernel_userxattr") {
+        return;
+    }
+    let stack = Stack::new(1);
+    stack.lower(0).file("a/f", b"lower content");
+    let stdout = rootless(
+        &stack,
+        "$B mount -o $O $M; mv $M/a $M/b; cat $M/b/f; echo; fusermount3 -u $M; \
+         $B mount -o $O $M; cat $M/b/f; echo; fusermount3 -u $M",
+    );
+    assert_eq!(stdout, "lower content\nlower content\n");
+    let upper_b = stack.upper.join("b");
+    assert_eq!(
+        sys::get_xattr(&upper_b, "user.overlay.redirect")
+            .ok()
+            .as_deref(),
+        Some(&b"a"[..]),
+        "rootless redirect format"
+    );
+    assert!(sys::get_xattr(&upper_b, "trusted.overlay.redirect").is_err());
+
+    // Kernel overlayfs with userxattr over the same upper: EPERM on the redirected dir.
+    let work = stack.fresh_dir("kwork");
+    let kmnt = stack.fresh_dir("kmnt");
+    let data = format!(
+        "lowerdir={},upperdir={},workdir={},userxattr",
+        stack.lowerdir(),
+        stack.upper.display(),
+        work.display()
+    );
+    sys::mount("overlay", &kmnt, "overlay", &data).expect("kernel mount with userxattr");
+    let k = KernelOverlay::adopt(&kmnt);
+    let err = std::fs::symlink_metadata(kmnt.join("b")).unwrap_err();
+    assert_eq!(
+        err.raw_os_error(),
+        Some(libc::EPERM),
+        "kernel lookup of b: {err}"
+    );
+    k.unmount().unwrap();
+
+    // And the kernel itself will not rename a lower directory with userxattr.
+    let fresh = Stack::new(1);
+    fresh.lower(0).file("a/f", b"x");
+    let data = format!(
+        "lowerdir={},upperdir={},workdir={},userxattr",
+        fresh.lowerdir(),
+        fresh.upper.display(),
+        fresh.work.display()
+    );
+    sys::mount("overlay", &fresh.mnt, "overlay", &data).expect("kernel mount with userxattr");
+    let k = KernelOverlay::adopt(&fresh.mnt);
+    let err = std::fs::rename(fresh.mnt.join("a"), fresh.mnt.join("b")).unwrap_err();
+    assert_eq!(
+        err.raw_os_error(),
+        Some(libc::EXDEV),
+        "kernel rename: {err}"
+    );
+    k.unmount().unwrap();
+}
