@@ -195,14 +195,12 @@ fn open_index(workdir: BorrowedFd<'_>) -> Option<OwnedFd> {
         )
         .is_ok()
     };
-    if !usable() {
-        if !made
-            || rustix::fs::chmodat(workdir, name, Mode::from_raw_mode(0o700), AtFlags::empty())
-                .is_err()
-            || !usable()
-        {
-            return None;
-        }
+    let fixable = || {
+        made && rustix::fs::chmodat(workdir, name, Mode::from_raw_mode(0o700), AtFlags::empty())
+            .is_ok()
+    };
+    if !usable() && !(fixable() && usable()) {
+        return None;
     }
     sys::open_dir_path(workdir, Path::new(name)).ok()
 }
