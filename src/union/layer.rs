@@ -199,7 +199,8 @@ fn open_index(workdir: BorrowedFd<'_>) -> Option<OwnedFd> {
         made && rustix::fs::chmodat(workdir, name, Mode::from_raw_mode(0o700), AtFlags::empty())
             .is_ok()
     };
-    if !usable() && !(fixable() && usable()) {
+    let ok = usable() || (fixable() && usable());
+    if !ok {
         return None;
     }
     sys::open_dir_path(workdir, Path::new(name)).ok()
