@@ -83,16 +83,24 @@ pub fn mounted_dev(mountpoint: &Path) -> Option<u64> {
         .next()
 }
 
-/// Unmounts `mountpoint` only if the topmost mount there is still ours.
+/// Unmounts `mountpoint` only if the topmost mount there is still ours, lazily if it is
+/// busy: for a daemon giving up before it served anything (its mount must not stay behind).
 pub fn unmount_if_ours(mountpoint: &Path, st_dev: u64) -> std::io::Result<()> {
+    match unmount_if_ours_now(mountpoint, st_dev) {
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+            Ok(rustix::mount::unmount(mountpoint, UnmountFlags::DETACH)?)
+        }
+        r => r,
+    }
+}
+
+/// Unmounts `mountpoint` only if the topmost mount there is still ours, never lazily: EBUSY
+/// while files, cwds or submounts are in it. A detached mount would leave the daemon
+/// serving (and writing the upper) while the mount table no longer shows it.
+pub fn unmount_if_ours_now(mountpoint: &Path, st_dev: u64) -> std::io::Result<()> {
     match mounted_dev(mountpoint) {
         Some(dev) if dev == st_dev => {}
         _ => return Ok(()),
     }
-    match rustix::mount::unmount(mountpoint, UnmountFlags::empty()) {
-        Err(rustix::io::Errno::BUSY) => {
-            Ok(rustix::mount::unmount(mountpoint, UnmountFlags::DETACH)?)
-        }
-        r => Ok(r?),
-    }
+    Ok(rustix::mount::unmount(mountpoint, UnmountFlags::empty())?)
 }
