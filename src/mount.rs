@@ -1,7 +1,9 @@
 //! The mount session: checks the request, builds the union core, mounts it with fuser,
 //! goes to the background once the mount is live (unless foreground), and serves until
 //! the filesystem is unmounted (`umount`, `fusermount3 -u`) or a SIGTERM/SIGINT asks us
-//! to unmount.
+//! to unmount (never lazily: a busy mount stays mounted and served until it can go, see
+//! [`unmount_on_signals`]). The upperdir and workdir stay marked in use until the session
+//! ends (`crate::union::inuse`).
 //!
 //! The exiting daemon never unmounts by path after the kernel has detached it: fuser
 //! checks its own /dev/fuse connection first, so a new mount at the same path that
