@@ -288,7 +288,8 @@ const LONG_HELP: &str = r#"FORMS
 
 SIGNALS
   SIGTERM, SIGINT, SIGHUP  unmount (never lazily) and exit 0; while the mount is busy (open
-                           files, a cwd, a container's root) it stays mounted and served and
+                           files, a cwd, a copy in another mount namespace: a container's
+                           root) it stays mounted and served and
                            the unmount is retried every 0.5 s until it succeeds
   SIGKILL                  stop serving at once (users get ENOTCONN until the dead mount
                            is unmounted); the upperdir and workdir are free again

@@ -272,8 +272,9 @@ pub fn run(req: MountRequest) -> Result<i32, String> {
 const BUSY_RETRY: Duration = Duration::from_millis(500);
 
 /// What SIGTERM, SIGINT and SIGHUP mean: unmount (never lazily) and so end the session.
-/// While the mount is busy (open files, a cwd, a container's root) it stays mounted and
-/// served, and the unmount is retried until it succeeds. A lazy detach would hide the mount
+/// While the mount is busy (open files, a cwd, a submount, or a copy of it in another mount
+/// namespace: a container's root) it stays mounted and served, and the unmount is retried
+/// until it succeeds. A lazy detach would hide the mount
 /// from the table while the daemon still serves its users and writes the upper unseen:
 /// containers/storage would then mount the same upper again.
 fn unmount_on_signals(path: &Path, dev: Option<u64>, direct: bool) {
@@ -282,6 +283,9 @@ fn unmount_on_signals(path: &Path, dev: Option<u64>, direct: bool) {
     let mut warned = false;
     loop {
         let r = match dev {
+            Some(dev) if crate::sys::fusemount::mounted_elsewhere(dev) => Err(
+                std::io::Error::other("also mounted in another mount namespace (a container?)"),
+            ),
             Some(dev) if direct => crate::sys::fusemount::unmount_if_ours_now(path, dev),
             Some(dev) if crate::sys::fusemount::mounted_dev(path) != Some(dev) => Ok(()),
             _ => fusermount_u(path),

@@ -104,3 +104,43 @@ pub fn unmount_if_ours_now(mountpoint: &Path, st_dev: u64) -> std::io::Result<()
     }
     Ok(rustix::mount::unmount(mountpoint, UnmountFlags::empty())?)
 }
+
+/// Whether the filesystem with device `st_dev` is mounted in another mount namespace (a
+/// container's root, made from our mount): found through each process's mountinfo, one per
+/// namespace. An unmount here would then succeed, but the filesystem would live on, served,
+/// where the mount table of whoever mounted it no longer shows it.
+pub fn mounted_elsewhere(st_dev: u64) -> bool {
+    let own = std::fs::read_link("/proc/self/ns/mnt").ok();
+    let want = format!(
+        "{}:{}",
+        rustix::fs::major(st_dev),
+        rustix::fs::minor(st_dev)
+    );
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    let mut seen = std::collections::HashSet::new();
+    for e in procs.flatten() {
+        let name = e.file_name();
+        if !name.as_encoded_bytes().iter().all(u8::is_ascii_digit) {
+            continue;
+        }
+        let dir = e.path();
+        let Ok(ns) = std::fs::read_link(dir.join("ns/mnt")) else {
+            continue;
+        };
+        if Some(&ns) == own.as_ref() || !seen.insert(ns) {
+            continue;
+        }
+        let Ok(info) = std::fs::read_to_string(dir.join("mountinfo")) else {
+            continue;
+        };
+        if info
+            .lines()
+            .any(|l| l.split(' ').nth(2) == Some(want.as_str()))
+        {
+            return true;
+        }
+    }
+    false
+}
