@@ -14,8 +14,9 @@
 #
 # The e2e flow checks: the built image's content (adds, deletes of a lower file and of a lower
 # directory, a directory replaced by a file, an append); a container that reads, writes and
-# deletes lower files; SIGTERM to the daemon of a running container; `podman diff`; `podman commit`; the committed image's content; and, while
-# a container runs, that a fuse.rlayerfs mount serves its root (/proc/PID/mounts and findmnt).
+# deletes lower files; `podman diff`; `podman commit`; the committed image's content; while a
+# container runs, that a fuse.rlayerfs mount serves its root (/proc/PID/mounts and findmnt),
+# and that SIGTERM to its daemon leaves it mounted and served (one daemon, exec works).
 # `--variant` runs the same flow over fuse-overlayfs or kernel overlayfs (the reference: the
 # expected results are those of kernel overlayfs).
 #
