@@ -14,8 +14,9 @@
 #
 # The e2e flow checks: the built image's content (adds, deletes of a lower file and of a lower
 # directory, a directory replaced by a file, an append); a container that reads, writes and
-# deletes lower files; `podman diff`; `podman commit`; the committed image's content; and, while
-# a container runs, that a fuse.rlayerfs mount serves its root (/proc/PID/mounts and findmnt).
+# deletes lower files; `podman diff`; `podman commit`; the committed image's content; while a
+# container runs, that a fuse.rlayerfs mount serves its root (/proc/PID/mounts and findmnt),
+# and that SIGTERM to its daemon leaves it mounted and served (one daemon, exec works).
 # `--variant` runs the same flow over fuse-overlayfs or kernel overlayfs (the reference: the
 # expected results are those of kernel overlayfs).
 #
@@ -434,6 +435,36 @@ daemon_serves() {
     return 1
 }
 
+# Pids of the running $BIN processes started with mountpoint $1.
+daemon_pids() {
+    local p
+    for p in /proc/[0-9]*; do
+        [ "$(readlink "$p/exe" 2>/dev/null)" = "$BIN" ] || continue
+        tr '\0' '\n' <"$p/cmdline" 2>/dev/null | grep -qxF "$1" && echo "${p#/proc/}"
+    done
+}
+
+# SIGTERM to the daemon serving running container "live" (merged dir $2) while the container
+# writes: the busy mount stays in the table and served, `podman diff` (which mounts the
+# container again) starts no second daemon on its upper, `podman exec` still works and sees
+# every write.
+sigterm_live_ok() {
+    local env=$1 merged=$2 pids n
+    pids=$(daemon_pids "$merged")
+    [ "$(printf '%s\n' "$pids" | grep -c .)" = 1 ] || { echo "daemons: $pids"; return 1; }
+    pm "$env" exec -d live sh -c 'i=0; while [ $i -lt 100 ]; do echo $i >>/sigterm.log; i=$((i + 1)); sleep 0.02; done' || return 1
+    kill -TERM "$pids"
+    sleep 1
+    mount_points "$env" | grep -qxF "$merged" || { echo "merged no longer a mount after SIGTERM"; return 1; }
+    kill -0 "$pids" || { echo "daemon $pids exited while the container runs"; return 1; }
+    pm "$env" diff live | grep -qxF 'A /sigterm.log' || { echo "podman diff misses /sigterm.log"; return 1; }
+    n=$(daemon_pids "$merged" | grep -c .)
+    [ "$n" = 1 ] || { echo "$n daemons serve $merged after podman diff"; return 1; }
+    sleep 2
+    n=$(pm "$env" exec live sh -c 'wc -l </sigterm.log') || { echo "podman exec failed"; return 1; }
+    [ "$n" = 100 ] || { echo "/sigterm.log has $n lines, want 100"; return 1; }
+}
+
 # Mount points as podman sees them (env $1).
 mount_points() { in_podman_ns "$1" cat /proc/self/mountinfo | awk '{ print $5 }'; }
 no_mount_at() { ! mount_points "$1" | grep -qxF "$2"; }
@@ -534,6 +565,8 @@ e2e() {
         grep -Eq "$want" <(pm "$env" exec live awk '$2 == "/" { print $3, $1 }' /proc/self/mounts)
     if [ "$variant" = rlayerfs ]; then
         check "a $BIN daemon serves the merged dir" daemon_serves "$merged"
+        check "SIGTERM to the daemon while the container writes: still mounted and served, one daemon after podman diff, exec works" \
+            sigterm_live_ok "$env" "$merged"
     fi
     check "podman rm -f live" pm "$env" rm -f -t 0 live
     check "no mount left at $merged" no_mount_at "$env" "$merged"

@@ -283,6 +283,16 @@ const LONG_HELP: &str = r#"FORMS
     fusermount3 -u MOUNTPOINT                      (unmount; or umount, or SIGTERM to the daemon)
   The command returns once the mount is live, leaving the daemon in the background (-f keeps
   it in the foreground). Errors: one line on stderr, exit status 1, nothing mounted.
+  An upperdir or workdir that a live rlayerfs daemon or a kernel overlay mount uses is
+  refused (after waiting up to 3 s for a daemon whose mount was just unmounted).
+
+SIGNALS
+  SIGTERM, SIGINT, SIGHUP  unmount (never lazily) and exit 0; while the mount is busy (open
+                           files, a cwd, a copy in another mount namespace: a container's
+                           root) it stays mounted and served and
+                           the unmount is retried every 0.5 s until it succeeds
+  SIGKILL                  stop serving at once (users get ENOTCONN until the dead mount
+                           is unmounted); the upperdir and workdir are free again
 
 MOUNT OPTIONS (-o, comma separated, may be repeated; unknown ones get one warning)
   Layers

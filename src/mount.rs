@@ -1,7 +1,9 @@
 //! The mount session: checks the request, builds the union core, mounts it with fuser,
 //! goes to the background once the mount is live (unless foreground), and serves until
 //! the filesystem is unmounted (`umount`, `fusermount3 -u`) or a SIGTERM/SIGINT asks us
-//! to unmount.
+//! to unmount (never lazily: a busy mount stays mounted and served until it can go, see
+//! [`unmount_on_signals`]). The upperdir and workdir stay marked in use until the session
+//! ends (`crate::union::inuse`).
 //!
 //! The exiting daemon never unmounts by path after the kernel has detached it: fuser
 //! checks its own /dev/fuse connection first, so a new mount at the same path that
@@ -199,6 +201,7 @@ pub fn run(req: MountRequest) -> Result<i32, String> {
     rustix::process::umask(rustix::fs::Mode::empty());
     let pt = Arc::new(Passthrough::default());
     let want_passthrough = req.passthrough && rustix::process::geteuid().is_root();
+    let core = fs.clone();
     let adapter = FuseAdapter::new(fs, ttl, pt.clone(), want_passthrough);
     // Mount ourselves when we may (uid 0, also in a user namespace): the session then never
     // unmounts by path (see module doc), and the type is `fuse.rlayerfs`. EPERM (no
@@ -242,23 +245,18 @@ pub fn run(req: MountRequest) -> Result<i32, String> {
             }
         }
     }
-    let mut unmounter = session.unmount_callable();
+    // The device of the fuser-made mount too, so that a signal never unmounts a newer mount
+    // made at the same path.
+    let dev = ours.or_else(|| crate::sys::fusemount::mounted_dev(&mountpoint));
     let path = mountpoint.clone();
     std::thread::Builder::new()
         .name("signals".into())
-        .spawn(move || {
-            let sig = crate::sys::process::wait_for_termination();
-            tracing::info!(sig, "signal: unmounting");
-            let r = match ours {
-                Some(dev) => crate::sys::fusemount::unmount_if_ours(&path, dev),
-                None => unmounter.unmount(),
-            };
-            if let Err(e) = r {
-                tracing::error!(error = %e, "unmount on signal failed");
-            }
-        })
+        .spawn(move || unmount_on_signals(&path, dev, ours.is_some()))
         .map_err(|e| format!("cannot start the signal thread: {e}"))?;
-    match session.run() {
+    let result = session.run();
+    // Nothing is served any more: free the upper and workdir for a remount right away.
+    core.release_in_use();
+    match result {
         Ok(()) => {
             tracing::info!("unmounted, exiting");
             Ok(0)
@@ -267,5 +265,61 @@ pub fn run(req: MountRequest) -> Result<i32, String> {
             tracing::error!(error = %e, "session ended with an error");
             Ok(1)
         }
+    }
+}
+
+/// How often a termination signal that found the mount busy tries the unmount again.
+const BUSY_RETRY: Duration = Duration::from_millis(500);
+
+/// What SIGTERM, SIGINT and SIGHUP mean: unmount (never lazily) and so end the session.
+/// While the mount is busy (open files, a cwd, a submount, or a copy of it in another mount
+/// namespace: a container's root) it stays mounted and served, and the unmount is retried
+/// until it succeeds. A lazy detach would hide the mount
+/// from the table while the daemon still serves its users and writes the upper unseen:
+/// containers/storage would then mount the same upper again.
+fn unmount_on_signals(path: &Path, dev: Option<u64>, direct: bool) {
+    let sig = crate::sys::process::wait_for_termination();
+    tracing::info!(sig, "signal: unmounting");
+    let mut warned = false;
+    loop {
+        let r = match dev {
+            Some(dev) if crate::sys::fusemount::mounted_elsewhere(dev) => Err(
+                std::io::Error::other("also mounted in another mount namespace (a container?)"),
+            ),
+            Some(dev) if direct => crate::sys::fusemount::unmount_if_ours_now(path, dev),
+            Some(dev) if crate::sys::fusemount::mounted_dev(path) != Some(dev) => Ok(()),
+            _ => fusermount_u(path),
+        };
+        match r {
+            Ok(()) => return,
+            Err(e) if !warned => {
+                warned = true;
+                tracing::warn!(
+                    error = %e,
+                    "signal: cannot unmount yet (busy?); still mounted and serving, retrying \
+                     until it is no longer in use"
+                );
+            }
+            Err(_) => {}
+        }
+        // Another signal retries at once.
+        let _ = crate::sys::process::wait_for_termination_timeout(BUSY_RETRY);
+    }
+}
+
+/// `fusermount3 -u` (not `-z`), for a mount made through fusermount3 (without privilege).
+fn fusermount_u(path: &Path) -> std::io::Result<()> {
+    let st = std::process::Command::new("fusermount3")
+        .arg("-u")
+        .arg("--")
+        .arg(path)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()?;
+    if st.success() {
+        Ok(())
+    } else {
+        Err(std::io::Error::other(format!("fusermount3 -u: {st}")))
     }
 }

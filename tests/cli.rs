@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use common::dump::{dump_tree_with, DumpOptions};
 use common::fixture::Stack;
 use common::live::{daemons_of, is_zombie, line_diff};
-use common::mount::{mount_info, unmount_path, FuseMount, MountDirs};
+use common::mount::{mount_info, unmount_path, FuseMount, KernelOverlay, MountDirs};
 use common::{can_mount, sys};
 
 const BIN: &str = env!("CARGO_BIN_EXE_rlayerfs");
@@ -759,6 +759,198 @@ fn busy_mountpoint_is_refused() {
         Some(&b"top f"[..]),
         "first mount no longer serves"
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// One upper, one daemon
+
+/// A second mount of an upperdir or workdir a live daemon uses is refused with one line
+/// naming it; the workdir (with what the live daemon has in its scratch) and the upper are
+/// left exactly as they were, and the first mount still serves.
+#[test]
+fn busy_upper_or_workdir_is_refused() {
+    if !can_mount("busy_upper_or_workdir_is_refused") {
+        return;
+    }
+    let first = good_stack();
+    let o = opts(
+        Some(&first.lowerdir()),
+        Some(&first.upper),
+        Some(&first.work),
+    );
+    let (live, _) = Live::start(&os(&["mount", "-o", &o, &p(&first.mnt)]), &first.mnt);
+    check_serves(&first, &first.mnt, "before");
+    // What the live daemon could be building in its scratch: a second mount must not
+    // empty it.
+    fs::write(first.work.join("work/half-built"), b"copy-up in progress").unwrap();
+    let (other_upper, other_work) = (first.fresh_dir("u2"), first.fresh_dir("w2"));
+    let cases = [
+        (
+            "same upperdir and workdir",
+            &first.upper,
+            &first.work,
+            p(&first.upper),
+        ),
+        ("same upperdir", &first.upper, &other_work, p(&first.upper)),
+        ("same workdir", &other_upper, &first.work, p(&first.work)),
+    ];
+    let mut problems = Vec::new();
+    for (what, upper, work, names) in cases {
+        let mnt = first.fresh_dir("m2");
+        let start = Instant::now();
+        problems.extend(check_refused(&Bad {
+            what,
+            args: os(&[
+                "mount",
+                "-o",
+                &opts(Some(&first.lowerdir()), Some(upper), Some(work)),
+                &p(&mnt),
+            ]),
+            mention: vec![format!("{names} is in use")],
+            watch: vec![
+                first.upper.clone(),
+                first.work.clone(),
+                other_upper.clone(),
+                other_work.clone(),
+            ],
+            mnt,
+        }));
+        eprintln!("{what}: refused after {:?}", start.elapsed());
+    }
+    let count = mounts_at(&first.mnt);
+    let serving = std::panic::catch_unwind(|| check_serves(&first, &first.mnt, "after"));
+    drop(live);
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    assert_eq!(count, 1, "mounts at the first mountpoint");
+    assert!(serving.is_ok(), "the first mount no longer serves");
+}
+
+/// An upperdir or workdir a kernel overlay mount uses is refused, naming it and the mount.
+#[test]
+fn kernel_overlay_upper_is_refused() {
+    if !can_mount("kernel_overlay_upper_is_refused") {
+        return;
+    }
+    let st = good_stack();
+    let k = match KernelOverlay::mount(&st) {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("SKIP kernel_overlay_upper_is_refused: {e}");
+            return;
+        }
+    };
+    let other_work = st.fresh_dir("w2");
+    let mnt = st.fresh_dir("m2");
+    let problems = check_refused(&Bad {
+        what: "upperdir of a kernel overlay mount",
+        args: os(&[
+            "mount",
+            "-o",
+            &opts(Some(&st.lowerdir()), Some(&st.upper), Some(&other_work)),
+            &p(&mnt),
+        ]),
+        mention: vec![format!(
+            "{} is in use by the kernel overlay mount at {}",
+            p(&st.upper),
+            p(&st.mnt)
+        )],
+        watch: vec![st.upper.clone(), st.work.clone(), other_work.clone()],
+        mnt,
+    });
+    drop(k);
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// A daemon killed with SIGKILL frees its upperdir and workdir by dying: once its dead
+/// mount is cleaned up, a new mount of the same dirs works (and empties the scratch).
+#[test]
+fn sigkill_frees_the_upper_for_a_new_mount() {
+    if !can_mount("sigkill_frees_the_upper_for_a_new_mount") {
+        return;
+    }
+    let st = good_stack();
+    let o = opts(Some(&st.lowerdir()), Some(&st.upper), Some(&st.work));
+    let args = os(&["mount", "-o", &o, &p(&st.mnt)]);
+    let (live, _) = Live::start(&args, &st.mnt);
+    check_serves(&st, &st.mnt, "killed");
+    fs::write(st.work.join("work/left-by-the-dead"), b"x").unwrap();
+    for &pid in &live.daemons {
+        // SAFETY: kill has no memory preconditions; pid is the daemon we started.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    assert!(
+        live.wait_daemons_gone(EXIT_TIMEOUT),
+        "daemon survived SIGKILL"
+    );
+    // The dead mount (ENOTCONN) stays in the table until unmounted.
+    unmount_path(&st.mnt, fusermount_u).expect("unmount the dead mount");
+    drop(live);
+    let start = Instant::now();
+    let (again, _) = Live::start(&args, &st.mnt);
+    eprintln!("mount after SIGKILL took {:?}", start.elapsed());
+    check_serves(&st, &st.mnt, "again");
+    assert!(
+        !st.work.join("work/left-by-the-dead").exists(),
+        "the new mount did not empty the dead daemon's scratch"
+    );
+    drop(again);
+}
+
+/// SIGTERM while a process holds a file open in the mount: the mount stays listed and served
+/// (writes through the open file land in the upper, a second mount of the upper is still
+/// refused) while the daemon lives; once the file is closed the daemon unmounts and exits 0.
+/// It never detaches lazily, which would leave a daemon writing an upper no mount shows.
+#[test]
+fn sigterm_while_busy_keeps_the_mount_until_idle() {
+    if !can_mount("sigterm_while_busy_keeps_the_mount_until_idle") {
+        return;
+    }
+    let st = good_stack();
+    let o = opts(Some(&st.lowerdir()), Some(&st.upper), Some(&st.work));
+    let mut child = spawn_foreground(&o, &st.mnt);
+    let guard = Live {
+        mnt: st.mnt.clone(),
+        daemons: vec![child.id() as i32],
+    };
+    assert!(wait_until(RUN_TIMEOUT, || mount_info(&st.mnt).is_some()));
+    let mut held = fs::OpenOptions::new()
+        .append(true)
+        .open(st.mnt.join("f"))
+        .expect("open f in the mount");
+    // SAFETY: kill has no memory preconditions; the pid is our child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    sleep(Duration::from_millis(1500));
+    let alive = child.try_wait().unwrap().is_none();
+    let listed = mount_info(&st.mnt).is_some();
+    use std::io::Write;
+    let wrote = held
+        .write_all(b" + after SIGTERM")
+        .and_then(|()| held.sync_all());
+    let in_upper = fs::read(st.upper.join("f")).unwrap_or_default();
+    let second = {
+        let mnt = st.fresh_dir("m2");
+        let r = run(&os(&["mount", "-o", &o, &p(&mnt)]));
+        force_cleanup(&mnt);
+        r
+    };
+    drop(held);
+    let code = wait_for(&mut child, EXIT_TIMEOUT);
+    let gone = mount_info(&st.mnt).is_none();
+    drop(guard);
+    assert!(alive, "the daemon exited on SIGTERM while busy");
+    assert!(listed, "the busy mount left the mount table on SIGTERM");
+    assert!(wrote.is_ok(), "write through the held file: {wrote:?}");
+    assert_eq!(
+        in_upper, b"top f + after SIGTERM",
+        "the write did not reach the upper"
+    );
+    assert_ne!(
+        second.code,
+        Some(0),
+        "second mount of the served upper: {second:?}"
+    );
+    assert_eq!(code, Some(0), "exit status once the file was closed");
+    assert!(gone, "still mounted after the daemon exited");
 }
 
 // ---------------------------------------------------------------------------------------

@@ -83,16 +83,64 @@ pub fn mounted_dev(mountpoint: &Path) -> Option<u64> {
         .next()
 }
 
-/// Unmounts `mountpoint` only if the topmost mount there is still ours.
+/// Unmounts `mountpoint` only if the topmost mount there is still ours, lazily if it is
+/// busy: for a daemon giving up before it served anything (its mount must not stay behind).
 pub fn unmount_if_ours(mountpoint: &Path, st_dev: u64) -> std::io::Result<()> {
+    match unmount_if_ours_now(mountpoint, st_dev) {
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+            Ok(rustix::mount::unmount(mountpoint, UnmountFlags::DETACH)?)
+        }
+        r => r,
+    }
+}
+
+/// Unmounts `mountpoint` only if the topmost mount there is still ours, never lazily: EBUSY
+/// while files, cwds or submounts are in it. A detached mount would leave the daemon
+/// serving (and writing the upper) while the mount table no longer shows it.
+pub fn unmount_if_ours_now(mountpoint: &Path, st_dev: u64) -> std::io::Result<()> {
     match mounted_dev(mountpoint) {
         Some(dev) if dev == st_dev => {}
         _ => return Ok(()),
     }
-    match rustix::mount::unmount(mountpoint, UnmountFlags::empty()) {
-        Err(rustix::io::Errno::BUSY) => {
-            Ok(rustix::mount::unmount(mountpoint, UnmountFlags::DETACH)?)
+    Ok(rustix::mount::unmount(mountpoint, UnmountFlags::empty())?)
+}
+
+/// Whether the filesystem with device `st_dev` is mounted in another mount namespace (a
+/// container's root, made from our mount): found through each process's mountinfo, one per
+/// namespace. An unmount here would then succeed, but the filesystem would live on, served,
+/// where the mount table of whoever mounted it no longer shows it.
+pub fn mounted_elsewhere(st_dev: u64) -> bool {
+    let own = std::fs::read_link("/proc/self/ns/mnt").ok();
+    let want = format!(
+        "{}:{}",
+        rustix::fs::major(st_dev),
+        rustix::fs::minor(st_dev)
+    );
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    let mut seen = std::collections::HashSet::new();
+    for e in procs.flatten() {
+        let name = e.file_name();
+        if !name.as_encoded_bytes().iter().all(u8::is_ascii_digit) {
+            continue;
         }
-        r => Ok(r?),
+        let dir = e.path();
+        let Ok(ns) = std::fs::read_link(dir.join("ns/mnt")) else {
+            continue;
+        };
+        if Some(&ns) == own.as_ref() || !seen.insert(ns) {
+            continue;
+        }
+        let Ok(info) = std::fs::read_to_string(dir.join("mountinfo")) else {
+            continue;
+        };
+        if info
+            .lines()
+            .any(|l| l.split(' ').nth(2) == Some(want.as_str()))
+        {
+            return true;
+        }
     }
+    false
 }

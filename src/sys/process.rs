@@ -78,3 +78,17 @@ pub fn wait_for_termination() -> i32 {
     }
     sig
 }
+
+/// Like [`wait_for_termination`], giving up after `limit`: the signal, or `None`.
+pub fn wait_for_termination_timeout(limit: std::time::Duration) -> Option<i32> {
+    let set = termination_sigset();
+    let ts = libc::timespec {
+        tv_sec: limit.as_secs() as libc::time_t,
+        tv_nsec: limit.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: sigtimedwait on a valid set blocked by `block_termination_signals`, a valid
+    // timespec, and no siginfo wanted.
+    #[allow(unsafe_code)]
+    let sig = unsafe { libc::sigtimedwait(&set, std::ptr::null_mut(), &ts) };
+    (sig > 0).then_some(sig)
+}

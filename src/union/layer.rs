@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 use rustix::fs::{AtFlags, Mode, OFlags};
 
+use super::inuse::InUseLock;
 use crate::sys;
 
 /// Index of a lower layer, 0 being the top lower.
@@ -48,6 +49,8 @@ pub struct Stack {
     pub work: Option<OwnedFd>,
     /// `WORKDIR/index`, where hard-linked copy-ups are recorded (kernel `index=on`).
     pub index: Option<OwnedFd>,
+    /// The upperdir and workdir marked in use by this mount (see `inuse`).
+    pub in_use: Option<InUseLock>,
 }
 
 /// Name of the scratch directory inside the workdir (the kernel uses the same name).
@@ -120,6 +123,7 @@ impl Stack {
             .map(|p| open_layer(p, "lowerdir"))
             .collect::<Result<Vec<_>, _>>()?;
         let mut index = None;
+        let mut in_use = None;
         let (upper, work) = match (&paths.upper, &paths.work) {
             (None, None) => (None, None),
             (Some(_), None) => return Err("upperdir given without workdir".into()),
@@ -152,6 +156,8 @@ impl Stack {
                         upper.path.display()
                     ));
                 }
+                // Before the scratch is emptied: it may be a live daemon's.
+                in_use = Some(InUseLock::acquire(&upper, &workdir)?);
                 let scratch = prepare_scratch(workdir.root.as_fd())
                     .map_err(|e| format!("workdir {}: {e}", workdir.path.display()))?;
                 index = open_index(workdir.root.as_fd());
@@ -163,6 +169,7 @@ impl Stack {
             upper,
             work,
             index,
+            in_use,
         })
     }
 

@@ -19,6 +19,7 @@ pub mod dirfd;
 pub mod handle;
 pub mod ids;
 pub mod inode;
+pub mod inuse;
 pub mod layer;
 pub mod lookup;
 pub mod mutate;
@@ -277,6 +278,14 @@ impl UnionFs {
             .as_ref()
             .map(|w| w.as_fd())
             .ok_or(Error::ReadOnly)
+    }
+
+    /// Frees the upperdir and workdir for another mount. Only once nothing is served any
+    /// more: the daemon calls it when its session has ended, ahead of the rest of the exit.
+    pub fn release_in_use(&self) {
+        if let Some(l) = &self.stack.in_use {
+            l.release();
+        }
     }
 
     pub(crate) fn lower_root(&self, idx: LowerIdx) -> BorrowedFd<'_> {
