@@ -170,6 +170,28 @@ fn mount_spec(config: &Config) -> crate::sys::fusemount::FuseMountSpec {
     spec
 }
 
+/// The atime flags of the private upper mount, from the mount's atime options: FUSE inodes
+/// never update atime themselves (the kernel leaves it to the server), so as kernel overlayfs
+/// the upper is reached through a clone that applies the mount's own option (`noatime`,
+/// `strictatime`, else the kernel's default `relatime`, plus `nodiratime`) to the real files,
+/// FUSE passthrough reads included. The daemon's own reads use O_NOATIME.
+fn upper_atime(o: &MountOptions) -> rustix::mount::MountAttrFlags {
+    use rustix::mount::MountAttrFlags as A;
+    let mut attr = A::MOUNT_ATTR_RELATIME;
+    for f in &o.fuse {
+        match f {
+            FuseFlag::NoAtime => attr = A::MOUNT_ATTR_NOATIME,
+            FuseFlag::StrictAtime => attr = A::MOUNT_ATTR_STRICTATIME,
+            FuseFlag::Atime | FuseFlag::RelAtime => attr = A::MOUNT_ATTR_RELATIME,
+            _ => {}
+        }
+    }
+    if o.fuse.contains(&FuseFlag::NoDirAtime) {
+        attr |= A::MOUNT_ATTR_NODIRATIME;
+    }
+    attr
+}
+
 /// The mount flag of a [`FuseFlag`] that fuser has no variant for (its `CUSTOM` name).
 fn custom_flag(name: &str) -> rustix::mount::MountFlags {
     use rustix::mount::MountFlags;
@@ -266,6 +288,7 @@ pub fn run(req: MountRequest) -> Result<i32, String> {
         volatile: !o.fsync_enabled(),
         read_only: o.read_only,
         ids: crate::union::ids::IdOptions::from_mount_options(o),
+        atime: Some(upper_atime(o)),
     };
     let fs = Arc::new(UnionFs::new(&paths, core_opts)?);
     let ttl = o
