@@ -222,7 +222,9 @@ fn helper_main(args: Vec<std::ffi::OsString>) -> Result<i32, String> {
     if fake {
         // Check everything a mount would, mount nothing.
         let req = mount_request(args)?;
-        req.options.validate().map_err(|e| e.to_string())?;
+        if !req.options.remount {
+            req.options.validate().map_err(|e| e.to_string())?;
+        }
         return Ok(0);
     }
     run_mount(args)
@@ -338,8 +340,19 @@ MOUNT OPTIONS (-o, comma separated, may be repeated; unknown ones get one warnin
     suid | nosuid             honour set-id bits (default for root) / ignore them
     dev | nodev               honour device nodes (default for root) / refuse them
     exec | noexec             allow / refuse executing files
-    atime | noatime | relatime | strictatime   access time updates
-    sync | async | dirsync    synchronous writes / directory changes
+    atime | noatime | relatime | strictatime   access time updates, as kernel overlayfs
+                              (relatime is the default)
+    diratime | nodiratime     directories follow the atime option / never get atime updates
+    lazytime | nolazytime     MS_LAZYTIME: time updates may stay in memory
+    symfollow | nosymfollow   MS_NOSYMFOLLOW: paths through the mount do not follow symlinks
+                              (strictatime, nodiratime, lazytime and nosymfollow need a root
+                              mount: fusermount3 cannot set them, and they are refused)
+    sync | async | dirsync    synchronous writes / directory changes; sync=0|1 and
+                              dirsync=0|1 (fuse-overlayfs scripts) mean off / on
+    remount [bind]            change the flags (ro, rw, nosuid, noatime, ...) of the mounted
+                              rlayerfs at MOUNTPOINT, as mount -o remount,... runs the helper;
+                              starts no daemon, and ignores layer options
+    user_id=N | group_id=N    accepted (the kernel FUSE options the mount table shows)
     fsname=NAME               the source in the mount table (default rlayerfs)
     subtype=NAME              the type in the mount table (fuse.NAME, default rlayerfs)
   Kernel overlayfs (accepted with the kernel's values; rlayerfs behaves as index=on,

@@ -162,6 +162,7 @@ fn mount_spec(config: &Config) -> crate::sys::fusemount::FuseMountSpec {
             MountOption::NoAtime => spec.flags |= MountFlags::NOATIME,
             MountOption::Sync => spec.flags |= MountFlags::SYNCHRONOUS,
             MountOption::DirSync => spec.flags |= MountFlags::DIRSYNC,
+            MountOption::CUSTOM(name) => spec.flags |= custom_flag(name),
             _ => {}
         }
     }
@@ -171,10 +172,111 @@ fn mount_spec(config: &Config) -> crate::sys::fusemount::FuseMountSpec {
     spec
 }
 
+/// The atime flags of the private upper mount, from the mount's atime options: FUSE inodes
+/// never update atime themselves (the kernel leaves it to the server), so as kernel overlayfs
+/// the upper is reached through a clone that applies the mount's own option (`noatime`,
+/// `strictatime`, else the kernel's default `relatime`, plus `nodiratime`) to the real files,
+/// FUSE passthrough reads included. The daemon's own reads use O_NOATIME.
+fn upper_atime(o: &MountOptions) -> rustix::mount::MountAttrFlags {
+    use rustix::mount::MountAttrFlags as A;
+    let mut attr = A::MOUNT_ATTR_RELATIME;
+    for f in &o.fuse {
+        match f {
+            FuseFlag::NoAtime => attr = A::MOUNT_ATTR_NOATIME,
+            FuseFlag::StrictAtime => attr = A::MOUNT_ATTR_STRICTATIME,
+            FuseFlag::Atime | FuseFlag::RelAtime => attr = A::MOUNT_ATTR_RELATIME,
+            _ => {}
+        }
+    }
+    if o.fuse.contains(&FuseFlag::NoDirAtime) {
+        attr |= A::MOUNT_ATTR_NODIRATIME;
+    }
+    attr
+}
+
+/// The mount flag of a [`FuseFlag`] that fuser has no variant for (its `CUSTOM` name).
+fn custom_flag(name: &str) -> rustix::mount::MountFlags {
+    use rustix::mount::MountFlags;
+    match name {
+        "strictatime" => MountFlags::STRICTATIME,
+        "nodiratime" => MountFlags::NODIRATIME,
+        "lazytime" => MountFlags::LAZYTIME,
+        "nosymfollow" => MountFlags::NOSYMFOLLOW,
+        _ => MountFlags::empty(),
+    }
+}
+
+/// The options fusermount3 (the unprivileged mount path) cannot set: refused rather than
+/// dropped, since each of them changes what the mount does.
+fn check_fusermount_options(config: &Config) -> Result<(), String> {
+    let custom: Vec<&str> = config
+        .mount_options
+        .iter()
+        .filter_map(|o| match o {
+            MountOption::CUSTOM(name) => Some(name.as_str()),
+            _ => None,
+        })
+        .collect();
+    if custom.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "option {} needs a mount by root (fusermount3 cannot set it)",
+        custom.join(", ")
+    ))
+}
+
+/// `-o remount,…`, as mount(8) runs the helper for `mount -o remount,ro M`: sets the mount
+/// flags the options give on the existing FUSE mount at the mountpoint (`MS_REMOUNT`, with
+/// `MS_BIND` for `bind`: the per-mount flags only), as mount(8) itself does with `-i`. Starts
+/// no daemon. Layer and other filesystem options are ignored, as kernel overlayfs ignores
+/// them on a remount (mount(8) passes the fstab line's options back).
+fn remount(req: &MountRequest) -> Result<i32, String> {
+    let mp = req
+        .mountpoint
+        .canonicalize()
+        .map_err(|e| format!("mountpoint {}: {e}", req.mountpoint.display()))?;
+    match mount_type(&mp) {
+        Some(t) if t == "fuse" || t.starts_with("fuse.") => {}
+        Some(t) => {
+            return Err(format!(
+                "remount of {}: a {t} mount, not FUSE",
+                mp.display()
+            ))
+        }
+        None => return Err(format!("remount of {}: not mounted", mp.display())),
+    }
+    let o = &req.options;
+    let mut flags = mount_spec(&fuse_config(o, o.read_only)).flags;
+    if o.bind {
+        flags |= rustix::mount::MountFlags::BIND;
+    }
+    rustix::mount::mount_remount(&mp, flags, "")
+        .map_err(|e| format!("remount of {}: {e}", mp.display()))?;
+    tracing::info!(mountpoint = %mp.display(), ?flags, "remounted");
+    Ok(0)
+}
+
+/// The filesystem type of the topmost mount at `path` (canonical), from mountinfo.
+fn mount_type(path: &Path) -> Option<String> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let want = path.as_os_str().to_string_lossy().replace(' ', "\\040");
+    info.lines()
+        .rev()
+        .filter(|l| l.split(' ').nth(4) == Some(want.as_str()))
+        .find_map(|l| {
+            let (_, rest) = l.split_once(" - ")?;
+            rest.split(' ').next().map(str::to_string)
+        })
+}
+
 /// Mounts and serves. Returns the process exit code; errors are one line for stderr.
 pub fn run(req: MountRequest) -> Result<i32, String> {
     for u in &req.options.unknown {
         eprintln!("rlayerfs: warning: unknown option {u:?} ignored");
+    }
+    if req.options.remount {
+        return remount(&req);
     }
     req.options.validate().map_err(|e| e.to_string())?;
     let mountpoint = check_mountpoint(&req)?;
@@ -188,6 +290,7 @@ pub fn run(req: MountRequest) -> Result<i32, String> {
         volatile: !o.fsync_enabled(),
         read_only: o.read_only,
         ids: crate::union::ids::IdOptions::from_mount_options(o),
+        atime: Some(upper_atime(o)),
     };
     let fs = Arc::new(UnionFs::new(&paths, core_opts)?);
     let ttl = o
@@ -225,6 +328,7 @@ pub fn run(req: MountRequest) -> Result<i32, String> {
             }
         }
     } else {
+        check_fusermount_options(&config)?;
         let s = fuser::Session::new(adapter, &mountpoint, &config)
             .map_err(|e| format!("mount on {}: {e}", mountpoint.display()))?;
         (s, None)

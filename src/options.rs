@@ -115,6 +115,18 @@ pub enum FuseFlag {
     RelAtime,
     /// `strictatime`
     StrictAtime,
+    /// `diratime` (the default: directories follow the atime option)
+    DirAtime,
+    /// `nodiratime`: reading a directory never updates its atime
+    NoDirAtime,
+    /// `lazytime`: time updates may be kept in memory only (`MS_LAZYTIME`)
+    LazyTime,
+    /// `nolazytime` (the default)
+    NoLazyTime,
+    /// `symfollow` (the default)
+    SymFollow,
+    /// `nosymfollow`: path resolution does not follow symlinks in the mount (`MS_NOSYMFOLLOW`)
+    NoSymFollow,
     /// `sync`
     Sync,
     /// `async`
@@ -137,6 +149,9 @@ enum FlagFamily {
     Dev,
     Exec,
     Atime,
+    DirAtime,
+    LazyTime,
+    SymFollow,
     Sync,
     DirSync,
     FsName,
@@ -161,6 +176,12 @@ impl FuseFlag {
             "noatime" => FuseFlag::NoAtime,
             "relatime" => FuseFlag::RelAtime,
             "strictatime" => FuseFlag::StrictAtime,
+            "diratime" => FuseFlag::DirAtime,
+            "nodiratime" => FuseFlag::NoDirAtime,
+            "lazytime" => FuseFlag::LazyTime,
+            "nolazytime" => FuseFlag::NoLazyTime,
+            "symfollow" => FuseFlag::SymFollow,
+            "nosymfollow" => FuseFlag::NoSymFollow,
             "sync" => FuseFlag::Sync,
             "async" => FuseFlag::Async,
             "dirsync" => FuseFlag::DirSync,
@@ -179,6 +200,9 @@ impl FuseFlag {
             FuseFlag::Atime | FuseFlag::NoAtime | FuseFlag::RelAtime | FuseFlag::StrictAtime => {
                 FlagFamily::Atime
             }
+            FuseFlag::DirAtime | FuseFlag::NoDirAtime => FlagFamily::DirAtime,
+            FuseFlag::LazyTime | FuseFlag::NoLazyTime => FlagFamily::LazyTime,
+            FuseFlag::SymFollow | FuseFlag::NoSymFollow => FlagFamily::SymFollow,
             FuseFlag::Sync | FuseFlag::Async => FlagFamily::Sync,
             FuseFlag::DirSync => FlagFamily::DirSync,
             FuseFlag::FsName(_) => FlagFamily::FsName,
@@ -187,13 +211,24 @@ impl FuseFlag {
     }
 
     /// The fuser mount option for this flag. `None` for `allow_other`/`allow_root` (they become
-    /// fuser's `SessionACL`, see [`MountOptions::session_acl`]), for `relatime` (the kernel's
-    /// default) and for `strictatime` (fuser 0.18 cannot express `MS_STRICTATIME`).
+    /// fuser's `SessionACL`, see [`MountOptions::session_acl`]) and for the kernel's defaults
+    /// (`relatime`, `diratime`, `nolazytime`, `symfollow`: no mount flag means them). The mount
+    /// flags fuser 0.18 has no variant for (`strictatime`, `nodiratime`, `lazytime`,
+    /// `nosymfollow`) are `CUSTOM` with their mount(8) name: the root mount path turns them into
+    /// `MS_*` flags (see `crate::mount`), the fusermount3 path refuses them (fusermount3 3.14
+    /// knows none of them), so none is ever dropped.
     pub fn to_mount_option(&self) -> Option<fuser::MountOption> {
         use fuser::MountOption as M;
         Some(match self {
             FuseFlag::AllowOther | FuseFlag::AllowRoot => return None,
-            FuseFlag::RelAtime | FuseFlag::StrictAtime => return None,
+            FuseFlag::RelAtime
+            | FuseFlag::DirAtime
+            | FuseFlag::NoLazyTime
+            | FuseFlag::SymFollow => return None,
+            FuseFlag::StrictAtime
+            | FuseFlag::NoDirAtime
+            | FuseFlag::LazyTime
+            | FuseFlag::NoSymFollow => M::CUSTOM(self.to_string()),
             FuseFlag::DefaultPermissions => M::DefaultPermissions,
             FuseFlag::AutoUnmount => M::AutoUnmount,
             FuseFlag::Suid => M::Suid,
@@ -230,6 +265,12 @@ impl fmt::Display for FuseFlag {
             FuseFlag::NoAtime => "noatime",
             FuseFlag::RelAtime => "relatime",
             FuseFlag::StrictAtime => "strictatime",
+            FuseFlag::DirAtime => "diratime",
+            FuseFlag::NoDirAtime => "nodiratime",
+            FuseFlag::LazyTime => "lazytime",
+            FuseFlag::NoLazyTime => "nolazytime",
+            FuseFlag::SymFollow => "symfollow",
+            FuseFlag::NoSymFollow => "nosymfollow",
             FuseFlag::Sync => "sync",
             FuseFlag::Async => "async",
             FuseFlag::DirSync => "dirsync",
@@ -335,6 +376,11 @@ pub struct MountOptions {
     pub noacl: bool,
     /// `ino32_t`: inode numbers fit 32 bits.
     pub ino32_t: bool,
+    /// `remount`: change the flags of the existing mount at the mountpoint (mount(8) runs the
+    /// helper with it for `mount -o remount,…`); no daemon is started.
+    pub remount: bool,
+    /// `bind` (with `remount`): change only the per-mount flags (`MS_BIND|MS_REMOUNT`).
+    pub bind: bool,
     /// Generic FUSE / VFS flags, at most one per family, in the order given.
     pub fuse: Vec<FuseFlag>,
     /// Kernel overlayfs options (`index=on`, `userxattr` with an empty value, …), at most one
@@ -367,6 +413,8 @@ impl Default for MountOptions {
             static_nlink: false,
             noacl: false,
             ino32_t: false,
+            remount: false,
+            bind: false,
             fuse: Vec::new(),
             overlay: Vec::new(),
             unknown: Vec::new(),
@@ -491,6 +539,34 @@ impl MountOptions {
             "static_nlink" => self.static_nlink = flag_value(raw)?,
             "noacl" => self.noacl = flag_value(raw)?,
             "ino32_t" => self.ino32_t = flag_value(raw)?,
+            "remount" | "bind" => {
+                if raw.is_some() {
+                    return Err("takes no value".to_string());
+                }
+                if key == "remount" {
+                    self.remount = true;
+                } else {
+                    self.bind = true;
+                }
+            }
+            // The kernel FUSE options a mount shows in the mount table; mount(8) passes them
+            // back to the helper on a remount. The daemon sets them itself from its own ids.
+            "user_id" | "group_id" => {
+                parse_id(&value()?)?;
+            }
+            // fuse-overlayfs's test scripts pass `sync=0`; a value is read as 0 (off) or on.
+            "sync" if raw.is_some() => self.add_fuse_flag(if flag_value(raw)? {
+                FuseFlag::Sync
+            } else {
+                FuseFlag::Async
+            }),
+            "dirsync" if raw.is_some() => {
+                if flag_value(raw)? {
+                    self.add_fuse_flag(FuseFlag::DirSync);
+                } else {
+                    self.fuse.retain(|f| f.family() != FlagFamily::DirSync);
+                }
+            }
             "threaded" => self.threaded = Some(flag_value(raw)?),
             "writeback" => self.writeback = Some(flag_value(raw)?),
             "uidmapping" => self.uid_mappings = parse_mappings(&value()?)?,
@@ -932,6 +1008,38 @@ mod tests {
         ("async", |o| o.fuse = vec![FuseFlag::Async]),
         ("sync,async", |o| o.fuse = vec![FuseFlag::Async]),
         ("dirsync", |o| o.fuse = vec![FuseFlag::DirSync]),
+        // fuse-overlayfs's test scripts pass sync=0.
+        ("sync=0", |o| o.fuse = vec![FuseFlag::Async]),
+        ("sync=1", |o| o.fuse = vec![FuseFlag::Sync]),
+        ("async,sync=1", |o| o.fuse = vec![FuseFlag::Sync]),
+        ("dirsync=1", |o| o.fuse = vec![FuseFlag::DirSync]),
+        ("dirsync,dirsync=0", |_| {}),
+        ("nodiratime", |o| o.fuse = vec![FuseFlag::NoDirAtime]),
+        ("nodiratime,diratime", |o| o.fuse = vec![FuseFlag::DirAtime]),
+        ("lazytime", |o| o.fuse = vec![FuseFlag::LazyTime]),
+        ("nolazytime", |o| o.fuse = vec![FuseFlag::NoLazyTime]),
+        ("nosymfollow", |o| o.fuse = vec![FuseFlag::NoSymFollow]),
+        ("symfollow", |o| o.fuse = vec![FuseFlag::SymFollow]),
+        ("noatime,nodiratime", |o| {
+            o.fuse = vec![FuseFlag::NoAtime, FuseFlag::NoDirAtime]
+        }),
+        // What mount(8) passes the helper for `mount -o remount,ro`.
+        (
+            "ro,relatime,remount,user_id=0,group_id=0,default_permissions,allow_other",
+            |o| {
+                o.read_only = true;
+                o.remount = true;
+                o.fuse = vec![
+                    FuseFlag::RelAtime,
+                    FuseFlag::DefaultPermissions,
+                    FuseFlag::AllowOther,
+                ];
+            },
+        ),
+        ("remount,bind", |o| {
+            o.remount = true;
+            o.bind = true;
+        }),
         ("nosuid,nodev,suid", |o| {
             o.fuse = vec![FuseFlag::NoDev, FuseFlag::Suid]
         }),
@@ -1044,6 +1152,12 @@ mod tests {
         ("timeout=NaN", "not a number of seconds"),
         ("allow_other=1", "takes no value"),
         ("nosuid=0", "takes no value"),
+        ("sync=x", "not an integer"),
+        ("dirsync=on", "not an integer"),
+        ("nosymfollow=1", "takes no value"),
+        ("remount=1", "takes no value"),
+        ("user_id=x", "not an id"),
+        ("group_id", "needs a value"),
         ("fsname=", "name is empty"),
         ("subtype", "needs a value"),
         ("index=maybe", "`maybe` is not one of on, off"),
@@ -1296,7 +1410,13 @@ mod tests {
             ("allow_other", None),
             ("allow_root", None),
             ("relatime", None),
-            ("strictatime", None),
+            ("strictatime", Some(M::CUSTOM("strictatime".into()))),
+            ("diratime", None),
+            ("nodiratime", Some(M::CUSTOM("nodiratime".into()))),
+            ("lazytime", Some(M::CUSTOM("lazytime".into()))),
+            ("nolazytime", None),
+            ("symfollow", None),
+            ("nosymfollow", Some(M::CUSTOM("nosymfollow".into()))),
             ("default_permissions", Some(M::DefaultPermissions)),
             ("auto_unmount", Some(M::AutoUnmount)),
             ("suid", Some(M::Suid)),

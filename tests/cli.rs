@@ -1509,3 +1509,88 @@ fn help_lists_every_option() {
         assert!(missing.is_empty(), "{args:?} does not list {missing:?}");
     }
 }
+
+/// Runs `script` with `args` in a private mount namespace (the mounts it makes vanish with
+/// it), after dropping the namespace's copies of mounts under the temp directory (other
+/// tests' mounts, which the copies would keep alive). Returns (success, stdout, stderr).
+fn in_mount_namespace(script: &str, args: &[&OsString]) -> (bool, String, String) {
+    let prelude = r#"
+findmnt -rn -o TARGET | while read -r t; do
+    case "$t" in "$TMPROOT"/*) umount -l "$t" 2>/dev/null || true ;; esac
+done
+"#;
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+        .arg(format!("{prelude}{script}"))
+        .arg("sh")
+        .args(args)
+        .env("TMPROOT", std::env::temp_dir())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run unshare");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `mount -o remount,ro M` and `remount,rw` through mount(8), which runs the helper
+/// (mount.fuse3, then `rlayerfs SOURCE M -o ro,relatime,remount,user_id=0,…`): writes fail
+/// with EROFS in between and work again after, the mount table follows, no second daemon
+/// starts. Kernel overlayfs, remounted the same way, is the reference.
+#[test]
+fn mount_remount_ro_and_rw() {
+    if !can_mount("mount_remount_ro_and_rw") {
+        return;
+    }
+    if !Path::new("/sbin/mount.fuse3").exists() && !Path::new("/usr/sbin/mount.fuse3").exists() {
+        eprintln!("SKIP mount_remount_ro_and_rw: mount.fuse3 (package fuse3) missing");
+        return;
+    }
+    let script = r#"
+set -e
+mount --bind "$1" /usr/local/bin
+mnt=$2
+mount -t "$3" src "$mnt" -o "$4"
+write() {
+    err=$(sh -c 'echo x > "$1"' sh "$mnt/$1" 2>&1 | sed 's/.*: //')
+    echo "write $1: ${err:-ok}; mount $(findmnt -n -o VFS-OPTIONS --mountpoint "$mnt" | cut -d, -f1)"
+}
+write a
+mount -o remount,ro "$mnt"
+write b
+mount -o remount,rw "$mnt"
+write c
+mount -o remount,ro "$mnt"
+write d
+echo "daemons: $(ps -eo comm=,args= | grep -c "^rlayerfs .*$mnt" || true)"
+umount "$mnt"
+"#;
+    let mut seen = Vec::new();
+    for fstype in ["overlay", "fuse.rlayerfs"] {
+        let st = good_stack();
+        let bindir = st.fresh_dir("bin");
+        std::os::unix::fs::symlink(BIN, bindir.join("rlayerfs")).unwrap();
+        let o = opts(Some(&st.lowerdir()), Some(&st.upper), Some(&st.work));
+        let args: Vec<OsString> = vec![
+            bindir.into(),
+            st.mnt.clone().into(),
+            fstype.into(),
+            o.into(),
+        ];
+        let (ok, stdout, stderr) = in_mount_namespace(script, &args.iter().collect::<Vec<_>>());
+        assert!(ok, "{fstype}: {stdout}{stderr}");
+        assert!(mount_info(&st.mnt).is_none(), "a mount leaked out");
+        seen.push((fstype, stdout, stderr));
+    }
+    let expect = "write a: ok; mount rw\n\
+                  write b: Read-only file system; mount ro\n\
+                  write c: ok; mount rw\n\
+                  write d: Read-only file system; mount ro\n";
+    let (_, kernel, kerr) = &seen[0];
+    assert_eq!(*kernel, format!("{expect}daemons: 0\n"), "kernel: {kerr}");
+    let (_, fuse, ferr) = &seen[1];
+    assert_eq!(*fuse, format!("{expect}daemons: 1\n"), "rlayerfs: {ferr}");
+    assert!(ferr.trim().is_empty(), "rlayerfs warned: {ferr}");
+}

@@ -440,3 +440,59 @@ fn commit_appends_to_unpacked_image_and_layout() {
         serde_json::from_slice(&fs::read(layout.join("index.json")).unwrap()).unwrap();
     assert_eq!(idx["manifests"].as_array().unwrap().len(), 2);
 }
+
+/// A later entry replaces an earlier non-directory of the same name, a directory included
+/// (tar semantics; GNU tar and containerd's applier do so): file `d` then directory `d/`, and
+/// symlink `s` (to outside the layer) then directory `s/` whose child lands in the layer.
+#[test]
+fn later_directory_replaces_earlier_file_or_symlink() {
+    let tmp = tempfile::tempdir().unwrap();
+    let outside = tmp.path().join("outside");
+    fs::create_dir(&outside).unwrap();
+    let mut t = TarMaker::new();
+    t.file("d", b"was a file")
+        .dir("d/")
+        .file("d/inner", b"inner")
+        .symlink("s", outside.to_str().unwrap())
+        .dir("s/")
+        .file("s/x", b"x");
+    let input = tmp.path().join("layer.tar");
+    fs::write(&input, t.finish()).unwrap();
+    let dest = tmp.path().join("dest");
+    unpack(&input, &dest, &UnpackOptions::default()).unwrap();
+    let l = dest.join("layers/0");
+    assert!(fs::symlink_metadata(l.join("d")).unwrap().is_dir());
+    assert_eq!(fs::read(l.join("d/inner")).unwrap(), b"inner");
+    assert!(fs::symlink_metadata(l.join("s")).unwrap().is_dir());
+    assert_eq!(fs::read(l.join("s/x")).unwrap(), b"x");
+    assert_eq!(fs::read_dir(&outside).unwrap().count(), 0, "wrote outside");
+}
+
+/// umoci's form of a directory replaced by a file (the file, then whiteouts of the old
+/// directory's children below it): the whiteouts hide nothing and the layer unpacks.
+#[test]
+fn whiteouts_below_a_file_are_dropped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut base = TarMaker::new();
+    base.dir("var/")
+        .dir("var/cache/")
+        .dir("var/cache/x/")
+        .file("var/cache/x/f1", b"one")
+        .file("var/cache/k", b"keep");
+    let mut top = TarMaker::new();
+    top.dir("var/cache/")
+        .file("var/cache/x", b"file")
+        .file("var/cache/x/.wh.f1", b"");
+    let layout = tmp.path().join("layout");
+    write_layout(&layout, &[base.finish(), top.finish()], None, None);
+    let dest = tmp.path().join("dest");
+    unpack(&layout, &dest, &UnpackOptions::default()).unwrap();
+    let l = image_lowerdirs(&dest).unwrap();
+    assert_eq!(fs::read(l[0].join("var/cache/x")).unwrap(), b"file");
+    let mut top_names: Vec<_> = fs::read_dir(l[0].join("var/cache"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    top_names.sort();
+    assert_eq!(top_names, ["x"]);
+}

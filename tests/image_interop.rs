@@ -230,3 +230,54 @@ fn umoci_layout_unpacks_to_the_same_tree_and_accepts_our_layer() {
         eprintln!("skopeo not installed: skopeo checks skipped");
     }
 }
+
+/// umoci writes a lower directory replaced by a file as the file followed by whiteouts of the
+/// directory's children (`var/cache/x`, then `var/cache/x/.wh.f1`); `umoci unpack` takes it,
+/// and so must `rlayerfs unpack`: the merged tree equals umoci's (through kernel overlayfs).
+#[test]
+fn umoci_directory_replaced_by_a_file() {
+    if !have("umoci") || !is_root() {
+        eprintln!("umoci not installed or not root: test skipped");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let layout = t.join("layout");
+    let image = |tag: &str| format!("{}:{tag}", layout.display());
+    umoci(&["init", "--layout"], &[&layout]);
+    umoci(&["new", "--image", &image("base")], &[]);
+    let b1 = t.join("b1");
+    umoci(&["unpack", "--image", &image("base")], &[&b1]);
+    let cache = b1.join("rootfs/var/cache");
+    fs::create_dir_all(cache.join("x/sub")).unwrap();
+    fs::write(cache.join("x/f1"), b"one").unwrap();
+    fs::write(cache.join("x/sub/f2"), b"two").unwrap();
+    fs::write(cache.join("k"), b"keep").unwrap();
+    umoci(&["repack", "--image", &image("v1")], &[&b1]);
+    let b2 = t.join("b2");
+    umoci(&["unpack", "--image", &image("v1")], &[&b2]);
+    let x = b2.join("rootfs/var/cache/x");
+    fs::remove_dir_all(&x).unwrap();
+    fs::write(&x, b"now a file").unwrap();
+    umoci(&["repack", "--image", &image("v2")], &[&b2]);
+
+    let reference = t.join("reference");
+    umoci(&["unpack", "--image", &image("v2")], &[&reference]);
+    let dest = t.join("dest");
+    let opts = UnpackOptions {
+        reference: Some("v2".into()),
+        ..UnpackOptions::default()
+    };
+    unpack(&layout, &dest, &opts).unwrap();
+    let lowers = image_lowerdirs(&dest).unwrap();
+    assert_eq!(
+        fs::read(lowers[0].join("var/cache/x")).unwrap(),
+        b"now a file"
+    );
+    let mnt = t.join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    match kernel_overlay(&lowers, &mnt) {
+        Some(_guard) => assert_eq!(dump(&mnt), dump(&reference.join("rootfs"))),
+        None => eprintln!("kernel overlay unavailable: merged view not compared"),
+    }
+}

@@ -17,7 +17,11 @@
 //!   that layer's whiteouts; a whited-out name re-created as a directory becomes an opaque
 //!   directory), and `DIR/.wh..wh..opq` marks DIR opaque (`trusted.overlay.opaque=y` when
 //!   allowed, else `user.overlay.opaque=y` plus the `.wh..wh..opq` file) wherever it sits in
-//!   the tar.
+//!   the tar. A whiteout below a non-directory of the same layer hides nothing and is
+//!   dropped (umoci writes a directory replaced by a file as the file, then whiteouts of the
+//!   old directory's children).
+//! - A later entry replaces an earlier non-directory of the same name (tar semantics, also
+//!   by a directory); a directory is only "replaced" by a directory (its metadata changes).
 //! - Directory modes and times are applied last, deepest first, so read-only directories and
 //!   mtimes survive the creation of their children.
 
@@ -813,7 +817,26 @@ impl<'a> LayerWriter<'a> {
                 if e.size() != 0 {
                     return Err(self.refuse(shown, Refusal::WhiteoutWithContent));
                 }
-                self.dir(parent, true, shown)?;
+                match self.dir(parent, true, shown) {
+                    Ok(_) => {}
+                    // umoci writes a directory replaced by a file as the file followed by
+                    // whiteouts of the old directory's children (`x`, then `x/.wh.f1`), and
+                    // `umoci unpack` takes it: below a non-directory a whiteout hides nothing.
+                    // A symlink parent is still refused (see `dir`).
+                    Err(ImageError::Entry {
+                        refusal: Refusal::ParentNotDirectory(p),
+                        ..
+                    }) => {
+                        tracing::debug!(
+                            layer = self.label,
+                            entry = shown,
+                            parent = p,
+                            "whiteout below a non-directory: nothing to hide"
+                        );
+                        return Ok(());
+                    }
+                    Err(e) => return Err(e),
+                }
                 match w {
                     WhiteoutName::Delete(name) => {
                         let mut p = join(parent);
@@ -899,7 +922,9 @@ impl<'a> LayerWriter<'a> {
                     .map_err(|err| self.io_err(shown, "set times", err))?;
             }
             tar::EntryType::Directory => {
-                if existing.is_none() {
+                // A non-directory of an earlier entry was unlinked above: the directory
+                // replaces it (tar semantics, as GNU tar and containerd's applier).
+                if existing != Some(Kind::Dir) {
                     safe_fs::mkdir_at(pfd, leaf, 0o700)
                         .map_err(|err| self.io_err(shown, "mkdir", err))?;
                 }

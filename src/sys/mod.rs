@@ -515,6 +515,91 @@ pub fn can_set_trusted_xattr(work: BorrowedFd<'_>) -> bool {
     ok
 }
 
+/// `struct mount_attr` of mount_setattr(2).
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+/// A private, detached clone of the whole mount that holds `dir` (from that mount's root,
+/// without submounts), with its atime flags replaced by `atime_attr` (`MOUNT_ATTR_NOATIME`,
+/// `_RELATIME` or `_STRICTATIME`, optionally with `_NODIRATIME`), and the path of that root
+/// as this process sees it. Kernel overlayfs works on such a clone of the upper mount: files
+/// reached through it (FUSE passthrough backing files too) get their atime updated by the
+/// rules of the overlay mount's own atime option, not the upper mount's. Needs
+/// CAP_SYS_ADMIN; the clone lives as long as an fd on it.
+pub fn clone_mount_root(
+    dir: BorrowedFd<'_>,
+    atime_attr: rustix::mount::MountAttrFlags,
+) -> Result<(OwnedFd, std::path::PathBuf)> {
+    use rustix::fs::{statx, StatxFlags};
+    use rustix::mount::{open_tree, OpenTreeFlags};
+    let mnt_id = |fd: BorrowedFd<'_>| -> Result<(u64, u64, u64)> {
+        let st = statx(
+            fd,
+            "",
+            AtFlags::EMPTY_PATH,
+            StatxFlags::MNT_ID | StatxFlags::INO,
+        )?;
+        let dev = rustix::fs::makedev(st.stx_dev_major, st.stx_dev_minor);
+        Ok((st.stx_mnt_id, dev, st.stx_ino))
+    };
+    let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    let mut cur = rustix::fs::openat(dir, ".", flags, Mode::empty())?;
+    let (id, mut at) = {
+        let (id, dev, ino) = mnt_id(cur.as_fd())?;
+        (id, (dev, ino))
+    };
+    loop {
+        let up = rustix::fs::openat(&cur, "..", flags, Mode::empty())?;
+        let (up_id, dev, ino) = mnt_id(up.as_fd())?;
+        if up_id != id || (dev, ino) == at {
+            break;
+        }
+        at = (dev, ino);
+        cur = up;
+    }
+    let root_path = std::fs::read_link(format!("/proc/self/fd/{}", cur.as_raw_fd()))
+        .map_err(|_| Errno::NOENT)?;
+    let tree = open_tree(
+        &cur,
+        "",
+        OpenTreeFlags::OPEN_TREE_CLONE
+            | OpenTreeFlags::OPEN_TREE_CLOEXEC
+            | OpenTreeFlags::AT_EMPTY_PATH,
+    )?;
+    let attr = MountAttr {
+        attr_set: u64::from(atime_attr.bits()),
+        attr_clr: u64::from(
+            (rustix::mount::MountAttrFlags::MOUNT_ATTR__ATIME
+                | rustix::mount::MountAttrFlags::MOUNT_ATTR_NODIRATIME)
+                .bits(),
+        ),
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: `tree` is an open fd, the path is a NUL-terminated empty string, and `attr` is
+    // a `struct mount_attr` whose size is passed; the kernel only reads it.
+    #[allow(unsafe_code)]
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if r < 0 {
+        return Err(Errno::from_io_error(&std::io::Error::last_os_error()).unwrap_or(Errno::IO));
+    }
+    Ok((tree, root_path))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

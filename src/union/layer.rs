@@ -108,9 +108,61 @@ pub fn is_within(inner: &Path, outer: &Path) -> bool {
     inner.starts_with(outer)
 }
 
+/// Reopens the upper and work directories through one private clone of their mount whose
+/// atime flags are `atime` (see [`sys::clone_mount_root`]), as kernel overlayfs does: reads
+/// through FUSE passthrough then update atime by the rules of the mount's atime option.
+/// Without the privilege, or when the two cannot be reached through one clone, they stay as
+/// opened (the upper mount's own rules apply), which a debug event records.
+fn through_private_mount(
+    upper: Layer,
+    workdir: Layer,
+    atime: rustix::mount::MountAttrFlags,
+) -> (Layer, Layer) {
+    let reopen = |tree: &OwnedFd, root: &Path, l: &Layer| -> rustix::io::Result<OwnedFd> {
+        let rel = l
+            .path
+            .strip_prefix(root)
+            .map_err(|_| rustix::io::Errno::XDEV)?;
+        let rel = if rel.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            rel
+        };
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        let fd = rustix::fs::openat(tree, rel, flags, Mode::empty())?;
+        let (a, b) = (rustix::fs::fstat(&fd)?, rustix::fs::fstat(&l.root)?);
+        if (a.st_dev, a.st_ino) != (b.st_dev, b.st_ino) {
+            return Err(rustix::io::Errno::XDEV);
+        }
+        Ok(fd)
+    };
+    let reopened = sys::clone_mount_root(upper.root.as_fd(), atime).and_then(|(tree, root)| {
+        Ok((
+            reopen(&tree, &root, &upper)?,
+            reopen(&tree, &root, &workdir)?,
+        ))
+    });
+    match reopened {
+        Ok((u, w)) => (Layer { root: u, ..upper }, Layer { root: w, ..workdir }),
+        Err(e) => {
+            tracing::debug!(error = %e, "no private upper mount: the upper mount's atime rules apply");
+            (upper, workdir)
+        }
+    }
+}
+
 impl Stack {
     /// Opens and checks a stack. Every refusal is one line naming the offending path.
     pub fn open(paths: &StackPaths) -> Result<Stack, String> {
+        Self::open_with_atime(paths, None)
+    }
+
+    /// [`open`](Self::open), with the upper and work directories reached through a private
+    /// mount with the atime flags `atime` when given (see [`through_private_mount`]).
+    pub fn open_with_atime(
+        paths: &StackPaths,
+        atime: Option<rustix::mount::MountAttrFlags>,
+    ) -> Result<Stack, String> {
         if paths.lowers.is_empty() {
             return Err("no lower layer given (lowerdir= is empty)".into());
         }
@@ -158,6 +210,10 @@ impl Stack {
                 }
                 // Before the scratch is emptied: it may be a live daemon's.
                 in_use = Some(InUseLock::acquire(&upper, &workdir)?);
+                let (upper, workdir) = match atime {
+                    Some(a) => through_private_mount(upper, workdir, a),
+                    None => (upper, workdir),
+                };
                 let scratch = prepare_scratch(workdir.root.as_fd())
                     .map_err(|e| format!("workdir {}: {e}", workdir.path.display()))?;
                 index = open_index(workdir.root.as_fd());

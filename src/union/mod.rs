@@ -125,6 +125,9 @@ pub struct CoreOptions {
     pub read_only: bool,
     /// Ownership through the mount: id mappings, squashing, the override xattr.
     pub ids: ids::IdOptions,
+    /// The atime flags of the private upper mount (kernel overlayfs's clone of the upper
+    /// mount); `None` uses the upper mount as it is.
+    pub atime: Option<rustix::mount::MountAttrFlags>,
 }
 
 /// Maps (device, inode) of layer objects to stable, unique inode numbers of the mount.
@@ -197,7 +200,7 @@ pub struct UnionFs {
 impl UnionFs {
     /// Opens and checks the stack. Errors are one line for the user.
     pub fn new(paths: &StackPaths, opts: CoreOptions) -> std::result::Result<UnionFs, String> {
-        let stack = Stack::open(paths)?;
+        let stack = Stack::open_with_atime(paths, opts.atime)?;
         let format = match (&stack.work, opts.read_only) {
             (Some(work), false) => Some(WriteFormat {
                 whiteout: if crate::sys::can_mknod_whiteout(work.as_fd()) {

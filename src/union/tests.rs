@@ -79,6 +79,7 @@ impl Fixture {
                 volatile: true,
                 read_only: false,
                 ids,
+                atime: None,
             },
         )
         .unwrap()
