@@ -35,8 +35,11 @@ die() {
     exit 1
 }
 
-for tool in setfattr mknod; do
-    command -v "$tool" >/dev/null || die "$tool not found (apt-get install attr coreutils)"
+if [ "$(id -u)" = 0 ]; then
+    bash "$root/scripts/setup.sh" demo
+fi
+for tool in setfattr mknod fusermount3; do
+    command -v "$tool" >/dev/null || die "$tool not found (run scripts/setup.sh demo as root)"
 done
 
 # Is anything mounted exactly at $1? (/proc/self/mountinfo field 5; works for a dead FUSE

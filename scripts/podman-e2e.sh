@@ -63,15 +63,10 @@ die() { printf 'FAIL: %s\n' "$*" >&2; exit 1; }
 
 [ "$(id -u)" = 0 ] || die "must run as root (rootful podman)"
 
-installed() { [ "$(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null)" = installed ]; }
-need=(podman netavark runc busybox-static fuse-overlayfs fuse3)
-[ "$MODE" = rootless ] && need+=(uidmap)
-missing=()
-for p in "${need[@]}"; do installed "$p" || missing+=("$p"); done
-if [ "${#missing[@]}" -gt 0 ]; then
-    log "installing ${missing[*]}"
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+if [ "$MODE" = rootless ]; then
+    bash "$REPO/scripts/setup.sh" rootless >&2
+else
+    bash "$REPO/scripts/setup.sh" podman >&2
 fi
 
 if [ -z "$BIN" ]; then
