@@ -2584,6 +2584,117 @@ fn hard_link_changed_through_other_name_after_remount() {
     }
 }
 
+/// Lower hard links of every file type, one directory per (type, what is done, whether
+/// it was looked up first): kernel overlayfs with index=on copies any hard-linked
+/// non-directory up into its index before one name goes, so the other names keep the
+/// object and an exact st_nlink. Symlinks, FIFOs, sockets and devices were copied up
+/// without the index: the other name kept st_nlink 2 (cold), or could not be unlinked
+/// (after `ls -l`: ENOENT, the name still listed).
+#[test]
+fn hard_links_of_every_file_type() {
+    let name = "hard_links_of_every_file_type";
+    if !can_mount(name) {
+        return;
+    }
+    const KINDS: [&str; 7] = ["symlink", "fifo", "sock", "chr", "blk", "empty", "file"];
+    const ACTS: [&str; 4] = ["unlink-a", "unlink-b", "rename", "rename-over"];
+    let dirs: Vec<String> = KINDS
+        .iter()
+        .flat_map(|k| ACTS.iter().map(move |a| (k, a)))
+        .flat_map(|(k, a)| ["ls", "cold"].map(|w| format!("{k}.{a}.{w}")))
+        .collect();
+    let stack = Stack::new(1);
+    let l = stack.lower(0);
+    for d in &dirs {
+        let a = format!("{d}/a");
+        let p = l.dir(d).path(&a);
+        let node = |mode, major, minor| sys::mknod(&p, mode | 0o644, major, minor).unwrap();
+        match d.split('.').next() {
+            Some("symlink") => {
+                l.symlink(&a, "target");
+            }
+            Some("fifo") => node(libc::S_IFIFO, 0, 0),
+            Some("sock") => node(libc::S_IFSOCK, 0, 0),
+            Some("chr") => node(libc::S_IFCHR, 1, 3),
+            Some("blk") => node(libc::S_IFBLK, 7, 0),
+            Some("empty") => {
+                l.file(&a, b"");
+            }
+            _ => {
+                l.file(&a, b"data");
+            }
+        }
+        l.hardlink(&format!("{d}/b"), &a);
+        if d.contains("rename-over") {
+            l.file(&format!("{d}/c"), b"victim");
+        }
+    }
+    let (mut pair, _wd) = pair(name, &stack);
+    // Names present, each with its type, link count and which object it is.
+    let view = |dir: &Path| -> Vec<String> {
+        let mut names: Vec<String> = match fs::read_dir(dir) {
+            Ok(rd) => rd
+                .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+                .collect::<io::Result<_>>()
+                .unwrap_or_else(|e| vec![format!("ERROR readdir {}", sys::errno_of(&e))]),
+            Err(e) => vec![format!("ERROR readdir {}", sys::errno_of(&e))],
+        };
+        names.sort();
+        let mut inos: Vec<u64> = Vec::new();
+        names
+            .iter()
+            .map(|n| match fs::symlink_metadata(dir.join(n)) {
+                Err(e) => format!("{n}: ERROR {}", sys::errno_of(&e)),
+                Ok(m) => {
+                    let group = inos.iter().position(|i| *i == m.ino()).unwrap_or_else(|| {
+                        inos.push(m.ino());
+                        inos.len() - 1
+                    });
+                    format!(
+                        "{n}: {} nlink={} object={group}",
+                        kind(m.file_type()),
+                        m.nlink()
+                    )
+                }
+            })
+            .collect()
+    };
+    for d in &dirs {
+        same(&pair, d, |root, _| {
+            let dir = root.join(d);
+            let mut seen = Vec::new();
+            if d.ends_with(".ls") {
+                seen.push(format!("ls -l: {:?}", view(&dir)));
+            }
+            let step = |seen: &mut Vec<String>, what: &str, r: io::Result<()>| {
+                seen.push(format!("{what}: {:?}", errno(r)));
+                seen.push(format!("  then {:?}", view(&dir)));
+            };
+            match d.split('.').nth(1) {
+                Some("unlink-a") => step(&mut seen, "unlink a", fs::remove_file(dir.join("a"))),
+                Some("unlink-b") => step(&mut seen, "unlink b", fs::remove_file(dir.join("b"))),
+                _ => step(
+                    &mut seen,
+                    "rename a c",
+                    fs::rename(dir.join("a"), dir.join("c")),
+                ),
+            }
+            let last = if d.contains(".unlink-b.") { "a" } else { "b" };
+            step(&mut seen, "unlink other", fs::remove_file(dir.join(last)));
+            seen
+        });
+    }
+    remount(&mut pair);
+    for d in &dirs {
+        same(&pair, &format!("{d} after remount"), |root, _| {
+            view(&root.join(d))
+        });
+    }
+    if let Err(r) = pair.cross_check() {
+        panic!("{r}");
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // inode numbers reused by the upper filesystem
 
