@@ -2199,6 +2199,44 @@ fn chown_write_truncate_drop_privileges() {
     });
 }
 
+/// `chown(path, -1, -1)` changes nothing but ctime (pjdfstest chown/00.t): the kernel
+/// sends a SETATTR with no attribute set, which must still reach the upper object.
+#[test]
+fn chown_to_no_owner_moves_ctime() {
+    let name = "chown_to_no_owner_moves_ctime";
+    if !can_mount(name) {
+        return;
+    }
+    let stack = Stack::new(1);
+    stack.lower(0).file("lower", b"l").dir("lowerdir");
+    let (pair, _wd) = pair(name, &stack);
+    same(&pair, "chown -1 -1", |root, _| {
+        let _ = fs::write(root.join("file"), b"f");
+        let _ = fs::create_dir(root.join("dir"));
+        let _ = std::os::unix::fs::symlink("t", root.join("link"));
+        ["file", "dir", "link", "lower", "lowerdir"]
+            .iter()
+            .map(|n| {
+                let p = root.join(n);
+                let ctime = || {
+                    fs::symlink_metadata(&p)
+                        .map(|m| (m.ctime(), m.ctime_nsec()))
+                        .ok()
+                };
+                let before = ctime();
+                // More than a tick of the coarse clock ctime is taken from.
+                std::thread::sleep(std::time::Duration::from_millis(30));
+                let r = errno(std::os::unix::fs::lchown(&p, None, None));
+                let after = ctime();
+                format!(
+                    "{n}: {r:?} ctime moved: {}",
+                    before.is_some() && after > before
+                )
+            })
+            .collect::<Vec<_>>()
+    });
+}
+
 // ---------------------------------------------------------------------------------------
 // readdir d_type
 

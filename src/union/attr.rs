@@ -350,6 +350,19 @@ impl UnionFs {
             };
             sys::set_times_at(dir.as_fd(), &child, &ts).at("utimens", at)?;
         }
+        let nothing = set.mode.is_none()
+            && set.uid.is_none()
+            && set.gid.is_none()
+            && set.size.is_none()
+            && set.atime.is_none()
+            && set.mtime.is_none();
+        if nothing {
+            // The kernel sends a SETATTR carrying no attribute for a change that still
+            // counts as one (`chown(path, -1, -1)`: ATTR_CTIME alone). Kernel overlayfs
+            // passes it on to the upper object, whose ctime moves: a chown to no new
+            // owner does the same here.
+            sys::chown_at(dir.as_fd(), &child, None, None).at("chown", at)?;
+        }
         self.getattr(ino)
     }
 
