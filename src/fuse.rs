@@ -625,7 +625,7 @@ impl Filesystem for FuseAdapter {
 
     fn setxattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         name: &OsStr,
         value: &[u8],
@@ -635,7 +635,7 @@ impl Filesystem for FuseAdapter {
     ) {
         self.empty(
             reply,
-            self.fs.setxattr(ino.0, name, value, flags),
+            self.fs.setxattr(ino.0, name, value, flags, caller(req)),
             "setxattr",
         );
     }

@@ -13,6 +13,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -2572,6 +2573,62 @@ fn posix_acls_are_enforced() {
                 let r = as_user(NOBODY, NOBODY, code, &[&root.join(rel)])
                     .map_err(|e| io::Error::from_raw_os_error(e).to_string());
                 format!("{what}: {r:?}")
+            })
+            .collect::<Vec<_>>()
+    });
+}
+
+/// Setting an access ACL as an owner outside the object's group clears set-group-id, as
+/// chmod does (kernel `posix_acl_update_mode`; xfstests generic/375): files and
+/// directories, lower and upper, and an owner in the group keeps the bit.
+#[test]
+fn setfacl_by_owner_outside_group_clears_sgid() {
+    let name = "setfacl_by_owner_outside_group_clears_sgid";
+    if !can_mount(name) {
+        return;
+    }
+    let stack = Stack::new(1);
+    stack
+        .lower(0)
+        .file_with("lower_file", b"f", 0o2755, NOBODY, 0)
+        .dir_with("lower_dir", 0o2775, NOBODY, 0)
+        .file_with("in_group", b"g", 0o2755, NOBODY, NOBODY)
+        .file_with("by_root", b"r", 0o2755, NOBODY, 0);
+    let (pair, _wd) = pair(name, &stack);
+    for st in [&pair.sa, &pair.sb] {
+        fs::set_permissions(&st.root, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    same(&pair, "setfacl as the owner", |root, _| {
+        fs::write(root.join("upper_file"), b"u").unwrap();
+        fs::create_dir(root.join("upper_dir")).unwrap();
+        for (n, mode) in [("upper_file", 0o2755), ("upper_dir", 0o2775)] {
+            std::os::unix::fs::chown(root.join(n), Some(NOBODY), Some(0)).unwrap();
+            fs::set_permissions(root.join(n), fs::Permissions::from_mode(mode)).unwrap();
+        }
+        let objects = [
+            "lower_file",
+            "lower_dir",
+            "in_group",
+            "upper_file",
+            "upper_dir",
+        ];
+        objects
+            .iter()
+            .chain(&["by_root"])
+            .map(|n| {
+                let p = root.join(n);
+                // setfacl as the owner, with no supplementary group (std drops them), or
+                // as root (CAP_FSETID keeps the bit).
+                let id = if *n == "by_root" { 0 } else { NOBODY };
+                let st = Command::new("setfacl")
+                    .args(["-m", "u:1:r"])
+                    .arg(&p)
+                    .uid(id)
+                    .gid(id)
+                    .status()
+                    .expect("run setfacl");
+                let mode = fs::symlink_metadata(&p).map(|m| format!("{:o}", m.mode() & 0o7777));
+                format!("{n}: setfacl {st} mode {mode:?}")
             })
             .collect::<Vec<_>>()
     });
