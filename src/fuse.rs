@@ -521,11 +521,14 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let (dir, start) = match self.fs.readdir(fh.0, offset) {
+        let (dir, start, recheck) = match self.fs.readdir(fh.0, offset) {
             Ok(d) => d,
             Err(e) => return reply.error(errno(&e, "readdir")),
         };
         for (e, off) in dir.entries[start..].iter().zip(&dir.offs[start..]) {
+            if recheck.as_ref().is_some_and(|r| !r.exists(&e.name)) {
+                continue;
+            }
             if reply.add(INodeNo(e.ino), *off, kind_of(e.kind), &e.name) {
                 break;
             }
@@ -541,10 +544,11 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let (dir, start) = match self.fs.readdir(fh.0, offset) {
+        let (dir, start, recheck) = match self.fs.readdir(fh.0, offset) {
             Ok(d) => d,
             Err(e) => return reply.error(errno(&e, "readdirplus")),
         };
+        let mut added = false;
         for (e, off) in dir.entries[start..].iter().zip(&dir.offs[start..]) {
             let attr = if e.name == "." || e.name == ".." {
                 // The kernel takes no lookup reference for these and ignores their
@@ -557,8 +561,15 @@ impl Filesystem for FuseAdapter {
             } else {
                 match self.fs.lookup(ino.0, &e.name) {
                     Ok(a) => a,
+                    // Gone from an upper-only directory: not listed (see `Recheck`).
+                    Err(Error::NotFound) if recheck.is_some() => continue,
                     // Gone since the listing was taken: still listed (the listing is a
-                    // snapshot), with node id 0 so the kernel makes no dentry for it.
+                    // snapshot, as kernel overlayfs's of a merged directory). A READDIRPLUS
+                    // entry's d_ino is its node id (fuser), which must be 0 here so the
+                    // kernel makes no dentry: end the reply before it instead, and the
+                    // kernel asks again with a plain READDIR (it uses READDIRPLUS only for
+                    // the first read or after a lookup), which gives the real d_ino.
+                    Err(_) if added => break,
                     Err(_) => Attr {
                         ino: 0,
                         mode: e.kind.as_raw_mode(),
@@ -580,6 +591,7 @@ impl Filesystem for FuseAdapter {
                 }
                 break;
             }
+            added = true;
         }
         reply.ok();
     }

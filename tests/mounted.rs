@@ -1493,6 +1493,94 @@ fn read_with_positions(
     seen
 }
 
+/// A name unlinked while its directory is being read (a few entries per `getdents64`),
+/// before the reader reached it (xfstests generic/637): kernel overlayfs reads an
+/// upper-only directory from the upper filesystem and no longer returns the name; a merged
+/// or lower directory is read from a snapshot and returns it with its d_ino. Names long
+/// enough that the daemon hands out a listing over several requests, and a lookup after
+/// the unlink, so FUSE reads on with READDIRPLUS (which gave the removed name d_ino 0).
+#[test]
+fn name_unlinked_while_reading_directory() {
+    let name = "name_unlinked_while_reading_directory";
+    if !can_mount(name) {
+        return;
+    }
+    let long = |i: usize| format!("a_name_long_enough_to_fill_a_page_in_few_entries_{i:03}");
+    let stack = Stack::new(1);
+    for i in 0..100 {
+        for d in ["low", "low.order"] {
+            stack.lower(0).file(&format!("{d}/{}", long(i)), b"");
+        }
+        for d in ["mix", "mix.order"] {
+            let layer = if i % 2 == 0 {
+                stack.lower(0)
+            } else {
+                stack.upper_layer()
+            };
+            layer.file(&format!("{d}/{}", long(i)), b"");
+        }
+    }
+    let (pair, _wd) = pair(name, &stack);
+    same(&pair, "unlink while reading", |root, _| {
+        for d in ["up", "up.order"] {
+            fs::create_dir(root.join(d)).unwrap();
+            for i in 0..100 {
+                fs::write(root.join(d).join(long(i)), b"").unwrap();
+            }
+        }
+        ["up", "low", "mix"]
+            .iter()
+            .map(|d| {
+                // The order this side lists these names in, from a twin directory.
+                let order: Vec<String> = list_names(&root.join(format!("{d}.order")));
+                let dir = File::open(root.join(d)).unwrap();
+                let mut got = posix::getdents64(&dir, 200).unwrap();
+                let unread: Vec<&String> = order
+                    .iter()
+                    .filter(|n| !got.iter().any(|(g, _)| g == *n))
+                    .collect();
+                // Upper-only: the last name not read yet (the upper filesystem may still
+                // return a removed name it had buffered: ext4 does for nearby ones).
+                // Merged: the second one, so the daemon's next reply starts before it.
+                let victim = if *d == "up" {
+                    unread[unread.len() - 1]
+                } else {
+                    unread[1]
+                }
+                .clone();
+                let unlinked = errno(fs::remove_file(root.join(d).join(&victim)));
+                // A lookup in the directory: FUSE reads the rest with READDIRPLUS.
+                let _ = fs::symlink_metadata(root.join(d).join("not-there"));
+                loop {
+                    let more = posix::getdents64(&dir, 200).unwrap();
+                    if more.is_empty() {
+                        break;
+                    }
+                    got.extend(more);
+                }
+                let names: BTreeSet<&str> = got.iter().map(|(n, _)| n.as_str()).collect();
+                format!(
+                    "{d}: unlink {unlinked:?}, victim listed: {}, names: {}, d_ino 0: {:?}",
+                    names.contains(victim.as_str()),
+                    names.len(),
+                    got.iter()
+                        .filter(|(_, i)| *i == 0)
+                        .map(|(n, _)| n)
+                        .collect::<Vec<_>>()
+                )
+            })
+            .collect::<Vec<_>>()
+    });
+}
+
+/// Every name in `dir` but `.` and `..`, in listing order.
+fn list_names(dir: &Path) -> Vec<String> {
+    fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
 #[test]
 fn telldir_seekdir_stable_while_deleting() {
     let name = "telldir_seekdir_stable_while_deleting";
