@@ -373,3 +373,24 @@ pub fn getdents64(dir: &File, bufsize: usize) -> Errno<Vec<(String, u64)>> {
     }
     Ok(out)
 }
+
+/// mtime and ctime (seconds, nanoseconds) of `path` (not followed) by `statx(2)` asking
+/// for those two only, as `stat -c "%Y %Z"` does: FUSE answers such a call from its
+/// attribute cache even where a full `lstat` would go to the daemon (after a read, say).
+pub fn statx_times(path: &Path) -> Errno<(i64, u32, i64, u32)> {
+    let p = cpath(path);
+    // SAFETY: an all-zero `struct statx` is valid.
+    let mut st: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: `p` is NUL-terminated and `st` is a valid out-pointer.
+    check(unsafe {
+        libc::statx(
+            libc::AT_FDCWD,
+            p.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+            libc::STATX_MTIME | libc::STATX_CTIME,
+            &mut st,
+        )
+    })?;
+    let (m, c) = (st.stx_mtime, st.stx_ctime);
+    Ok((m.tv_sec, m.tv_nsec, c.tv_sec, c.tv_nsec))
+}
