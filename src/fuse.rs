@@ -14,7 +14,8 @@ use fuser::{
     ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
-use std::collections::HashSet;
+use std::collections::HashMap;
+use std::sync::OnceLock;
 
 use parking_lot::Mutex;
 
@@ -37,8 +38,13 @@ pub struct FuseAdapter {
     pt: Arc<Passthrough>,
     /// Ask the kernel for passthrough (root, not turned off by the user).
     want_passthrough: bool,
-    /// Handles opened with passthrough (their release drops a backing reference).
-    pt_handles: Mutex<HashSet<u64>>,
+    /// Handles opened with passthrough (their release drops a backing reference), each
+    /// with whether it counts in `writers`.
+    pt_handles: Mutex<HashMap<u64, bool>>,
+    /// Passthrough handles open for writing, by inode: see [`FuseAdapter::attr_ttl`].
+    writers: Mutex<HashMap<u64, usize>>,
+    /// Tells the kernel to drop cached attributes; set once the session exists.
+    notifier: Arc<OnceLock<fuser::Notifier>>,
 }
 
 impl FuseAdapter {
@@ -53,7 +59,50 @@ impl FuseAdapter {
             ttl,
             pt,
             want_passthrough,
-            pt_handles: Mutex::new(HashSet::new()),
+            pt_handles: Mutex::new(HashMap::new()),
+            writers: Mutex::new(HashMap::new()),
+            notifier: Arc::new(OnceLock::new()),
+        }
+    }
+
+    /// Where the session's notifier goes once the session is made (the session takes the
+    /// adapter, so the notifier cannot be given to `new`).
+    pub fn notifier_slot(&self) -> Arc<OnceLock<fuser::Notifier>> {
+        self.notifier.clone()
+    }
+
+    /// How long the kernel may keep the attributes of `ino`. Writes through a passthrough
+    /// mmap change the real file's mtime and ctime without the kernel's FUSE inode
+    /// knowing (plain writes update it), while kernel overlayfs always shows the real
+    /// file's times: an inode with a passthrough handle open for writing is not cached.
+    /// Everything else keeps the long TTL.
+    fn attr_ttl(&self, ino: u64) -> Duration {
+        if self.writers.lock().contains_key(&ino) {
+            Duration::ZERO
+        } else {
+            self.ttl
+        }
+    }
+
+    /// Records a handle `fh` of `ino` answered in passthrough mode, open for writing
+    /// through a backing file when `writable`. The first writer of an inode the kernel
+    /// may hold attributes of (`cached`) drops them (no pages: offset -1), after
+    /// registering, so no reply after it is kept for long.
+    fn add_pt_handle(&self, fh: u64, ino: u64, writable: bool, cached: bool) {
+        self.pt_handles.lock().insert(fh, writable);
+        if !writable {
+            return;
+        }
+        let first = {
+            let mut w = self.writers.lock();
+            let n = w.entry(ino).or_insert(0);
+            *n += 1;
+            *n == 1
+        };
+        if let (true, true, Some(n)) = (first, cached, self.notifier.get()) {
+            if let Err(e) = n.inval_inode(INodeNo(ino), -1, 0) {
+                tracing::debug!(ino, error = %e, "invalidating attributes");
+            }
         }
     }
 
@@ -68,14 +117,18 @@ impl FuseAdapter {
             Ok(f) => f,
             Err(e) => return reply.error(errno(&e, "open")),
         };
-        self.pt_handles.lock().insert(fh);
         if g.kind(ino, !file.on_lower) == OpenKind::Cached {
+            self.add_pt_handle(fh, ino, false, false);
             g.add_cached(ino);
             return reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
         }
         match g.add_passthrough(ino, || reply.open_backing(&file.file)) {
-            Ok(id) => reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), id),
+            Ok(id) => {
+                self.add_pt_handle(fh, ino, file.writable, true);
+                reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), id)
+            }
             Err(e) => {
+                self.add_pt_handle(fh, ino, false, false);
                 tracing::warn!(error = %e, "FUSE passthrough refused: serving reads and writes");
                 self.pt.disable();
                 g.add_cached(ino);
@@ -182,7 +235,7 @@ fn caller(req: &Request) -> Caller {
 impl FuseAdapter {
     fn entry(&self, reply: ReplyEntry, r: crate::error::Result<Attr>, op: &'static str) {
         match r {
-            Ok(a) => reply.entry(&self.ttl, &to_fuse(&a), Generation(0)),
+            Ok(a) => reply.entry(&self.attr_ttl(a.ino), &to_fuse(&a), Generation(0)),
             Err(e) => reply.error(errno(&e, op)),
         }
     }
@@ -250,7 +303,7 @@ impl Filesystem for FuseAdapter {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.fs.getattr(ino.0) {
-            Ok(a) => reply.attr(&self.ttl, &to_fuse(&a)),
+            Ok(a) => reply.attr(&self.attr_ttl(a.ino), &to_fuse(&a)),
             Err(e) => reply.error(errno(&e, "getattr")),
         }
     }
@@ -283,7 +336,7 @@ impl Filesystem for FuseAdapter {
             fh: fh.map(|f| f.0),
         };
         match self.fs.setattr(ino.0, &set) {
-            Ok(a) => reply.attr(&self.ttl, &to_fuse(&a)),
+            Ok(a) => reply.attr(&self.attr_ttl(a.ino), &to_fuse(&a)),
             Err(e) => reply.error(errno(&e, "setattr")),
         }
     }
@@ -479,8 +532,19 @@ impl Filesystem for FuseAdapter {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        if self.pt_handles.lock().remove(&fh.0) {
+        // Not held while the passthrough table is locked: opens lock that one first.
+        let removed = self.pt_handles.lock().remove(&fh.0);
+        if let Some(writable) = removed {
             self.pt.lock().release(ino.0);
+            if writable {
+                let mut w = self.writers.lock();
+                if let Some(n) = w.get_mut(&ino.0) {
+                    *n -= 1;
+                    if *n == 0 {
+                        w.remove(&ino.0);
+                    }
+                }
+            }
         }
         self.fs.release(fh.0);
         reply.ok();
@@ -521,11 +585,14 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let (dir, start) = match self.fs.readdir(fh.0, offset) {
+        let (dir, start, recheck) = match self.fs.readdir(fh.0, offset) {
             Ok(d) => d,
             Err(e) => return reply.error(errno(&e, "readdir")),
         };
         for (e, off) in dir.entries[start..].iter().zip(&dir.offs[start..]) {
+            if recheck.as_ref().is_some_and(|r| !r.exists(&e.name)) {
+                continue;
+            }
             if reply.add(INodeNo(e.ino), *off, kind_of(e.kind), &e.name) {
                 break;
             }
@@ -541,10 +608,11 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let (dir, start) = match self.fs.readdir(fh.0, offset) {
+        let (dir, start, recheck) = match self.fs.readdir(fh.0, offset) {
             Ok(d) => d,
             Err(e) => return reply.error(errno(&e, "readdirplus")),
         };
+        let mut added = false;
         for (e, off) in dir.entries[start..].iter().zip(&dir.offs[start..]) {
             let attr = if e.name == "." || e.name == ".." {
                 // The kernel takes no lookup reference for these and ignores their
@@ -557,8 +625,15 @@ impl Filesystem for FuseAdapter {
             } else {
                 match self.fs.lookup(ino.0, &e.name) {
                     Ok(a) => a,
+                    // Gone from an upper-only directory: not listed (see `Recheck`).
+                    Err(Error::NotFound) if recheck.is_some() => continue,
                     // Gone since the listing was taken: still listed (the listing is a
-                    // snapshot), with node id 0 so the kernel makes no dentry for it.
+                    // snapshot, as kernel overlayfs's of a merged directory). A READDIRPLUS
+                    // entry's d_ino is its node id (fuser), which must be 0 here so the
+                    // kernel makes no dentry: end the reply before it instead, and the
+                    // kernel asks again with a plain READDIR (it uses READDIRPLUS only for
+                    // the first read or after a lookup), which gives the real d_ino.
+                    Err(_) if added => break,
                     Err(_) => Attr {
                         ino: 0,
                         mode: e.kind.as_raw_mode(),
@@ -570,7 +645,7 @@ impl Filesystem for FuseAdapter {
                 INodeNo(attr.ino),
                 *off,
                 &e.name,
-                &self.ttl,
+                &self.attr_ttl(attr.ino),
                 &to_fuse(&attr),
                 Generation(0),
             ) {
@@ -580,6 +655,7 @@ impl Filesystem for FuseAdapter {
                 }
                 break;
             }
+            added = true;
         }
         reply.ok();
     }
@@ -625,7 +701,7 @@ impl Filesystem for FuseAdapter {
 
     fn setxattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         name: &OsStr,
         value: &[u8],
@@ -635,7 +711,7 @@ impl Filesystem for FuseAdapter {
     ) {
         self.empty(
             reply,
-            self.fs.setxattr(ino.0, name, value, flags),
+            self.fs.setxattr(ino.0, name, value, flags, caller(req)),
             "setxattr",
         );
     }
@@ -686,13 +762,14 @@ impl Filesystem for FuseAdapter {
             Ok((a, Some(fh))) => {
                 if let (true, Ok(f)) = (self.pt.is_enabled(), self.fs.handle_file(fh)) {
                     let mut g = self.pt.lock();
-                    self.pt_handles.lock().insert(fh);
                     if g.kind(a.ino, true) == OpenKind::Passthrough {
                         match g.add_passthrough(a.ino, || reply.open_backing(&f.file)) {
                             Ok(id) => {
+                                // New: the kernel has nothing cached to drop.
+                                self.add_pt_handle(fh, a.ino, f.writable, false);
                                 let attr = to_fuse(&a);
                                 return reply.created_passthrough(
-                                    &self.ttl,
+                                    &self.attr_ttl(a.ino),
                                     &attr,
                                     Generation(0),
                                     FileHandle(fh),
@@ -706,6 +783,7 @@ impl Filesystem for FuseAdapter {
                             }
                         }
                     }
+                    self.add_pt_handle(fh, a.ino, false, false);
                     g.add_cached(a.ino);
                 }
                 reply.created(

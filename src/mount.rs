@@ -306,6 +306,7 @@ pub fn run(req: MountRequest) -> Result<i32, String> {
     let want_passthrough = req.passthrough && rustix::process::geteuid().is_root();
     let core = fs.clone();
     let adapter = FuseAdapter::new(fs, ttl, pt.clone(), want_passthrough);
+    let notifier_slot = adapter.notifier_slot();
     // Mount ourselves when we may (uid 0, also in a user namespace): the session then never
     // unmounts by path (see module doc), and the type is `fuse.rlayerfs`. EPERM (no
     // CAP_SYS_ADMIN over the mount namespace) falls back to fuser and fusermount3.
@@ -334,6 +335,7 @@ pub fn run(req: MountRequest) -> Result<i32, String> {
         (s, None)
     };
     let mut session = session;
+    let _ = notifier_slot.set(session.notifier());
     tracing::info!(mountpoint = %mountpoint.display(), "mounted");
     if !req.foreground {
         match crate::sys::process::daemonize(None) {

@@ -12,7 +12,8 @@ use std::collections::{BTreeSet, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -222,6 +223,51 @@ fn mmap_shared_write_copies_up() {
             content(fs::read(root.join("g")), cand_g),
             content(fs::read(st.upper.join("g")), cand_g),
         ]
+    });
+}
+
+/// Writes through a shared mapping move the file's mtime and ctime, and stat through the
+/// mount shows the real file's times at once, mapped or not (xfstests generic/080, 215):
+/// with FUSE passthrough those writes bypass the kernel's FUSE inode, whose cached times
+/// stayed stale for the attribute timeout.
+#[test]
+fn mmap_write_updates_times_seen_through_mount() {
+    let name = "mmap_write_updates_times_seen_through_mount";
+    if !can_mount(name) {
+        return;
+    }
+    let stack = Stack::new(1);
+    stack.lower(0).file("lower", &[b'l'; 4096]);
+    let (pair, _wd) = pair(name, &stack);
+    same(&pair, "mmap write, then stat", |root, st| {
+        let f = File::create(root.join("new")).unwrap();
+        f.write_all_at(&[b'n'; 4096], 0).unwrap();
+        f.sync_all().unwrap();
+        drop(f);
+        let times = |p: &Path| posix::statx_times(p).ok();
+        let mut obs = Vec::new();
+        for n in ["new", "lower"] {
+            let (p, real) = (root.join(n), st.upper_layer().path(n));
+            let before = times(&p);
+            // More than a tick of the coarse clock file times are taken from.
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            let f = OpenOptions::new().read(true).write(true).open(&p).unwrap();
+            let r = posix::mmap_shared_write(&f, 4096, &[(0, &[b'M'; 4096])]);
+            let open = times(&p);
+            obs.push(format!(
+                "{n}: mmap write {r:?}; still open: times moved {}, shown = real {}",
+                open > before,
+                open == times(&real)
+            ));
+            drop(f);
+            let closed = times(&p);
+            obs.push(format!(
+                "{n}: closed: times moved {}, shown = real {}",
+                closed > before,
+                closed == times(&real)
+            ));
+        }
+        obs
     });
 }
 
@@ -1492,6 +1538,94 @@ fn read_with_positions(
     seen
 }
 
+/// A name unlinked while its directory is being read (a few entries per `getdents64`),
+/// before the reader reached it (xfstests generic/637): kernel overlayfs reads an
+/// upper-only directory from the upper filesystem and no longer returns the name; a merged
+/// or lower directory is read from a snapshot and returns it with its d_ino. Names long
+/// enough that the daemon hands out a listing over several requests, and a lookup after
+/// the unlink, so FUSE reads on with READDIRPLUS (which gave the removed name d_ino 0).
+#[test]
+fn name_unlinked_while_reading_directory() {
+    let name = "name_unlinked_while_reading_directory";
+    if !can_mount(name) {
+        return;
+    }
+    let long = |i: usize| format!("a_name_long_enough_to_fill_a_page_in_few_entries_{i:03}");
+    let stack = Stack::new(1);
+    for i in 0..100 {
+        for d in ["low", "low.order"] {
+            stack.lower(0).file(&format!("{d}/{}", long(i)), b"");
+        }
+        for d in ["mix", "mix.order"] {
+            let layer = if i % 2 == 0 {
+                stack.lower(0)
+            } else {
+                stack.upper_layer()
+            };
+            layer.file(&format!("{d}/{}", long(i)), b"");
+        }
+    }
+    let (pair, _wd) = pair(name, &stack);
+    same(&pair, "unlink while reading", |root, _| {
+        for d in ["up", "up.order"] {
+            fs::create_dir(root.join(d)).unwrap();
+            for i in 0..100 {
+                fs::write(root.join(d).join(long(i)), b"").unwrap();
+            }
+        }
+        ["up", "low", "mix"]
+            .iter()
+            .map(|d| {
+                // The order this side lists these names in, from a twin directory.
+                let order: Vec<String> = list_names(&root.join(format!("{d}.order")));
+                let dir = File::open(root.join(d)).unwrap();
+                let mut got = posix::getdents64(&dir, 200).unwrap();
+                let unread: Vec<&String> = order
+                    .iter()
+                    .filter(|n| !got.iter().any(|(g, _)| g == *n))
+                    .collect();
+                // Upper-only: the last name not read yet (the upper filesystem may still
+                // return a removed name it had buffered: ext4 does for nearby ones).
+                // Merged: the second one, so the daemon's next reply starts before it.
+                let victim = if *d == "up" {
+                    unread[unread.len() - 1]
+                } else {
+                    unread[1]
+                }
+                .clone();
+                let unlinked = errno(fs::remove_file(root.join(d).join(&victim)));
+                // A lookup in the directory: FUSE reads the rest with READDIRPLUS.
+                let _ = fs::symlink_metadata(root.join(d).join("not-there"));
+                loop {
+                    let more = posix::getdents64(&dir, 200).unwrap();
+                    if more.is_empty() {
+                        break;
+                    }
+                    got.extend(more);
+                }
+                let names: BTreeSet<&str> = got.iter().map(|(n, _)| n.as_str()).collect();
+                format!(
+                    "{d}: unlink {unlinked:?}, victim listed: {}, names: {}, d_ino 0: {:?}",
+                    names.contains(victim.as_str()),
+                    names.len(),
+                    got.iter()
+                        .filter(|(_, i)| *i == 0)
+                        .map(|(n, _)| n)
+                        .collect::<Vec<_>>()
+                )
+            })
+            .collect::<Vec<_>>()
+    });
+}
+
+/// Every name in `dir` but `.` and `..`, in listing order.
+fn list_names(dir: &Path) -> Vec<String> {
+    fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
 #[test]
 fn telldir_seekdir_stable_while_deleting() {
     let name = "telldir_seekdir_stable_while_deleting";
@@ -2199,6 +2333,44 @@ fn chown_write_truncate_drop_privileges() {
     });
 }
 
+/// `chown(path, -1, -1)` changes nothing but ctime (pjdfstest chown/00.t): the kernel
+/// sends a SETATTR with no attribute set, which must still reach the upper object.
+#[test]
+fn chown_to_no_owner_moves_ctime() {
+    let name = "chown_to_no_owner_moves_ctime";
+    if !can_mount(name) {
+        return;
+    }
+    let stack = Stack::new(1);
+    stack.lower(0).file("lower", b"l").dir("lowerdir");
+    let (pair, _wd) = pair(name, &stack);
+    same(&pair, "chown -1 -1", |root, _| {
+        let _ = fs::write(root.join("file"), b"f");
+        let _ = fs::create_dir(root.join("dir"));
+        let _ = std::os::unix::fs::symlink("t", root.join("link"));
+        ["file", "dir", "link", "lower", "lowerdir"]
+            .iter()
+            .map(|n| {
+                let p = root.join(n);
+                let ctime = || {
+                    fs::symlink_metadata(&p)
+                        .map(|m| (m.ctime(), m.ctime_nsec()))
+                        .ok()
+                };
+                let before = ctime();
+                // More than a tick of the coarse clock ctime is taken from.
+                std::thread::sleep(std::time::Duration::from_millis(30));
+                let r = errno(std::os::unix::fs::lchown(&p, None, None));
+                let after = ctime();
+                format!(
+                    "{n}: {r:?} ctime moved: {}",
+                    before.is_some() && after > before
+                )
+            })
+            .collect::<Vec<_>>()
+    });
+}
+
 // ---------------------------------------------------------------------------------------
 // readdir d_type
 
@@ -2539,6 +2711,62 @@ fn posix_acls_are_enforced() {
     });
 }
 
+/// Setting an access ACL as an owner outside the object's group clears set-group-id, as
+/// chmod does (kernel `posix_acl_update_mode`; xfstests generic/375): files and
+/// directories, lower and upper, and an owner in the group keeps the bit.
+#[test]
+fn setfacl_by_owner_outside_group_clears_sgid() {
+    let name = "setfacl_by_owner_outside_group_clears_sgid";
+    if !can_mount(name) {
+        return;
+    }
+    let stack = Stack::new(1);
+    stack
+        .lower(0)
+        .file_with("lower_file", b"f", 0o2755, NOBODY, 0)
+        .dir_with("lower_dir", 0o2775, NOBODY, 0)
+        .file_with("in_group", b"g", 0o2755, NOBODY, NOBODY)
+        .file_with("by_root", b"r", 0o2755, NOBODY, 0);
+    let (pair, _wd) = pair(name, &stack);
+    for st in [&pair.sa, &pair.sb] {
+        fs::set_permissions(&st.root, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    same(&pair, "setfacl as the owner", |root, _| {
+        fs::write(root.join("upper_file"), b"u").unwrap();
+        fs::create_dir(root.join("upper_dir")).unwrap();
+        for (n, mode) in [("upper_file", 0o2755), ("upper_dir", 0o2775)] {
+            std::os::unix::fs::chown(root.join(n), Some(NOBODY), Some(0)).unwrap();
+            fs::set_permissions(root.join(n), fs::Permissions::from_mode(mode)).unwrap();
+        }
+        let objects = [
+            "lower_file",
+            "lower_dir",
+            "in_group",
+            "upper_file",
+            "upper_dir",
+        ];
+        objects
+            .iter()
+            .chain(&["by_root"])
+            .map(|n| {
+                let p = root.join(n);
+                // setfacl as the owner, with no supplementary group (std drops them), or
+                // as root (CAP_FSETID keeps the bit).
+                let id = if *n == "by_root" { 0 } else { NOBODY };
+                let st = Command::new("setfacl")
+                    .args(["-m", "u:1:r"])
+                    .arg(&p)
+                    .uid(id)
+                    .gid(id)
+                    .status()
+                    .expect("run setfacl");
+                let mode = fs::symlink_metadata(&p).map(|m| format!("{:o}", m.mode() & 0o7777));
+                format!("{n}: setfacl {st} mode {mode:?}")
+            })
+            .collect::<Vec<_>>()
+    });
+}
+
 /// A lower hard-link pair copied up through one name, remounted, then changed through the
 /// other names (kernel overlayfs finds the copy through its index).
 #[test]
@@ -2580,6 +2808,117 @@ fn hard_link_changed_through_other_name_after_remount() {
         vec![read("a"), read("sub/b2"), read("sub/c")],
     ];
     if let Err(r) = pair.run_phases(phases) {
+        panic!("{r}");
+    }
+}
+
+/// Lower hard links of every file type, one directory per (type, what is done, whether
+/// it was looked up first): kernel overlayfs with index=on copies any hard-linked
+/// non-directory up into its index before one name goes, so the other names keep the
+/// object and an exact st_nlink. Symlinks, FIFOs, sockets and devices were copied up
+/// without the index: the other name kept st_nlink 2 (cold), or could not be unlinked
+/// (after `ls -l`: ENOENT, the name still listed).
+#[test]
+fn hard_links_of_every_file_type() {
+    let name = "hard_links_of_every_file_type";
+    if !can_mount(name) {
+        return;
+    }
+    const KINDS: [&str; 7] = ["symlink", "fifo", "sock", "chr", "blk", "empty", "file"];
+    const ACTS: [&str; 4] = ["unlink-a", "unlink-b", "rename", "rename-over"];
+    let dirs: Vec<String> = KINDS
+        .iter()
+        .flat_map(|k| ACTS.iter().map(move |a| (k, a)))
+        .flat_map(|(k, a)| ["ls", "cold"].map(|w| format!("{k}.{a}.{w}")))
+        .collect();
+    let stack = Stack::new(1);
+    let l = stack.lower(0);
+    for d in &dirs {
+        let a = format!("{d}/a");
+        let p = l.dir(d).path(&a);
+        let node = |mode, major, minor| sys::mknod(&p, mode | 0o644, major, minor).unwrap();
+        match d.split('.').next() {
+            Some("symlink") => {
+                l.symlink(&a, "target");
+            }
+            Some("fifo") => node(libc::S_IFIFO, 0, 0),
+            Some("sock") => node(libc::S_IFSOCK, 0, 0),
+            Some("chr") => node(libc::S_IFCHR, 1, 3),
+            Some("blk") => node(libc::S_IFBLK, 7, 0),
+            Some("empty") => {
+                l.file(&a, b"");
+            }
+            _ => {
+                l.file(&a, b"data");
+            }
+        }
+        l.hardlink(&format!("{d}/b"), &a);
+        if d.contains("rename-over") {
+            l.file(&format!("{d}/c"), b"victim");
+        }
+    }
+    let (mut pair, _wd) = pair(name, &stack);
+    // Names present, each with its type, link count and which object it is.
+    let view = |dir: &Path| -> Vec<String> {
+        let mut names: Vec<String> = match fs::read_dir(dir) {
+            Ok(rd) => rd
+                .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+                .collect::<io::Result<_>>()
+                .unwrap_or_else(|e| vec![format!("ERROR readdir {}", sys::errno_of(&e))]),
+            Err(e) => vec![format!("ERROR readdir {}", sys::errno_of(&e))],
+        };
+        names.sort();
+        let mut inos: Vec<u64> = Vec::new();
+        names
+            .iter()
+            .map(|n| match fs::symlink_metadata(dir.join(n)) {
+                Err(e) => format!("{n}: ERROR {}", sys::errno_of(&e)),
+                Ok(m) => {
+                    let group = inos.iter().position(|i| *i == m.ino()).unwrap_or_else(|| {
+                        inos.push(m.ino());
+                        inos.len() - 1
+                    });
+                    format!(
+                        "{n}: {} nlink={} object={group}",
+                        kind(m.file_type()),
+                        m.nlink()
+                    )
+                }
+            })
+            .collect()
+    };
+    for d in &dirs {
+        same(&pair, d, |root, _| {
+            let dir = root.join(d);
+            let mut seen = Vec::new();
+            if d.ends_with(".ls") {
+                seen.push(format!("ls -l: {:?}", view(&dir)));
+            }
+            let step = |seen: &mut Vec<String>, what: &str, r: io::Result<()>| {
+                seen.push(format!("{what}: {:?}", errno(r)));
+                seen.push(format!("  then {:?}", view(&dir)));
+            };
+            match d.split('.').nth(1) {
+                Some("unlink-a") => step(&mut seen, "unlink a", fs::remove_file(dir.join("a"))),
+                Some("unlink-b") => step(&mut seen, "unlink b", fs::remove_file(dir.join("b"))),
+                _ => step(
+                    &mut seen,
+                    "rename a c",
+                    fs::rename(dir.join("a"), dir.join("c")),
+                ),
+            }
+            let last = if d.contains(".unlink-b.") { "a" } else { "b" };
+            step(&mut seen, "unlink other", fs::remove_file(dir.join(last)));
+            seen
+        });
+    }
+    remount(&mut pair);
+    for d in &dirs {
+        same(&pair, &format!("{d} after remount"), |root, _| {
+            view(&root.join(d))
+        });
+    }
+    if let Err(r) = pair.cross_check() {
         panic!("{r}");
     }
 }

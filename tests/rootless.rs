@@ -160,3 +160,28 @@ fn rootless_redirect_is_followed_here_and_refused_by_kernel_userxattr() {
     );
     k.unmount().unwrap();
 }
+
+/// Rootless, only regular files and directories can carry `user.overlay.*` records: copying
+/// up a symlink, a FIFO or a hard-linked symlink must work without them (as before the
+/// index was kept rootless), and both names of a lower hard-linked symlink can go.
+#[test]
+fn rootless_copy_up_of_other_types_needs_no_records() {
+    if !can_mount("rootless_copy_up_of_other_types_needs_no_records") {
+        return;
+    }
+    let stack = Stack::new(1);
+    stack
+        .lower(0)
+        .symlink("s", "target")
+        .symlink("d/a", "t")
+        .hardlink("d/b", "d/a")
+        .fifo("p")
+        .hardlink("p2", "p");
+    let out = rootless(
+        &stack,
+        "$B mount -o $O $M; touch -h $M/s; echo touched; unlink $M/d/a; unlink $M/d/b; \
+         ls -A $M/d; echo emptied; mv $M/p $M/p3; (cd $M && stat -c '%n %h %F' p2 p3); \
+         fusermount3 -u $M",
+    );
+    assert_eq!(out, "touched\nemptied\np2 2 fifo\np3 2 fifo\n", "{out}");
+}

@@ -92,3 +92,29 @@ pub fn wait_for_termination_timeout(limit: std::time::Duration) -> Option<i32> {
     let sig = unsafe { libc::sigtimedwait(&set, std::ptr::null_mut(), &ts) };
     (sig > 0).then_some(sig)
 }
+
+/// CAP_FSETID: keeps set-id bits through changes by others than the owner or group.
+const CAP_FSETID: u32 = 4;
+
+/// Whether task `pid` may keep the set-group-id bit of an object with group `gid` when it
+/// changes the object's mode (kernel `in_group_or_capable`): `gid` is its fs group or a
+/// supplementary group, or it has CAP_FSETID. Read from `/proc/PID/status` (FUSE gives a
+/// request's task id and fs ids, not its groups or capabilities); `None` when that cannot
+/// be read (the task is gone).
+pub fn in_group_or_capable(pid: u32, fsgid: u32, gid: u32) -> Option<bool> {
+    if fsgid == gid {
+        return Some(true);
+    }
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .map(str::trim)
+    };
+    let groups = field("Groups:")?;
+    let cap_eff = u64::from_str_radix(field("CapEff:")?, 16).ok()?;
+    Some(
+        groups.split_whitespace().any(|g| g.parse() == Ok(gid)) || cap_eff & (1 << CAP_FSETID) != 0,
+    )
+}

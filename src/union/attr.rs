@@ -13,7 +13,7 @@ use crate::sys;
 use crate::union::dirfd::LayerKey;
 use crate::union::ids::{self, OverrideStat};
 use crate::union::layer::LowerIdx;
-use crate::union::{whiteout, Attr, Timespec, UnionFs};
+use crate::union::{whiteout, Attr, Caller, Timespec, UnionFs};
 
 /// Where the object behind a node is now.
 #[derive(Debug, Clone)]
@@ -350,6 +350,19 @@ impl UnionFs {
             };
             sys::set_times_at(dir.as_fd(), &child, &ts).at("utimens", at)?;
         }
+        let nothing = set.mode.is_none()
+            && set.uid.is_none()
+            && set.gid.is_none()
+            && set.size.is_none()
+            && set.atime.is_none()
+            && set.mtime.is_none();
+        if nothing {
+            // The kernel sends a SETATTR carrying no attribute for a change that still
+            // counts as one (`chown(path, -1, -1)`: ATTR_CTIME alone). Kernel overlayfs
+            // passes it on to the upper object, whose ctime moves: a chown to no new
+            // owner does the same here.
+            sys::chown_at(dir.as_fd(), &child, None, None).at("chown", at)?;
+        }
         self.getattr(ino)
     }
 
@@ -413,12 +426,42 @@ impl UnionFs {
             .collect())
     }
 
-    /// Sets an xattr (copy-up first).
-    pub fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> Result<()> {
+    /// Sets an xattr (copy-up first) on behalf of `caller`.
+    pub fn setxattr(
+        &self,
+        ino: u64,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        caller: Caller,
+    ) -> Result<()> {
         let disk = self.user_xattr_name(name)?;
         let value = self.opts.ids.xattr_to_disk(name, value)?;
         let fd = self.upper_object(ino)?;
-        sys::set_xattr(fd.as_fd(), &disk, &value, flags).at("setxattr", Where::Upper)
+        sys::set_xattr(fd.as_fd(), &disk, &value, flags).at("setxattr", Where::Upper)?;
+        if name == crate::union::acl::ACCESS_XATTR && !value.is_empty() {
+            self.acl_kill_sgid(ino, caller)?;
+        }
+        Ok(())
+    }
+
+    /// Clears set-group-id after an access ACL was set by a caller outside the object's
+    /// group without CAP_FSETID, as the kernel's `posix_acl_update_mode` does. The daemon
+    /// sets the ACL with its own privilege, so the filesystem below keeps the bit; FUSE
+    /// would ask for this with FUSE_SETXATTR_ACL_KILL_SGID only under FUSE_SETXATTR_EXT,
+    /// which fuser does not speak.
+    fn acl_kill_sgid(&self, ino: u64, caller: Caller) -> Result<()> {
+        let a = self.getattr(ino)?;
+        if a.mode & libc::S_ISGID == 0
+            || sys::process::in_group_or_capable(caller.pid, caller.gid, a.gid).unwrap_or(true)
+        {
+            return Ok(());
+        }
+        let set = SetAttr {
+            mode: Some(a.mode & 0o7777 & !libc::S_ISGID),
+            ..SetAttr::default()
+        };
+        self.setattr(ino, &set).map(drop)
     }
 
     /// Removes an xattr (copy-up first, unless it does not exist).

@@ -173,15 +173,18 @@ impl UnionFs {
         let at = Where::Lower(top);
         let src = self.path_fd(crate::union::dirfd::LayerKey::Lower(top), &lower_path)?;
         let st = rustix::fs::fstat(&src).at("stat lower", at)?;
-        let origin = if self.index_enabled() {
+        let origin = if self.can_carry_identity(st.st_mode) {
             self.origin_of(top, src.as_fd())
         } else {
             None
         };
         let work = self.work_dir()?;
         let tmp = self.tmp_name();
-        let is_reg = st.st_mode & libc::S_IFMT == libc::S_IFREG;
-        let linked = is_reg && st.st_nlink > 1;
+        // Every hard-linked non-directory goes through the index, whatever its type, as
+        // kernel overlayfs's `ovl_need_index` does: its other lower names find the copy
+        // there, so they keep one identity and an exact st_nlink.
+        let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
+        let linked = !is_dir && st.st_nlink > 1;
         let built = self
             .build_copy(work, &tmp, &src, &st, &lower_path, top)
             .and_then(|()| {

@@ -51,6 +51,40 @@ pub struct FileHandle {
 pub struct Listing {
     pub entries: Vec<DirEntry>,
     pub offs: Vec<u64>,
+    /// Set for a directory that is only in the upper layer: see [`UpperOnly`].
+    upper_only: Option<UpperOnly>,
+}
+
+/// The upper directory a listing of an upper-only directory was taken from, and its
+/// ctime then. Kernel overlayfs reads such a directory straight from the upper
+/// filesystem, so a name removed while the directory is being read is not returned
+/// after (xfstests generic/637); merged directories are read from a snapshot, whose
+/// removed names are still returned, as here.
+#[derive(Debug)]
+struct UpperOnly {
+    dir: Arc<std::os::fd::OwnedFd>,
+    ctime: (i64, i64),
+}
+
+/// Checks, for a listing whose upper-only directory changed since it was taken, that a
+/// name is still there (see [`UpperOnly`]).
+#[derive(Debug)]
+pub struct Recheck(Arc<std::os::fd::OwnedFd>);
+
+impl Recheck {
+    /// False when `name` is gone from the directory (one `fstatat`).
+    pub fn exists(&self, name: &std::ffi::OsStr) -> bool {
+        !matches!(
+            rustix::fs::statat(&*self.0, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW),
+            Err(rustix::io::Errno::NOENT)
+        )
+    }
+}
+
+fn ctime_of(dir: &impl AsFd) -> Option<(i64, i64)> {
+    rustix::fs::fstat(dir)
+        .ok()
+        .map(|st| (st.st_ctime, st.st_ctime_nsec as i64))
 }
 
 /// The directory offset that follows `name` (stable for the daemon's life).
@@ -87,7 +121,11 @@ impl Listing {
             offs.push(off);
             out.push(e);
         }
-        Listing { entries: out, offs }
+        Listing {
+            entries: out,
+            offs,
+            upper_only: None,
+        }
     }
 
     /// Index of the first entry after offset `offset`.
@@ -386,18 +424,25 @@ impl UnionFs {
         Ok((fh, kernel_cache))
     }
 
-    /// The listing of an open directory and the index of the first entry after `offset`.
+    /// The listing of an open directory, the index of the first entry after `offset`, and
+    /// whether entries must be checked before they are handed out (a [`Recheck`]: the
+    /// directory is upper-only and changed since the listing was taken).
     /// Offsets stay valid while entries are removed; reading from offset 0 again
     /// (rewinddir) takes a new listing.
-    pub fn readdir(&self, fh: u64, offset: u64) -> Result<(Arc<Listing>, usize)> {
+    pub fn readdir(&self, fh: u64, offset: u64) -> Result<(Arc<Listing>, usize, Option<Recheck>)> {
         let d = self.handles.dir(fh)?;
         let rewind = d.served.swap(true, Ordering::Relaxed) && offset == 0;
         let current = d.entries.read().clone();
         let listing = match current {
             Some(l) if !rewind => l,
-            old => match self.list_merged(d.ino) {
-                Ok(fresh) => {
-                    let fresh = Arc::new(Listing::new(fresh));
+            old => match self
+                .upper_only(d.ino)
+                .and_then(|up| Ok((up, self.list_merged(d.ino)?)))
+            {
+                Ok((upper_only, fresh)) => {
+                    let mut fresh = Listing::new(fresh);
+                    fresh.upper_only = upper_only;
+                    let fresh = Arc::new(fresh);
                     *d.entries.write() = Some(fresh.clone());
                     fresh
                 }
@@ -409,7 +454,23 @@ impl UnionFs {
             },
         };
         let start = listing.start(offset);
-        Ok((listing, start))
+        let recheck = listing
+            .upper_only
+            .as_ref()
+            .filter(|u| ctime_of(&*u.dir) != Some(u.ctime))
+            .map(|u| Recheck(u.dir.clone()));
+        Ok((listing, start, recheck))
+    }
+
+    /// The upper directory of `ino` and its ctime, taken before a listing, when `ino` is
+    /// only in the upper layer.
+    fn upper_only(&self, ino: u64) -> Result<Option<UpperOnly>> {
+        let info = self.dir_info(ino)?;
+        let (Some(up), None) = (&info.upper, &info.lower) else {
+            return Ok(None);
+        };
+        let dir = self.upper_dir(up)?;
+        Ok(ctime_of(&*dir).map(|ctime| UpperOnly { dir, ctime }))
     }
 
     pub fn releasedir(&self, fh: u64) {

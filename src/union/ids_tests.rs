@@ -205,12 +205,13 @@ fn acl_ids_are_mapped_both_ways() {
     assert_eq!(acl_user_id(&fs.getxattr(c, name).unwrap()), OVERFLOW_ID);
 
     let a = walk(&fs, "a").unwrap();
-    fs.setxattr(a, name, &acl_for_user(6), 0).unwrap();
+    fs.setxattr(a, name, &acl_for_user(6), 0, Caller::ROOT)
+        .unwrap();
     let on_disk = raw_xattr(&f.u().join("a"), "system.posix_acl_access").unwrap();
     assert_eq!(acl_user_id(&on_disk), 1006);
     assert_eq!(acl_user_id(&fs.getxattr(a, name).unwrap()), 6);
     assert_eq!(
-        fs.setxattr(a, name, &acl_for_user(20), 0),
+        fs.setxattr(a, name, &acl_for_user(20), 0, Caller::ROOT),
         Err(Error::Invalid)
     );
     let on_disk = raw_xattr(&f.u().join("a"), "system.posix_acl_access").unwrap();
@@ -300,7 +301,13 @@ fn override_stat_is_read_written_hidden_and_copied_up() {
     );
     assert!(fs.getxattr(fi, OsStr::new(CONTAINERS_OVERRIDE)).is_err());
     assert!(fs
-        .setxattr(fi, OsStr::new(CONTAINERS_OVERRIDE), b"0:0:0777", 0)
+        .setxattr(
+            fi,
+            OsStr::new(CONTAINERS_OVERRIDE),
+            b"0:0:0777",
+            0,
+            Caller::ROOT
+        )
         .is_err());
 
     // chmod and chown write the xattr (copied up with it); the real object stays.

@@ -666,6 +666,17 @@ impl UnionFs {
         self.stack.index.is_some() && self.format.is_some()
     }
 
+    /// Whether an object of type `mode` can carry origin and nlink records: any as root;
+    /// rootless only regular files and directories (Linux refuses `user.*` xattrs on
+    /// other types), so other hard-linked types are then not indexed.
+    pub(crate) fn can_carry_identity(&self, mode: u32) -> bool {
+        let t = mode & libc::S_IFMT;
+        self.index_enabled()
+            && (t == libc::S_IFREG
+                || t == libc::S_IFDIR
+                || self.format.map(|f| f.xattr_ns) == Some(whiteout::XattrNs::Trusted))
+    }
+
     /// The names of the origin and nlink xattrs this mount reads and writes.
     pub(crate) fn identity_xattrs(&self) -> (&'static OsStr, &'static OsStr) {
         let ns = self

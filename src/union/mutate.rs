@@ -533,9 +533,11 @@ impl UnionFs {
             _ => {}
         }
         let lower_has = self.lower_has(&info, name)?;
-        let lower_linked =
-            !dir && r.upper.is_none() && r.stat().map(|s| s.st_nlink > 1).unwrap_or(false);
-        let r = if lower_linked && self.index_enabled() {
+        let lower_linked = !dir
+            && r.upper.is_none()
+            && r.stat()
+                .is_some_and(|s| s.st_nlink > 1 && self.can_carry_identity(s.st_mode));
+        let r = if lower_linked {
             // As kernel overlayfs with index=on: a lower hard link is copied up (into the
             // index) before one of its names goes, so the others keep an exact st_nlink.
             let (ino, pinned) = self.node_for(parent, name, &r)?;
@@ -715,8 +717,9 @@ impl UnionFs {
                     if !exchange
                         && !d.is_dir
                         && d.upper.is_none()
-                        && self.index_enabled()
-                        && d.stat().is_some_and(|s| s.st_nlink > 1) =>
+                        && d.stat().is_some_and(|s| {
+                            s.st_nlink > 1 && self.can_carry_identity(s.st_mode)
+                        }) =>
                 {
                     self.copy_up_at(di, new_parent, new_name)?;
                     refreshed = Some(self.resolve(&self.dir_info(new_parent)?, new_name)?);

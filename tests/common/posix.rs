@@ -342,3 +342,55 @@ pub fn mmap_write_msync(file: &File, len: usize, off: usize, data: &[u8]) -> Err
 pub fn utimensat(path: &std::path::Path, atime: (i64, i64), mtime: (i64, i64)) -> Errno<()> {
     errno(super::sys::set_times(path, atime, mtime))
 }
+
+/// One `getdents64` call on `dir` with a `bufsize`-byte buffer (a small one reads a
+/// directory a few entries at a time): (name, d_ino) of each entry; empty at the end.
+pub fn getdents64(dir: &File, bufsize: usize) -> Errno<Vec<(String, u64)>> {
+    let mut buf = vec![0u8; bufsize];
+    // SAFETY: the buffer is valid for `bufsize` bytes.
+    let n = unsafe {
+        libc::syscall(
+            libc::SYS_getdents64,
+            dir.as_raw_fd(),
+            buf.as_mut_ptr(),
+            bufsize,
+        )
+    };
+    if n < 0 {
+        return Err(last());
+    }
+    let mut out = Vec::new();
+    let mut off = 0;
+    while off < n as usize {
+        // struct linux_dirent64: u64 d_ino, i64 d_off, u16 d_reclen, u8 d_type, name.
+        let ino = u64::from_ne_bytes(buf[off..off + 8].try_into().unwrap());
+        let reclen = u16::from_ne_bytes([buf[off + 16], buf[off + 17]]) as usize;
+        let name = CStr::from_bytes_until_nul(&buf[off + 19..off + reclen])
+            .map(|c| c.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        out.push((name, ino));
+        off += reclen;
+    }
+    Ok(out)
+}
+
+/// mtime and ctime (seconds, nanoseconds) of `path` (not followed) by `statx(2)` asking
+/// for those two only, as `stat -c "%Y %Z"` does: FUSE answers such a call from its
+/// attribute cache even where a full `lstat` would go to the daemon (after a read, say).
+pub fn statx_times(path: &Path) -> Errno<(i64, u32, i64, u32)> {
+    let p = cpath(path);
+    // SAFETY: an all-zero `struct statx` is valid.
+    let mut st: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: `p` is NUL-terminated and `st` is a valid out-pointer.
+    check(unsafe {
+        libc::statx(
+            libc::AT_FDCWD,
+            p.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+            libc::STATX_MTIME | libc::STATX_CTIME,
+            &mut st,
+        )
+    })?;
+    let (m, c) = (st.stx_mtime, st.stx_ctime);
+    Ok((m.tv_sec, m.tv_nsec, c.tv_sec, c.tv_nsec))
+}
