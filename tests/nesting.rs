@@ -2,15 +2,18 @@
 //! there. Its overlay xattrs must be data to rlayerfs: set through the mount, they are
 //! stored escaped (`P.X` as `P.overlay.X`, kernel 6.7+), and escaped ones found in a
 //! layer show unescaped, exactly as kernel overlayfs does for its own namespace
-//! (`trusted.overlay.` by default, `user.overlay.` with `userxattr`).
+//! (`trusted.overlay.` by default, `user.overlay.` with `userxattr`). Its `.wh.*` files
+//! (fuse-overlayfs's and rootless rlayerfs's whiteouts) are ordinary files here, as on the
+//! kernel; and whole inner overlays must behave as on a plain directory.
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use common::fixture::Stack;
 use common::mount::{FuseMount, KernelOverlay, MountDirs};
-use common::{can_mount, sys};
+use common::{can_mount, dump_tree_with, sys, DumpOptions, Op, Pair, RenameFlags};
 
 /// What one system shows and stores for `prefix` xattrs (the namespace it owns).
 fn observe(root: &Path, upper: &Path, prefix: &str) -> Vec<String> {
@@ -99,4 +102,238 @@ fn user_overlay_xattrs_are_escaped_as_the_kernel_does_with_userxattr() {
         return;
     }
     compare("user.overlay.", "userxattr");
+}
+
+/// Names beginning with `.wh.` made through the mount are ordinary objects, as on kernel
+/// overlayfs (an inner overlay's fuse-overlayfs-style whiteouts and opaque markers): they
+/// list, read, move away and go, they hide nothing of the lower layers, and they stay what
+/// they are across a remount (stored with a literal mark, never as a whiteout).
+#[test]
+fn dot_wh_names_made_through_the_mount_are_ordinary() {
+    if !can_mount("dot_wh_names_made_through_the_mount_are_ordinary") {
+        return;
+    }
+    let stack = Stack::new(1);
+    stack
+        .lower(0)
+        .file("x", b"lower x")
+        .file("d/keep", b"k")
+        .file("e/f", b"f");
+    let s = |p: &str| p.to_string();
+    let mut pair = Pair::new("dot_wh_names_made_through_the_mount_are_ordinary", &stack);
+    let first = vec![
+        Op::Create {
+            path: s(".wh.x"),
+            mode: 0o600,
+        },
+        Op::Append {
+            path: s(".wh.x"),
+            data: b"data".to_vec(),
+        },
+        Op::Mkdir {
+            path: s(".wh.dir"),
+            mode: 0o755,
+        },
+        Op::Create {
+            path: s(".wh.dir/inner"),
+            mode: 0o644,
+        },
+        // An opaque marker's name inside a merged directory: its lower content stays.
+        Op::Create {
+            path: s("d/.wh..wh..opq"),
+            mode: 0o644,
+        },
+        Op::ReadDir { path: s("d") },
+        Op::ReadDir { path: s("") },
+    ];
+    let then = vec![
+        Op::Read { path: s(".wh.x") },
+        Op::ReadDir { path: s("d") },
+        Op::Rename {
+            from: s(".wh.x"),
+            to: s("e/plain"),
+            flags: RenameFlags::None,
+        },
+        Op::Unlink {
+            path: s("d/.wh..wh..opq"),
+        },
+        Op::RmRf { path: s(".wh.dir") },
+        Op::ReadDir { path: s("") },
+    ];
+    let run = |pair: &mut Pair| -> Result<(), String> {
+        pair.check("initially")?;
+        pair.apply_all(first)?;
+        pair.remount()?;
+        pair.apply_all(then)
+    };
+    if let Err(report) = run(&mut pair) {
+        panic!("{report}");
+    }
+}
+
+/// A mount of an inner overlay implementation.
+struct Inner {
+    mnt: PathBuf,
+}
+
+impl Inner {
+    fn mount(bin: &str, lower: &Path, upper: &Path, work: &Path, mnt: &Path) -> Inner {
+        let o = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            lower.display(),
+            upper.display(),
+            work.display()
+        );
+        let mut cmd = Command::new(bin);
+        if bin.ends_with("rlayerfs") {
+            cmd.arg("mount");
+        }
+        let out = cmd.arg("-o").arg(&o).arg(mnt).output().expect("run inner");
+        assert!(
+            out.status.success(),
+            "{bin} -o {o}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Inner {
+            mnt: mnt.to_path_buf(),
+        }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let _ = Command::new("fusermount3")
+            .arg("-u")
+            .arg(&self.mnt)
+            .status();
+    }
+}
+
+/// The inner stack of [`inner_overlay_dumps`]: the same files under `base`.
+fn inner_stack(base: &Path) {
+    for d in ["il/d", "il/e/sub", "iu", "iw", "im"] {
+        std::fs::create_dir_all(base.join(d)).unwrap();
+    }
+    for (f, c) in [
+        ("il/f", "f"),
+        ("il/d/g", "g"),
+        ("il/d/h", "h"),
+        ("il/e/sub/k", "k"),
+        ("il/keep", "keep"),
+    ] {
+        std::fs::write(base.join(f), c).unwrap();
+    }
+}
+
+/// Runs deletions, an opaque directory and a directory rename in an inner overlay (`bin`)
+/// whose layers are under `base`; returns its merged tree live, after an inner remount and
+/// (through `between`, e.g. remounting the outer mount) after another.
+fn inner_overlay_dumps(bin: &str, base: &Path, between: &dyn Fn()) -> Vec<String> {
+    let (l, u, w, m) = (
+        base.join("il"),
+        base.join("iu"),
+        base.join("iw"),
+        base.join("im"),
+    );
+    let opts = DumpOptions::default();
+    let mut dumps = Vec::new();
+    {
+        let _inner = Inner::mount(bin, &l, &u, &w, &m);
+        std::fs::remove_file(m.join("f")).unwrap();
+        std::fs::remove_dir_all(m.join("d")).unwrap();
+        std::fs::create_dir(m.join("d")).unwrap();
+        std::fs::write(m.join("d/n"), "new").unwrap();
+        // A directory rename: a redirect (rlayerfs) or a copy (fuse-overlayfs: EXDEV).
+        let moved = Command::new("mv")
+            .arg(m.join("e"))
+            .arg(m.join("e2"))
+            .status()
+            .unwrap();
+        assert!(moved.success());
+        dumps.push(dump_tree_with(&m, opts));
+    }
+    {
+        let _inner = Inner::mount(bin, &l, &u, &w, &m);
+        dumps.push(dump_tree_with(&m, opts));
+    }
+    between();
+    {
+        let _inner = Inner::mount(bin, &l, &u, &w, &m);
+        dumps.push(dump_tree_with(&m, opts));
+    }
+    dumps
+}
+
+/// An overlay nested on rlayerfs (its lowers, upper and workdir inside an rlayerfs mount,
+/// as podman or buildah inside a container keep their storage) shows what the same inner
+/// stack shows on a plain directory: for fuse-overlayfs and for rlayerfs as the inner
+/// overlay, live, after an inner remount and after the outer mount was remounted too.
+#[test]
+fn inner_overlays_on_rlayerfs_match_a_plain_directory() {
+    if !can_mount("inner_overlays_on_rlayerfs_match_a_plain_directory") {
+        return;
+    }
+    let mut inners = vec![env!("CARGO_BIN_EXE_rlayerfs").to_string()];
+    match Command::new("fuse-overlayfs").arg("--version").output() {
+        Ok(o) if o.status.success() => inners.push("fuse-overlayfs".into()),
+        _ => eprintln!("fuse-overlayfs not installed: only rlayerfs as the inner overlay"),
+    }
+    for bin in &inners {
+        let plain = tempfile::tempdir().unwrap();
+        inner_stack(plain.path());
+        let want = inner_overlay_dumps(bin, plain.path(), &|| {});
+
+        let outer_stack = Stack::new(1);
+        let dirs = MountDirs::of(&outer_stack);
+        let outer = std::cell::RefCell::new(Some(FuseMount::mount_dirs(&dirs).expect("outer")));
+        inner_stack(&outer_stack.mnt);
+        let got = inner_overlay_dumps(bin, &outer_stack.mnt, &|| {
+            if let Some(m) = outer.borrow_mut().take() {
+                m.unmount().unwrap();
+            }
+            *outer.borrow_mut() = Some(FuseMount::mount_dirs(&dirs).expect("outer again"));
+        });
+        if let Some(m) = outer.borrow_mut().take() {
+            m.unmount().unwrap();
+        }
+        for (i, when) in ["live", "after an inner remount", "after an outer remount"]
+            .iter()
+            .enumerate()
+        {
+            assert_eq!(
+                got[i], want[i],
+                "{bin} nested on rlayerfs ({when}) vs on a plain directory"
+            );
+        }
+        assert!(
+            !want[0].contains("/f "),
+            "{bin}: the deletion took: {}",
+            want[0]
+        );
+    }
+}
+
+/// `rlayerfs commit` refuses an upper holding a `.wh.*` object made through the mount: in an
+/// OCI layer that name would be a whiteout, so the layer would mean something else.
+#[test]
+fn commit_refuses_a_literal_dot_wh_name() {
+    if !can_mount("commit_refuses_a_literal_dot_wh_name") {
+        return;
+    }
+    let stack = Stack::new(1);
+    stack.lower(0).file("x", b"x");
+    let m = FuseMount::mount_dirs(&MountDirs::of(&stack)).expect("mount");
+    std::fs::write(m.path().join(".wh.x"), b"").unwrap();
+    m.unmount().unwrap();
+    let out_tar = stack.root.join("out.tar");
+    let out = Command::new(env!("CARGO_BIN_EXE_rlayerfs"))
+        .arg("commit")
+        .arg(&stack.upper)
+        .arg(&out_tar)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "commit succeeded: {stderr}");
+    assert!(stderr.contains(".wh.x"), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
 }

@@ -464,12 +464,28 @@ impl<W: Write> Committer<'_, W> {
         let names = safe_fs::read_dir_names(dir.as_fd())
             .map_err(|e| self.io("read directory", prefix, e))?;
         for name in names {
+            let mut path = prefix.to_vec();
+            path.extend_from_slice(&name);
+            if name.starts_with(WH_PREFIX) {
+                // A `.wh.*` object a user made through the mount (an inner overlay's
+                // whiteout, say): an OCI layer has no way to hold that name as data.
+                for x in crate::union::whiteout::LITERAL_XATTRS {
+                    if safe_fs::has_xattr_at(dir.as_fd(), &name, x.as_bytes())
+                        .map_err(|e| self.io("read xattrs", &path, e))?
+                    {
+                        return Err(ImageError::Unsupported {
+                            path: self.shown(&path).display().to_string(),
+                            what: "an object named .wh.* made through the mount: in an OCI \
+                                   layer that name is a whiteout"
+                                .into(),
+                        });
+                    }
+                }
+            }
             if name.starts_with(b".wh..wh.") {
                 // The opaque marker (handled with its directory) or aufs metadata.
                 continue;
             }
-            let mut path = prefix.to_vec();
-            path.extend_from_slice(&name);
             let m = safe_fs::stat_at(dir.as_fd(), &name).map_err(|e| self.io("stat", &path, e))?;
             if name.starts_with(WH_PREFIX) {
                 if m.kind == Kind::Dir {

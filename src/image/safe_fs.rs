@@ -372,6 +372,16 @@ pub fn set_xattr_at_nofollow(
     rfs::lsetxattr(p, xname, value, XattrFlags::empty()).map_err(errno)
 }
 
+/// Whether entry `name` of `dir` (never followed) carries xattr `xname`.
+pub fn has_xattr_at(dir: BorrowedFd<'_>, name: &[u8], xname: &[u8]) -> io::Result<bool> {
+    let p = proc_path(dir, name)?;
+    match rfs::lgetxattr_query(p, xname) {
+        Ok(_) => Ok(true),
+        Err(Errno::NODATA) | Err(Errno::NOTSUP) => Ok(false),
+        Err(e) => Err(errno(e)),
+    }
+}
+
 /// `fgetxattr(fd, name)`; `None` when the attribute is absent or xattrs are unsupported.
 pub fn get_xattr_fd(fd: BorrowedFd<'_>, name: &[u8]) -> io::Result<Option<Vec<u8>>> {
     loop {

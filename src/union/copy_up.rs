@@ -160,6 +160,14 @@ impl UnionFs {
                 Err(rustix::io::Errno::EXIST) => false,
                 Err(e) => return Err(Error::os("link up", e, Where::Upper)),
             };
+            if linked && crate::union::whiteout::is_reserved_name(&name) {
+                // The index copy came from another name: mark this `.wh.*` one literal.
+                let fmt = self.writable()?;
+                let fd = sys::open_path(pfd.as_fd(), std::path::Path::new(&name))
+                    .at("open link", Where::Upper)?;
+                sys::set_xattr(fd.as_fd(), OsStr::new(fmt.xattr_ns.literal()), b"y", 0)
+                    .at("mark literal", Where::Upper)?;
+            }
             if let Ok(n) = self.nodes.write().get_mut(ino) {
                 n.upper = true;
             }
@@ -205,6 +213,18 @@ impl UnionFs {
                 }
                 Ok(())
             });
+        // A `.wh.*` object keeps its literal mark (private xattrs are not copied), or its
+        // copy would read as a whiteout.
+        let built = built.and_then(|()| {
+            if !crate::union::whiteout::is_reserved_name(&name) {
+                return Ok(());
+            }
+            let fmt = self.writable()?;
+            let fd =
+                sys::open_path(work, std::path::Path::new(&tmp)).at("open copy", Where::Work)?;
+            sys::set_xattr(fd.as_fd(), OsStr::new(fmt.xattr_ns.literal()), b"y", 0)
+                .at("mark literal", Where::Work)
+        });
         if let Err(e) = built {
             let _ = crate::union::layer::remove_tree(work, &tmp);
             return Err(e);

@@ -254,7 +254,7 @@ pub fn dir_marks(dir: BorrowedFd<'_>) -> Result<DirMarks> {
     }
     if !marks.opaque {
         match rustix::fs::statat(dir, whiteout::OPAQUE_MARKER, AtFlags::SYMLINK_NOFOLLOW) {
-            Ok(_) => marks.opaque = true,
+            Ok(_) => marks.opaque = !is_literal(dir, OsStr::new(whiteout::OPAQUE_MARKER))?,
             Err(Errno::NOENT) => {}
             Err(e) => return Err(Error::os("stat opaque marker", e, Where::Unknown)),
         }
@@ -282,6 +282,19 @@ fn is_xattr_whiteout(dir: BorrowedFd<'_>, name: &OsStr) -> Result<bool> {
             .is_some()
         {
             return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Whether the `.wh.*` entry `name` in `dir` is a user's own object (marked literal), not a
+/// whiteout or opaque marker.
+pub(crate) fn is_literal(dir: BorrowedFd<'_>, name: &OsStr) -> Result<bool> {
+    for n in whiteout::LITERAL_XATTRS {
+        match sys::get_xattr_at(dir, name, OsStr::new(n)) {
+            Ok(Some(_)) => return Ok(true),
+            Ok(None) | Err(Errno::NOENT) => {}
+            Err(e) => return Err(Error::os("getxattr", e, Where::Unknown)),
         }
     }
     Ok(false)
@@ -359,14 +372,10 @@ impl UnionFs {
             let mut whiteouts: Vec<(OsString, bool)> = Vec::new();
             let mut objects: Vec<(OsString, FileType, u64)> = Vec::new();
             for e in listing {
-                if e.name == whiteout::OPAQUE_MARKER {
-                    continue;
-                }
-                if let Some(target) = whiteout::whiteout_target(&e.name) {
-                    whiteouts.push((target.to_os_string(), false));
-                    continue;
-                }
-                if whiteout::is_reserved_name(&e.name) {
+                if whiteout::is_reserved_name(&e.name) && !is_literal(pfd.as_fd(), &e.name)? {
+                    if let Some(target) = whiteout::whiteout_target(&e.name) {
+                        whiteouts.push((target.to_os_string(), false));
+                    }
                     continue;
                 }
                 let mut kind = e.file_type;
@@ -562,6 +571,10 @@ impl UnionFs {
                     if stat_is_whiteout(pfd.as_fd(), name, &st, true)? {
                         return Err(Error::NotFound);
                     }
+                    // A `.wh.*` entry of the upper is a whiteout file unless marked literal.
+                    if whiteout::is_reserved_name(name) && !is_literal(pfd.as_fd(), name)? {
+                        return Err(Error::NotFound);
+                    }
                     if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
                         let dfd = sys::open_dir_path(pfd.as_fd(), Path::new(name))
                             .at("open upper dir", Where::Upper)?;
@@ -598,6 +611,7 @@ impl UnionFs {
                     let wh = whiteout::whiteout_file_name(name);
                     if wh.len() <= 255
                         && rustix::fs::statat(&pfd, &wh, AtFlags::SYMLINK_NOFOLLOW).is_ok()
+                        && !is_literal(pfd.as_fd(), &wh)?
                     {
                         return Err(Error::NotFound);
                     }
@@ -831,9 +845,6 @@ impl UnionFs {
     /// Looks up `name` in directory `parent`, pinning the result (one kernel lookup).
     pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<Attr> {
         check_name(name)?;
-        if whiteout::is_reserved_name(name) {
-            return Err(Error::NotFound);
-        }
         let info = self.dir_info(parent)?;
         let r = self.resolve(&info, name)?;
         self.pin(parent, name, &r, None)

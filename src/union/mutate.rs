@@ -67,7 +67,10 @@ fn upper_slot(pfd: BorrowedFd<'_>, name: &OsStr) -> Result<UpperSlot> {
         Err(e) => return Err(Error::os("stat", e, Where::Upper)),
     }
     let wh = whiteout::whiteout_file_name(name);
-    if wh.len() <= 255 && rustix::fs::statat(pfd, &wh, AtFlags::SYMLINK_NOFOLLOW).is_ok() {
+    if wh.len() <= 255
+        && rustix::fs::statat(pfd, &wh, AtFlags::SYMLINK_NOFOLLOW).is_ok()
+        && !crate::union::lookup::is_literal(pfd, &wh)?
+    {
         return Ok(UpperSlot::WhiteoutFile);
     }
     Ok(UpperSlot::Empty)
@@ -116,6 +119,12 @@ impl UnionFs {
                 let wh = whiteout::whiteout_file_name(name);
                 if wh.len() > 255 {
                     return Err(Error::NameTooLong);
+                }
+                // A user's own `.wh.NAME` holds the slot this format needs.
+                if rustix::fs::statat(pfd, &wh, AtFlags::SYMLINK_NOFOLLOW).is_ok()
+                    && crate::union::lookup::is_literal(pfd, &wh)?
+                {
+                    return Err(Error::Exists);
                 }
                 rustix::fs::openat(
                     pfd,
@@ -187,9 +196,10 @@ impl UnionFs {
         caller: Caller,
     ) -> Result<(Attr, Option<u64>)> {
         check_name(name)?;
-        if whiteout::is_reserved_name(name) {
-            return Err(Error::Invalid);
-        }
+        // A `.wh.*` name is the user's own (an inner overlay's whiteout file, say): built in
+        // the work directory and marked literal before it is published, so that no crash
+        // leaves an unmarked one, which would read as a whiteout.
+        let literal = whiteout::is_reserved_name(name);
         // As kernel overlayfs: the whiteout device cannot be made through the mount.
         if let NewKind::Node { rdev: 0 } = kind {
             if mode & libc::S_IFMT == libc::S_IFCHR {
@@ -206,6 +216,8 @@ impl UnionFs {
             None => None,
         };
         let exists = match early_slot {
+            // A `.wh.*` entry that did not resolve is a whiteout file: the name is taken.
+            Some(UpperSlot::WhiteoutObject) if literal => true,
             Some(UpperSlot::Empty) => self.lower_has(&info, name)?,
             _ => match self.resolve(&info, name) {
                 Ok(_) => true,
@@ -231,13 +243,17 @@ impl UnionFs {
             Some(slot) if !matches!(kind, NewKind::Link(_)) => slot,
             _ => upper_slot(pfd.as_fd(), name)?,
         };
+        if literal && slot == UpperSlot::WhiteoutObject {
+            return Err(Error::Exists);
+        }
         let work = self.work_dir()?;
-        let tmp = if slot == UpperSlot::Empty {
+        let in_place = slot == UpperSlot::Empty && !literal;
+        let tmp = if in_place {
             std::ffi::OsString::new()
         } else {
             self.tmp_name()
         };
-        let (tdir, tname): (BorrowedFd<'_>, &OsStr) = if slot == UpperSlot::Empty {
+        let (tdir, tname): (BorrowedFd<'_>, &OsStr) = if in_place {
             (pfd.as_fd(), name)
         } else {
             (work, &tmp)
@@ -381,7 +397,7 @@ impl UnionFs {
             } else {
                 rustix::process::getegid().as_raw()
             };
-            let ids_given = slot == UpperSlot::Empty
+            let ids_given = in_place
                 && parent_override.is_none()
                 && uid == rustix::process::geteuid().as_raw()
                 && gid == kernel_gid;
@@ -435,7 +451,7 @@ impl UnionFs {
             }
             if let (Some(default), false) = (
                 &default_acl,
-                slot == UpperSlot::Empty || matches!(kind, NewKind::Symlink(_)),
+                in_place || matches!(kind, NewKind::Symlink(_)),
             ) {
                 // Built in the work directory: give it what the parent would have.
                 let fd = rustix::fs::openat(
@@ -456,16 +472,29 @@ impl UnionFs {
                 sys::set_xattr(fd.as_fd(), OsStr::new(fmt.xattr_ns.opaque()), b"y", 0)
                     .at("set opaque", Where::Work)?;
             }
+            if literal {
+                let fd = sys::open_path(tdir, Path::new(tname)).at("open new", Where::Work)?;
+                sys::set_xattr(fd.as_fd(), OsStr::new(fmt.xattr_ns.literal()), b"y", 0)
+                    .at("mark literal", Where::Work)?;
+            }
             Ok(())
         })();
         if let Err(e) = made {
-            if slot != UpperSlot::Empty {
+            if !in_place {
                 let _ = remove_tree(work, &tmp);
             }
             return Err(e);
         }
         match slot {
-            UpperSlot::Empty => {}
+            UpperSlot::Empty if in_place => {}
+            UpperSlot::Empty => {
+                if let Err(e) =
+                    rustix::fs::renameat_with(work, &tmp, &pfd, name, RenameFlags::NOREPLACE)
+                {
+                    let _ = remove_tree(work, &tmp);
+                    return Err(Error::os("publish", e, Where::Upper));
+                }
+            }
             UpperSlot::WhiteoutObject => {
                 // Exchange, not replace: a directory cannot replace a non-directory.
                 rustix::fs::renameat_with(work, &tmp, &pfd, name, RenameFlags::EXCHANGE)
@@ -519,9 +548,6 @@ impl UnionFs {
 
     fn remove(&self, parent: u64, name: &OsStr, dir: bool) -> Result<()> {
         check_name(name)?;
-        if whiteout::is_reserved_name(name) {
-            return Err(Error::NotFound);
-        }
         let fmt = self.writable()?;
         let _ns = self.ns_lock.lock();
         let info = self.dir_info(parent)?;
@@ -646,9 +672,8 @@ impl UnionFs {
     ) -> Result<()> {
         check_name(name)?;
         check_name(new_name)?;
-        if whiteout::is_reserved_name(name) {
-            return Err(Error::NotFound);
-        }
+        // A `.wh.*` object (marked literal) may move to an ordinary name; a move to a
+        // `.wh.*` name would need the mark set on the way, not supported yet.
         if whiteout::is_reserved_name(new_name) {
             return Err(Error::Invalid);
         }

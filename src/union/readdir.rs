@@ -65,11 +65,12 @@ impl UnionFs {
             .at("readdir", Where::Upper)?;
             let upper_dev = self.stack.upper.as_ref().map(|u| u.dev).unwrap_or(0);
             for e in listing {
-                if let Some(target) = whiteout::whiteout_target(&e.name) {
-                    seen.insert(target.to_os_string());
-                    continue;
-                }
-                if whiteout::is_reserved_name(&e.name) {
+                if whiteout::is_reserved_name(&e.name)
+                    && !crate::union::lookup::is_literal(std::os::fd::AsFd::as_fd(&*pfd), &e.name)?
+                {
+                    if let Some(target) = whiteout::whiteout_target(&e.name) {
+                        seen.insert(target.to_os_string());
+                    }
                     continue;
                 }
                 let mut kind = e.file_type;

@@ -235,6 +235,7 @@ impl UnionFs {
                 return Ok(
                     if wh.len() <= 255
                         && rustix::fs::statat(dir, &wh, AtFlags::SYMLINK_NOFOLLOW).is_ok()
+                        && !crate::union::lookup::is_literal(dir, &wh)?
                     {
                         Step::Stop
                     } else {

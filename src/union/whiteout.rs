@@ -137,9 +137,30 @@ pub fn whiteout_target(name: &OsStr) -> Option<&OsStr> {
         .map(OsStr::from_bytes)
 }
 
-/// Names reserved by the whiteout encoding: never visible, never creatable.
+/// Names of the whiteout encoding (`.wh.*`): in a layer, a whiteout or opaque marker
+/// unless marked literal (see [`LITERAL_XATTRS`]).
 pub fn is_reserved_name(name: &OsStr) -> bool {
     name.as_bytes().starts_with(WH_PREFIX)
+}
+
+/// Marks a `.wh.*` entry that a user created through a mount (an inner overlay's
+/// fuse-overlayfs-style whiteout, say) as an ordinary object: rlayerfs shows it under its
+/// name instead of reading it as a whiteout. Kernel overlayfs hides these private names
+/// and shows the literal entry, so an overlay nested on either reads its own whiteouts.
+/// Written in the mount's namespace, read in both.
+pub const LITERAL_XATTRS: [&str; 2] = [
+    "trusted.overlay.rlayerfs.literal",
+    "user.overlay.rlayerfs.literal",
+];
+
+impl XattrNs {
+    /// The literal mark this mount writes.
+    pub fn literal(self) -> &'static str {
+        match self {
+            XattrNs::Trusted => LITERAL_XATTRS[0],
+            XattrNs::User => LITERAL_XATTRS[1],
+        }
+    }
 }
 
 /// The `.wh.NAME` file name for `name`.
