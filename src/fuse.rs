@@ -27,7 +27,8 @@ use crate::union::{Attr, Caller, Timespec, UnionFs};
 
 /// How long the kernel may trust entries and attributes. Only this daemon changes the
 /// layers while mounted, and every change goes through the kernel, which updates its
-/// own caches, so the TTL can be long.
+/// own caches, so the TTL can be long. The exception, writes through a passthrough
+/// mmap, is handled per inode (`FuseAdapter::attr_ttl`).
 pub const DEFAULT_TTL: Duration = Duration::from_secs(3600);
 
 /// The filesystem handed to fuser.
