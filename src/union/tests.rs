@@ -202,6 +202,7 @@ fn redirects_in_lower_layers_are_followed() {
     // A redirect is only followed below its own layer, and never out of the layers.
     f.mkdir(&f.l(0), "evil");
     set_xattr(&f.l(0).join("evil"), "trusted.overlay.redirect", b"/..");
+    drop(fs);
     let fs = f.fs();
     assert_eq!(walk(&fs, "evil").unwrap_err().errno(), libc::EACCES);
 }
