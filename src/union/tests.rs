@@ -425,8 +425,13 @@ fn reserved_names_and_read_only() {
     f.write(&f.l(0), "x", "");
     let fs = f.fs();
     let c = Caller::ROOT;
+    // A `.wh.*` name made through the mount is the user's (as on kernel overlayfs): it
+    // hides nothing and stays an object; moving something onto such a name is refused.
+    fs.create(ROOT, OsStr::new(".wh.x"), NewKind::Dir, 0o755, 0, c)
+        .unwrap();
+    assert_eq!(names(&fs, ""), [".wh.x", "x"]);
     assert!(matches!(
-        fs.create(ROOT, OsStr::new(".wh.x"), NewKind::Dir, 0o755, 0, c),
+        fs.rename(ROOT, OsStr::new("x"), ROOT, OsStr::new(".wh.y"), 0),
         Err(Error::Invalid)
     ));
     assert!(matches!(
