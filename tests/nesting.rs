@@ -13,6 +13,7 @@ use std::process::Command;
 
 use common::fixture::Stack;
 use common::mount::{FuseMount, KernelOverlay, MountDirs};
+use common::ops::{random_op_in, TreeView};
 use common::{can_mount, dump_tree_with, sys, DumpOptions, Op, Pair, RenameFlags};
 
 /// What one system shows and stores for `prefix` xattrs (the namespace it owns).
@@ -336,4 +337,101 @@ fn commit_refuses_a_literal_dot_wh_name() {
     assert!(!out.status.success(), "commit succeeded: {stderr}");
     assert!(stderr.contains(".wh.x"), "{stderr}");
     assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+}
+
+/// The paths of a tree dump, as the op generator wants them.
+fn tree_view(dump: &str) -> TreeView {
+    let mut t = TreeView::default();
+    for line in dump.lines() {
+        let mut words = line.split(' ').filter(|w| !w.starts_with("hl="));
+        let (Some(path), Some(kind)) = (words.next(), words.next()) else {
+            continue;
+        };
+        let Some(rel) = path.strip_prefix('/').filter(|p| !p.is_empty()) else {
+            continue;
+        };
+        t.paths.push(rel.to_string());
+        if kind == "dir" {
+            t.dirs.push(rel.to_string());
+        }
+    }
+    t
+}
+
+/// Random differential ops in an inner overlay (fuse-overlayfs, rlayerfs) nested on
+/// rlayerfs against the same inner overlay on a plain directory: same outcome for every
+/// op, same merged tree after every op and after remounting both the inner and the outer
+/// mounts. `RLAYERFS_NEST_SEEDS` (default 2) seeds from `RLAYERFS_NEST_SEED` (default 0), of
+/// `RLAYERFS_DIFF_OPS` (default 30) ops each.
+#[test]
+fn random_ops_in_nested_overlays() {
+    if !can_mount("random_ops_in_nested_overlays") {
+        return;
+    }
+    let first = common::env_u64("RLAYERFS_NEST_SEED", 0);
+    let seeds = common::env_u64("RLAYERFS_NEST_SEEDS", 2);
+    let n_ops = common::env_u64("RLAYERFS_DIFF_OPS", 30) as usize;
+    let mut inners = vec![env!("CARGO_BIN_EXE_rlayerfs").to_string()];
+    if Command::new("fuse-overlayfs")
+        .arg("--version")
+        .output()
+        .is_ok()
+    {
+        inners.push("fuse-overlayfs".into());
+    }
+    let opts = DumpOptions::default();
+    for bin in &inners {
+        for seed in first..first + seeds {
+            let plain = tempfile::tempdir().unwrap();
+            inner_stack(plain.path());
+            let outer_stack = Stack::new(1);
+            let dirs = MountDirs::of(&outer_stack);
+            let mut outer = Some(FuseMount::mount_dirs(&dirs).expect("outer"));
+            inner_stack(&outer_stack.mnt);
+            let layers = |b: &Path| (b.join("il"), b.join("iu"), b.join("iw"), b.join("im"));
+            let (pl, pu, pw, pm) = layers(plain.path());
+            let (nl, nu, nw, nm) = layers(&outer_stack.mnt);
+            let mut a = Some(Inner::mount(bin, &pl, &pu, &pw, &pm));
+            let mut b = Some(Inner::mount(bin, &nl, &nu, &nw, &nm));
+            let mut rng = common::rng::Rng::new(seed, 7);
+            let mut log = Vec::new();
+            for i in 0..n_ops {
+                let tree = tree_view(&dump_tree_with(&pm, opts));
+                let op = random_op_in(&mut rng, &tree);
+                let (oa, ob) = (op.apply(&pm), op.apply(&nm));
+                log.push(format!("{op} => {oa:?} / {ob:?}"));
+                let (da, db) = (dump_tree_with(&pm, opts), dump_tree_with(&nm, opts));
+                assert!(
+                    oa == ob && da == db,
+                    "{bin} seed {seed} op {i}: plain (left) vs nested (right) differ\nops:\n{}\n--- plain:\n{da}--- nested:\n{db}",
+                    log.join("\n")
+                );
+            }
+            let live = dump_tree_with(&pm, opts);
+            drop((a.take(), b.take()));
+            if let Some(m) = outer.take() {
+                m.unmount().unwrap();
+            }
+            outer = Some(FuseMount::mount_dirs(&dirs).expect("outer again"));
+            let _a = Inner::mount(bin, &pl, &pu, &pw, &pm);
+            let _b = Inner::mount(bin, &nl, &nu, &nw, &nm);
+            let (da, db) = (dump_tree_with(&pm, opts), dump_tree_with(&nm, opts));
+            // fuse-overlayfs itself may show another st_nlink after a remount (seed 11:
+            // a link to a lower file); only rlayerfs is held to its live tree here.
+            if bin.ends_with("rlayerfs") {
+                assert_eq!(
+                    da, live,
+                    "{bin} seed {seed}: the plain inner changed on remount"
+                );
+            }
+            assert_eq!(
+                db,
+                da,
+                "{bin} seed {seed}: nested after remounting both mounts\nops:\n{}",
+                log.join("\n")
+            );
+            drop((_a, _b));
+            drop(outer);
+        }
+    }
 }

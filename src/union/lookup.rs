@@ -594,11 +594,8 @@ impl UnionFs {
                             refuse_metacopy(pfd.as_fd(), name)?;
                         }
                         if self.index_enabled() {
-                            let (mut ino, offset, record) =
+                            let (ino, offset, record) =
                                 self.read_identity(pfd.as_fd(), name, st.st_nlink > 1)?;
-                            if let (None, Some(rec), Some(pl)) = (ino, &record, &parent.lower) {
-                                ino = self.origin_ino_by_name(pl, name, rec)?;
-                            }
                             origin = (ino, offset);
                             if st.st_nlink > 1 {
                                 upper_index = self.index_entry(record.as_deref())?;
@@ -762,30 +759,12 @@ impl UnionFs {
         Ok((ino, offset, record))
     }
 
-    /// The inode number of the lower object an origin record names, found under the same
-    /// name in the lower layers, for when the handle cannot be opened (`open_by_handle_at`
-    /// needs privilege; `name_to_handle_at` does not): the names of a copied-up hard link
-    /// then keep one inode number across remounts rootless too, unless renamed.
-    fn origin_ino_by_name(
-        &self,
-        parent: &Arc<LowerRef>,
-        name: &OsStr,
-        record: &[u8],
-    ) -> Result<Option<u64>> {
-        let Some(l @ Lower::Entry { .. }) = self.lower_child(parent, name)? else {
-            return Ok(None);
-        };
-        let Some(top) = l.top() else { return Ok(None) };
-        let path = l.path_at(name);
-        let fd = self.path_fd(crate::union::dirfd::LayerKey::Lower(top), &path)?;
-        if self.origin_of(top, fd.as_fd()).as_deref() != Some(record) {
-            return Ok(None);
-        }
-        let st = rustix::fs::fstat(&fd).at("stat lower", Where::Lower(top))?;
-        Ok(Some(self.map_ino(&st)))
-    }
-
-    /// Finds the lower object an origin record names and returns its inode number.
+    /// Finds the lower object an origin record names and returns its inode number: by
+    /// opening the handle, or, where that is not allowed (rootless: `open_by_handle_at`
+    /// needs privilege) or not possible (a FUSE lower without export support, once its
+    /// inode left the kernel's cache), from the handle itself when its type carries the
+    /// number. Every name of a copied-up hard link holds the same record, so all of them
+    /// get the same number, as the lower-only names resolved through the index do.
     fn decode_origin_ino(&self, uuid: &[u8; 16], h: &sys::FileHandle) -> Option<u64> {
         let mut tried: Vec<u64> = Vec::new();
         for layer in &self.stack.lowers {
@@ -799,7 +778,9 @@ impl UnionFs {
                 }
             }
         }
-        None
+        let ino = crate::union::origin::handle_ino(h)?;
+        let layer = self.stack.lowers.iter().find(|l| &l.uuid == uuid)?;
+        Some(self.map_dev_ino(layer.dev, ino))
     }
 
     pub(crate) fn stat_lower(&self, layer: LowerIdx, path: &Path) -> Result<Stat> {

@@ -23,6 +23,23 @@ pub const NLINK_XATTR: &str = "trusted.overlay.nlink";
 /// Name of the index directory inside the workdir (the kernel's).
 pub const INDEX_SUBDIR: &str = "index";
 
+/// The inode number a file handle carries, for the handle types whose layout is fixed:
+/// `FILEID_INO32_GEN` and `FILEID_INO32_GEN_PARENT` (1, 2: a 32-bit inode number, then the
+/// generation; ext2/3/4, xfs for small inode numbers, tmpfs) and FUSE's own (0x81, 0x82: the
+/// 64-bit node id in two 32-bit words, high first, which rlayerfs and most FUSE servers
+/// make the inode number). `None` for other types.
+pub fn handle_ino(h: &FileHandle) -> Option<u64> {
+    let word = |i: usize| -> Option<u32> {
+        let b = h.bytes.get(i * 4..i * 4 + 4)?;
+        Some(u32::from_ne_bytes(b.try_into().ok()?))
+    };
+    match h.handle_type {
+        1 | 2 => word(0).map(u64::from),
+        0x81 | 0x82 => Some((u64::from(word(0)?) << 32) | u64::from(word(1)?)),
+        _ => None,
+    }
+}
+
 /// Encodes an origin record.
 pub fn encode(uuid: &[u8; 16], h: &FileHandle) -> Option<Vec<u8>> {
     let len = FB_HEADER + UUID_LEN + h.bytes.len();
