@@ -7,6 +7,7 @@ use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use crate::mount::{self, MountRequest};
 use crate::options::MountOptions;
+use crate::printable;
 
 /// A union filesystem over FUSE with kernel-overlayfs semantics.
 ///
@@ -248,11 +249,7 @@ pub fn main() -> i32 {
     }
     let cli = match Cli::try_parse() {
         Ok(c) => c,
-        Err(e) => {
-            let code = if e.use_stderr() { 2 } else { 0 };
-            let _ = e.print();
-            return code;
-        }
+        Err(e) => return clap_exit(&e),
     };
     let result = match cli.command {
         Some(Command::Mount(args)) => run_mount(args),
@@ -268,15 +265,27 @@ pub fn main() -> i32 {
     report(result)
 }
 
-/// The exit code of a command's result, printing its error as one line on stderr.
+/// The exit code of a command's result, printing its error as one line on stderr (escaped:
+/// it may quote names from layers, archives or options).
 fn report(result: Result<i32, String>) -> i32 {
     match result {
         Ok(code) => code,
         Err(msg) => {
-            eprintln!("rlayerfs: {msg}");
+            eprintln!("rlayerfs: {}", printable::escape(&msg));
             1
         }
     }
+}
+
+/// Prints a clap outcome (help, version, or a usage error) and gives its exit code. Usage
+/// errors quote the arguments, so they are printed plain and escaped, without colours.
+pub(crate) fn clap_exit(e: &clap::Error) -> i32 {
+    if !e.use_stderr() {
+        let _ = e.print();
+        return 0;
+    }
+    eprint!("{}", printable::escape_lines(&e.render().to_string()));
+    2
 }
 
 /// The man page part of `--help`: every mount option with its meaning. A test checks that

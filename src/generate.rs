@@ -39,10 +39,7 @@ pub fn main(
 ) -> Result<i32, String> {
     let args = match GenerateArgs::try_parse_from(args) {
         Ok(a) => a,
-        Err(e) => {
-            let _ = e.print();
-            return Ok(if e.use_stderr() { 2 } else { 0 });
-        }
+        Err(e) => return Ok(crate::cli::clap_exit(&e)),
     };
     let written = match &args.what {
         What::Man { dir } => man_pages(cmd, dir),

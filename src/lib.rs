@@ -2,8 +2,9 @@
 //!
 //! Layout: `union` is the FUSE-independent core (lookup, readdir, copy-up, mutations);
 //! `fuse` is the thin fuser adapter; `mount` owns the session; `options` parses mount
-//! options; `generate` writes the man pages and completions; `image` (unpack/commit) and `bench` (the `rlayerfs bench` command) sit beside
-//! the core; `sys` holds the raw syscalls.
+//! options; `image` (unpack/commit) and `bench` (the `rlayerfs bench` command) sit beside
+//! the core; `generate` writes the man pages and completions; `printable` escapes what
+//! messages quote; `sys` holds the raw syscalls.
 
 pub mod bench;
 pub mod cli;
@@ -14,5 +15,6 @@ pub mod image;
 pub mod mount;
 pub mod options;
 pub mod passthrough;
+pub mod printable;
 pub mod sys;
 pub mod union;
