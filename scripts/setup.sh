@@ -11,7 +11,8 @@
 # test:     demo's, plus fuse-overlayfs (reference implementation), acl (setfacl), e2fsprogs
 #           (mkfs.ext4 for loop-mounted images), umoci, skopeo, busybox-static (image interop),
 #           podman, netavark, runc (podman mount_program end to end), sqlite3 (the crash
-#           test's WAL database), xfsprogs (xfs_io for mmap/time tests), util-linux (unshare)
+#           test's WAL database), xfsprogs (xfs_io for mmap/time tests), util-linux (unshare),
+#           man-db (man -l renders the generated man pages)
 # podman:   podman, netavark (its network backend; not pulled in without recommends), runc,
 #           busybox-static, fuse-overlayfs, fuse3
 # rootless: podman's, plus uidmap (newuidmap for the rootless user)
@@ -25,7 +26,7 @@ for a in "$@"; do
     case "$a" in
         --check) check=true ;;
         demo | test | podman | rootless) jobs+=("$a") ;;
-        -h | --help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h | --help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "setup.sh: unknown job or option: $a (demo, test, podman, rootless, --check)" >&2; exit 2 ;;
     esac
 done
@@ -35,7 +36,7 @@ packages_of() {
     case "$1" in
         demo) echo fuse3 attr ;;
         test) echo fuse3 attr fuse-overlayfs acl e2fsprogs umoci skopeo busybox-static podman \
-            netavark runc sqlite3 xfsprogs util-linux ;;
+            netavark runc sqlite3 xfsprogs util-linux man-db ;;
         podman) echo podman netavark runc busybox-static fuse-overlayfs fuse3 ;;
         rootless) echo podman netavark runc busybox-static fuse-overlayfs fuse3 uidmap ;;
     esac

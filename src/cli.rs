@@ -3,10 +3,11 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use crate::mount::{self, MountRequest};
 use crate::options::MountOptions;
+use crate::printable;
 
 /// A union filesystem over FUSE with kernel-overlayfs semantics.
 ///
@@ -45,8 +46,8 @@ enum Command {
 /// How to mount.
 #[derive(Debug, Args, Default)]
 struct MountArgs {
-    /// Mount options, comma separated; may be repeated: lowerdir=TOP:…:BOTTOM, upperdir=,
-    /// workdir=, ro, volatile, timeout=SECONDS, allow_other, … (all of them: --help).
+    /// Mount options, comma separated; may be repeated: lowerdir=TOP:...:BOTTOM, upperdir=,
+    /// workdir=, ro, volatile, timeout=SECONDS, allow_other, ... (all of them: --help).
     #[arg(short = 'o', value_name = "OPTIONS")]
     options: Vec<String>,
     /// A lower layer (repeat; first is the top), instead of lowerdir=.
@@ -77,7 +78,7 @@ struct MountArgs {
     #[arg(long = "log-file", value_name = "FILE")]
     log_file: Option<PathBuf>,
     /// Where to mount. Two operands are SOURCE MOUNTPOINT, SOURCE being shown in the mount
-    /// table (`rlayerfs SOURCE MOUNTPOINT -o …`, as mount.fuse3 runs it for
+    /// table (`rlayerfs SOURCE MOUNTPOINT -o ...`, as mount.fuse3 runs it for
     /// `mount -t fuse.rlayerfs`).
     #[arg(value_name = "MOUNTPOINT", num_args = 0..=2)]
     operands: Vec<PathBuf>,
@@ -239,21 +240,16 @@ pub fn main() -> i32 {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     if name.starts_with("mount.") {
-        return match helper_main(argv.collect()) {
-            Ok(code) => code,
-            Err(msg) => {
-                eprintln!("rlayerfs: {msg}");
-                1
-            }
-        };
+        return report(helper_main(argv.collect()));
+    }
+    // Not a subcommand of `Cli`: it would then show in the completions it writes.
+    let mut rest = argv.peekable();
+    if rest.peek().is_some_and(|a| a == "generate") {
+        return report(crate::generate::main(rest, Cli::command()));
     }
     let cli = match Cli::try_parse() {
         Ok(c) => c,
-        Err(e) => {
-            let code = if e.use_stderr() { 2 } else { 0 };
-            let _ = e.print();
-            return code;
-        }
+        Err(e) => return clap_exit(&e),
     };
     let result = match cli.command {
         Some(Command::Mount(args)) => run_mount(args),
@@ -266,13 +262,30 @@ pub fn main() -> i32 {
         Some(Command::Bench(args)) => crate::bench::run(&args),
         None => run_mount(cli.mount),
     };
+    report(result)
+}
+
+/// The exit code of a command's result, printing its error as one line on stderr (escaped:
+/// it may quote names from layers, archives or options).
+fn report(result: Result<i32, String>) -> i32 {
     match result {
         Ok(code) => code,
         Err(msg) => {
-            eprintln!("rlayerfs: {msg}");
+            eprintln!("rlayerfs: {}", printable::escape(&msg));
             1
         }
     }
+}
+
+/// Prints a clap outcome (help, version, or a usage error) and gives its exit code. Usage
+/// errors quote the arguments, so they are printed plain and escaped, without colours.
+pub(crate) fn clap_exit(e: &clap::Error) -> i32 {
+    if !e.use_stderr() {
+        let _ = e.print();
+        return 0;
+    }
+    eprint!("{}", printable::escape_lines(&e.render().to_string()));
+    2
 }
 
 /// The man page part of `--help`: every mount option with its meaning. A test checks that

@@ -273,7 +273,11 @@ fn mount_type(path: &Path) -> Option<String> {
 /// Mounts and serves. Returns the process exit code; errors are one line for stderr.
 pub fn run(req: MountRequest) -> Result<i32, String> {
     for u in &req.options.unknown {
-        eprintln!("rlayerfs: warning: unknown option {u:?} ignored");
+        let quoted = format!("{u:?}");
+        eprintln!(
+            "rlayerfs: warning: unknown option {} ignored",
+            crate::printable::escape(&quoted)
+        );
     }
     if req.options.remount {
         return remount(&req);

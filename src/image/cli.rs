@@ -97,7 +97,7 @@ pub fn run_unpack(args: &UnpackArgs) -> Result<(), ImageError> {
             "unpacked {} layer(s), {} entries into {}",
             report.description.layers.len(),
             report.entries,
-            args.dest.display()
+            crate::printable::escape(&args.dest.display().to_string())
         );
     }
     Ok(())
