@@ -102,6 +102,7 @@ fn stack() -> Stack {
         .file("lx", b"x\n")
         .file("lj", b"j\n")
         .file("noatime", b"A\n")
+        .file("keepsA", b"A\n")
         .dir("ld")
         .file("ld/child", b"c\n")
         .dir("lda");
@@ -111,6 +112,7 @@ fn stack() -> Stack {
     let st = Command::new("chattr")
         .arg("+A")
         .arg(s.lowers[0].join("noatime"))
+        .arg(s.lowers[0].join("keepsA"))
         .status()
         .expect("chattr");
     assert!(st.success());
@@ -221,6 +223,14 @@ fn chattr_lsattr_like_kernel_overlayfs() {
     });
     let _ = same(&pair, "xfs_io lsattr of protected", |m, _| {
         xfs_io("lsattr", &m.join("lf")) + &xfs_io("lsattr", &m.join("la"))
+    });
+    let _ = same(&pair, "copy-up keeps A", |m, st| {
+        let r = errno(fs::OpenOptions::new().append(true).open(m.join("keepsA"))).map(drop);
+        (
+            r,
+            lsattr(&m.join("keepsA")),
+            lsattr(&st.upper.join("keepsA")),
+        )
     });
     let _ = same(&pair, "changes of an immutable lower file", |m, _| {
         changes(&m.join("lf"), m)
