@@ -800,6 +800,60 @@ impl Filesystem for FuseAdapter {
         }
     }
 
+    fn ioctl(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        cmd: u32,
+        in_data: &[u8],
+        out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        // The kernel's fileattr_get/set (chattr, lsattr, xfs_io) reach FUSE as these four
+        // commands, on a file it opened itself; flags travel as an `int`. Any other ioctl
+        // is not one overlayfs passes on.
+        use crate::sys::{FSXATTR_SIZE, FS_IOC_FSGETXATTR, FS_IOC_FSSETXATTR};
+        use crate::sys::{FS_IOC_GETFLAGS, FS_IOC_SETFLAGS};
+        use crate::union::fileattr::FileAttr;
+        let r = match cmd {
+            FS_IOC_GETFLAGS if out_size >= 4 => self
+                .fs
+                .fileattr_get(ino.0, FileAttr::Flags(0))
+                .map(|a| match a {
+                    FileAttr::Flags(f) => f.to_ne_bytes().to_vec(),
+                    FileAttr::Xattr(b) => b.to_vec(),
+                }),
+            FS_IOC_FSGETXATTR if out_size as usize >= FSXATTR_SIZE => self
+                .fs
+                .fileattr_get(ino.0, FileAttr::Xattr([0; FSXATTR_SIZE]))
+                .map(|a| match a {
+                    FileAttr::Flags(f) => f.to_ne_bytes().to_vec(),
+                    FileAttr::Xattr(b) => b.to_vec(),
+                }),
+            FS_IOC_SETFLAGS => match <[u8; 4]>::try_from(in_data.get(..4).unwrap_or_default()) {
+                Ok(b) => self
+                    .fs
+                    .fileattr_set(ino.0, FileAttr::Flags(u32::from_ne_bytes(b)))
+                    .map(|()| Vec::new()),
+                Err(_) => return reply.error(Errno::EINVAL),
+            },
+            FS_IOC_FSSETXATTR => match <[u8; FSXATTR_SIZE]>::try_from(in_data) {
+                Ok(b) => self
+                    .fs
+                    .fileattr_set(ino.0, FileAttr::Xattr(b))
+                    .map(|()| Vec::new()),
+                Err(_) => return reply.error(Errno::EINVAL),
+            },
+            _ => return reply.error(Errno::ENOTTY),
+        };
+        match r {
+            Ok(data) => reply.ioctl(0, &data),
+            Err(e) => reply.error(errno(&e, "ioctl")),
+        }
+    }
+
     fn fallocate(
         &self,
         _req: &Request,

@@ -872,3 +872,85 @@ mod long_path_tests {
         assert_eq!(open_path(root.as_fd(), &rel).unwrap_err(), Errno::NOENT);
     }
 }
+
+/// `FS_IOC_GETFLAGS`: the inode flags (`chattr` letters) of the object behind `fd`
+/// (opened for reading; `O_PATH` fds are refused by the kernel). The kernel reads and
+/// writes an `int` whatever the command's encoded size says.
+pub const FS_IOC_GETFLAGS: u32 = 0x8008_6601;
+/// `FS_IOC_SETFLAGS`.
+pub const FS_IOC_SETFLAGS: u32 = 0x4008_6602;
+/// `FS_IOC_FSGETXATTR`: a `struct fsxattr` ([`FSXATTR_SIZE`] bytes).
+pub const FS_IOC_FSGETXATTR: u32 = 0x801c_581f;
+/// `FS_IOC_FSSETXATTR`.
+pub const FS_IOC_FSSETXATTR: u32 = 0x401c_5820;
+/// Size of `struct fsxattr` (xflags, extsize, nextents, projid, cowextsize, 8 pad bytes).
+pub const FSXATTR_SIZE: usize = 28;
+
+/// Reads the inode flags of the object behind `fd`.
+pub fn get_flags(fd: BorrowedFd<'_>) -> Result<u32> {
+    let mut v: libc::c_int = 0;
+    // SAFETY: FS_IOC_GETFLAGS writes one `int` to the pointer, which points to `v`, alive
+    // and writable for the whole call.
+    #[allow(unsafe_code)]
+    let r = unsafe {
+        libc::ioctl(
+            fd.as_raw_fd(),
+            FS_IOC_GETFLAGS as _,
+            &mut v as *mut libc::c_int,
+        )
+    };
+    if r < 0 {
+        return Err(last_errno());
+    }
+    Ok(v as u32)
+}
+
+/// Sets the inode flags of the object behind `fd`.
+pub fn set_flags(fd: BorrowedFd<'_>, flags: u32) -> Result<()> {
+    let v = flags as libc::c_int;
+    // SAFETY: FS_IOC_SETFLAGS reads one `int` from the pointer, which points to `v`, alive
+    // for the whole call.
+    #[allow(unsafe_code)]
+    let r = unsafe {
+        libc::ioctl(
+            fd.as_raw_fd(),
+            FS_IOC_SETFLAGS as _,
+            &v as *const libc::c_int,
+        )
+    };
+    if r < 0 {
+        return Err(last_errno());
+    }
+    Ok(())
+}
+
+/// Reads the `struct fsxattr` of the object behind `fd`, as raw bytes.
+pub fn get_fsxattr(fd: BorrowedFd<'_>) -> Result<[u8; FSXATTR_SIZE]> {
+    let mut buf = [0u8; FSXATTR_SIZE];
+    // SAFETY: FS_IOC_FSGETXATTR writes one `struct fsxattr` (FSXATTR_SIZE bytes, the size
+    // encoded in the command) to the pointer, which points to `buf`, that long and
+    // writable for the whole call; the struct has no alignment need beyond 4 bytes, which
+    // the kernel's copy_to_user does not require.
+    #[allow(unsafe_code)]
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), FS_IOC_FSGETXATTR as _, buf.as_mut_ptr()) };
+    if r < 0 {
+        return Err(last_errno());
+    }
+    Ok(buf)
+}
+
+/// Sets the `struct fsxattr` of the object behind `fd` from raw bytes.
+pub fn set_fsxattr(fd: BorrowedFd<'_>, value: &[u8; FSXATTR_SIZE]) -> Result<()> {
+    // SAFETY: FS_IOC_FSSETXATTR reads one `struct fsxattr` (FSXATTR_SIZE bytes) from the
+    // pointer, which points to `value`, that long and alive for the whole call.
+    #[allow(unsafe_code)]
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), FS_IOC_FSSETXATTR as _, value.as_ptr()) };
+    if r < 0 {
+        return Err(last_errno());
+    }
+    Ok(())
+}
+
+fn last_errno() -> Errno {
+    Errno::from_io_error(&std::io::Error::last_os_error()).unwrap_or(Errno::IO)
+}

@@ -235,6 +235,9 @@ impl UnionFs {
 
     /// Changes attributes, copying the object up first.
     pub fn setattr(&self, ino: u64, set: &SetAttr) -> Result<Attr> {
+        if let Some(c) = crate::union::fileattr::setattr_change(set) {
+            self.check_change(ino, c)?;
+        }
         self.prepare_write(ino)?;
         let loc = self.real(ino)?;
         let at = loc.at();
@@ -437,6 +440,7 @@ impl UnionFs {
     ) -> Result<()> {
         let disk = self.user_xattr_name(name)?;
         let value = self.opts.ids.xattr_to_disk(name, value)?;
+        self.check_change(ino, crate::union::fileattr::Change::Xattr)?;
         let fd = self.upper_object(ino)?;
         sys::set_xattr(fd.as_fd(), &disk, &value, flags).at("setxattr", Where::Upper)?;
         if name == crate::union::acl::ACCESS_XATTR && !value.is_empty() {
@@ -475,6 +479,7 @@ impl UnionFs {
         {
             return Err(Self::no_data(loc.at()));
         }
+        self.check_change(ino, crate::union::fileattr::Change::Xattr)?;
         let fd = self.upper_object(ino)?;
         sys::remove_xattr(fd.as_fd(), &disk).at("removexattr", Where::Upper)
     }

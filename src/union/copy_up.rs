@@ -195,6 +195,7 @@ impl UnionFs {
         let linked = !is_dir && st.st_nlink > 1;
         let built = self
             .build_copy(work, &tmp, &src, &st, &lower_path, top)
+            .and_then(|()| self.copy_fileattr(work, &tmp, &st, top, &lower_path))
             .and_then(|()| {
                 let Some(o) = &origin else { return Ok(()) };
                 let fd = rustix::fs::openat(
@@ -254,6 +255,54 @@ impl UnionFs {
             n.set_nlink_offset(offset);
         }
         tracing::debug!(ino, path = ?lower_path, "copied up");
+        Ok(())
+    }
+
+    /// Carries the lower object's inode flags to its copy as kernel overlayfs's
+    /// `ovl_copy_fileattr` does: `S` and `A` as real flags, `i`/`a` as `overlay.protattr`.
+    /// Only files and directories (others cannot be opened for the ioctl); a lower
+    /// filesystem without flags is no error.
+    fn copy_fileattr(
+        &self,
+        work: BorrowedFd<'_>,
+        tmp: &OsStr,
+        st: &rustix::fs::Stat,
+        top: crate::union::layer::LowerIdx,
+        lower_path: &std::path::Path,
+    ) -> Result<()> {
+        use crate::union::fileattr::{Prot, FS_NOATIME_FL, FS_SYNC_FL};
+        let t = st.st_mode & libc::S_IFMT;
+        if t != libc::S_IFREG && t != libc::S_IFDIR {
+            return Ok(());
+        }
+        let ro = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY;
+        let Ok(lfd) = self.open_in(crate::union::dirfd::LayerKey::Lower(top), lower_path, ro)
+        else {
+            return Ok(());
+        };
+        let Ok(flags) = sys::get_flags(lfd.as_fd()) else {
+            return Ok(());
+        };
+        let prot = Prot::from_flags(flags);
+        let copy = flags & (FS_SYNC_FL | FS_NOATIME_FL);
+        if !prot.any() && copy == 0 {
+            return Ok(());
+        }
+        let fd = rustix::fs::openat(
+            work,
+            tmp,
+            ro | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .at("open copy", Where::Work)?;
+        if prot.any() {
+            let name = OsStr::new(self.protattr_name());
+            sys::set_xattr(fd.as_fd(), name, &prot.format(), 0).at("set protattr", Where::Work)?;
+        }
+        if copy != 0 {
+            let cur = sys::get_flags(fd.as_fd()).at("getflags", Where::Work)?;
+            sys::set_flags(fd.as_fd(), cur | copy).at("setflags", Where::Work)?;
+        }
         Ok(())
     }
 

@@ -230,6 +230,7 @@ impl UnionFs {
     pub fn open(&self, ino: u64, flags: i32) -> Result<u64> {
         let write = wants_write(flags);
         if write {
+            self.check_change(ino, crate::union::fileattr::Change::Open(flags))?;
             self.prepare_write(ino)?;
         }
         let loc = self.real(ino)?;

@@ -173,6 +173,9 @@ pub struct Node {
     pub upper: bool,
     /// The detached object is a lower layer's: it must never be written.
     pub detached_lower: bool,
+    /// The object's `overlay.protattr` flags as last read or written (see
+    /// `crate::union::fileattr::ProtCache`); 0 while not known.
+    pub prot: u8,
     extra: Option<Box<Extra>>,
 }
 
@@ -188,6 +191,7 @@ impl Node {
             is_dir,
             upper,
             detached_lower: false,
+            prot: 0,
             extra: None,
         }
     }

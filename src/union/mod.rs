@@ -5,7 +5,8 @@
 //! translates. Submodules: `lookup` (resolving names through the layers, and the cached
 //! per-directory index of lower layers), `readdir` (merged listings), `copy_up`,
 //! `mutate` (create, unlink, rmdir, rename, link), `attr` (stat, setattr, xattrs),
-//! `handle` (open files and directories).
+//! `handle` (open files and directories), `fileattr` (inode flags, `chattr`, and the
+//! immutable/append-only protection kept in `overlay.protattr`).
 //!
 //! Locking: the node table sits behind an `RwLock` held only for table updates, never
 //! across I/O. Changes to the namespace (create, remove, rename, copy-up) are serialised
@@ -16,6 +17,7 @@ pub mod acl;
 pub mod attr;
 pub mod copy_up;
 pub mod dirfd;
+pub mod fileattr;
 pub mod handle;
 pub mod ids;
 pub mod inode;

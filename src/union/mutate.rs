@@ -27,6 +27,7 @@ use rustix::io::Errno;
 use crate::error::{Error, OsContext, Result, Where};
 use crate::sys;
 use crate::union::acl;
+use crate::union::fileattr::{refuses, Change, Prot};
 use crate::union::inode::Lower;
 use crate::union::layer::remove_tree;
 use crate::union::lookup::{DirInfo, LowerChild, Resolved};
@@ -143,6 +144,26 @@ impl UnionFs {
 
     /// Node for (parent, name), pinning a new one if the kernel has not looked it up.
     /// Returns whether a pin was added (to be dropped by the caller).
+    /// EPERM when the object `name` in `parent` (resolved as `r`) is immutable or
+    /// append-only, as `may_delete` refuses it on the kernel.
+    fn check_victim(&self, parent: u64, name: &OsStr, r: &Resolved) -> Result<()> {
+        if let Some(ino) = self.nodes.read().child(parent, name) {
+            return self.check_change(ino, Change::Remove);
+        }
+        if r.upper.is_none() {
+            return Ok(());
+        }
+        let pfd = self.upper_dir_fd(parent)?;
+        let p = sys::get_xattr_at(pfd.as_fd(), name, OsStr::new(self.protattr_name()))
+            .at("getxattr", Where::Upper)?
+            .and_then(|v| Prot::parse(&v))
+            .unwrap_or(Prot::NONE);
+        if refuses(p, Change::Remove) {
+            return Err(Error::Permission);
+        }
+        Ok(())
+    }
+
     fn node_for(&self, parent: u64, name: &OsStr, r: &Resolved) -> Result<(u64, bool)> {
         if let Some(ino) = self.nodes.read().child(parent, name) {
             return Ok((ino, false));
@@ -228,10 +249,12 @@ impl UnionFs {
         if exists {
             return Err(Error::Exists);
         }
+        self.check_change(parent, Change::AddEntry)?;
         if let NewKind::Link(src) = kind {
             if self.nodes.read().get(src)?.is_dir {
                 return Err(Error::Permission);
             }
+            self.check_change(src, Change::Remove)?;
             self.copy_up(src)?;
         }
         self.copy_up(parent)?;
@@ -552,6 +575,8 @@ impl UnionFs {
         let _ns = self.ns_lock.lock();
         let info = self.dir_info(parent)?;
         let r = self.resolve(&info, name)?;
+        self.check_change(parent, Change::RemoveEntry)?;
+        self.check_victim(parent, name, &r)?;
         match (dir, r.is_dir) {
             (false, true) => return Err(Error::IsDir),
             (true, false) => return Err(Error::NotDir),
@@ -712,6 +737,15 @@ impl UnionFs {
             None => None,
         };
         let res = (|| -> Result<()> {
+            self.check_change(parent, Change::RemoveEntry)?;
+            self.check_change(src_ino, Change::Remove)?;
+            match dst_ino {
+                Some(d) => {
+                    self.check_change(new_parent, Change::RemoveEntry)?;
+                    self.check_change(d, Change::Remove)?;
+                }
+                None => self.check_change(new_parent, Change::AddEntry)?,
+            }
             if exchange {
                 if dst.is_none() {
                     return Err(Error::NotFound);

@@ -69,6 +69,13 @@ impl XattrNs {
             XattrNs::User => "user.overlay.origin",
         }
     }
+    /// Immutable/append-only flags set through the mount (see `crate::union::fileattr`).
+    pub fn protattr(self) -> &'static str {
+        match self {
+            XattrNs::Trusted => "trusted.overlay.protattr",
+            XattrNs::User => "user.overlay.protattr",
+        }
+    }
     /// The merged link count offset of an indexed hard link.
     pub fn nlink(self) -> &'static str {
         match self {
