@@ -261,7 +261,9 @@ if [ "${#kernel_only[@]}" -gt 0 ]; then
         echo "  $t"
         bad="$work/rlayerfs/results/$t.out.bad"
         if [ -f "$bad" ]; then
-            diff "$work/xfstests/tests/$t.out" "$bad" | head -n 8 | sed 's/^/      /'
+            { diff "$work/xfstests/tests/$t.out" "$bad" || true; } | head -n 8 | sed 's/^/      /'
+        elif [ -f "$work/rlayerfs/results/$t.notrun" ]; then
+            echo "      not run: $(cat "$work/rlayerfs/results/$t.notrun")"
         fi
     done
 fi
