@@ -176,9 +176,15 @@ fn mount_spec(config: &Config) -> crate::sys::fusemount::FuseMountSpec {
 /// never update atime themselves (the kernel leaves it to the server), so as kernel overlayfs
 /// the upper is reached through a clone that applies the mount's own option (`noatime`,
 /// `strictatime`, else the kernel's default `relatime`, plus `nodiratime`) to the real files,
-/// FUSE passthrough reads included. The daemon's own reads use O_NOATIME.
+/// FUSE passthrough reads included. The daemon's own reads use O_NOATIME. A read-only mount
+/// updates no atime (the kernel skips atime on a read-only mount, whatever its atime option;
+/// xfstests generic/003): its clone is `noatime`. (A later `mount -o remount,rw` changes the
+/// FUSE mount's flags only: the clone stays `noatime` until the next mount.)
 fn upper_atime(o: &MountOptions) -> rustix::mount::MountAttrFlags {
     use rustix::mount::MountAttrFlags as A;
+    if o.read_only {
+        return A::MOUNT_ATTR_NOATIME;
+    }
     let mut attr = A::MOUNT_ATTR_RELATIME;
     for f in &o.fuse {
         match f {

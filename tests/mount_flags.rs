@@ -135,3 +135,47 @@ fn sync_with_a_value_is_accepted() {
         );
     }
 }
+
+/// A read-only mount with `strictatime` (xfstests generic/003) updates no access time:
+/// listing an upper directory and reading an upper file leave both atimes of the real upper
+/// files as they were, as on kernel overlayfs (seen in the upper after the unmount: a
+/// read-only FUSE mount keeps the cached atime).
+#[test]
+fn read_only_mount_updates_no_atime() {
+    if !can_mount("read_only_mount_updates_no_atime") {
+        return;
+    }
+    let observe_ro = |mnt: &Path| {
+        std::thread::sleep(Duration::from_millis(1100));
+        fs::read_dir(mnt.join("d")).unwrap().for_each(drop);
+        fs::read(mnt.join("d/f")).unwrap();
+    };
+    let stack = || {
+        let st = Stack::new(1);
+        fs::create_dir(st.upper.join("d")).unwrap();
+        fs::write(st.upper.join("d/f"), b"x\n").unwrap();
+        let before = (atime(&st.upper.join("d")), atime(&st.upper.join("d/f")));
+        (st, before)
+    };
+    let changed = |st: &Stack, before: ((i64, i64), (i64, i64))| {
+        format!(
+            "dir atime changed: {}, file atime changed: {}",
+            atime(&st.upper.join("d")) != before.0,
+            atime(&st.upper.join("d/f")) != before.1
+        )
+    };
+    let opt = "ro,strictatime";
+    let ((k, kb), (f, fb)) = (stack(), stack());
+    let kdirs = MountDirs::of(&k);
+    let kernel = kernel_mount(&kdirs, opt);
+    observe_ro(&kdirs.mnt);
+    kernel.unmount().unwrap();
+    let want = changed(&k, kb);
+    let fdirs = MountDirs::of(&f);
+    let fuse = FuseMount::mount_with(&fdirs, &format!("{},{opt}", fdirs.options()))
+        .unwrap_or_else(|e| panic!("-o {opt}: {e}"));
+    observe_ro(&fdirs.mnt);
+    fuse.unmount().unwrap();
+    let got = changed(&f, fb);
+    assert_eq!(got, want, "-o {opt}: fuse vs kernel");
+}
