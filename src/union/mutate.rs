@@ -142,12 +142,13 @@ impl UnionFs {
         }
     }
 
-    /// Node for (parent, name), pinning a new one if the kernel has not looked it up.
-    /// Returns whether a pin was added (to be dropped by the caller).
     /// EPERM when the object `name` in `parent` (resolved as `r`) is immutable or
     /// append-only, as `may_delete` refuses it on the kernel.
     fn check_victim(&self, parent: u64, name: &OsStr, r: &Resolved) -> Result<()> {
-        if let Some(ino) = self.nodes.read().child(parent, name) {
+        // Bound first: the table's read guard must be gone before `check_change`, which
+        // may take the write lock to cache what it read.
+        let known = self.nodes.read().child(parent, name);
+        if let Some(ino) = known {
             return self.check_change(ino, Change::Remove);
         }
         if r.upper.is_none() {
@@ -164,6 +165,8 @@ impl UnionFs {
         Ok(())
     }
 
+    /// Node for (parent, name), pinning a new one if the kernel has not looked it up.
+    /// Returns whether a pin was added (to be dropped by the caller).
     fn node_for(&self, parent: u64, name: &OsStr, r: &Resolved) -> Result<(u64, bool)> {
         if let Some(ino) = self.nodes.read().child(parent, name) {
             return Ok((ino, false));
