@@ -856,7 +856,7 @@ impl Filesystem for FuseAdapter {
 
     fn fallocate(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -866,7 +866,7 @@ impl Filesystem for FuseAdapter {
     ) {
         self.empty(
             reply,
-            self.fs.fallocate(fh.0, offset, length, mode),
+            self.fs.fallocate(fh.0, offset, length, mode, caller(req)),
             "fallocate",
         );
     }

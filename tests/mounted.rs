@@ -2767,6 +2767,57 @@ fn setfacl_by_owner_outside_group_clears_sgid() {
     });
 }
 
+/// fallocate, punch hole and zero range by the owner outside the file's group drop
+/// set-group-id (and set-user-id), as on kernel overlayfs (xfstests generic/683-685), for
+/// lower and upper files; root keeps the bits.
+#[test]
+fn fallocate_by_owner_outside_group_drops_set_ids() {
+    let name = "fallocate_by_owner_outside_group_drops_set_ids";
+    if !can_mount(name) {
+        return;
+    }
+    let stack = Stack::new(1);
+    stack
+        .lower(0)
+        .file_with("sgid", b"0123456789", 0o2666, NOBODY, 0)
+        .file_with("both", b"0123456789", 0o6666, NOBODY, 0)
+        .file_with("punch", b"0123456789", 0o2666, NOBODY, 0)
+        .file_with("zero", b"0123456789", 0o2666, NOBODY, 0)
+        .file_with("by_root", b"0123456789", 0o2666, NOBODY, 0);
+    let (pair, _wd) = pair(name, &stack);
+    for st in [&pair.sa, &pair.sb] {
+        fs::set_permissions(&st.root, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    same(&pair, "fallocate as the owner", |root, _| {
+        fs::write(root.join("upper"), b"0123456789").unwrap();
+        std::os::unix::fs::chown(root.join("upper"), Some(NOBODY), Some(0)).unwrap();
+        fs::set_permissions(root.join("upper"), fs::Permissions::from_mode(0o2666)).unwrap();
+        [
+            ("sgid", &["-l", "8192"][..]),
+            ("both", &["-l", "8192"][..]),
+            ("punch", &["-p", "-o", "0", "-l", "4"][..]),
+            ("zero", &["-z", "-o", "0", "-l", "4"][..]),
+            ("upper", &["-l", "8192"][..]),
+            ("by_root", &["-l", "8192"][..]),
+        ]
+        .iter()
+        .map(|(n, args)| {
+            let p = root.join(n);
+            let id = if *n == "by_root" { 0 } else { NOBODY };
+            let st = Command::new("fallocate")
+                .args(*args)
+                .arg(&p)
+                .uid(id)
+                .gid(id)
+                .status()
+                .expect("run fallocate");
+            let mode = fs::symlink_metadata(&p).map(|m| format!("{:o}", m.mode() & 0o7777));
+            format!("{n}: fallocate {st} mode {mode:?}")
+        })
+        .collect::<Vec<_>>()
+    });
+}
+
 /// A lower hard-link pair copied up through one name, remounted, then changed through the
 /// other names (kernel overlayfs finds the copy through its index).
 #[test]

@@ -444,17 +444,17 @@ impl UnionFs {
         let fd = self.upper_object(ino)?;
         sys::set_xattr(fd.as_fd(), &disk, &value, flags).at("setxattr", Where::Upper)?;
         if name == crate::union::acl::ACCESS_XATTR && !value.is_empty() {
-            self.acl_kill_sgid(ino, caller)?;
+            self.kill_sgid_of_outsider(ino, caller)?;
         }
         Ok(())
     }
 
-    /// Clears set-group-id after an access ACL was set by a caller outside the object's
-    /// group without CAP_FSETID, as the kernel's `posix_acl_update_mode` does. The daemon
-    /// sets the ACL with its own privilege, so the filesystem below keeps the bit; FUSE
-    /// would ask for this with FUSE_SETXATTR_ACL_KILL_SGID only under FUSE_SETXATTR_EXT,
-    /// which fuser does not speak.
-    fn acl_kill_sgid(&self, ino: u64, caller: Caller) -> Result<()> {
+    /// Clears set-group-id after a change by a caller outside the object's group without
+    /// CAP_FSETID: an access ACL set (the kernel's `posix_acl_update_mode`; FUSE would ask
+    /// with FUSE_SETXATTR_ACL_KILL_SGID only under FUSE_SETXATTR_EXT, which fuser does not
+    /// speak) or a fallocate (`file_modified`). The daemon acts with its own privilege, so
+    /// the filesystem below keeps the bit.
+    pub(crate) fn kill_sgid_of_outsider(&self, ino: u64, caller: Caller) -> Result<()> {
         let a = self.getattr(ino)?;
         if a.mode & libc::S_ISGID == 0
             || sys::process::in_group_or_capable(caller.pid, caller.gid, a.gid).unwrap_or(true)

@@ -356,10 +356,23 @@ impl UnionFs {
         r.at("fsync", Where::Upper)
     }
 
-    pub fn fallocate(&self, fh: u64, offset: u64, length: u64, mode: i32) -> Result<()> {
+    /// `fallocate` on an open file. As a change of the file's data by `caller`, it drops
+    /// set-group-id when the caller is outside the file's group without CAP_FSETID, as
+    /// the kernel's `file_modified` does (the FUSE client drops set-user-id itself; the
+    /// daemon's own fallocate keeps both bits, having the privilege).
+    pub fn fallocate(
+        &self,
+        fh: u64,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        caller: crate::union::Caller,
+    ) -> Result<()> {
         let h = self.handles.file(fh)?;
         let flags = rustix::fs::FallocateFlags::from_bits_retain(mode as u32);
-        rustix::fs::fallocate(h.file.as_fd(), flags, offset, length).at("fallocate", Where::Upper)
+        rustix::fs::fallocate(h.file.as_fd(), flags, offset, length)
+            .at("fallocate", Where::Upper)?;
+        self.kill_sgid_of_outsider(h.ino, caller)
     }
 
     pub fn lseek(&self, fh: u64, offset: i64, whence: i32) -> Result<i64> {
