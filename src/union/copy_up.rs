@@ -16,6 +16,7 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags, Stat, Timestamps}
 
 use crate::error::{Error, OsContext, Result, Where};
 use crate::sys;
+use crate::union::lookup::mark_literal;
 use crate::union::{origin, whiteout, UnionFs, ROOT};
 use std::sync::Arc;
 
@@ -162,11 +163,7 @@ impl UnionFs {
             };
             if linked && crate::union::whiteout::is_reserved_name(&name) {
                 // The index copy came from another name: mark this `.wh.*` one literal.
-                let fmt = self.writable()?;
-                let fd = sys::open_path(pfd.as_fd(), std::path::Path::new(&name))
-                    .at("open link", Where::Upper)?;
-                sys::set_xattr(fd.as_fd(), OsStr::new(fmt.xattr_ns.literal()), b"y", 0)
-                    .at("mark literal", Where::Upper)?;
+                mark_literal(self.writable()?, pfd.as_fd(), &name, Where::Upper)?;
             }
             if let Ok(n) = self.nodes.write().get_mut(ino) {
                 n.upper = true;
@@ -220,11 +217,7 @@ impl UnionFs {
             if !crate::union::whiteout::is_reserved_name(&name) {
                 return Ok(());
             }
-            let fmt = self.writable()?;
-            let fd =
-                sys::open_path(work, std::path::Path::new(&tmp)).at("open copy", Where::Work)?;
-            sys::set_xattr(fd.as_fd(), OsStr::new(fmt.xattr_ns.literal()), b"y", 0)
-                .at("mark literal", Where::Work)
+            mark_literal(self.writable()?, work, &tmp, Where::Work)
         });
         if let Err(e) = built {
             let _ = crate::union::layer::remove_tree(work, &tmp);

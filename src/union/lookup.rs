@@ -300,6 +300,25 @@ pub(crate) fn is_literal(dir: BorrowedFd<'_>, name: &OsStr) -> Result<bool> {
     Ok(false)
 }
 
+/// Whether a `.wh.NAME` whiteout file in `dir` hides `name` (one not marked literal).
+pub(crate) fn whiteout_file_hides(dir: BorrowedFd<'_>, name: &OsStr) -> Result<bool> {
+    let wh = whiteout::whiteout_file_name(name);
+    Ok(wh.len() <= 255
+        && rustix::fs::statat(dir, &wh, AtFlags::SYMLINK_NOFOLLOW).is_ok()
+        && !is_literal(dir, &wh)?)
+}
+
+/// Marks the `.wh.*` object `name` in `dir` literal, in the mount's namespace.
+pub(crate) fn mark_literal(
+    fmt: whiteout::WriteFormat,
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+    at: Where,
+) -> Result<()> {
+    let fd = sys::open_path(dir, Path::new(name)).at("open", at)?;
+    sys::set_xattr(fd.as_fd(), OsStr::new(fmt.xattr_ns.literal()), b"y", 0).at("mark literal", at)
+}
+
 /// Refuses a kernel metacopy file `name` in `dir` (its data would still be in a lower
 /// layer).
 fn refuse_metacopy(dir: BorrowedFd<'_>, name: &OsStr) -> Result<()> {
@@ -605,11 +624,7 @@ impl UnionFs {
                     upper = Some(st);
                 }
                 Err(Errno::NOENT) => {
-                    let wh = whiteout::whiteout_file_name(name);
-                    if wh.len() <= 255
-                        && rustix::fs::statat(&pfd, &wh, AtFlags::SYMLINK_NOFOLLOW).is_ok()
-                        && !is_literal(pfd.as_fd(), &wh)?
-                    {
+                    if whiteout_file_hides(pfd.as_fd(), name)? {
                         return Err(Error::NotFound);
                     }
                 }

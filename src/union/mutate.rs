@@ -67,11 +67,7 @@ fn upper_slot(pfd: BorrowedFd<'_>, name: &OsStr) -> Result<UpperSlot> {
         Err(Errno::NOENT) => {}
         Err(e) => return Err(Error::os("stat", e, Where::Upper)),
     }
-    let wh = whiteout::whiteout_file_name(name);
-    if wh.len() <= 255
-        && rustix::fs::statat(pfd, &wh, AtFlags::SYMLINK_NOFOLLOW).is_ok()
-        && !crate::union::lookup::is_literal(pfd, &wh)?
-    {
+    if crate::union::lookup::whiteout_file_hides(pfd, name)? {
         return Ok(UpperSlot::WhiteoutFile);
     }
     Ok(UpperSlot::Empty)
@@ -499,9 +495,7 @@ impl UnionFs {
                     .at("set opaque", Where::Work)?;
             }
             if literal {
-                let fd = sys::open_path(tdir, Path::new(tname)).at("open new", Where::Work)?;
-                sys::set_xattr(fd.as_fd(), OsStr::new(fmt.xattr_ns.literal()), b"y", 0)
-                    .at("mark literal", Where::Work)?;
+                crate::union::lookup::mark_literal(fmt, tdir, tname, Where::Work)?;
             }
             Ok(())
         })();

@@ -19,7 +19,6 @@ const FB_HEADER: usize = 5;
 const UUID_LEN: usize = 16;
 
 pub const ORIGIN_XATTR: &str = "trusted.overlay.origin";
-pub const NLINK_XATTR: &str = "trusted.overlay.nlink";
 /// Name of the index directory inside the workdir (the kernel's).
 pub const INDEX_SUBDIR: &str = "index";
 

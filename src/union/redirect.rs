@@ -27,7 +27,6 @@ use crate::sys;
 use crate::union::inode::LowerRef;
 use crate::union::layer::LowerIdx;
 use crate::union::lookup::{dir_marks, DirMarks};
-use crate::union::whiteout;
 use crate::union::UnionFs;
 
 /// A parsed redirect value.
@@ -231,17 +230,11 @@ impl UnionFs {
         let st = match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
             Ok(st) => st,
             Err(Errno::NOENT) => {
-                let wh = whiteout::whiteout_file_name(name);
-                return Ok(
-                    if wh.len() <= 255
-                        && rustix::fs::statat(dir, &wh, AtFlags::SYMLINK_NOFOLLOW).is_ok()
-                        && !crate::union::lookup::is_literal(dir, &wh)?
-                    {
-                        Step::Stop
-                    } else {
-                        Step::Missing
-                    },
-                );
+                return Ok(if crate::union::lookup::whiteout_file_hides(dir, name)? {
+                    Step::Stop
+                } else {
+                    Step::Missing
+                });
             }
             Err(e) => return Err(Error::os("stat", e, at)),
         };

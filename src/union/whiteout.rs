@@ -76,6 +76,13 @@ impl XattrNs {
             XattrNs::User => "user.overlay.protattr",
         }
     }
+    /// The mark of a `.wh.*` object that is the user's own (see [`LITERAL_XATTRS`]).
+    pub fn literal(self) -> &'static str {
+        match self {
+            XattrNs::Trusted => LITERAL_XATTRS[0],
+            XattrNs::User => LITERAL_XATTRS[1],
+        }
+    }
     /// The merged link count offset of an indexed hard link.
     pub fn nlink(self) -> &'static str {
         match self {
@@ -159,16 +166,6 @@ pub const LITERAL_XATTRS: [&str; 2] = [
     "trusted.overlay.rlayerfs.literal",
     "user.overlay.rlayerfs.literal",
 ];
-
-impl XattrNs {
-    /// The literal mark this mount writes.
-    pub fn literal(self) -> &'static str {
-        match self {
-            XattrNs::Trusted => LITERAL_XATTRS[0],
-            XattrNs::User => LITERAL_XATTRS[1],
-        }
-    }
-}
 
 /// The `.wh.NAME` file name for `name`.
 pub fn whiteout_file_name(name: &OsStr) -> std::ffi::OsString {
