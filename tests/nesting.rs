@@ -70,10 +70,7 @@ fn stack_for(prefix: &str) -> Stack {
 
 fn compare(prefix: &str, kernel_opts: &str) {
     let (ks, fs) = (stack_for(prefix), stack_for(prefix));
-    let dirs = MountDirs::of(&ks);
-    let data = format!("{},{kernel_opts}", dirs.options());
-    sys::mount("overlay", &ks.mnt, "overlay", &data).expect("kernel mount");
-    let k = KernelOverlay::adopt(&ks.mnt);
+    let k = KernelOverlay::mount_with(&MountDirs::of(&ks), kernel_opts).expect("kernel mount");
     let want = observe(&ks.mnt, &ks.upper, prefix);
     k.unmount().unwrap();
     let f = FuseMount::mount_dirs(&MountDirs::of(&fs)).expect("rlayerfs mount");
@@ -339,25 +336,6 @@ fn commit_refuses_a_literal_dot_wh_name() {
     assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
 }
 
-/// The paths of a tree dump, as the op generator wants them.
-fn tree_view(dump: &str) -> TreeView {
-    let mut t = TreeView::default();
-    for line in dump.lines() {
-        let mut words = line.split(' ').filter(|w| !w.starts_with("hl="));
-        let (Some(path), Some(kind)) = (words.next(), words.next()) else {
-            continue;
-        };
-        let Some(rel) = path.strip_prefix('/').filter(|p| !p.is_empty()) else {
-            continue;
-        };
-        t.paths.push(rel.to_string());
-        if kind == "dir" {
-            t.dirs.push(rel.to_string());
-        }
-    }
-    t
-}
-
 /// Random differential ops in an inner overlay (fuse-overlayfs, rlayerfs) nested on
 /// rlayerfs against the same inner overlay on a plain directory: same outcome for every
 /// op, same merged tree after every op and after remounting both the inner and the outer
@@ -396,7 +374,7 @@ fn random_ops_in_nested_overlays() {
             let mut rng = common::rng::Rng::new(seed, 7);
             let mut log = Vec::new();
             for i in 0..n_ops {
-                let tree = tree_view(&dump_tree_with(&pm, opts));
+                let tree = TreeView::from_dump(&dump_tree_with(&pm, opts));
                 let op = random_op_in(&mut rng, &tree);
                 let (oa, ob) = (op.apply(&pm), op.apply(&nm));
                 log.push(format!("{op} => {oa:?} / {ob:?}"));

@@ -8,7 +8,7 @@ mod common;
 use std::process::Command;
 
 use common::fixture::Stack;
-use common::mount::KernelOverlay;
+use common::mount::{KernelOverlay, MountDirs};
 use common::{can_mount, sys};
 
 /// Runs `script` in `unshare -Urm` with `$B` the binary, `$O` the stack's `-o` string and
@@ -123,16 +123,11 @@ fn rootless_redirect_is_followed_here_and_refused_by_kernel_userxattr() {
     assert!(sys::get_xattr(&upper_b, "trusted.overlay.redirect").is_err());
 
     // Kernel overlayfs with userxattr over the same upper: EPERM on the redirected dir.
-    let work = stack.fresh_dir("kwork");
-    let kmnt = stack.fresh_dir("kmnt");
-    let data = format!(
-        "lowerdir={},upperdir={},workdir={},userxattr",
-        stack.lowerdir(),
-        stack.upper.display(),
-        work.display()
-    );
-    sys::mount("overlay", &kmnt, "overlay", &data).expect("kernel mount with userxattr");
-    let k = KernelOverlay::adopt(&kmnt);
+    let mut dirs = MountDirs::of(&stack);
+    dirs.work = stack.fresh_dir("kwork");
+    dirs.mnt = stack.fresh_dir("kmnt");
+    let kmnt = dirs.mnt.clone();
+    let k = KernelOverlay::mount_with(&dirs, "userxattr").expect("kernel mount with userxattr");
     let err = std::fs::symlink_metadata(kmnt.join("b")).unwrap_err();
     assert_eq!(
         err.raw_os_error(),
@@ -144,14 +139,8 @@ fn rootless_redirect_is_followed_here_and_refused_by_kernel_userxattr() {
     // And the kernel itself will not rename a lower directory with userxattr.
     let fresh = Stack::new(1);
     fresh.lower(0).file("a/f", b"x");
-    let data = format!(
-        "lowerdir={},upperdir={},workdir={},userxattr",
-        fresh.lowerdir(),
-        fresh.upper.display(),
-        fresh.work.display()
-    );
-    sys::mount("overlay", &fresh.mnt, "overlay", &data).expect("kernel mount with userxattr");
-    let k = KernelOverlay::adopt(&fresh.mnt);
+    let k = KernelOverlay::mount_with(&MountDirs::of(&fresh), "userxattr")
+        .expect("kernel mount with userxattr");
     let err = std::fs::rename(fresh.mnt.join("a"), fresh.mnt.join("b")).unwrap_err();
     assert_eq!(
         err.raw_os_error(),

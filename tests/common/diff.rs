@@ -225,21 +225,7 @@ impl Pair {
 
     /// The reference tree at the last successful check (for op generation).
     pub fn reference_tree(&self) -> TreeView {
-        let mut t = TreeView::default();
-        for line in self.last.lines() {
-            let mut words = line.split(' ').filter(|w| !w.starts_with("hl="));
-            let (Some(path), Some(kind)) = (words.next(), words.next()) else {
-                continue;
-            };
-            let Some(rel) = path.strip_prefix('/').filter(|p| !p.is_empty()) else {
-                continue;
-            };
-            t.paths.push(rel.to_string());
-            if kind == "dir" {
-                t.dirs.push(rel.to_string());
-            }
-        }
-        t
+        TreeView::from_dump(&self.last)
     }
 
     /// Dump of the reference side's live tree.

@@ -184,7 +184,13 @@ impl KernelOverlay {
     }
 
     pub fn mount_dirs(dirs: &MountDirs) -> io::Result<KernelOverlay> {
-        let data = format!("{},{KERNEL_OPTS}", dirs.options());
+        Self::mount_with(dirs, KERNEL_OPTS)
+    }
+
+    /// Mounts with kernel overlayfs options `opts` instead of `KERNEL_OPTS` (e.g.
+    /// `userxattr`).
+    pub fn mount_with(dirs: &MountDirs, opts: &str) -> io::Result<KernelOverlay> {
+        let data = format!("{},{opts}", dirs.options());
         sys::mount("overlay", &dirs.mnt, "overlay", &data).map_err(|e| {
             io::Error::new(
                 e.kind(),

@@ -344,6 +344,27 @@ pub struct TreeView {
     pub dirs: Vec<String>,
 }
 
+impl TreeView {
+    /// The paths of a tree dump (`dump_tree_with`'s format).
+    pub fn from_dump(dump: &str) -> TreeView {
+        let mut t = TreeView::default();
+        for line in dump.lines() {
+            let mut words = line.split(' ').filter(|w| !w.starts_with("hl="));
+            let (Some(path), Some(kind)) = (words.next(), words.next()) else {
+                continue;
+            };
+            let Some(rel) = path.strip_prefix('/').filter(|p| !p.is_empty()) else {
+                continue;
+            };
+            t.paths.push(rel.to_string());
+            if kind == "dir" {
+                t.dirs.push(rel.to_string());
+            }
+        }
+        t
+    }
+}
+
 /// One random op whose paths are often drawn from `tree`, so that more ops reach real
 /// entries: existing paths for ops on entries, a new name in an existing directory for
 /// creations; blind random paths otherwise.
