@@ -46,6 +46,7 @@ use crate::notify::Notifier;
 use crate::read_buf::FuseReadBuf;
 use crate::reply::Reply;
 use crate::reply::ReplyRaw;
+use crate::reply::ReplySink;
 use crate::reply::ReplySender;
 use crate::request::RequestWithSender;
 
@@ -117,6 +118,48 @@ impl Drop for UmountOnDrop {
     fn drop(&mut self) {
         if let Err(e) = self.umount() {
             warn!("Failed to umount filesystem: {}", e);
+        }
+    }
+}
+
+/// Serves requests that reach the daemon by another transport than `read(2)` on
+/// `/dev/fuse`, with the session's filesystem and access rules (see [`Session::run_with`]).
+pub struct Dispatcher<FS: Filesystem> {
+    se: SessionEventLoop<FS>,
+}
+
+impl<FS: Filesystem> std::fmt::Debug for Dispatcher<FS> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dispatcher").finish_non_exhaustive()
+    }
+}
+
+impl<FS: Filesystem> Clone for Dispatcher<FS> {
+    fn clone(&self) -> Self {
+        Dispatcher {
+            se: SessionEventLoop {
+                thread_name: self.se.thread_name.clone(),
+                filesystem: self.se.filesystem.clone(),
+                ch: self.se.ch.clone(),
+                allowed: self.se.allowed,
+                session_owner: self.se.session_owner,
+            },
+        }
+    }
+}
+
+impl<FS: Filesystem> Dispatcher<FS> {
+    /// Dispatches one request, laid out as `read(2)` on `/dev/fuse` returns it
+    /// (`fuse_in_header`, then the arguments; 8-byte aligned). The reply goes to `sink`.
+    /// Returns false, replying nothing, when the request cannot be parsed.
+    pub fn dispatch(&self, request: &[u8], sink: &Arc<dyn ReplySink>) -> bool {
+        let sender = ReplySender::External(sink.clone(), self.se.ch.sender());
+        match RequestWithSender::with_sender(sender, request) {
+            Some(req) => {
+                req.dispatch(&self.se);
+                true
+            }
+            None => false,
         }
     }
 }
@@ -244,6 +287,20 @@ impl<FS: Filesystem> Session<FS> {
     /// # Errors
     /// Returns any final error when the session comes to an end.
     pub fn run(self) -> io::Result<()> {
+        self.run_with(|_| Ok(Vec::new()))
+    }
+
+    /// Like [`Session::run`], and also starts another transport (FUSE-over-io_uring) once the
+    /// classic loop threads run: `start` gets a [`Dispatcher`] and returns the threads it
+    /// started. The session ends when the classic threads and these threads have ended; the
+    /// threads must drop their dispatchers before they end. An error from `start` is
+    /// returned after the classic threads end; the classic transport keeps serving meanwhile.
+    /// # Errors
+    /// Returns any final error when the session comes to an end.
+    pub fn run_with<F>(self, start: F) -> io::Result<()>
+    where
+        F: FnOnce(Dispatcher<FS>) -> io::Result<Vec<thread::JoinHandle<io::Result<()>>>>,
+    {
         let Session {
             filesystem,
             ch,
@@ -286,6 +343,7 @@ impl<FS: Filesystem> Session<FS> {
                 channels.push(ch.clone());
             }
         }
+        let dispatcher_ch = ch.clone();
         channels.push(ch);
 
         let mut threads = Vec::with_capacity(n_threads);
@@ -306,7 +364,24 @@ impl<FS: Filesystem> Session<FS> {
             );
         }
 
+        let extra = start(Dispatcher {
+            se: SessionEventLoop {
+                thread_name: "transport".to_string(),
+                filesystem: filesystem.clone(),
+                ch: dispatcher_ch,
+                allowed,
+                session_owner,
+            },
+        });
         let mut reply: io::Result<()> = Ok(());
+        let extra = match extra {
+            Ok(extra) => extra,
+            Err(e) => {
+                reply = Err(e);
+                Vec::new()
+            }
+        };
+        threads.extend(extra);
         for thread in threads {
             let res = match thread.join() {
                 Ok(res) => res,
