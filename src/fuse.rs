@@ -11,7 +11,7 @@ use fuser::{
     CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
     INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
     ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen,
-    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    ReplyStatfs, ReplyStatx, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
 use std::collections::HashMap;
@@ -248,6 +248,44 @@ impl FuseAdapter {
         }
     }
 
+    /// Replies to a create or tmpfile with the new file `a` open as `fh`, in passthrough
+    /// mode where the other opens use it.
+    fn created(&self, a: Attr, fh: u64, reply: ReplyCreate) {
+        if let (true, Ok(f)) = (self.pt.is_enabled(), self.fs.handle_file(fh)) {
+            let mut g = self.pt.lock();
+            if g.kind(a.ino, true) == OpenKind::Passthrough {
+                match g.add_passthrough(a.ino, || reply.open_backing(&f.file)) {
+                    Ok(id) => {
+                        // New: the kernel has nothing cached to drop.
+                        self.add_pt_handle(fh, a.ino, f.writable, false);
+                        let attr = to_fuse(&a);
+                        return reply.created_passthrough(
+                            &self.attr_ttl(a.ino),
+                            &attr,
+                            Generation(0),
+                            FileHandle(fh),
+                            FopenFlags::empty(),
+                            id,
+                        );
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "FUSE passthrough refused: serving reads and writes");
+                        self.pt.disable();
+                    }
+                }
+            }
+            self.add_pt_handle(fh, a.ino, false, false);
+            g.add_cached(a.ino);
+        }
+        reply.created(
+            &self.ttl,
+            &to_fuse(&a),
+            Generation(0),
+            FileHandle(fh),
+            FopenFlags::FOPEN_KEEP_CACHE,
+        )
+    }
+
     fn xattr_reply(reply: ReplyXattr, data: &[u8], size: u32) {
         if size == 0 {
             reply.size(data.len() as u32);
@@ -306,6 +344,29 @@ impl Filesystem for FuseAdapter {
         match self.fs.getattr(ino.0) {
             Ok(a) => reply.attr(&self.attr_ttl(a.ino), &to_fuse(&a)),
             Err(e) => reply.error(errno(&e, "getattr")),
+        }
+    }
+
+    fn statx(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: Option<FileHandle>,
+        _flags: u32,
+        _mask: u32,
+        reply: ReplyStatx,
+    ) {
+        // The kernel asks only for the birth time (a caller's STATX_BTIME) and caches it
+        // with the other attributes, which are those of GETATTR.
+        let r = self
+            .fs
+            .getattr(ino.0)
+            .and_then(|a| Ok((a, self.fs.btime(ino.0)?)));
+        match r {
+            Ok((a, btime)) => {
+                reply.statx(&self.attr_ttl(a.ino), &to_fuse(&a), btime.map(system_time))
+            }
+            Err(e) => reply.error(errno(&e, "statx")),
         }
     }
 
@@ -760,43 +821,24 @@ impl Filesystem for FuseAdapter {
             umask,
             caller(req),
         ) {
-            Ok((a, Some(fh))) => {
-                if let (true, Ok(f)) = (self.pt.is_enabled(), self.fs.handle_file(fh)) {
-                    let mut g = self.pt.lock();
-                    if g.kind(a.ino, true) == OpenKind::Passthrough {
-                        match g.add_passthrough(a.ino, || reply.open_backing(&f.file)) {
-                            Ok(id) => {
-                                // New: the kernel has nothing cached to drop.
-                                self.add_pt_handle(fh, a.ino, f.writable, false);
-                                let attr = to_fuse(&a);
-                                return reply.created_passthrough(
-                                    &self.attr_ttl(a.ino),
-                                    &attr,
-                                    Generation(0),
-                                    FileHandle(fh),
-                                    FopenFlags::empty(),
-                                    id,
-                                );
-                            }
-                            Err(e) => {
-                                tracing::warn!(error = %e, "FUSE passthrough refused: serving reads and writes");
-                                self.pt.disable();
-                            }
-                        }
-                    }
-                    self.add_pt_handle(fh, a.ino, false, false);
-                    g.add_cached(a.ino);
-                }
-                reply.created(
-                    &self.ttl,
-                    &to_fuse(&a),
-                    Generation(0),
-                    FileHandle(fh),
-                    FopenFlags::FOPEN_KEEP_CACHE,
-                )
-            }
+            Ok((a, Some(fh))) => self.created(a, fh, reply),
             Ok((_, None)) => reply.error(Errno::EIO),
             Err(e) => reply.error(errno(&e, "create")),
+        }
+    }
+
+    fn tmpfile(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        match self.fs.tmpfile(parent.0, mode, umask, flags, caller(req)) {
+            Ok((a, fh)) => self.created(a, fh, reply),
+            Err(e) => reply.error(errno(&e, "tmpfile")),
         }
     }
 

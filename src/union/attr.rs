@@ -171,6 +171,39 @@ impl UnionFs {
         Ok(self.present(attr, over, shifted))
     }
 
+    /// The birth time of the real object behind `ino`, where its filesystem records one
+    /// (statx `STATX_BTIME`): what kernel overlayfs reports, since it passes statx on to
+    /// the upper or lower object (a copy-up is born at copy-up).
+    pub fn btime(&self, ino: u64) -> Result<Option<Timespec>> {
+        use rustix::fs::{statx, AtFlags, StatxFlags};
+        let loc = self.real(ino)?;
+        let sx = match &loc {
+            RealLoc::Upper(p) | RealLoc::Lower(_, p) => {
+                let layer = match &loc {
+                    RealLoc::Lower(l, _) => LayerKey::Lower(*l),
+                    _ => LayerKey::Upper,
+                };
+                match self.parent_in(layer, p)? {
+                    (pfd, Some(name), _) => {
+                        statx(&*pfd, name, AtFlags::SYMLINK_NOFOLLOW, StatxFlags::BTIME)
+                    }
+                    (pfd, None, _) => statx(&*pfd, "", AtFlags::EMPTY_PATH, StatxFlags::BTIME),
+                }
+            }
+            _ => {
+                let fd = self.open_real_path(&loc)?;
+                statx(&*fd, "", AtFlags::EMPTY_PATH, StatxFlags::BTIME)
+            }
+        }
+        .at("statx", loc.at())?;
+        Ok(
+            (sx.stx_mask & StatxFlags::BTIME.bits() != 0).then_some(Timespec {
+                sec: sx.stx_btime.tv_sec,
+                nsec: sx.stx_btime.tv_nsec,
+            }),
+        )
+    }
+
     /// The ownership override of a real object (directories and regular files only, as
     /// fuse-overlayfs): the configured xattr first, then the other names. A malformed value
     /// is ignored, so the real attributes stand.

@@ -487,6 +487,19 @@ impl NodeTable {
         self.name_insert(parent, name, ino);
     }
 
+    /// Enters a node that has no name (an `O_TMPFILE` file, with one kernel lookup):
+    /// reached through its node id and detached handle only, until a lookup at a name
+    /// (its link) places it. Its `parent` is the directory it was made in, which stays
+    /// in the table while the node does.
+    pub fn add_unnamed(&mut self, ino: u64, parent: u64, mut node: Node) {
+        node.parent = parent;
+        node.lookups = 1;
+        self.nodes.insert(ino, node);
+        if let Some(p) = self.nodes.get_mut(&parent) {
+            p.children += 1;
+        }
+    }
+
     fn reparent_count(&mut self, old_parent: u64, new_parent: u64) {
         if old_parent == new_parent {
             return;

@@ -5,7 +5,7 @@
 //! translates. Submodules: `lookup` (resolving names through the layers, and the cached
 //! per-directory index of lower layers), `readdir` (merged listings), `copy_up`,
 //! `mutate` (create, unlink, rmdir, rename, link), `attr` (stat, setattr, xattrs),
-//! `handle` (open files and directories), `fileattr` (inode flags, `chattr`, and the
+//! `handle` (open files and directories), `tmpfile` (unnamed files, `O_TMPFILE`), `fileattr` (inode flags, `chattr`, and the
 //! immutable/append-only protection kept in `overlay.protattr`).
 //!
 //! Locking: the node table sits behind an `RwLock` held only for table updates, never
@@ -28,6 +28,7 @@ pub mod mutate;
 pub mod origin;
 pub mod readdir;
 pub mod redirect;
+pub mod tmpfile;
 pub mod whiteout;
 
 use std::ffi::OsStr;

@@ -77,10 +77,94 @@ fn is_root() -> bool {
     rustix::process::geteuid().is_root()
 }
 
+/// The mode and owner a new object gets (see [`UnionFs::new_owner`]).
+pub(crate) struct NewOwner {
+    /// The parent's default ACL, if any: the new object inherits it.
+    pub(crate) default_acl: Option<Vec<u8>>,
+    /// Permission bits, the umask applied unless a default ACL governs.
+    pub(crate) perm: u32,
+    /// The parent's ownership override (xattr_permissions), if any.
+    pub(crate) parent_override: Option<ids::OverrideStat>,
+    /// The parent is set-group-id (as shown): the new object takes its group.
+    pub(crate) setgid_parent: bool,
+    /// The owner to store, as on disk.
+    pub(crate) uid: u32,
+    pub(crate) gid: u32,
+}
+
+/// Whether an object the daemon made itself in upper dir `pst` already has the owner it
+/// should get (the daemon's ids; the parent's group under a setgid parent): then a chown
+/// would change nothing.
+pub(crate) fn made_with_ids(
+    pst: &rustix::fs::Stat,
+    parent_override: Option<ids::OverrideStat>,
+    setgid_parent: bool,
+    uid: u32,
+    gid: u32,
+) -> bool {
+    let kernel_gid = if setgid_parent {
+        pst.st_gid
+    } else {
+        rustix::process::getegid().as_raw()
+    };
+    parent_override.is_none() && uid == rustix::process::geteuid().as_raw() && gid == kernel_gid
+}
+
 impl UnionFs {
-    fn upper_dir_fd(&self, ino: u64) -> Result<Arc<OwnedFd>> {
+    pub(crate) fn upper_dir_fd(&self, ino: u64) -> Result<Arc<OwnedFd>> {
         let path = self.nodes.read().path_of(ino)?;
         self.upper_dir(&path)
+    }
+
+    /// The mode and owner an object that `caller` creates with `mode` and `umask` in
+    /// upper directory `pfd` (stat `pst`) gets, as the kernel's `inode_init_owner`.
+    pub(crate) fn new_owner(
+        &self,
+        pfd: BorrowedFd<'_>,
+        pst: &rustix::fs::Stat,
+        mode: u32,
+        umask: u32,
+        caller: Caller,
+    ) -> NewOwner {
+        // Under a default ACL the umask does not apply: the filesystem derives the new
+        // object's permissions from the ACL (and the daemon runs with umask 0).
+        let default_acl = sys::get_dir_xattr(pfd, OsStr::new(acl::DEFAULT_XATTR))
+            .ok()
+            .flatten();
+        let perm = if default_acl.is_some() {
+            mode & 0o7777
+        } else {
+            mode & 0o7777 & !umask
+        };
+        let ids = &self.opts.ids;
+        // With an override xattr the parent's shown mode and group are in it.
+        let parent_override = if self.reads_override() {
+            self.read_override_stat(pfd, pst.st_mode)
+        } else {
+            None
+        };
+        let (pmode, pgid) = match parent_override {
+            Some(o) => (o.mode, o.gid),
+            None => (pst.st_mode, pst.st_gid),
+        };
+        let setgid_parent = pmode & libc::S_ISGID != 0;
+        // The caller's ids as stored on disk. A caller outside the mapping (podman, as host
+        // root, creating /etc/mtab in a container root mapped elsewhere) still creates: the
+        // object is stored with the overflow id, as fuse-overlayfs does.
+        let uid = ids.uid_to_disk(caller.uid).unwrap_or(ids::OVERFLOW_ID);
+        let gid = if setgid_parent {
+            pgid
+        } else {
+            ids.gid_to_disk(caller.gid).unwrap_or(ids::OVERFLOW_ID)
+        };
+        NewOwner {
+            default_acl,
+            perm,
+            parent_override,
+            setgid_parent,
+            uid,
+            gid,
+        }
     }
 
     /// Whether the lower layers (ignoring the upper) show `name` in directory `info`.
@@ -249,12 +333,17 @@ impl UnionFs {
             return Err(Error::Exists);
         }
         self.check_change(parent, Change::AddEntry)?;
+        // An unnamed upper file (O_TMPFILE) is linked through its handle.
+        let mut unnamed = None;
         if let NewKind::Link(src) = kind {
             if self.nodes.read().get(src)?.is_dir {
                 return Err(Error::Permission);
             }
             self.check_change(src, Change::Remove)?;
-            self.copy_up(src)?;
+            unnamed = self.is_unnamed_upper(src)?;
+            if unnamed.is_none() {
+                self.copy_up(src)?;
+            }
         }
         self.copy_up(parent)?;
         let info = self.dir_info(parent)?;
@@ -280,38 +369,16 @@ impl UnionFs {
         } else {
             (work, &tmp)
         };
-        // Under a default ACL the umask does not apply: the filesystem derives the new
-        // object's permissions from the ACL (and the daemon runs with umask 0).
-        let default_acl = sys::get_dir_xattr(pfd.as_fd(), OsStr::new(acl::DEFAULT_XATTR))
-            .ok()
-            .flatten();
-        let perm = if default_acl.is_some() {
-            mode & 0o7777
-        } else {
-            mode & 0o7777 & !umask
-        };
+        let NewOwner {
+            default_acl,
+            perm,
+            parent_override,
+            setgid_parent,
+            uid,
+            gid,
+        } = self.new_owner(pfd.as_fd(), &pst, mode, umask, caller);
         let ids = &self.opts.ids;
-        // With an override xattr the parent's shown mode and group are in it.
-        let parent_override = if self.reads_override() {
-            self.read_override_stat(pfd.as_fd(), pst.st_mode)
-        } else {
-            None
-        };
-        let (pmode, pgid) = match parent_override {
-            Some(o) => (o.mode, o.gid),
-            None => (pst.st_mode, pst.st_gid),
-        };
-        let setgid_parent = pmode & libc::S_ISGID != 0;
-        // The caller's ids as stored on disk. A caller outside the mapping (podman, as host
-        // root, creating /etc/mtab in a container root mapped elsewhere) still creates: the
-        // object is stored with the overflow id, as fuse-overlayfs does.
         let squash = ids.squashing();
-        let uid = ids.uid_to_disk(caller.uid).unwrap_or(ids::OVERFLOW_ID);
-        let gid = if setgid_parent {
-            pgid
-        } else {
-            ids.gid_to_disk(caller.gid).unwrap_or(ids::OVERFLOW_ID)
-        };
         // xattr_permissions: directories and regular files (and stand-ins for devices the
         // daemon may not create) keep owner and mode in the override xattr; the real object
         // stays the daemon's and keeps owner access, so the daemon can always reach it.
@@ -389,6 +456,18 @@ impl UnionFs {
                         r => r.at("mknod", Where::Upper)?,
                     }
                 }
+                NewKind::Link(_) if unnamed.is_some() => {
+                    let fd = unnamed.as_deref().ok_or(Error::Invariant("unnamed source"))?;
+                    rustix::fs::linkat(
+                        rustix::fs::CWD,
+                        &*sys::proc_fd_path(fd),
+                        tdir,
+                        tname,
+                        AtFlags::SYMLINK_FOLLOW,
+                    )
+                    .at("link", Where::Upper)?;
+                    return Ok(());
+                }
                 NewKind::Link(src) => {
                     let (sp, sn) = {
                         let nodes = self.nodes.read();
@@ -414,15 +493,7 @@ impl UnionFs {
             };
             // Made in place by the daemon, the object already has the daemon's ids (the
             // parent's group under a setgid parent): a chown would change nothing.
-            let kernel_gid = if setgid_parent {
-                pst.st_gid
-            } else {
-                rustix::process::getegid().as_raw()
-            };
-            let ids_given = in_place
-                && parent_override.is_none()
-                && uid == rustix::process::geteuid().as_raw()
-                && gid == kernel_gid;
+            let ids_given = in_place && made_with_ids(&pst, parent_override, setgid_parent, uid, gid);
             if let Some(name) = overridden {
                 let sgid_dir = if is_dir && setgid_parent {
                     libc::S_ISGID

@@ -11,7 +11,6 @@ use std::ffi::OsStr;
 use std::io::IoSlice;
 use std::os::fd::BorrowedFd;
 use std::time::Duration;
-#[cfg(target_os = "macos")]
 use std::time::SystemTime;
 
 use log::error;
@@ -314,6 +313,73 @@ impl ReplyAttr {
     pub fn attr(self, ttl: &Duration, attr: &FileAttr) {
         self.reply
             .send_ll(&ll::ResponseStruct::new_attr(ttl, &attr.into()));
+    }
+
+    /// Reply to a request with the given error code
+    pub fn error(self, err: Errno) {
+        self.reply.error(err);
+    }
+}
+
+///
+/// Statx Reply
+///
+#[derive(Debug)]
+pub struct ReplyStatx {
+    reply: ReplyRaw,
+}
+
+impl Reply for ReplyStatx {
+    fn new(unique: ll::RequestId, sender: ReplySender) -> ReplyStatx {
+        ReplyStatx {
+            reply: Reply::new(unique, sender),
+        }
+    }
+}
+
+impl ReplyStatx {
+    /// Reply with the basic attributes of `attr` and, when known, the birth time
+    /// (`STATX_BTIME` is set in the result mask only then). `attr.crtime` is not used.
+    pub fn statx(self, ttl: &Duration, attr: &FileAttr, btime: Option<SystemTime>) {
+        use crate::ll::fuse_abi as abi;
+        let sx_time = |t: SystemTime| {
+            let (tv_sec, tv_nsec) = crate::time::time_from_system_time(&t);
+            abi::fuse_sx_time {
+                tv_sec,
+                tv_nsec,
+                __reserved: 0,
+            }
+        };
+        // STATX_BASIC_STATS and STATX_BTIME (linux/stat.h).
+        const BASIC_STATS: u32 = 0x7ff;
+        const BTIME: u32 = 0x800;
+        let rdev = u64::from(attr.rdev);
+        let stat = abi::fuse_statx {
+            mask: BASIC_STATS | if btime.is_some() { BTIME } else { 0 },
+            blksize: attr.blksize,
+            nlink: attr.nlink,
+            uid: attr.uid,
+            gid: attr.gid,
+            mode: (crate::ll::reply::mode_from_kind_and_perm(attr.kind, attr.perm) & 0xffff) as u16,
+            ino: attr.ino.0,
+            size: attr.size,
+            blocks: attr.blocks,
+            atime: sx_time(attr.atime),
+            btime: btime.map(sx_time).unwrap_or_default(),
+            ctime: sx_time(attr.ctime),
+            mtime: sx_time(attr.mtime),
+            // The kernel's new_encode_dev layout, which FUSE uses for `fuse_attr.rdev`.
+            rdev_major: ((rdev >> 8) & 0xfff) as u32,
+            rdev_minor: ((rdev & 0xff) | ((rdev >> 12) & 0xfff00)) as u32,
+            ..Default::default()
+        };
+        self.reply.send_ll(&ll::ResponseStruct(abi::fuse_statx_out {
+            attr_valid: ttl.as_secs(),
+            attr_valid_nsec: ttl.subsec_nanos(),
+            flags: 0,
+            spare: [0; 2],
+            stat,
+        }));
     }
 
     /// Reply to a request with the given error code
