@@ -487,7 +487,7 @@ impl Filesystem for FuseAdapter {
 
     fn rename(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         newparent: INodeNo,
@@ -497,8 +497,14 @@ impl Filesystem for FuseAdapter {
     ) {
         self.empty(
             reply,
-            self.fs
-                .rename(parent.0, name, newparent.0, newname, flags.bits()),
+            self.fs.rename(
+                parent.0,
+                name,
+                newparent.0,
+                newname,
+                flags.bits(),
+                caller(req),
+            ),
             "rename",
         );
     }

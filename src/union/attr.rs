@@ -3,6 +3,7 @@
 
 use std::ffi::{CString, OsStr, OsString};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -168,7 +169,25 @@ impl UnionFs {
         }
         drop(nodes);
         let shifted = matches!(loc, RealLoc::Lower(l, _) if self.stack.lower(l).shifted);
-        Ok(self.present(attr, over, shifted))
+        let mut attr = self.present(attr, over, shifted);
+        if st.st_mode & libc::S_IFMT == libc::S_IFREG
+            && st.st_size == 0
+            && self.is_inner_whiteout_at(&loc)?
+        {
+            attr.show_inner_whiteout();
+        }
+        Ok(attr)
+    }
+
+    /// Whether the object at `loc` carries the mark of an inner overlay's whiteout (see
+    /// [`whiteout::INNER_WHITEOUT_XATTRS`]).
+    pub(crate) fn is_inner_whiteout_at(&self, loc: &RealLoc) -> Result<bool> {
+        for n in whiteout::INNER_WHITEOUT_XATTRS {
+            if self.get_xattr_real(loc, OsStr::new(n))?.is_some() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// The birth time of the real object behind `ino`, where its filesystem records one
@@ -429,6 +448,10 @@ impl UnionFs {
             Err(_) => return Err(Self::no_data(Where::Unknown)),
         };
         let loc = self.real(ino)?;
+        // An inner whiteout shows as a device: its stored whiteout xattr is not there.
+        if whiteout::is_escaped_whiteout(&disk) && self.is_inner_whiteout_at(&loc)? {
+            return Err(Self::no_data(loc.at()));
+        }
         let value = self
             .get_xattr_real(&loc, &disk)?
             .ok_or_else(|| Self::no_data(loc.at()))?;
@@ -454,8 +477,19 @@ impl UnionFs {
         let fd = self.open_real_path(&loc)?;
         let names = sys::list_xattrs(fd.as_fd()).at("listxattr", loc.at())?;
         let hide_override = self.reads_override();
+        // An inner whiteout shows as the device it was made as: none of the xattrs a
+        // device cannot carry (`user.*`), nor its stored whiteout xattr.
+        let device = names
+            .iter()
+            .any(|n| whiteout::INNER_WHITEOUT_XATTRS.iter().any(|m| n == m))
+            && rustix::fs::fstat(&*fd).at("stat", loc.at())?.st_mode & libc::S_IFMT
+                == libc::S_IFREG;
         Ok(names
             .into_iter()
+            .filter(|n| {
+                !(device
+                    && (n.as_bytes().starts_with(b"user.") || whiteout::is_escaped_whiteout(n)))
+            })
             .filter(|n| !whiteout::is_private_xattr(n))
             .filter(|n| !(hide_override && ids::is_override_xattr(n)))
             .map(|n| whiteout::unescape_xattr(&n).unwrap_or(n))

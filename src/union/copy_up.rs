@@ -219,6 +219,21 @@ impl UnionFs {
             }
             mark_literal(self.writable()?, work, &tmp, Where::Work)
         });
+        // So does an inner overlay's whiteout (a zero-size file), and its new directory
+        // is marked as holding one.
+        let built = built.and_then(|()| {
+            let fmt = self.writable()?;
+            let marked = st.st_mode & libc::S_IFMT == libc::S_IFREG
+                && st.st_size == 0
+                && crate::union::whiteout::INNER_WHITEOUT_XATTRS
+                    .iter()
+                    .any(|n| matches!(sys::get_xattr(src.as_fd(), OsStr::new(n)), Ok(Some(_))));
+            if !marked {
+                return Ok(());
+            }
+            crate::union::lookup::mark_inner_whiteout_dir(fmt, pfd.as_fd())?;
+            crate::union::lookup::mark_inner_whiteout(fmt, work, &tmp, Where::Work)
+        });
         if let Err(e) = built {
             let _ = crate::union::layer::remove_tree(work, &tmp);
             return Err(e);

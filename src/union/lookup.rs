@@ -198,6 +198,8 @@ pub struct Resolved {
     pub origin_ino: Option<u64>,
     /// Merged st_nlink minus the real one (from `overlay.nlink`).
     pub nlink_offset: i64,
+    /// The object is an inner overlay's whiteout (its stats show a char device 0/0).
+    pub inner_whiteout: bool,
 }
 
 impl Resolved {
@@ -226,6 +228,9 @@ pub struct DirMarks {
     pub xattr_whiteouts: bool,
     /// The raw `overlay.redirect` value, if any (see [`crate::union::redirect`]).
     pub redirect: Option<Vec<u8>>,
+    /// Holds whiteouts of an overlay nested on this one (see
+    /// [`whiteout::INNER_WHITEOUT_XATTRS`]).
+    pub inner_whiteouts: bool,
 }
 
 /// Reads the marks of a directory: one `listxattr`, a `getxattr` only for the overlay
@@ -246,6 +251,7 @@ pub fn dir_marks(dir: BorrowedFd<'_>) -> Result<DirMarks> {
             }
         }
     }
+    marks.inner_whiteouts = whiteout::INNER_WHITEOUT_XATTRS.iter().any(|n| listed(n));
     for want in whiteout::redirect_xattr_names() {
         if marks.redirect.is_none() && listed(want) {
             marks.redirect =
@@ -285,6 +291,82 @@ fn is_xattr_whiteout(dir: BorrowedFd<'_>, name: &OsStr) -> Result<bool> {
         }
     }
     Ok(false)
+}
+
+/// Whether `name` in `dir` (stat `st`) is an inner overlay's whiteout as this overlay
+/// stores it: a zero-size regular file with the mark of
+/// [`whiteout::INNER_WHITEOUT_XATTRS`]. Others cost no xattr read.
+pub(crate) fn is_inner_whiteout(dir: BorrowedFd<'_>, name: &OsStr, st: &Stat) -> Result<bool> {
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG || st.st_size != 0 {
+        return Ok(false);
+    }
+    for n in whiteout::INNER_WHITEOUT_XATTRS {
+        match sys::get_xattr_at(dir, name, OsStr::new(n)) {
+            Ok(Some(_)) => return Ok(true),
+            Ok(None) | Err(Errno::NOENT) => {}
+            Err(e) => return Err(Error::os("getxattr", e, Where::Unknown)),
+        }
+    }
+    Ok(false)
+}
+
+/// Stores the zero-size regular file `name` in `dir` as an inner overlay's whiteout (see
+/// [`whiteout::INNER_WHITEOUT_XATTRS`]), in the mount's namespace.
+pub(crate) fn mark_inner_whiteout(
+    fmt: whiteout::WriteFormat,
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+    at: Where,
+) -> Result<()> {
+    let fd = sys::open_path(dir, Path::new(name)).at("open", at)?;
+    sys::set_xattr(
+        fd.as_fd(),
+        OsStr::new(fmt.xattr_ns.escaped_whiteout()),
+        b"",
+        0,
+    )
+    .at("set escaped whiteout", at)?;
+    sys::set_xattr(
+        fd.as_fd(),
+        OsStr::new(fmt.xattr_ns.inner_whiteout()),
+        b"y",
+        0,
+    )
+    .at("mark inner whiteout", at)
+}
+
+/// Marks upper directory `dir` as holding inner whiteouts (before one is put there): this
+/// overlay's mark, and, unless the directory has an escaped opaque mark of its own, the
+/// escaped `opaque=x` by which the nested overlay (on kernel overlayfs reading this layer)
+/// reads the escaped xattr whiteouts.
+pub(crate) fn mark_inner_whiteout_dir(
+    fmt: whiteout::WriteFormat,
+    dir: BorrowedFd<'_>,
+) -> Result<()> {
+    let mark = OsStr::new(fmt.xattr_ns.inner_whiteout());
+    if sys::get_dir_xattr(dir, mark)
+        .at("getxattr", Where::Upper)?
+        .is_some()
+    {
+        return Ok(());
+    }
+    let opaque = OsStr::new(fmt.xattr_ns.escaped_opaque());
+    if sys::get_dir_xattr(dir, opaque)
+        .at("getxattr", Where::Upper)?
+        .is_none()
+    {
+        sys::set_xattr(dir, opaque, b"x", 0).at("set escaped opaque", Where::Upper)?;
+    }
+    sys::set_xattr(dir, mark, b"y", 0).at("mark inner whiteouts", Where::Upper)
+}
+
+/// What a stat of an inner overlay's whiteout shows: the character device 0/0 it was made
+/// as, with the file's permissions, owner and times.
+pub(crate) fn show_inner_whiteout(st: &mut Stat) {
+    st.st_mode = libc::S_IFCHR | (st.st_mode & 0o7777);
+    st.st_rdev = 0;
+    st.st_size = 0;
+    st.st_blocks = 0;
 }
 
 /// Whether the `.wh.*` entry `name` in `dir` is a user's own object (marked literal), not a
@@ -385,7 +467,8 @@ impl UnionFs {
                 Err(Errno::NOENT) | Err(Errno::NOTDIR) | Err(Errno::LOOP) => continue,
                 Err(e) => return Err(Error::os("open lower dir", e, at)),
             };
-            let xattr_whiteouts = dir_opaque(pfd.as_fd())? == OpaqueXattr::HasXattrWhiteouts;
+            let marks = dir_marks(pfd.as_fd())?;
+            let xattr_whiteouts = !marks.opaque && marks.xattr_whiteouts;
             let listing = sys::read_dir(sys::reopen_dir_for_read(pfd.as_fd()).at("opendir", at)?)
                 .at("readdir", at)?;
             let mut whiteouts: Vec<(OsString, bool)> = Vec::new();
@@ -399,7 +482,8 @@ impl UnionFs {
                 }
                 let mut kind = e.file_type;
                 let needs_stat = matches!(kind, FileType::Unknown | FileType::CharacterDevice)
-                    || (xattr_whiteouts && kind == FileType::RegularFile);
+                    || ((xattr_whiteouts || marks.inner_whiteouts)
+                        && kind == FileType::RegularFile);
                 if needs_stat {
                     let st = match rustix::fs::statat(&pfd, &e.name, AtFlags::SYMLINK_NOFOLLOW) {
                         Ok(st) => st,
@@ -411,6 +495,9 @@ impl UnionFs {
                         continue;
                     }
                     kind = FileType::from_raw_mode(st.st_mode);
+                    if marks.inner_whiteouts && is_inner_whiteout(pfd.as_fd(), &e.name, &st)? {
+                        kind = FileType::CharacterDevice;
+                    }
                 }
                 objects.push((e.name, kind, e.ino));
             }
@@ -583,16 +670,21 @@ impl UnionFs {
         let mut upper_index = None;
         let mut redirect: Option<Redirect> = None;
         let mut opaque = false;
+        let mut inner_whiteout = false;
         if let Some(pu) = &parent.upper {
             let pfd = self.upper_dir(pu)?;
             match rustix::fs::statat(&pfd, name, AtFlags::SYMLINK_NOFOLLOW) {
-                Ok(st) => {
+                Ok(mut st) => {
                     if stat_is_whiteout(pfd.as_fd(), name, &st, true)? {
                         return Err(Error::NotFound);
                     }
                     // A `.wh.*` entry of the upper is a whiteout file unless marked literal.
                     if whiteout::is_reserved_name(name) && !is_literal(pfd.as_fd(), name)? {
                         return Err(Error::NotFound);
+                    }
+                    if is_inner_whiteout(pfd.as_fd(), name, &st)? {
+                        inner_whiteout = true;
+                        show_inner_whiteout(&mut st);
                     }
                     if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
                         let dfd = sys::open_dir_path(pfd.as_fd(), Path::new(name))
@@ -653,7 +745,15 @@ impl UnionFs {
         }
         let lower_stat = match &lower {
             Some(l) => match l.top() {
-                Some(top) => Some(self.stat_lower(top, &l.path_at(name))?),
+                Some(top) => {
+                    let path = l.path_at(name);
+                    let mut st = self.stat_lower(top, &path)?;
+                    if upper.is_none() && self.lower_is_inner_whiteout(top, &path, &st)? {
+                        inner_whiteout = true;
+                        show_inner_whiteout(&mut st);
+                    }
+                    Some(st)
+                }
                 None => None,
             },
             None => None,
@@ -681,7 +781,20 @@ impl UnionFs {
             index,
             origin_ino: origin.0,
             nlink_offset: origin.1,
+            inner_whiteout,
         })
+    }
+
+    /// Whether the lower object at `path` of layer `layer` (stat `st`) is an inner
+    /// overlay's whiteout.
+    fn lower_is_inner_whiteout(&self, layer: LowerIdx, path: &Path, st: &Stat) -> Result<bool> {
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG || st.st_size != 0 {
+            return Ok(false);
+        }
+        match self.parent_in(crate::union::dirfd::LayerKey::Lower(layer), path)? {
+            (pfd, Some(name), _) => is_inner_whiteout(pfd.as_fd(), name, st),
+            _ => Ok(false),
+        }
     }
 
     /// Whether origin records and the index are read and written: on every writable
@@ -823,6 +936,9 @@ impl UnionFs {
     pub(crate) fn attr_of(&self, ino: u64, r: &Resolved) -> Result<Attr> {
         let st = r.stat().ok_or(Error::NotFound)?;
         let mut attr = Attr::from_stat(ino, st);
+        if r.inner_whiteout {
+            attr.show_inner_whiteout();
+        }
         if !r.is_dir {
             attr.nlink = (attr.nlink as i64 + r.nlink_offset).max(0) as u32;
         }

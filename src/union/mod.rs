@@ -101,6 +101,15 @@ impl Attr {
     pub fn is_dir(&self) -> bool {
         self.mode & libc::S_IFMT == libc::S_IFDIR
     }
+
+    /// Shows an inner overlay's whiteout as the character device 0/0 it was made as
+    /// (stored as a zero-size file, see `whiteout::INNER_WHITEOUT_XATTRS`).
+    pub(crate) fn show_inner_whiteout(&mut self) {
+        self.mode = libc::S_IFCHR | (self.mode & 0o7777);
+        self.rdev = 0;
+        self.size = 0;
+        self.blocks = 0;
+    }
 }
 
 /// Who asks: the credentials new objects get.

@@ -303,15 +303,28 @@ impl UnionFs {
         // A `.wh.*` name is the user's own (an inner overlay's whiteout file, say): built in
         // the work directory and marked literal before it is published, so that no crash
         // leaves an unmarked one, which would read as a whiteout.
-        let literal = whiteout::is_reserved_name(name);
-        // As kernel overlayfs: the whiteout device cannot be made through the mount.
-        if let NewKind::Node { rdev: 0 } = kind {
-            if mode & libc::S_IFMT == libc::S_IFCHR {
-                return Err(Error::Permission);
-            }
-        }
-        let fmt = self.writable()?;
         let _ns = self.ns_lock.lock();
+        self.create_locked(parent, name, kind, mode, umask, caller)
+    }
+
+    /// [`Self::create`] under `ns_lock`.
+    fn create_locked(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        kind: NewKind<'_>,
+        mode: u32,
+        umask: u32,
+        caller: Caller,
+    ) -> Result<(Attr, Option<u64>)> {
+        let literal = whiteout::is_reserved_name(name);
+        // A character device 0/0 is an inner overlay's whiteout (kernel overlayfs refuses
+        // to make one, EPERM; an overlay nested here makes its whiteouts so): stored as
+        // such (see `whiteout::INNER_WHITEOUT_XATTRS`), built in the work directory and
+        // marked before it is published, like a `.wh.*` name.
+        let inner_wh =
+            matches!(kind, NewKind::Node { rdev: 0 }) && mode & libc::S_IFMT == libc::S_IFCHR;
+        let fmt = self.writable()?;
         let info = self.dir_info(parent)?;
         // In an upper parent an empty slot leaves the name to the lowers (their index is
         // cached): the common create costs two stats, not four.
@@ -348,6 +361,19 @@ impl UnionFs {
         self.copy_up(parent)?;
         let info = self.dir_info(parent)?;
         let pfd = self.upper_dir_fd(parent)?;
+        // A link of an inner whiteout is one too (kernel overlayfs shares one whiteout
+        // among many names): its directory is marked as holding them first.
+        let marks_dir = inner_wh
+            || match kind {
+                NewKind::Link(src) => {
+                    let a = self.getattr(src)?;
+                    whiteout::is_chardev_whiteout(a.mode, a.rdev)
+                }
+                _ => false,
+            };
+        if marks_dir {
+            crate::union::lookup::mark_inner_whiteout_dir(fmt, pfd.as_fd())?;
+        }
         let pst = rustix::fs::fstat(&pfd).at("stat upper dir", Where::Upper)?;
         let slot = match early_slot {
             // Copying up a link source may have changed the parent: look again.
@@ -358,7 +384,7 @@ impl UnionFs {
             return Err(Error::Exists);
         }
         let work = self.work_dir()?;
-        let in_place = slot == UpperSlot::Empty && !literal;
+        let in_place = slot == UpperSlot::Empty && !literal && !inner_wh;
         let tmp = if in_place {
             std::ffi::OsString::new()
         } else {
@@ -383,6 +409,7 @@ impl UnionFs {
         // daemon may not create) keep owner and mode in the override xattr; the real object
         // stays the daemon's and keeps owner access, so the daemon can always reach it.
         let override_name = match kind {
+            _ if inner_wh => None,
             NewKind::File { .. } | NewKind::Dir | NewKind::Node { .. } => ids.override_write,
             NewKind::Symlink(_) | NewKind::Link(_) => None,
         };
@@ -425,6 +452,21 @@ impl UnionFs {
                     rustix::fs::symlinkat(OsStr::from_bytes(target), tdir, tname)
                         .at("symlink", Where::Upper)?;
                 }
+                NewKind::Node { .. } if inner_wh => {
+                    // Owner access until the marks are set (user.* xattrs need it).
+                    rustix::fs::openat(
+                        tdir,
+                        tname,
+                        OFlags::CREATE
+                            | OFlags::EXCL
+                            | OFlags::WRONLY
+                            | OFlags::NOFOLLOW
+                            | OFlags::CLOEXEC,
+                        Mode::from_raw_mode(perm | 0o600),
+                    )
+                    .at("create inner whiteout", Where::Work)?;
+                    crate::union::lookup::mark_inner_whiteout(fmt, tdir, tname, Where::Work)?;
+                }
                 NewKind::Node { rdev } => {
                     let made = rustix::fs::mknodat(
                         tdir,
@@ -457,7 +499,9 @@ impl UnionFs {
                     }
                 }
                 NewKind::Link(_) if unnamed.is_some() => {
-                    let fd = unnamed.as_deref().ok_or(Error::Invariant("unnamed source"))?;
+                    let fd = unnamed
+                        .as_deref()
+                        .ok_or(Error::Invariant("unnamed source"))?;
                     rustix::fs::linkat(
                         rustix::fs::CWD,
                         &*sys::proc_fd_path(fd),
@@ -493,7 +537,8 @@ impl UnionFs {
             };
             // Made in place by the daemon, the object already has the daemon's ids (the
             // parent's group under a setgid parent): a chown would change nothing.
-            let ids_given = in_place && made_with_ids(&pst, parent_override, setgid_parent, uid, gid);
+            let ids_given =
+                in_place && made_with_ids(&pst, parent_override, setgid_parent, uid, gid);
             if let Some(name) = overridden {
                 let sgid_dir = if is_dir && setgid_parent {
                     libc::S_ISGID
@@ -526,7 +571,7 @@ impl UnionFs {
             let want_sgid_dir = is_dir && setgid_parent && tdir.as_raw_fd_eq(work);
             if override_name.is_none()
                 && !matches!(kind, NewKind::Symlink(_))
-                && (perm & 0o6000 != 0 || want_sgid_dir)
+                && (perm & 0o6000 != 0 || want_sgid_dir || inner_wh)
             {
                 let fd = rustix::fs::openat(
                     tdir,
@@ -609,18 +654,23 @@ impl UnionFs {
             // A link shares the source's identity (origin, index entry): resolve it.
             NewKind::Link(_) => self.resolve(&info, name)?,
             // A new object is upper-only: whatever a lower holds at the name is hidden.
-            _ => Resolved {
-                is_dir: matches!(kind, NewKind::Dir),
-                upper: Some(
-                    rustix::fs::statat(&pfd, name, AtFlags::SYMLINK_NOFOLLOW)
-                        .at("stat new", Where::Upper)?,
-                ),
-                lower: None,
-                lower_stat: None,
-                index: None,
-                origin_ino: None,
-                nlink_offset: 0,
-            },
+            _ => {
+                let mut st = rustix::fs::statat(&pfd, name, AtFlags::SYMLINK_NOFOLLOW)
+                    .at("stat new", Where::Upper)?;
+                if inner_wh {
+                    crate::union::lookup::show_inner_whiteout(&mut st);
+                }
+                Resolved {
+                    is_dir: matches!(kind, NewKind::Dir),
+                    upper: Some(st),
+                    lower: None,
+                    lower_stat: None,
+                    index: None,
+                    origin_ino: None,
+                    nlink_offset: 0,
+                    inner_whiteout: inner_wh,
+                }
+            }
         };
         let attr = self.pin(parent, name, &r, forced)?;
         let fh = file.map(|f| self.register_file(attr.ino, f, true));
@@ -754,7 +804,13 @@ impl UnionFs {
         Ok(())
     }
 
-    /// Renames with `flags` (`RENAME_NOREPLACE`, `RENAME_EXCHANGE`).
+    /// Renames with `flags` (`RENAME_NOREPLACE`, `RENAME_EXCHANGE`, `RENAME_WHITEOUT`) on
+    /// behalf of `caller`. `RENAME_WHITEOUT` (an overlay nested on this one moving an
+    /// object it has in a lower layer) leaves a character device 0/0 of `caller`'s at the
+    /// old name, an inner whiteout as `mknod` makes it (kernel overlayfs refuses the flag,
+    /// EINVAL). The two steps run under `ns_lock`, and the kernel holds both directories
+    /// locked meanwhile, so nothing sees the name empty; a crash between them can leave
+    /// it so (the inner overlay's lower object shows there again).
     pub fn rename(
         &self,
         parent: u64,
@@ -762,6 +818,7 @@ impl UnionFs {
         new_parent: u64,
         new_name: &OsStr,
         flags: u32,
+        caller: Caller,
     ) -> Result<()> {
         check_name(name)?;
         check_name(new_name)?;
@@ -772,12 +829,54 @@ impl UnionFs {
         }
         let noreplace = flags & libc::RENAME_NOREPLACE != 0;
         let exchange = flags & libc::RENAME_EXCHANGE != 0;
-        if flags & !(libc::RENAME_NOREPLACE | libc::RENAME_EXCHANGE) != 0 || (noreplace && exchange)
-        {
+        let leave_whiteout = flags & libc::RENAME_WHITEOUT != 0;
+        let known = libc::RENAME_NOREPLACE | libc::RENAME_EXCHANGE | libc::RENAME_WHITEOUT;
+        if flags & !known != 0 || (exchange && (noreplace || leave_whiteout)) {
             return Err(Error::Invalid);
         }
         let fmt = self.writable()?;
         let _ns = self.ns_lock.lock();
+        if !leave_whiteout {
+            return self.rename_locked(fmt, parent, name, new_parent, new_name, flags);
+        }
+        // The steps that can fail for want of xattr support come first.
+        self.copy_up(parent)?;
+        crate::union::lookup::mark_inner_whiteout_dir(fmt, self.upper_dir_fd(parent)?.as_fd())?;
+        let flags = flags & !libc::RENAME_WHITEOUT;
+        self.rename_locked(fmt, parent, name, new_parent, new_name, flags)?;
+        let made = self.create_locked(
+            parent,
+            name,
+            NewKind::Node { rdev: 0 },
+            libc::S_IFCHR,
+            0,
+            caller,
+        );
+        match made {
+            // The kernel takes no reference on the whiteout.
+            Ok((a, _)) => {
+                self.nodes.write().forget(a.ino, 1);
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(error = %e, ?name, "renamed, but the whiteout left behind could not be made");
+                Err(e)
+            }
+        }
+    }
+
+    /// [`Self::rename`] without `RENAME_WHITEOUT`, under `ns_lock`.
+    fn rename_locked(
+        &self,
+        fmt: WriteFormat,
+        parent: u64,
+        name: &OsStr,
+        new_parent: u64,
+        new_name: &OsStr,
+        flags: u32,
+    ) -> Result<()> {
+        let noreplace = flags & libc::RENAME_NOREPLACE != 0;
+        let exchange = flags & libc::RENAME_EXCHANGE != 0;
         let sinfo = self.dir_info(parent)?;
         let src = self.resolve(&sinfo, name)?;
         let dinfo = self.dir_info(new_parent)?;
@@ -867,6 +966,13 @@ impl UnionFs {
             let dinfo = self.dir_info(new_parent)?;
             let spfd = self.upper_dir_fd(parent)?;
             let dpfd = self.upper_dir_fd(new_parent)?;
+            // An inner overlay's whiteout moves into a directory marked as holding them.
+            if src.inner_whiteout {
+                crate::union::lookup::mark_inner_whiteout_dir(fmt, dpfd.as_fd())?;
+            }
+            if exchange && dst.as_ref().is_some_and(|d| d.inner_whiteout) {
+                crate::union::lookup::mark_inner_whiteout_dir(fmt, spfd.as_fd())?;
+            }
             let src_lower_has = self.lower_has(&sinfo, name)?;
             let dst_lower_has = self.lower_has(&dinfo, new_name)?;
             if exchange {

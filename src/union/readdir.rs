@@ -8,8 +8,8 @@ use rustix::fs::{AtFlags, FileType};
 
 use crate::error::{OsContext, Result, Where};
 use crate::sys;
-use crate::union::lookup::{dir_opaque, DirInfo, LowerChild};
-use crate::union::whiteout::{self, OpaqueXattr};
+use crate::union::lookup::{dir_marks, is_inner_whiteout, DirInfo, LowerChild};
+use crate::union::whiteout;
 use crate::union::UnionFs;
 
 /// One entry of a merged listing.
@@ -56,8 +56,8 @@ impl UnionFs {
         };
         if let Some(up) = &info.upper {
             let pfd = self.upper_dir(up)?;
-            let xattr_whiteouts =
-                dir_opaque(std::os::fd::AsFd::as_fd(&*pfd))? == OpaqueXattr::HasXattrWhiteouts;
+            let marks = dir_marks(std::os::fd::AsFd::as_fd(&*pfd))?;
+            let xattr_whiteouts = !marks.opaque && marks.xattr_whiteouts;
             let listing = sys::read_dir(
                 sys::reopen_dir_for_read(std::os::fd::AsFd::as_fd(&*pfd))
                     .at("opendir", Where::Upper)?,
@@ -75,7 +75,7 @@ impl UnionFs {
                 }
                 let mut kind = e.file_type;
                 if matches!(kind, FileType::CharacterDevice | FileType::Unknown)
-                    || (xattr_whiteouts && kind == FileType::RegularFile)
+                    || ((xattr_whiteouts || marks.inner_whiteouts) && kind == FileType::RegularFile)
                 {
                     let Ok(st) = rustix::fs::statat(&pfd, &e.name, AtFlags::SYMLINK_NOFOLLOW)
                     else {
@@ -93,6 +93,11 @@ impl UnionFs {
                         }
                     }
                     kind = FileType::from_raw_mode(st.st_mode);
+                    if marks.inner_whiteouts
+                        && is_inner_whiteout(std::os::fd::AsFd::as_fd(&*pfd), &e.name, &st)?
+                    {
+                        kind = FileType::CharacterDevice;
+                    }
                 }
                 let known = dir_ino.and_then(|d| self.nodes.read().child(d, &e.name));
                 let lower_ino = match (&lower_dir, kind) {

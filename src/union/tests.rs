@@ -331,7 +331,9 @@ fn rename_errors_and_flags() {
     for n in ["a", "b", "d", "e"] {
         walk(&fs, n).unwrap();
     }
-    let r = |a: &str, b: &str, fl: u32| fs.rename(ROOT, OsStr::new(a), ROOT, OsStr::new(b), fl);
+    let r = |a: &str, b: &str, fl: u32| {
+        fs.rename(ROOT, OsStr::new(a), ROOT, OsStr::new(b), fl, Caller::ROOT)
+    };
     assert!(matches!(
         r("a", "b", libc::RENAME_NOREPLACE),
         Err(Error::Exists)
@@ -362,8 +364,15 @@ fn rename_lower_dir_survives_a_new_core() {
         let fs = f.fs();
         let other = walk(&fs, "other").unwrap();
         walk(&fs, "src").unwrap();
-        fs.rename(ROOT, OsStr::new("src"), other, OsStr::new("dst"), 0)
-            .unwrap();
+        fs.rename(
+            ROOT,
+            OsStr::new("src"),
+            other,
+            OsStr::new("dst"),
+            0,
+            Caller::ROOT,
+        )
+        .unwrap();
         assert_eq!(names(&fs, "other/dst"), ["deep", "top"]);
     }
     let fs = f.fs();
@@ -431,7 +440,14 @@ fn reserved_names_and_read_only() {
         .unwrap();
     assert_eq!(names(&fs, ""), [".wh.x", "x"]);
     assert!(matches!(
-        fs.rename(ROOT, OsStr::new("x"), ROOT, OsStr::new(".wh.y"), 0),
+        fs.rename(
+            ROOT,
+            OsStr::new("x"),
+            ROOT,
+            OsStr::new(".wh.y"),
+            0,
+            Caller::ROOT
+        ),
         Err(Error::Invalid)
     ));
     assert!(matches!(
@@ -491,7 +507,7 @@ fn unlinking_one_upper_hard_link_keeps_the_other_reachable() {
         .0
         .ino;
     let c = walk(&fs, "c").unwrap();
-    fs.rename(c, OsStr::new("c"), aa, OsStr::new("b"), 0)
+    fs.rename(c, OsStr::new("c"), aa, OsStr::new("b"), 0, Caller::ROOT)
         .unwrap();
     fs.unlink(aa, OsStr::new("b")).unwrap();
     let attr = fs.getattr(x).unwrap();

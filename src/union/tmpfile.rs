@@ -49,8 +49,10 @@ impl UnionFs {
         } else {
             own.perm
         };
-        let kept = libc::O_ACCMODE | libc::O_DIRECT | libc::O_SYNC | libc::O_DSYNC | libc::O_NOATIME;
-        let oflags = OFlags::from_bits_retain((flags & kept) as u32) | OFlags::TMPFILE | OFlags::CLOEXEC;
+        let kept =
+            libc::O_ACCMODE | libc::O_DIRECT | libc::O_SYNC | libc::O_DSYNC | libc::O_NOATIME;
+        let oflags =
+            OFlags::from_bits_retain((flags & kept) as u32) | OFlags::TMPFILE | OFlags::CLOEXEC;
         let fd = match rustix::fs::openat(&*pfd, ".", oflags, Mode::from_raw_mode(real_perm)) {
             Ok(fd) => fd,
             // An upper filesystem without O_TMPFILE (old kernels say EISDIR).
@@ -74,8 +76,13 @@ impl UnionFs {
                 .at("set override xattr", Where::Upper)?;
             }
             None => {
-                if !made_with_ids(&pst, own.parent_override, own.setgid_parent, own.uid, own.gid)
-                {
+                if !made_with_ids(
+                    &pst,
+                    own.parent_override,
+                    own.setgid_parent,
+                    own.uid,
+                    own.gid,
+                ) {
                     let chown = sys::chown_at(
                         fd.as_fd(),
                         std::ffi::OsStr::new(""),

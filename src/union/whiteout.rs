@@ -90,6 +90,28 @@ impl XattrNs {
             XattrNs::User => "user.overlay.nlink",
         }
     }
+    /// The mark of an inner overlay's whiteout (see [`INNER_WHITEOUT_XATTRS`]).
+    pub fn inner_whiteout(self) -> &'static str {
+        match self {
+            XattrNs::Trusted => INNER_WHITEOUT_XATTRS[0],
+            XattrNs::User => INNER_WHITEOUT_XATTRS[1],
+        }
+    }
+    /// The kernel's xattr whiteout of an overlay nested one level deeper, as stored here
+    /// (escaped `overlay.whiteout`).
+    pub fn escaped_whiteout(self) -> &'static str {
+        match self {
+            XattrNs::Trusted => "trusted.overlay.overlay.whiteout",
+            XattrNs::User => "user.overlay.overlay.whiteout",
+        }
+    }
+    /// The opaque xattr of an overlay nested one level deeper, as stored here.
+    pub fn escaped_opaque(self) -> &'static str {
+        match self {
+            XattrNs::Trusted => "trusted.overlay.overlay.opaque",
+            XattrNs::User => "user.overlay.overlay.opaque",
+        }
+    }
 }
 
 /// The xattr namespaces that belong to an overlay: kernel overlayfs (`trusted.overlay.`,
@@ -166,6 +188,27 @@ pub const LITERAL_XATTRS: [&str; 2] = [
     "trusted.overlay.rlayerfs.literal",
     "user.overlay.rlayerfs.literal",
 ];
+
+/// The whiteouts of an overlay nested on this one (a character device 0/0 made through
+/// the mount by `mknod` or `RENAME_WHITEOUT`): a 0/0 device in a layer is this overlay's
+/// own whiteout, so an inner one is stored as kernel 6.7+ stores a nested overlay's
+/// whiteout, a zero-size regular file carrying the escaped `overlay.overlay.whiteout`
+/// (kernel overlayfs reading the layer shows it as a file with `overlay.whiteout` in a
+/// directory whose escaped opaque mark is set to `x`, the nested overlay's xattr whiteout),
+/// plus this mark, by which rlayerfs shows it as the character device 0/0 it was made as.
+/// On a directory the mark says that it holds such files (listings look at its regular
+/// files only then). Written in the mount's namespace, read in both.
+pub const INNER_WHITEOUT_XATTRS: [&str; 2] = [
+    "trusted.overlay.rlayerfs.inner-whiteout",
+    "user.overlay.rlayerfs.inner-whiteout",
+];
+
+/// Whether `name` is the stored whiteout xattr of an inner whiteout (either namespace).
+pub fn is_escaped_whiteout(name: &OsStr) -> bool {
+    [XattrNs::Trusted, XattrNs::User]
+        .iter()
+        .any(|ns| name == ns.escaped_whiteout())
+}
 
 /// The `.wh.NAME` file name for `name`.
 pub fn whiteout_file_name(name: &OsStr) -> std::ffi::OsString {
