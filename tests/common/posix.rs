@@ -1,6 +1,7 @@
 //! libc wrappers for the mounted tests that `std` does not offer: shared mmap, fallocate,
 //! lseek with SEEK_DATA/SEEK_HOLE, copy_file_range, flock and open-file-description locks,
-//! fsync family, statvfs, and directory streams (opendir/readdir/telldir/seekdir).
+//! fsync family, statvfs, directory streams (opendir/readdir/telldir/seekdir), `O_TMPFILE`
+//! opens and `linkat` of an open file, and statx birth times.
 //!
 //! Every call returns `Result<_, i32>` with the raw errno, so that outcomes of kernel
 //! overlayfs and the FUSE binary compare directly.
@@ -393,4 +394,85 @@ pub fn statx_times(path: &Path) -> Errno<(i64, u32, i64, u32)> {
     })?;
     let (m, c) = (st.stx_mtime, st.stx_ctime);
     Ok((m.tv_sec, m.tv_nsec, c.tv_sec, c.tv_nsec))
+}
+
+/// Opens an unnamed file in directory `dir` (`O_TMPFILE` with `flags`, e.g. `O_RDWR` or
+/// `O_WRONLY | O_EXCL`) with `mode`.
+pub fn open_tmpfile(dir: &Path, flags: i32, mode: u32) -> Errno<File> {
+    use std::os::fd::FromRawFd;
+    let p = cpath(dir);
+    // SAFETY: `p` is NUL-terminated; the mode is passed as the variadic argument.
+    let fd = unsafe {
+        libc::open(
+            p.as_ptr(),
+            libc::O_TMPFILE | libc::O_CLOEXEC | flags,
+            mode as libc::c_uint,
+        )
+    };
+    if fd < 0 {
+        return Err(last());
+    }
+    // SAFETY: a fresh fd owned by nobody else.
+    Ok(unsafe { File::from_raw_fd(fd) })
+}
+
+/// How [`link_file`] names an open file.
+#[derive(Debug, Clone, Copy)]
+pub enum LinkVia {
+    /// `linkat(fd, "", AT_FDCWD, to, AT_EMPTY_PATH)` (needs CAP_DAC_READ_SEARCH).
+    EmptyPath,
+    /// `linkat(AT_FDCWD, "/proc/self/fd/N", AT_FDCWD, to, AT_SYMLINK_FOLLOW)`.
+    ProcFd,
+}
+
+/// Gives the open file `file` the name `to`.
+pub fn link_file(file: &File, to: &Path, via: LinkVia) -> Errno<()> {
+    let t = cpath(to);
+    match via {
+        LinkVia::EmptyPath => {
+            // SAFETY: both strings are NUL-terminated; the fd is open.
+            check(unsafe {
+                libc::linkat(
+                    file.as_raw_fd(),
+                    c"".as_ptr(),
+                    libc::AT_FDCWD,
+                    t.as_ptr(),
+                    libc::AT_EMPTY_PATH,
+                )
+            })
+        }
+        LinkVia::ProcFd => {
+            let p = cpath(Path::new(&format!("/proc/self/fd/{}", file.as_raw_fd())));
+            // SAFETY: both strings are NUL-terminated.
+            check(unsafe {
+                libc::linkat(
+                    libc::AT_FDCWD,
+                    p.as_ptr(),
+                    libc::AT_FDCWD,
+                    t.as_ptr(),
+                    libc::AT_SYMLINK_FOLLOW,
+                )
+            })
+        }
+    }
+}
+
+/// The birth time (seconds, nanoseconds) of `path` (not followed) by `statx(2)` asking
+/// for `STATX_BASIC_STATS | STATX_BTIME` as `stat(1)` does; `None` where the filesystem
+/// reports none.
+pub fn btime(path: &Path) -> Errno<Option<(i64, u32)>> {
+    let p = cpath(path);
+    // SAFETY: an all-zero `struct statx` is valid.
+    let mut st: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: `p` is NUL-terminated and `st` is a valid out-pointer.
+    check(unsafe {
+        libc::statx(
+            libc::AT_FDCWD,
+            p.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+            libc::STATX_BASIC_STATS | libc::STATX_BTIME,
+            &mut st,
+        )
+    })?;
+    Ok((st.stx_mask & libc::STATX_BTIME != 0).then_some((st.stx_btime.tv_sec, st.stx_btime.tv_nsec)))
 }
