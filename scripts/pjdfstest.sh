@@ -3,8 +3,8 @@
 # stack and inside kernel overlayfs (index=on,redirect_dir=on) over an identical stack,
 # compared test by test. Fails if any test's result differs: one that fails on rlayerfs
 # and passes on kernel overlayfs, and also one that passes only on rlayerfs (a difference
-# in behaviour all the same: making the whiteout device once did). A test failing on both
-# is reported, not fatal. Root and /dev/fuse needed.
+# in behaviour all the same), but for the `::char` tests, whose 0/0 character device
+# rlayerfs makes on purpose. A test failing on both is reported, not fatal. Root and /dev/fuse needed.
 #
 #   scripts/pjdfstest.sh [--only rlayerfs|kernel] [--keep] [PATTERN...]
 #
@@ -171,7 +171,14 @@ join -a1 -a2 -e missing -o 0,1.2,2.2 "$out/kernel.results" "$out/rlayerfs.result
     >"$out/compare"
 regressions=$(awk '$2 == "ok" && $3 != "ok"' "$out/compare")
 both_fail=$(awk '$2 == "FAILED" && $3 == "FAILED"' "$out/compare" | wc -l)
-better=$(awk '$2 == "FAILED" && $3 == "ok"' "$out/compare")
+# Deliberate: the `::char` variants make their character device as 0/0 (pjdfstest's
+# device number), which kernel overlayfs refuses (EPERM: its whiteout) and rlayerfs makes,
+# as a plain filesystem does, for the overlays nested on it (see the README's Nesting
+# section). They may pass only here; any other difference fails the run.
+all_better=$(awk '$2 == "FAILED" && $3 == "ok"' "$out/compare")
+better=$(grep -v '::char FAILED ok$' <<<"$all_better" || true)
+known=$(grep -c '::char FAILED ok$' <<<"$all_better" || true)
+[ "$known" = 0 ] || echo "$known char-device test(s) pass only on rlayerfs by design (0/0 devices)"
 [ "$both_fail" = 0 ] || echo "$both_fail test(s) fail on both systems"
 if [ -n "$better" ]; then
     printf 'FAIL: passing only on rlayerfs (kernel overlayfs behaves otherwise):\n%s\n' \
@@ -185,4 +192,4 @@ if [ -n "$regressions" ]; then
     exit 1
 fi
 [ -z "$better" ] || exit 1
-echo "pjdfstest: every test has the same result on rlayerfs and kernel overlayfs"
+echo "pjdfstest: every test has the same result on rlayerfs and kernel overlayfs, but those by design"

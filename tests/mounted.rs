@@ -654,48 +654,6 @@ fn default_acl_applies_over_whiteouts() {
     );
 }
 
-/// mknod of char 0/0, the whiteout device: refused (EPERM on kernel overlayfs), over a
-/// fresh name, over a lower file and over a whiteout, and nothing changes.
-#[test]
-fn whiteout_device_cannot_be_made() {
-    let name = "whiteout_device_cannot_be_made";
-    if !can_mount(name) {
-        return;
-    }
-    let stack = Stack::new(1);
-    stack
-        .lower(0)
-        .dir("d")
-        .file("d/gone", b"g")
-        .file("d/kept", b"k");
-    let (pair, _wd) = pair(name, &stack);
-    same(&pair, "mknod c 0 0", |root, _| {
-        let d = root.join("d");
-        let mut obs = vec![format!(
-            "unlink: {:?}",
-            errno(fs::remove_file(d.join("gone")))
-        )];
-        for n in ["fresh", "gone", "kept"] {
-            let r = sys::mknod(&d.join(n), libc::S_IFCHR | 0o644, 0, 0);
-            obs.push(format!("mknod {n}: {:?}", errno(r)));
-        }
-        for n in ["fresh", "gone", "kept"] {
-            let line = describe(&d.join(n));
-            obs.push(format!(
-                "{n}: {}",
-                line.split(" mtime=").next().unwrap_or("")
-            ));
-        }
-        let mut names: Vec<String> = fs::read_dir(&d)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        names.sort();
-        obs.push(format!("{names:?}"));
-        obs
-    });
-}
-
 // ---------------------------------------------------------------------------------------
 // special files
 

@@ -174,3 +174,46 @@ fn rootless_copy_up_of_other_types_needs_no_records() {
     );
     assert_eq!(out, "touched\nemptied\np2 2 fifo\np3 2 fifo\n", "{out}");
 }
+
+/// Rootless nesting, as podman runs inside a rootless container: kernel overlayfs with
+/// `userxattr` in the user namespace, its lowers, upper and workdir on a rootless rlayerfs
+/// mount there (kernel overlayfs probes O_TMPFILE, RENAME_WHITEOUT and `user.*` xattrs on
+/// it). Deletions, an opaque directory, a directory moved (copied: `userxattr` renames no
+/// lower directory) and an unnamed file give, live and after an inner remount, what the
+/// same inner stack on a plain directory of the namespace gives.
+#[test]
+fn rootless_kernel_overlayfs_nested_on_rlayerfs() {
+    if !can_mount("rootless_kernel_overlayfs_nested_on_rlayerfs") {
+        return;
+    }
+    let stack = Stack::new(1);
+    let script = r#"
+T=@O_TMPFILE@
+inner() {
+  mkdir -p $1/il/d $1/il/e/sub $1/iu $1/iw $1/im
+  echo f > $1/il/f; echo g > $1/il/d/g; echo k > $1/il/e/sub/k
+  o="lowerdir=$1/il,upperdir=$1/iu,workdir=$1/iw,userxattr"
+  mount -t overlay overlay -o "$o" $1/im
+  rm $1/im/f; rm -r $1/im/d; mkdir $1/im/d; echo n > $1/im/d/n; rm $1/im/e/sub/k
+  mv $1/im/e $1/im/e2
+  perl -e 'use Fcntl; sysopen(my $f, $ARGV[0], O_RDWR | $ARGV[1], 0600) or die "O_TMPFILE: $!"' $1/im $T
+  find $1/im -printf '%P %y %m %s\n' | sort; umount $1/im
+  mount -t overlay overlay -o "$o" $1/im
+  echo remounted; find $1/im -printf '%P %y %m %s\n' | sort; cat $1/im/d/n; umount $1/im
+}
+P=$(dirname $M)/plain; mkdir -p $P
+inner $P; echo NESTED; $B mount -o $O $M; inner $M/n; fusermount3 -u $M
+"#;
+    let script = script.replace("@O_TMPFILE@", &libc::O_TMPFILE.to_string());
+    let out = rootless(&stack, &script);
+    let (plain, nested) = out.split_once("NESTED\n").expect("both runs");
+    assert_eq!(
+        nested, plain,
+        "nested on rlayerfs (left) vs on a plain directory"
+    );
+    assert!(
+        plain.contains("e2/sub d") && !plain.contains("\nf f"),
+        "{plain}"
+    );
+    assert!(plain.ends_with("n\n"), "{plain}");
+}

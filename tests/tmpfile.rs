@@ -71,22 +71,25 @@ fn tmpfile_and_linkat_as_kernel_overlayfs() {
         f.write_all(b"hello").unwrap();
         obs.push(format!("unnamed: {}", meta(&f.metadata().unwrap())));
         obs.push(format!("listed: {:?}", names(&c)));
-        obs.push(format!(
-            "upper holds: {:?}",
-            names(&st.upper.join("a/b/c"))
-        ));
+        obs.push(format!("upper holds: {:?}", names(&st.upper.join("a/b/c"))));
         obs.push(format!(
             "linkat empty path: {:?}",
             posix::link_file(&f, &c.join("named"), LinkVia::EmptyPath)
         ));
         obs.push(format!("named: {}", meta(&f.metadata().unwrap())));
         f.write_all(b" world").unwrap();
-        obs.push(format!("content: {:?}", fs::read_to_string(c.join("named"))));
+        obs.push(format!(
+            "content: {:?}",
+            fs::read_to_string(c.join("named"))
+        ));
         obs.push(format!(
             "link again: {:?}",
             posix::link_file(&f, &c.join("second"), LinkVia::ProcFd)
         ));
-        obs.push(format!("nlink: {:?}", fs::metadata(c.join("second")).map(|m| m.nlink())));
+        obs.push(format!(
+            "nlink: {:?}",
+            fs::metadata(c.join("second")).map(|m| m.nlink())
+        ));
         drop(f);
 
         let mut g = posix::open_tmpfile(root, libc::O_WRONLY, 0o600).unwrap();
@@ -95,7 +98,10 @@ fn tmpfile_and_linkat_as_kernel_overlayfs() {
             "proc link: {:?}",
             posix::link_file(&g, &root.join("viaproc"), LinkVia::ProcFd)
         ));
-        obs.push(format!("viaproc: {}", meta(&fs::metadata(root.join("viaproc")).unwrap())));
+        obs.push(format!(
+            "viaproc: {}",
+            meta(&fs::metadata(root.join("viaproc")).unwrap())
+        ));
         obs.push(format!(
             "exists: {:?}",
             posix::link_file(&g, &root.join("plain"), LinkVia::ProcFd)
@@ -176,7 +182,10 @@ fn statx_birth_time_as_kernel_overlayfs() {
     std::thread::sleep(std::time::Duration::from_millis(20));
     let (mut pair, _wd) = pair(name, &stack);
     let observe = |root: &Path, st: &Stack| {
-        let from = |merged: &str, real: &Path| match (posix::btime(&root.join(merged)), posix::btime(real)) {
+        let from = |merged: &str, real: &Path| match (
+            posix::btime(&root.join(merged)),
+            posix::btime(real),
+        ) {
             (Ok(Some(a)), Ok(Some(b))) if a == b => "same as the real object".to_string(),
             (a, b) => format!("merged {a:?} real {b:?}"),
         };

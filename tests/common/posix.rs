@@ -474,5 +474,6 @@ pub fn btime(path: &Path) -> Errno<Option<(i64, u32)>> {
             &mut st,
         )
     })?;
-    Ok((st.stx_mask & libc::STATX_BTIME != 0).then_some((st.stx_btime.tv_sec, st.stx_btime.tv_nsec)))
+    Ok((st.stx_mask & libc::STATX_BTIME != 0)
+        .then_some((st.stx_btime.tv_sec, st.stx_btime.tv_nsec)))
 }
