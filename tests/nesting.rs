@@ -350,29 +350,36 @@ fn inner_overlays_on_rlayerfs_match_a_plain_directory() {
     }
 }
 
-/// `rlayerfs commit` refuses an upper holding a `.wh.*` object made through the mount: in an
-/// OCI layer that name would be a whiteout, so the layer would mean something else.
+/// `rlayerfs commit` refuses an upper holding a `.wh.*` object or a character device 0/0
+/// made through the mount (an inner overlay's whiteouts): in an OCI layer either would be
+/// a whiteout, so the layer would mean something else.
 #[test]
 fn commit_refuses_a_literal_dot_wh_name() {
     if !can_mount("commit_refuses_a_literal_dot_wh_name") {
         return;
     }
-    let stack = Stack::new(1);
-    stack.lower(0).file("x", b"x");
-    let m = FuseMount::mount_dirs(&MountDirs::of(&stack)).expect("mount");
-    std::fs::write(m.path().join(".wh.x"), b"").unwrap();
-    m.unmount().unwrap();
-    let out_tar = stack.root.join("out.tar");
-    let out = Command::new(env!("CARGO_BIN_EXE_rlayerfs"))
-        .arg("commit")
-        .arg(&stack.upper)
-        .arg(&out_tar)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "commit succeeded: {stderr}");
-    assert!(stderr.contains(".wh.x"), "{stderr}");
-    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    for (name, make) in [(".wh.x", false), ("dev", true)] {
+        let stack = Stack::new(1);
+        stack.lower(0).file("x", b"x");
+        let m = FuseMount::mount_dirs(&MountDirs::of(&stack)).expect("mount");
+        if make {
+            sys::mknod(&m.path().join(name), libc::S_IFCHR | 0o600, 0, 0).unwrap();
+        } else {
+            std::fs::write(m.path().join(name), b"").unwrap();
+        }
+        m.unmount().unwrap();
+        let out_tar = stack.root.join("out.tar");
+        let out = Command::new(env!("CARGO_BIN_EXE_rlayerfs"))
+            .arg("commit")
+            .arg(&stack.upper)
+            .arg(&out_tar)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "commit succeeded: {stderr}");
+        assert!(stderr.contains(name), "{stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    }
 }
 
 /// Random differential ops in an inner overlay (fuse-overlayfs, rlayerfs) nested on

@@ -498,6 +498,22 @@ impl<W: Write> Committer<'_, W> {
                 }
                 continue;
             }
+            if m.kind == Kind::File && m.size == 0 {
+                // An inner overlay's whiteout (a 0/0 device made through the mount): as a
+                // 0/0 device an OCI layer's unpacker would make this overlay's whiteout of it.
+                for x in crate::union::whiteout::INNER_WHITEOUT_XATTRS {
+                    if safe_fs::has_xattr_at(dir.as_fd(), &name, x.as_bytes())
+                        .map_err(|e| self.io("read xattrs", &path, e))?
+                    {
+                        return Err(ImageError::Unsupported {
+                            path: self.shown(&path).display().to_string(),
+                            what: "a character device 0/0 made through the mount (a nested \
+                                   overlay's whiteout): in an OCI layer it is a whiteout"
+                                .into(),
+                        });
+                    }
+                }
+            }
             let wh = || {
                 let mut n = WH_PREFIX.to_vec();
                 n.extend_from_slice(&name);
