@@ -510,6 +510,44 @@ remove_all() {
     pm "$1" rm -a -f -t 0 >/dev/null && pm "$1" rmi -a -f >/dev/null
 }
 
+# Podman inside a privileged container of env $1 (image $2, the base with the host's /usr
+# bind-mounted read-only for podman and runc), keeping its storage in the container's root
+# with the native overlay driver: kernel overlayfs with its upper in that root. Checks
+# that the container root is served by rlayerfs, that the inner podman uses native
+# overlay, that an inner container deletes a lower file, replaces a lower directory and
+# appends to a lower file, and that its diff and commit are right.
+nested_podman_ok() {
+    local env=$1 img=$2 out want
+    cat >"$TOP/nested.sh" <<'NESTED'
+set -e
+export PATH=/usr/bin:/usr/sbin:/bin
+mkdir -p /etc/containers /var/lib/containers /run/containers /var/tmp
+echo '{"default":[{"type":"insecureAcceptAnything"}]}' > /etc/containers/policy.json
+printf '[storage]\ndriver = "overlay"\ngraphroot = "/var/lib/containers/storage"\nrunroot = "/run/containers/storage"\n' > /tmp/storage.conf
+printf '[containers]\ndefault_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]\nnetns = "none"\nlog_driver = "k8s-file"\n[engine]\nruntime = "runc"\ncgroup_manager = "cgroupfs"\nevents_logger = "file"\n' > /tmp/containers.conf
+export CONTAINERS_STORAGE_CONF=/tmp/storage.conf CONTAINERS_CONF=/tmp/containers.conf
+echo "root $(awk '$2 == "/" { print $3 }' /proc/self/mounts | tail -1)"
+podman import --quiet /base.tar localhost/inner >/dev/null
+podman info --format 'driver {{.Store.GraphDriverName}} native {{index .Store.GraphStatus "Native Overlay Diff"}}'
+podman run --name c --network none localhost/inner sh -c \
+    'rm /data/del.txt; rm -r /data/deldir; mkdir /data/deldir; echo new > /data/deldir/n; echo more >> /data/modify.txt; awk "\$2 == \"/\" { print \"inner root \" \$3 }" /proc/self/mounts'
+podman diff c | grep /data | sort | tr '\n' ' '; echo
+podman commit --quiet c localhost/inner2 >/dev/null
+podman run --rm --network none localhost/inner2 sh -c 'ls /data /data/deldir | tr "\n" " "; cat /data/modify.txt | tr "\n" " "'
+echo
+NESTED
+    out=$(pm "$env" run --pull=never --rm --privileged --network none -v /usr:/usr:ro \
+        -v "$TOP/base.tar:/base.tar:ro" -v "$TOP/nested.sh:/nested.sh:ro" "$img" sh /nested.sh 2>&1 | grep -v 'level=warning')
+    # The diff and the committed content are what the same flow gives with its storage on
+    # ext4 (the replaced directory shows as deleted, opaque, with its new entry added).
+    want='root fuse.rlayerfs
+driver overlay native true
+inner root overlay
+A /data/deldir/n C /data C /data/modify.txt D /data/del.txt D /data/deldir 
+/data: deldir dir2file hardlink keep.txt keepdir link modify.txt rundel.txt rundir runmod.txt  /data/deldir: n base more '
+    [ "$out" = "$want" ] || { printf 'got:\n%s\nwant:\n%s\n' "$out" "$want"; return 1; }
+}
+
 e2e() {
     local variant=$1 env program img=localhost/rlayerfs-e2e
     env=$TOP/$variant
@@ -591,6 +629,15 @@ e2e() {
         test "$committed_mtime" = "$keepdir_mtime"
     check "podman diff of a fresh container of the committed image is empty" \
         fresh_diff_empty "$env" "$img-committed:latest"
+    if [ "$variant" = rlayerfs ]; then
+        # The host's /usr provides podman; the loader and libraries are reached through it.
+        printf 'FROM %s\nRUN ln -s usr/lib /lib && ln -s usr/lib64 /lib64 && ln -s usr/sbin /sbin\n' \
+            "$img-base:latest" >"$ctx/Nested"
+        must "podman build of the nesting image" \
+            pm "$env" build --quiet --pull=never --network=none -f "$ctx/Nested" -t "$img-nested:latest" "$ctx"
+        check "podman inside a container whose root is rlayerfs (native overlay storage there): run, diff, commit" \
+            nested_podman_ok "$env" "$img-nested:latest"
+    fi
     check "podman rm -a; podman rmi -a" remove_all "$env"
     check "no container root left mounted below $env" no_mount_below "$env"
 
