@@ -555,3 +555,105 @@ fn open_dirs_snapshot_and_one_uses_the_kernel_cache() {
     fs.releasedir(b);
     fs.releasedir(c);
 }
+
+#[test]
+fn tmpfile_is_unnamed_until_linked() {
+    let f = Fixture::new(1);
+    f.write(&f.l(0), "a/b/old", "o");
+    let fs = f.fs();
+    let b = walk(&fs, "a/b").unwrap();
+    let (attr, fh) = fs
+        .tmpfile(b, libc::S_IFREG | 0o640, 0o022, libc::O_RDWR, Caller::ROOT)
+        .unwrap();
+    assert_eq!((attr.nlink, attr.mode), (0, libc::S_IFREG | 0o640));
+    fs.write(fh, 0, b"data").unwrap();
+    // The parent chain is upper now; the file has no name there.
+    assert!(f.u().join("a/b").is_dir());
+    assert_eq!(std::fs::read_dir(f.u().join("a/b")).unwrap().count(), 0);
+    assert_eq!(names(&fs, "a/b"), ["old"]);
+    let linked = fs
+        .create(
+            b,
+            OsStr::new("named"),
+            NewKind::Link(attr.ino),
+            0,
+            0,
+            Caller::ROOT,
+        )
+        .unwrap()
+        .0;
+    assert_eq!((linked.ino, linked.nlink), (attr.ino, 1));
+    assert_eq!(read(&fs, "a/b/named"), "data");
+    assert_eq!(fs.getattr(attr.ino).unwrap().nlink, 1);
+    fs.release(fh);
+    // One never linked leaves nothing.
+    let (_, fh) = fs
+        .tmpfile(ROOT, libc::S_IFREG | 0o600, 0, libc::O_WRONLY, Caller::ROOT)
+        .unwrap();
+    fs.release(fh);
+    assert_eq!(names(&fs, ""), ["a"]);
+}
+
+#[test]
+fn whiteout_devices_are_inner_whiteouts() {
+    let f = Fixture::new(1);
+    f.write(&f.l(0), "d/gone", "g");
+    f.write(&f.l(0), "x", "x");
+    let fs = f.fs();
+    let d = walk(&fs, "d").unwrap();
+    fs.unlink(d, OsStr::new("gone")).unwrap();
+    let dev = NewKind::Node { rdev: 0 };
+    let (a, _) = fs
+        .create(
+            d,
+            OsStr::new("gone"),
+            dev,
+            libc::S_IFCHR | 0o600,
+            0,
+            Caller::ROOT,
+        )
+        .unwrap();
+    assert_eq!((a.mode, a.rdev), (libc::S_IFCHR | 0o600, 0));
+    // Stored as a zero-size file (with the escaped xattr whiteout), shown as the device.
+    let stored = std::fs::symlink_metadata(f.u().join("d/gone")).unwrap();
+    assert!(stored.is_file() && stored.len() == 0);
+    let kinds: Vec<_> = fs
+        .list_merged(d)
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.name == "gone")
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(kinds, [rustix::fs::FileType::CharacterDevice]);
+    // RENAME_WHITEOUT leaves one at the old name: a device, not this overlay's whiteout.
+    fs.rename(
+        ROOT,
+        OsStr::new("x"),
+        d,
+        OsStr::new("x2"),
+        libc::RENAME_WHITEOUT,
+        Caller::ROOT,
+    )
+    .unwrap();
+    let x = fs.getattr(walk(&fs, "x").unwrap()).unwrap();
+    assert_eq!(x.mode & libc::S_IFMT, libc::S_IFCHR);
+    assert_eq!(read(&fs, "d/x2"), "x");
+    // A new core (a remount) reads them back the same.
+    drop(fs);
+    let fs = f.fs();
+    assert_eq!(names(&fs, ""), ["d", "x"]);
+    assert_eq!(names(&fs, "d"), ["gone", "x2"]);
+    let g = fs.getattr(walk(&fs, "d/gone").unwrap()).unwrap();
+    assert_eq!((g.mode, g.rdev), (libc::S_IFCHR | 0o600, 0));
+    assert!(matches!(
+        fs.rename(
+            ROOT,
+            OsStr::new("x"),
+            d,
+            OsStr::new("y"),
+            libc::RENAME_WHITEOUT | libc::RENAME_EXCHANGE,
+            Caller::ROOT
+        ),
+        Err(Error::Invalid)
+    ));
+}
