@@ -173,8 +173,8 @@ regressions=$(awk '$2 == "ok" && $3 != "ok"' "$out/compare")
 both_fail=$(awk '$2 == "FAILED" && $3 == "FAILED"' "$out/compare" | wc -l)
 # Deliberate: the `::char` variants make their character device as 0/0 (pjdfstest's
 # device number), which kernel overlayfs refuses (EPERM: its whiteout) and rlayerfs makes,
-# as a plain filesystem does, for the overlays nested on it (see the README's Nesting
-# section). They may pass only here; any other difference fails the run.
+# as a plain filesystem does, for the overlays nested on it (docs/semantics.md, Nested
+# overlays). They may pass only here; any other difference fails the run.
 all_better=$(awk '$2 == "FAILED" && $3 == "ok"' "$out/compare")
 better=$(grep -v '::char FAILED ok$' <<<"$all_better" || true)
 known=$(grep -c '::char FAILED ok$' <<<"$all_better" || true)

@@ -415,7 +415,7 @@ fn random_ops_in_nested_overlays() {
                 let tree = TreeView::from_dump(&dump_tree_with(&pm, opts));
                 // Kernel overlayfs on a FUSE upper loses a hard link's other names
                 // (ESTALE) once the name its inode remembers is removed: it revalidates
-                // that removed FUSE dentry (see the README). Links are left out there.
+                // that removed FUSE dentry (docs/semantics.md). Links are left out there.
                 let op = loop {
                     let op = random_op_in(&mut rng, &tree);
                     if !(bin == KERNEL && matches!(op, Op::Link { .. })) {
