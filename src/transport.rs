@@ -278,7 +278,8 @@ fn serve<FS: Filesystem>(
     served: &AtomicU64,
 ) -> std::io::Result<()> {
     if let Err(e) = fuse_uring::pin_to_cpu(qid) {
-        // An offline CPU: its queue must exist all the same, served from anywhere.
+        // An offline CPU or one outside the daemon's affinity: its queue must exist all the
+        // same, served from wherever this thread may run.
         tracing::debug!(qid, error = %e, "queue worker not pinned");
     }
     let mut queue = Queue::new(fuse.as_fd(), qid as u16, DEPTH, payload)?;

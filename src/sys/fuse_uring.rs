@@ -344,8 +344,14 @@ fn parse_cpu_list_max(list: &str) -> Option<usize> {
         .try_fold(0usize, |max, n| n.map(|n| max.max(n)))
 }
 
-/// Pins the calling thread to `cpu`, so a request is served on the CPU that issued it.
+/// Pins the calling thread to `cpu`, so a request is served on the CPU that issued it. A CPU
+/// outside the thread's current affinity (the daemon started under `taskset` or a cpuset) is
+/// left alone: the user's restriction wins, and the thread stays where it may run.
 pub fn pin_to_cpu(cpu: usize) -> io::Result<()> {
+    let allowed = rustix::thread::sched_getaffinity(None).map_err(io::Error::from)?;
+    if !allowed.is_set(cpu) {
+        return Err(io::Error::from_raw_os_error(libc::EPERM));
+    }
     let mut set = rustix::thread::CpuSet::new();
     set.set(cpu);
     rustix::thread::sched_setaffinity(None, &set).map_err(io::Error::from)
