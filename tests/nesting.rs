@@ -4,7 +4,10 @@
 //! layer show unescaped, exactly as kernel overlayfs does for its own namespace
 //! (`trusted.overlay.` by default, `user.overlay.` with `userxattr`). Its `.wh.*` files
 //! (fuse-overlayfs's and rootless rlayerfs's whiteouts) are ordinary files here, as on the
-//! kernel; and whole inner overlays must behave as on a plain directory.
+//! kernel, and its 0/0 whiteout devices (`mknod`, `RENAME_WHITEOUT`) ordinary devices, as on
+//! a plain directory (kernel overlayfs refuses them); whole inner overlays (rlayerfs,
+//! fuse-overlayfs, kernel overlayfs) must behave as on a plain directory, and what kernel
+//! overlayfs leaves in rlayerfs's upper must mean the same to kernel overlayfs reading it.
 
 mod common;
 
