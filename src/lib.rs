@@ -2,9 +2,10 @@
 //!
 //! Layout: `union` is the FUSE-independent core (lookup, readdir, copy-up, mutations);
 //! `fuse` is the thin fuser adapter; `mount` owns the session; `options` parses mount
-//! options; `format` holds the on-disk encodings (overlay xattrs), without I/O; `image` (unpack/commit) and `bench` (the `rlayerfs bench` command) sit beside
-//! the core; `generate` writes the man pages and completions; `printable` escapes what
-//! messages quote; `sys` holds the raw syscalls.
+//! options; `format` holds on-disk encodings of overlay metadata, without I/O; `image`
+//! (unpack/commit) and `bench` (the `rlayerfs bench` command) sit beside the core;
+//! `generate` writes the man pages and completions; `printable` escapes what messages
+//! quote; `sys` holds the raw syscalls.
 
 pub mod bench;
 pub mod cli;
