@@ -238,6 +238,15 @@ impl UnionFs {
                 }
                 Ok(())
             });
+        // The metacopy mark after the origin, as the kernel orders them: where the xattrs do
+        // not all fit in the inode, the mark is the one in the external block, which its
+        // removal at the data copy-up frees.
+        let built = built.and_then(|()| {
+            if !meta_only {
+                return Ok(());
+            }
+            crate::union::metacopy::mark(self.writable()?, work, &tmp, Where::Work)
+        });
         // A `.wh.*` object keeps its literal mark (private xattrs are not copied), or its
         // copy would read as a whiteout.
         let built = built.and_then(|()| {
@@ -426,12 +435,7 @@ impl UnionFs {
                     .at("mkdir copy", Where::Work)?;
             }
             FileType::RegularFile if data.1 => {
-                crate::union::metacopy::create_marked(
-                    self.writable()?,
-                    work,
-                    tmp,
-                    st.st_size as u64,
-                )?;
+                crate::union::metacopy::create_sparse(work, tmp, st.st_size as u64)?;
             }
             FileType::RegularFile => {
                 let (data_loc, _) = data;

@@ -700,9 +700,9 @@ impl UnionFs {
         })
     }
 
-    /// The data of a metacopy file (see [`UnionFs::find_data`]): EIO when there is none,
-    /// EPERM when this mount does not follow metacopy files (`metacopy=off`, rootless), as
-    /// kernel overlayfs refuses them.
+    /// The data of a metacopy file (see [`UnionFs::find_data`]): EPERM when this mount
+    /// does not follow metacopy files (`metacopy=off`, rootless), EIO when there is none,
+    /// as kernel overlayfs refuses them.
     fn metacopy_data(
         &self,
         parent: Option<&LowerRef>,
@@ -710,6 +710,10 @@ impl UnionFs {
         redirect: Option<Redirect>,
         after: Option<LowerIdx>,
     ) -> Result<crate::union::metacopy::FoundData> {
+        if !self.metacopy {
+            tracing::warn!(?name, "refusing to follow a metacopy file (metacopy=off)");
+            return Err(Error::Permission);
+        }
         let found = self.find_data(parent, name, redirect, after)?;
         let Some(found) = found else {
             tracing::warn!(?name, "metacopy file without lower data");
@@ -719,10 +723,6 @@ impl UnionFs {
                 at: Where::Unknown,
             });
         };
-        if !self.metacopy {
-            tracing::warn!(?name, "refusing to follow a metacopy file (metacopy=off)");
-            return Err(Error::Permission);
-        }
         Ok(found)
     }
 

@@ -317,13 +317,8 @@ impl UnionFs {
     }
 }
 
-/// An empty upper file for a metacopy copy-up: `name` in `dir`, sparse at `size`, marked.
-pub(crate) fn create_marked(
-    fmt: WriteFormat,
-    dir: BorrowedFd<'_>,
-    name: &OsStr,
-    size: u64,
-) -> Result<()> {
+/// An empty upper file for a metacopy copy-up: `name` in `dir`, sparse at `size`.
+pub(crate) fn create_sparse(dir: BorrowedFd<'_>, name: &OsStr, size: u64) -> Result<()> {
     let fd = rustix::fs::openat(
         dir,
         name,
@@ -331,8 +326,13 @@ pub(crate) fn create_marked(
         Mode::from_raw_mode(0o600),
     )
     .at("create copy", Where::Work)?;
-    let mark = fmt_metacopy::encode(&fmt_metacopy::Metacopy::default());
-    sys::set_xattr(fd.as_fd(), OsStr::new(fmt.xattr_ns.metacopy()), &mark, 0)
-        .at("set metacopy", Where::Work)?;
     rustix::fs::ftruncate(&fd, size).at("truncate copy", Where::Work)
+}
+
+/// Marks `name` in `dir` a metacopy file (the kernel's value: empty, no digest).
+pub(crate) fn mark(fmt: WriteFormat, dir: BorrowedFd<'_>, name: &OsStr, at: Where) -> Result<()> {
+    let fd = sys::open_path(dir, std::path::Path::new(name)).at("open copy", at)?;
+    let value = fmt_metacopy::encode(&fmt_metacopy::Metacopy::default());
+    sys::set_xattr(fd.as_fd(), OsStr::new(fmt.xattr_ns.metacopy()), &value, 0)
+        .at("set metacopy", at)
 }
