@@ -41,8 +41,12 @@ usage: scripts/bench.sh [--quick] [--runs N] [--only LIST] [--systems LIST] [--p
                    walk stat1 stat8 stat32 stat128 readdir seqread smallread append
                    chmod untar rm cpa git
   --systems LIST   comma-separated, from: kernel kernel-volatile rlayerfs
-                   rlayerfs-volatile fuse-overlayfs fuse-overlayfs2 plain
-                   (default: all of them); ratios are to `kernel`. The -volatile
+                   rlayerfs-volatile rlayerfs-classic fuse-overlayfs
+                   fuse-overlayfs2 plain
+                   (default: all of them); ratios are to `kernel`. `rlayerfs` serves
+                   over FUSE-over-io_uring where the kernel allows it (this script sets
+                   the fuse module parameter enable_uring=Y for the run and restores it),
+                   `rlayerfs-classic` over /dev/fuse read/write (-o uring=off). The -volatile
                    ones (no fsync of copy-ups) run only in the scenarios that write
   --pin            run the daemons and the clients on CPU 0 (taskset -c 0)
   --dir DIR        where the ext4 image and the results go (default /var/tmp/rlayerfs-bench)
@@ -120,7 +124,7 @@ QUICK=0
 RUNS=
 ONLY=
 PIN=()
-SYSTEMS="kernel,kernel-volatile,rlayerfs,rlayerfs-volatile,fuse-overlayfs,fuse-overlayfs2,plain"
+SYSTEMS="kernel,kernel-volatile,rlayerfs,rlayerfs-volatile,rlayerfs-classic,fuse-overlayfs,fuse-overlayfs2,plain"
 BASE_DIR=/var/tmp/rlayerfs-bench
 RLAYERFS=
 INSTALL=0
@@ -150,7 +154,7 @@ done
 if [ -n "$REPORT" ]; then
     [ -r "$REPORT" ] || { echo "cannot read $REPORT" >&2; exit 2; }
     present=()
-    for s in kernel kernel-volatile rlayerfs rlayerfs-volatile fuse-overlayfs fuse-overlayfs2 plain; do
+    for s in kernel kernel-volatile rlayerfs rlayerfs-volatile rlayerfs-classic fuse-overlayfs fuse-overlayfs2 plain; do
         awk -F'\t' -v s="$s" '$3 == s { f = 1 } END { exit !f }' "$REPORT" && present+=("$s")
     done
     summarize "$REPORT" "${present[*]}"
@@ -213,9 +217,14 @@ R=/run/rlb$$
 LOOP=
 STARTED=() # "pid mountpoint" of every daemon this script started
 
+# FUSE-over-io_uring for `rlayerfs` (kernel 6.14+): the module parameter is switched on for
+# the run and put back as it was found.
+URING_PARAM=/sys/module/fuse/parameters/enable_uring
+URING_WAS=
 cleanup() {
     set +e
     trap - EXIT INT TERM
+    [ -n "$URING_WAS" ] && echo "$URING_WAS" >"$URING_PARAM"
     if [ -n "$R" ] && [ -d "$R" ]; then
         local m
         for m in $(awk -v r="$R/" 'index($2, r) == 1 { print $2 }' /proc/mounts | sort -r); do
@@ -238,6 +247,10 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
+if [ -w "$URING_PARAM" ]; then
+    URING_WAS=$(cat "$URING_PARAM")
+    echo Y >"$URING_PARAM" || URING_WAS=
+fi
 
 setup_image() {
     say "preparing a ${IMAGE_GIB} GiB ext4 image (with journal) at $IMG, mounted at $R"
@@ -300,7 +313,7 @@ for s in "${WANT_SYSTEMS[@]}"; do
     kernel | kernel-volatile)
         [ "$HAVE_KERNEL" = 1 ] && SYS+=("$s")
         ;;
-    rlayerfs | rlayerfs-volatile)
+    rlayerfs | rlayerfs-volatile | rlayerfs-classic)
         [ "$HAVE_FUSE" = 1 ] || continue
         if [ -z "$RLAYERFS" ]; then
             RLAYERFS="${CARGO_TARGET_DIR:-$REPO/target}/release/rlayerfs"
@@ -664,6 +677,7 @@ mount_system() {
     kernel-volatile) mount -t overlay overlay -o "$opts,volatile" "$M" ;;
     rlayerfs) "${PIN[@]}" "$RLAYERFS" mount -o "$opts" "$M" ;;
     rlayerfs-volatile) "${PIN[@]}" "$RLAYERFS" mount -o "$opts,volatile" "$M" ;;
+    rlayerfs-classic) "${PIN[@]}" "$RLAYERFS" mount -o "$opts,uring=off" "$M" ;;
     fuse-overlayfs) "${PIN[@]}" "$FO1" -o "$opts" "$M" ;;
     fuse-overlayfs2) "${PIN[@]}" "$FO2" -o "$opts" "$M" ;;
     esac >>"$LOG" 2>&1 || return 1

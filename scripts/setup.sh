@@ -7,9 +7,9 @@
 #   scripts/setup.sh [demo|test|podman|rootless]...   # install what is missing (default: test)
 #   scripts/setup.sh --check [JOB]...                 # list what is missing; exit 1 if anything
 #
-# demo:     fuse3 (fusermount3), attr (setfattr)
-# test:     demo's, plus fuse-overlayfs (reference implementation), acl (setfacl), e2fsprogs
-#           (mkfs.ext4 for loop-mounted images), umoci, skopeo, busybox-static (image interop),
+# demo:     fuse3 (fusermount3), busybox-static (the demo image's shell)
+# test:     demo's, plus attr (setfattr), fuse-overlayfs (reference implementation), acl
+#           (setfacl), e2fsprogs (mkfs.ext4 for loop-mounted images), umoci, skopeo (image interop),
 #           podman, netavark, runc (podman mount_program end to end), sqlite3 (the crash
 #           test's WAL database), xfsprogs (xfs_io for mmap/time tests), util-linux (unshare),
 #           man-db (man -l renders the generated man pages)
@@ -34,7 +34,7 @@ done
 
 packages_of() {
     case "$1" in
-        demo) echo fuse3 attr ;;
+        demo) echo fuse3 busybox-static ;;
         test) echo fuse3 attr fuse-overlayfs acl e2fsprogs umoci skopeo busybox-static podman \
             netavark runc sqlite3 xfsprogs util-linux man-db ;;
         podman) echo podman netavark runc busybox-static fuse-overlayfs fuse3 ;;

@@ -302,6 +302,8 @@ const LONG_HELP: &str = r#"FORMS
   refused (after waiting up to 3 s for a daemon whose mount was just unmounted).
 
 SIGNALS
+  SIGUSR1                  log the requests served so far per FUSE opcode and the
+                           transport (also written as JSON to $RLAYERFS_STATS if set)
   SIGTERM, SIGINT, SIGHUP  unmount (never lazily) and exit 0; while the mount is busy (open
                            files, a cwd, a copy in another mount namespace: a container's
                            root) it stays mounted and served and
@@ -322,6 +324,10 @@ MOUNT OPTIONS (-o, comma separated, may be repeated; unknown ones get one warnin
     fsync=0|1                 fuse-overlayfs's name for the opposite of volatile
     timeout=SECONDS           kernel cache time of entries and attributes (default 3600)
     threaded=0|1              one serving thread with 0 (default: several)
+    uring=auto|on|off         FUSE-over-io_uring (Linux 6.14+, fuse module parameter
+                              enable_uring=Y): one worker per CPU serves the requests
+                              issued on that CPU; auto (default) falls back to /dev/fuse
+                              read/write when unavailable, on refuses to mount then
     writeback=0|1             accepted; the FUSE writeback cache is never used (it would
                               disable passthrough)
     noxattrs[=0|1]            accepted (fuse-overlayfs: refuse user xattrs)

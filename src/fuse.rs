@@ -21,6 +21,7 @@ use parking_lot::Mutex;
 
 use crate::error::Error;
 use crate::passthrough::{OpenKind, Passthrough};
+use crate::transport::Transport;
 use crate::union::attr::{SetAttr, TimeSet};
 use crate::union::mutate::NewKind;
 use crate::union::{Attr, Caller, Timespec, UnionFs};
@@ -46,7 +47,12 @@ pub struct FuseAdapter {
     writers: Mutex<HashMap<u64, usize>>,
     /// Tells the kernel to drop cached attributes; set once the session exists.
     notifier: Arc<OnceLock<fuser::Notifier>>,
+    /// Classic or io_uring: INIT asks for FUSE-over-io_uring when the plan allows it.
+    transport: Arc<Transport>,
 }
+
+/// The largest write (and so the largest request) the kernel may send.
+pub const MAX_WRITE: u32 = 1 << 20;
 
 impl FuseAdapter {
     pub fn new(
@@ -63,7 +69,14 @@ impl FuseAdapter {
             pt_handles: Mutex::new(HashMap::new()),
             writers: Mutex::new(HashMap::new()),
             notifier: Arc::new(OnceLock::new()),
+            transport: Transport::classic(),
         }
+    }
+
+    /// Serves over the transport `t` plans (FUSE-over-io_uring where it can be negotiated).
+    pub fn with_transport(mut self, t: Arc<Transport>) -> Self {
+        self.transport = t;
+        self
     }
 
     /// Where the session's notifier goes once the session is made (the session takes the
@@ -276,7 +289,18 @@ impl Filesystem for FuseAdapter {
         if let Err(missing) = config.add_capabilities(offered) {
             tracing::debug!(?missing, "kernel lacks some FUSE capabilities");
         }
-        let _ = config.set_max_write(1 << 20);
+        let _ = config.set_max_write(MAX_WRITE);
+        let offered = config
+            .capabilities()
+            .contains(InitFlags::FUSE_OVER_IO_URING);
+        if self
+            .transport
+            .negotiate(offered)
+            .map_err(std::io::Error::other)?
+        {
+            // Offered, so this cannot fail.
+            let _ = config.add_capabilities(InitFlags::FUSE_OVER_IO_URING);
+        }
         if self.want_passthrough && config.capabilities().contains(InitFlags::FUSE_PASSTHROUGH) {
             // Backing files live on ordinary filesystems: one level of stacking.
             if config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()

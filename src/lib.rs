@@ -19,4 +19,5 @@ pub mod options;
 pub mod passthrough;
 pub mod printable;
 pub mod sys;
+pub mod transport;
 pub mod union;

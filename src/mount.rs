@@ -323,7 +323,9 @@ pub fn run(req: MountRequest) -> Result<i32, String> {
     let pt = Arc::new(Passthrough::default());
     let want_passthrough = req.passthrough && rustix::process::geteuid().is_root();
     let core = fs.clone();
-    let adapter = FuseAdapter::new(fs, ttl, pt.clone(), want_passthrough);
+    let transport = crate::transport::Transport::plan(o.uring)?;
+    let adapter =
+        FuseAdapter::new(fs, ttl, pt.clone(), want_passthrough).with_transport(transport.clone());
     let notifier_slot = adapter.notifier_slot();
     // Mount ourselves when we may (uid 0, also in a user namespace): the session then never
     // unmounts by path (see module doc), and the type is `fuse.rlayerfs`. EPERM (no
@@ -375,11 +377,19 @@ pub fn run(req: MountRequest) -> Result<i32, String> {
     let path = mountpoint.clone();
     std::thread::Builder::new()
         .name("signals".into())
-        .spawn(move || unmount_on_signals(&path, dev, ours.is_some()))
+        .spawn({
+            let transport = transport.clone();
+            move || unmount_on_signals(&path, dev, ours.is_some(), &transport)
+        })
         .map_err(|e| format!("cannot start the signal thread: {e}"))?;
-    let result = session.run();
+    let dev_fuse = std::os::fd::AsFd::as_fd(&session)
+        .try_clone_to_owned()
+        .map_err(|e| format!("cannot duplicate /dev/fuse: {e}"))?;
+    let result =
+        session.run_with(|d| transport.start(d, dev_fuse, crate::fuse::MAX_WRITE as usize));
     // Nothing is served any more: free the upper and workdir for a remount right away.
     core.release_in_use();
+    transport.report_requests(true);
     match result {
         Ok(()) => {
             tracing::info!("unmounted, exiting");
@@ -401,8 +411,18 @@ const BUSY_RETRY: Duration = Duration::from_millis(500);
 /// until it succeeds. A lazy detach would hide the mount
 /// from the table while the daemon still serves its users and writes the upper unseen:
 /// containers/storage would then mount the same upper again.
-fn unmount_on_signals(path: &Path, dev: Option<u64>, direct: bool) {
-    let sig = crate::sys::process::wait_for_termination();
+fn unmount_on_signals(
+    path: &Path,
+    dev: Option<u64>,
+    direct: bool,
+    transport: &crate::transport::Transport,
+) {
+    let sig = loop {
+        match crate::sys::process::wait_for_termination() {
+            crate::sys::process::STATS_SIGNAL => transport.report_requests(false),
+            sig => break sig,
+        }
+    };
     tracing::info!(sig, "signal: unmounting");
     let mut warned = false;
     loop {
@@ -427,7 +447,11 @@ fn unmount_on_signals(path: &Path, dev: Option<u64>, direct: bool) {
             Err(_) => {}
         }
         // Another signal retries at once.
-        let _ = crate::sys::process::wait_for_termination_timeout(BUSY_RETRY);
+        if crate::sys::process::wait_for_termination_timeout(BUSY_RETRY)
+            == Some(crate::sys::process::STATS_SIGNAL)
+        {
+            transport.report_requests(false);
+        }
     }
 }
 

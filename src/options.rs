@@ -372,6 +372,8 @@ pub struct MountOptions {
     pub threaded: Option<bool>,
     /// `writeback=N` (fuse-overlayfs): FUSE writeback cache.
     pub writeback: Option<bool>,
+    /// `uring=auto|on|off`: serve requests over FUSE-over-io_uring when the kernel offers it.
+    pub uring: crate::transport::UringChoice,
     /// `noxattrs` / `noxattrs=N`: refuse user xattrs.
     pub noxattrs: bool,
     /// `static_nlink`: directories report st_nlink 1.
@@ -414,6 +416,7 @@ impl Default for MountOptions {
             timeout: None,
             threaded: None,
             writeback: None,
+            uring: crate::transport::UringChoice::Auto,
             noxattrs: false,
             static_nlink: false,
             noacl: false,
@@ -580,6 +583,15 @@ impl MountOptions {
             }
             "threaded" => self.threaded = Some(flag_value(raw)?),
             "writeback" => self.writeback = Some(flag_value(raw)?),
+            "uring" => {
+                use crate::transport::UringChoice;
+                self.uring = match value()?.as_str() {
+                    "auto" => UringChoice::Auto,
+                    "on" | "1" => UringChoice::On,
+                    "off" | "0" => UringChoice::Off,
+                    _ => return Err("must be auto, on or off".into()),
+                }
+            }
             "uidmapping" => self.uid_mappings = parse_mappings(&value()?)?,
             "gidmapping" => self.gid_mappings = parse_mappings(&value()?)?,
             "squash_to_uid" => self.squash_to_uid = Some(parse_id(&value()?)?),
@@ -1010,6 +1022,11 @@ mod tests {
         ("threaded=1", |o| o.threaded = Some(true)),
         ("threaded=0", |o| o.threaded = Some(false)),
         ("writeback=0", |o| o.writeback = Some(false)),
+        ("uring=on", |o| o.uring = crate::transport::UringChoice::On),
+        ("uring=off", |o| {
+            o.uring = crate::transport::UringChoice::Off
+        }),
+        ("uring=auto", |_| {}),
         ("writeback=1", |o| o.writeback = Some(true)),
         ("noxattrs", |o| o.noxattrs = true),
         ("noxattrs=1", |o| o.noxattrs = true),
@@ -1167,6 +1184,8 @@ mod tests {
         ("volatile=yes", "not an integer"),
         ("fsync=off", "not an integer"),
         ("threaded=", "not an integer"),
+        ("uring=yes", "must be auto, on or off"),
+        ("uring", "needs a value"),
         ("uidmapping=1:2", "got 2 number(s)"),
         ("uidmapping=1:2:3:4", "got 4 number(s)"),
         ("uidmapping=a:b:c", "`a` is not an id"),

@@ -14,6 +14,9 @@
 //! pass (so the first lookups include building the daemon's directory index). The timings
 //! are wall-clock and include the noise of the machine: compare systems of one run.
 //! The rlayerfs mount is this binary (`rlayerfs mount -f`), stopped with SIGTERM.
+//! `--plot FILE.svg` also draws the lookup figures against the layer count ([`plot`]).
+
+mod plot;
 
 use std::ffi::OsString;
 use std::io::IsTerminal;
@@ -58,6 +61,10 @@ pub struct BenchArgs {
     /// Only measure the core in-process (no mount).
     #[arg(long)]
     pub no_mount: bool,
+    /// Also draw lookup time (hits and misses) against the layer count, per system, as an
+    /// SVG chart into this file.
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<PathBuf>,
 }
 
 /// The figures of one system at one layer count.
@@ -403,6 +410,16 @@ pub fn run(args: &BenchArgs) -> Result<i32, String> {
         return Err("bench: --layers and --files need positive numbers".into());
     }
     let dir = args.dir.clone().unwrap_or_else(std::env::temp_dir);
+    // A chart that cannot be written is refused before the minutes of measuring.
+    if let Some(p) = &args.plot {
+        let parent = p.parent().filter(|d| !d.as_os_str().is_empty());
+        if parent.is_some_and(|d| !d.is_dir()) || p.is_dir() {
+            return Err(format!(
+                "bench: --plot {}: not a file in an existing directory",
+                p.display()
+            ));
+        }
+    }
     let max = layers.iter().copied().max().unwrap_or(1);
     let root = rustix::process::geteuid().is_root();
     let mut systems: Vec<&'static str> = Vec::new();
@@ -461,6 +478,10 @@ pub fn run(args: &BenchArgs) -> Result<i32, String> {
         results,
         skipped,
     };
+    if let Some(p) = &args.plot {
+        plot::write_svg(&report, p)?;
+        eprintln!("bench: chart written to {}", p.display());
+    }
     if args.json {
         let s = serde_json::to_string_pretty(&report).map_err(|e| format!("json: {e}"))?;
         println!("{s}");

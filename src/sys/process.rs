@@ -43,6 +43,10 @@ pub fn daemonize(log: Option<&Path>) -> std::io::Result<bool> {
 }
 
 /// The signals that end the daemon.
+/// The signal that asks the daemon for its request counts (blocked and waited for with the
+/// termination signals, so it never kills the daemon).
+pub const STATS_SIGNAL: i32 = libc::SIGUSR1;
+
 fn termination_sigset() -> libc::sigset_t {
     // SAFETY: sigset manipulation on a zero-initialised local.
     #[allow(unsafe_code)]
@@ -52,6 +56,7 @@ fn termination_sigset() -> libc::sigset_t {
         libc::sigaddset(&mut set, libc::SIGTERM);
         libc::sigaddset(&mut set, libc::SIGINT);
         libc::sigaddset(&mut set, libc::SIGHUP);
+        libc::sigaddset(&mut set, STATS_SIGNAL);
         set
     }
 }

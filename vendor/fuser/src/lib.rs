@@ -10,6 +10,8 @@
     rust_2018_idioms,
     unreachable_pub
 )]
+// rlayerfs: the ABI module declares structures this build never constructs (CUSE, retrieve).
+#![allow(dead_code)]
 
 use std::cmp::max;
 use std::cmp::min;
@@ -90,6 +92,8 @@ mod dev_fuse;
 #[cfg(feature = "experimental")]
 pub mod experimental;
 mod forget_one;
+/// Requests per opcode (rlayerfs patch)
+pub mod stats;
 mod ll;
 mod mnt;
 mod notify;
