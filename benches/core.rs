@@ -130,6 +130,7 @@ impl Scratch {
     fn paths(&self, lowers: Vec<PathBuf>) -> StackPaths {
         StackPaths {
             lowers,
+            data: Vec::new(),
             upper: Some(self.0.join("upper")),
             work: Some(self.0.join("work")),
         }

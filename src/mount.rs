@@ -293,6 +293,7 @@ pub fn run(req: MountRequest) -> Result<i32, String> {
     let o = &req.options;
     let paths = StackPaths {
         lowers: o.lowerdirs.clone(),
+        data: o.datadirs.clone(),
         upper: o.upperdir.clone(),
         work: o.workdir.clone(),
     };
@@ -301,8 +302,15 @@ pub fn run(req: MountRequest) -> Result<i32, String> {
         read_only: o.read_only,
         ids: crate::union::ids::IdOptions::from_mount_options(o),
         atime: Some(upper_atime(o)),
+        metacopy: o.overlay_option("metacopy").map(|v| v == "on"),
     };
     let fs = Arc::new(UnionFs::new(&paths, core_opts)?);
+    if o.overlay_option("metacopy") == Some("on") && !fs.metacopy_enabled() {
+        eprintln!(
+            "rlayerfs: warning: metacopy=on needs trusted.* xattrs (CAP_SYS_ADMIN): data is \
+             copied up whole"
+        );
+    }
     let ttl = o
         .timeout
         .map(Duration::from_secs_f64)

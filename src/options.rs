@@ -10,13 +10,15 @@
 //!   (the kernel's `ovl_unescape` rule). No octal escapes (`\054`) as libfuse has.
 //! * `lowerdir=A:B:C` lists the lower layers top first. `\:` is a colon inside a name, `\\` a
 //!   backslash, and a `:` inside double quotes does not split either ([`split_lowerdir`]).
-//!   An empty component is an error: kernel overlayfs reads `A::B` as "B is a data-only layer",
-//!   which rlayerfs does not implement, so it must not silently become something else.
+//!   `A::B` makes `B` (and every layer after it, each also after `::`) a data-only layer, as
+//!   kernel overlayfs reads it; any other empty component (`:::`, a leading or trailing `:`)
+//!   is an error, and so is a regular layer after a data-only one (`A::B:C`).
 //!
 //! # Accumulation and precedence
 //! [`MountOptions::parse`] may be called once per `-o` and accumulates. A later value replaces
 //! an earlier one: `lowerdir` given twice keeps only the last list (as fuse-overlayfs does; the
-//! kernel's `lowerdir+=DIR` appends one layer instead, and is supported too), the same for
+//! kernel's `lowerdir+=DIR` appends one layer instead, and `datadir+=DIR` one data-only layer,
+//! as the kernel takes them), the same for
 //! `upperdir`, `uidmapping`, and every scalar. FUSE flags of one family (`suid`/`nosuid`,
 //! `atime`/`noatime`/`relatime`/`strictatime`, `allow_other`/`allow_root`, …) keep only the last.
 //! A call that fails leaves the options unchanged. Whole-set checks (a `lowerdir` is present,
@@ -326,7 +328,6 @@ const OVERLAY_OPTIONS: &[(&str, Option<&[&str]>)] = &[
     ("uuid", Some(&["on", "off", "null", "auto"])),
     ("verity", Some(&["on", "off", "require"])),
     ("userxattr", Some(&[])),
-    ("datadir+", None),
 ];
 
 /// Everything the `-o` options said. Build with `Default`, feed each `-o` to
@@ -335,6 +336,9 @@ const OVERLAY_OPTIONS: &[(&str, Option<&[&str]>)] = &[
 pub struct MountOptions {
     /// Lower layers, top first (leftmost in `lowerdir=`).
     pub lowerdirs: Vec<PathBuf>,
+    /// Data-only lower layers (`datadir+=`, or after `::` in `lowerdir=`), below the others:
+    /// they hold the data of metacopy files and are not merged into the tree.
+    pub datadirs: Vec<PathBuf>,
     /// The writable layer; `None` makes a read-only mount (additional image stores).
     pub upperdir: Option<PathBuf>,
     /// Scratch directory on the upper's filesystem; required with `upperdir`.
@@ -396,6 +400,7 @@ impl Default for MountOptions {
     fn default() -> Self {
         MountOptions {
             lowerdirs: Vec::new(),
+            datadirs: Vec::new(),
             upperdir: None,
             workdir: None,
             read_only: false,
@@ -520,10 +525,16 @@ impl MountOptions {
         };
         match key {
             "lowerdir" => match raw {
-                Some(raw) => self.lowerdirs = parse_lowerdir(raw)?,
+                Some(raw) => (self.lowerdirs, self.datadirs) = parse_lowerdir(raw)?,
                 None => return Err("needs a value (`KEY=VALUE`)".to_string()),
             },
-            "lowerdir+" => self.lowerdirs.push(non_empty_path(value()?)?),
+            "lowerdir+" => {
+                if !self.datadirs.is_empty() {
+                    return Err(DATA_BEFORE_REGULAR.to_string());
+                }
+                self.lowerdirs.push(non_empty_path(value()?)?)
+            }
+            "datadir+" => self.datadirs.push(non_empty_path(value()?)?),
             "upperdir" => self.upperdir = Some(non_empty_path(value()?)?),
             "workdir" => self.workdir = Some(non_empty_path(value()?)?),
             // fstab and mount(8) options meant for mount itself, not for the filesystem
@@ -758,20 +769,44 @@ fn decode_value(raw: &str) -> Result<String, String> {
     Ok(scan.parts.into_iter().next().unwrap_or_default())
 }
 
-fn parse_lowerdir(raw: &str) -> Result<Vec<PathBuf>, String> {
+const DATA_BEFORE_REGULAR: &str = "a regular lower layer cannot follow a data-only layer";
+
+/// The lower layers and the data-only layers of a `lowerdir` value: `A:B::C::D` is lowers
+/// `A`, `B` and data-only layers `C`, `D` (an empty component between two layers marks the
+/// next one data-only, as the kernel reads `::`).
+fn parse_lowerdir(raw: &str) -> Result<(Vec<PathBuf>, Vec<PathBuf>), String> {
     let scan = scan(raw, Some(':'));
     check_scan(&scan)?;
     if scan.parts.len() == 1 && scan.parts[0].is_empty() {
         return Err("no lower directory given".to_string());
     }
-    if let Some(i) = scan.parts.iter().position(|p| p.is_empty()) {
-        return Err(format!(
-            "layer {} is empty (a `::` or a leading/trailing `:`; data-only layers are not \
-             supported)",
-            i + 1
-        ));
+    let (mut lowers, mut data) = (Vec::new(), Vec::new());
+    let mut data_next = false;
+    let last = scan.parts.len() - 1;
+    let mut layer = 0;
+    for (i, p) in scan.parts.into_iter().enumerate() {
+        if p.is_empty() {
+            // `::` between two layers; a leading, trailing or tripled colon is an error.
+            if i == 0 || i == last || data_next {
+                return Err(format!(
+                    "layer {} is empty (a leading or trailing `:`, or `:::`)",
+                    layer + 1
+                ));
+            }
+            data_next = true;
+            continue;
+        }
+        layer += 1;
+        if data_next {
+            data.push(PathBuf::from(p));
+        } else if !data.is_empty() {
+            return Err(DATA_BEFORE_REGULAR.to_string());
+        } else {
+            lowers.push(PathBuf::from(p));
+        }
+        data_next = false;
     }
-    Ok(scan.parts.into_iter().map(PathBuf::from).collect())
+    Ok((lowers, data))
 }
 
 fn non_empty_path(value: String) -> Result<PathBuf, String> {
@@ -1096,8 +1131,18 @@ mod tests {
         ("verity=require", |o| {
             o.overlay = vec![("verity".into(), "require".into())]
         }),
-        ("datadir+=/data", |o| {
-            o.overlay = vec![("datadir+".into(), "/data".into())]
+        ("datadir+=/data", |o| o.datadirs = paths(&["/data"])),
+        ("lowerdir=/a,datadir+=/d1,datadir+=/d2", |o| {
+            o.lowerdirs = paths(&["/a"]);
+            o.datadirs = paths(&["/d1", "/d2"]);
+        }),
+        ("lowerdir=/a:/b::/d1::/d2", |o| {
+            o.lowerdirs = paths(&["/a", "/b"]);
+            o.datadirs = paths(&["/d1", "/d2"]);
+        }),
+        (r"lowerdir=/a\:\:b::/d", |o| {
+            o.lowerdirs = paths(&["/a::b"]);
+            o.datadirs = paths(&["/d"]);
         }),
         ("fast_ino=1", |o| o.unknown = vec!["fast_ino=1".into()]),
         // fstab-only options are ignored silently.
@@ -1124,7 +1169,6 @@ mod tests {
     const REJECTED: &[(&str, &str)] = &[
         ("lowerdir", "needs a value"),
         ("lowerdir=", "no lower directory"),
-        ("lowerdir=/a::/b", "layer 2 is empty"),
         ("lowerdir=:/a", "layer 1 is empty"),
         ("lowerdir=/a:", "layer 2 is empty"),
         (r#"lowerdir="/a"#, "unterminated double quote"),
@@ -1189,6 +1233,10 @@ mod tests {
         ("verity=1", "not one of"),
         ("userxattr=on", "takes no value"),
         ("datadir+=", "path is empty"),
+        ("lowerdir=/a::/d:/b", "cannot follow a data-only layer"),
+        ("lowerdir=/a:::/d", "layer 2 is empty"),
+        ("lowerdir=::/d", "layer 1 is empty"),
+        ("lowerdir=/a::", "layer 2 is empty"),
     ];
 
     #[test]
@@ -1212,6 +1260,19 @@ mod tests {
             );
             assert_eq!(o, MountOptions::default(), "{input:?} changed the options");
         }
+    }
+
+    #[test]
+    fn regular_layers_cannot_follow_data_only_ones() {
+        let mut o = parsed("lowerdir=/a,datadir+=/d");
+        let err = o.parse("lowerdir+=/b").unwrap_err();
+        assert_eq!(err.option(), "lowerdir+=/b");
+        assert!(
+            err.reason().contains("cannot follow a data-only layer"),
+            "{err}"
+        );
+        assert_eq!(o.lowerdirs, paths(&["/a"]));
+        assert_eq!(o.datadirs, paths(&["/d"]));
     }
 
     #[test]

@@ -1,10 +1,12 @@
 //! Crash campaign: the daemon is killed with SIGKILL at a random moment while clients do
-//! heavy work on the mount — durable copy-ups of large lower files (by write and by chmod),
+//! heavy work on the mount — copy-ups of large lower files (by chmod: metadata only, a
+//! metacopy file; by write: their data, into a metacopy file already up or a new copy),
 //! renames of merged lower directories, `rm -rf` of lower trees, many small fsync'd appends
 //! to a lower file and a SQLite database inherited from a lower layer updated in WAL mode.
 //! The dead mount is detached lazily and the stack mounted again; then:
 //! - no partially copied-up file is visible: every file is the lower original or the fully
-//!   written version, through the mount and in the raw upper;
+//!   written version, through the mount and in the raw upper (unless the raw upper file is
+//!   still marked metacopy: then its data is the lower file's, whatever the upper holds);
 //! - every acknowledged change is there (each fsync'd record, each acknowledged chmod and
 //!   write, each committed SQLite transaction) and `PRAGMA integrity_check` says `ok`;
 //! - a renamed directory exists under exactly one of its names, with all of its content;
@@ -205,7 +207,7 @@ fn start_clients(root: &Path, seed: u64, acks: &Arc<Acks>, with_db: bool) -> Vec
         }
     }));
 
-    // Copy-up by chmod (a metadata change copies the data too).
+    // Copy-up by chmod (metadata only: a metacopy file, whose data a write copies later).
     let (r, a, order) = (
         root.to_path_buf(),
         acks.clone(),
@@ -386,7 +388,8 @@ fn verify(root: &Path, upper: &Path, acks: &Acks, dumps: &Dumps, with_db: bool) 
         } else {
             assert!(mode == 0o600 || mode == 0o644, "{name}: mode {mode:o}");
         }
-        if let Ok(raw) = fs::read(upper.join(&name)) {
+        let marked = common::sys::get_xattr(&upper.join(&name), "trusted.overlay.metacopy").is_ok();
+        if let (Ok(raw), false) = (fs::read(upper.join(&name)), marked) {
             check(&raw, "upper");
         }
     }

@@ -1,7 +1,7 @@
-//! Differential tests: kernel overlayfs (index=on,redirect_dir=on) is the reference; the FUSE
-//! binary under test (rlayerfs, or `RLAYERFS_TEST_BIN`, e.g. fuse-overlayfs) must give the
-//! same outcome for every op and the same tree after every op, and each system must read the
-//! other's on-disk result the same way.
+//! Differential tests: kernel overlayfs (index=on,redirect_dir=on,metacopy=on) is the
+//! reference; the FUSE binary under test (rlayerfs, or `RLAYERFS_TEST_BIN`, e.g.
+//! fuse-overlayfs) must give the same outcome for every op and the same tree after every
+//! op, and each system must read the other's on-disk result the same way.
 //!
 //! Env: `RLAYERFS_DIFF_SEEDS` (number of random seeds, default 8), `RLAYERFS_DIFF_SEED`
 //! (first seed, default 0), `RLAYERFS_DIFF_OPS` (ops per seed, default 30).

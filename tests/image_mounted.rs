@@ -3,7 +3,8 @@
 //! files (write, append, delete lower files and directories, replace a directory by a new
 //! one, by a file, a file by a directory, chmod/chown, xattrs, new hard links, symlinks,
 //! fifos) → `commit --image --tag` → `unpack` the new image → mount it: the tree equals what
-//! the container saw (canonical dump with mtimes to the second, as a tar keeps them).
+//! the container saw (canonical dump with mtimes to the second, as a tar keeps them). A chmod
+//! or chown leaves a metacopy file: commit reads its data from the lower layers.
 
 mod common;
 mod image_support;
@@ -234,17 +235,36 @@ fn unpack_mount_change_commit_unpack_mount_round_trip() {
     assert!(before.contains("/var/log/new.log ") && !before.contains("/etc/hosts "));
     change(container.path());
     let seen = view(container.path());
-    // Committing the upper of a live container gives the same layer as after unmount.
+    // Committing the upper of a live container gives the same layer as after unmount. The
+    // chmod/chown of lower files left metacopy files (metadata only in the upper): their
+    // data is read from the lower layers, given with --lower where no unpacked image is.
+    let lowers = rlayerfs::image::image_lowerdirs(&image).unwrap();
+    let with_lowers = |args: &[&str]| -> String {
+        let mut v: Vec<&str> = args.to_vec();
+        for l in &lowers {
+            v.extend(["--lower", s(l)]);
+        }
+        rlayerfs(&v)
+    };
     let (live, after) = (d.at("live.tar"), d.at("after.tar"));
-    let live_out = rlayerfs(&["commit", "--quiet", s(&upper), s(&live)]);
+    let live_out = with_lowers(&["commit", "--quiet", s(&upper), s(&live)]);
     container.unmount().unwrap();
     assert_ne!(before, seen, "the changes must show in the container");
-    let after_out = rlayerfs(&["commit", "--quiet", s(&upper), s(&after)]);
+    let after_out = with_lowers(&["commit", "--quiet", s(&upper), s(&after)]);
+    let refused = Command::new(env!("CARGO_BIN_EXE_rlayerfs"))
+        .args(["commit", "--quiet", s(&upper), s(&d.at("no-lowers.tar"))])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && err.contains("metacopy") && err.contains("--lower"),
+        "a metacopy file without its lower layers must be refused clearly: {err}"
+    );
     assert_eq!(live_out, after_out);
     assert!(fs::read(&live).unwrap() == fs::read(&after).unwrap());
 
     // The new image as a new tag of the OCI layout, unpacked and mounted read-only.
-    let printed = rlayerfs(&[
+    let printed = with_lowers(&[
         "commit",
         "--quiet",
         s(&upper),

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use common::can_mount;
 use common::fixture::Stack;
-use common::mount::{FuseMount, KernelOverlay, MountDirs, KERNEL_OPTS};
+use common::mount::{kernel_opts, FuseMount, KernelOverlay, MountDirs};
 
 /// Per-mount flags and the superblock flags that matter here (`sync`, `lazytime`), from the
 /// mountinfo line of `mnt`.
@@ -71,7 +71,7 @@ fn observe(mnt: &Path) -> Vec<String> {
 fn kernel_mount(dirs: &MountDirs, opt: &str) -> KernelOverlay {
     let out = Command::new("mount")
         .args(["-t", "overlay", "overlay", "-o"])
-        .arg(format!("{},{KERNEL_OPTS},{opt}", dirs.options()))
+        .arg(format!("{},{},{opt}", dirs.options(), kernel_opts()))
         .arg(&dirs.mnt)
         .output()
         .expect("run mount");

@@ -231,6 +231,7 @@ fn measure_mounted(
 fn measure_core(lowers: &[PathBuf], files: usize, layers: usize) -> Result<Row, String> {
     let paths = StackPaths {
         lowers: lowers.to_vec(),
+        data: Vec::new(),
         upper: None,
         work: None,
     };

@@ -8,9 +8,12 @@
 //! `user.fuseoverlayfs.opaque=y`, or a `.wh..wh..opq` file inside) gets a `.wh..wh..opq`
 //! entry right after its own. Overlay-private xattrs are never exported;
 //! `user.containers.override_stat` is applied to the header (owner, mode, device type) and
-//! dropped. Directories the kernel renamed (`overlay.redirect`) and metacopy files cannot be
-//! exported without the lower layers and are refused. Hard-linked lower files changed
-//! through the workdir's index need the lower layers too (`--lower`, see [`lower_links`]).
+//! dropped. Directories the kernel renamed (`overlay.redirect`) cannot be exported without
+//! the lower layers and are refused. Metacopy files (`overlay.metacopy`: metadata copied
+//! up, data still in a lower file) are exported with their data, read from the lower layers
+//! (`--lower`) where kernel overlayfs finds it ([`metacopy_data`]); without them they are
+//! refused. Hard-linked lower files changed through the workdir's index need the lower
+//! layers too (`--lower`, see [`lower_links`]).
 //!
 //! Output is deterministic: entries in bytewise name order (a directory before its
 //! children), ustar headers with empty uname/gname and no atime/ctime, mtimes in whole
@@ -352,6 +355,66 @@ fn is_whiteout_object(dir: BorrowedFd<'_>, name: &[u8], m: &Meta) -> io::Result<
     }
 }
 
+/// The data file of the metacopy file at `path` of an upper (its redirect `redirect`), in
+/// `lowers` (top first), where kernel overlayfs finds it: at the same path, or where the
+/// redirect points (absolute: from the root; relative: another name in the same directory),
+/// in each layer from the top; a metacopy file of a lower layer moves the search for the
+/// layers below by its own redirect; a whiteout or anything but a regular file ends it.
+/// `None`: not found.
+pub(crate) fn metacopy_data(
+    lowers: &[PathBuf],
+    path: &[u8],
+    redirect: Option<Vec<u8>>,
+) -> io::Result<Option<File>> {
+    fn apply(cur: &mut Vec<u8>, r: &[u8]) {
+        if let Some(abs) = r.strip_prefix(b"/") {
+            *cur = abs.to_vec();
+        } else {
+            let keep = cur.iter().rposition(|&b| b == b'/').map_or(0, |i| i + 1);
+            cur.truncate(keep);
+            cur.extend_from_slice(r);
+        }
+    }
+    let mut cur = path.to_vec();
+    if let Some(r) = redirect {
+        apply(&mut cur, &r);
+    }
+    for layer in lowers {
+        let root = safe_fs::open_dir_path(layer)?;
+        let (dir, name) = match lower_links::open_parent(&root, &cur) {
+            Ok(v) => v,
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => continue,
+            Err(e) => return Err(e),
+        };
+        let m = match safe_fs::stat_at(dir.as_fd(), name) {
+            Ok(m) => m,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                let mut wh = WH_PREFIX.to_vec();
+                wh.extend_from_slice(name);
+                if safe_fs::stat_at(dir.as_fd(), &wh).is_ok() {
+                    return Ok(None);
+                }
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        if m.kind != Kind::File {
+            return Ok(None);
+        }
+        let f = safe_fs::open_file_at(dir.as_fd(), name)?;
+        if !has_xattr(f.as_fd(), &METACOPY_XATTRS, None)? {
+            return Ok(Some(f));
+        }
+        let next = REDIRECT_XATTRS
+            .iter()
+            .find_map(|n| safe_fs::get_xattr_fd(f.as_fd(), n).ok().flatten());
+        if let Some(r) = next {
+            apply(&mut cur, &r);
+        }
+    }
+    Ok(None)
+}
+
 fn has_xattr(fd: BorrowedFd<'_>, names: &[&[u8]], want: Option<&[u8]>) -> io::Result<bool> {
     for n in names {
         if let Some(v) = safe_fs::get_xattr_fd(fd, n)? {
@@ -589,18 +652,32 @@ impl<W: Write> Committer<'_, W> {
             }
             Kind::File => {
                 let f = safe_fs::open_file_at(dir, name).map_err(|e| self.io("open", path, e))?;
-                if has_xattr(f.as_fd(), &METACOPY_XATTRS, None)
-                    .map_err(|e| self.io("read xattrs", path, e))?
-                {
-                    return Err(ImageError::Unsupported {
-                        path: self.shown(path).display().to_string(),
-                        what: "metacopy file (overlay.metacopy): its data is in a lower layer"
-                            .into(),
-                    });
-                }
                 let x = safe_fs::list_xattrs_fd(f.as_fd())
                     .map_err(|e| self.io("read xattrs", path, e))?;
-                (x, Some(f), None)
+                let data = if !lower
+                    && has_xattr(f.as_fd(), &METACOPY_XATTRS, None)
+                        .map_err(|e| self.io("read xattrs", path, e))?
+                {
+                    let redirect = REDIRECT_XATTRS
+                        .iter()
+                        .find_map(|n| x.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone()));
+                    let found = metacopy_data(self.extras.lowers(), path, redirect)
+                        .map_err(|e| self.io("read lower data", path, e))?;
+                    match found {
+                        Some(d) => d,
+                        None => {
+                            return Err(ImageError::Unsupported {
+                                path: self.shown(path).display().to_string(),
+                                what: "metacopy file (overlay.metacopy): its data is in a lower \
+                                       layer, not found in the lower layers given (--lower)"
+                                    .into(),
+                            })
+                        }
+                    }
+                } else {
+                    f
+                };
+                (x, Some(data), None)
             }
             _ => {
                 let x = safe_fs::list_xattrs_at_nofollow(dir, name)

@@ -59,6 +59,11 @@ impl LowerLinks {
         &self.lowers[layer]
     }
 
+    /// Every lower layer directory, top first.
+    pub fn lowers(&self) -> &[PathBuf] {
+        &self.lowers
+    }
+
     /// Whether nothing needs adding.
     pub fn is_empty(&self) -> bool {
         self.by_parent.is_empty()

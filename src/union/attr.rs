@@ -102,9 +102,20 @@ impl UnionFs {
         }
     }
 
-    /// Makes the object of `ino` writable: copies it up, unless it has no name any more
-    /// (then it is written where it is, if that is not a lower layer).
+    /// Makes the attributes of `ino` writable: copies it up (its metadata only, for a
+    /// regular file under `metacopy`), unless it has no name any more (then it is written
+    /// where it is, if that is not a lower layer).
     pub(crate) fn prepare_write(&self, ino: u64) -> Result<()> {
+        self.prepare(ino, false)
+    }
+
+    /// Makes the data of `ino` writable too (open for writing, truncate): as
+    /// [`Self::prepare_write`], and the data of a metacopy file is copied up.
+    pub(crate) fn prepare_data(&self, ino: u64) -> Result<()> {
+        self.prepare(ino, true)
+    }
+
+    fn prepare(&self, ino: u64, data: bool) -> Result<()> {
         self.writable()?;
         let _ns = self.ns_lock.lock();
         let (detached, lower) = {
@@ -113,12 +124,16 @@ impl UnionFs {
             (n.detached().is_some(), n.detached_lower)
         };
         match (detached, lower) {
-            (false, _) => self.copy_up(ino),
-            (true, false) => Ok(()),
+            (false, _) => self.copy_up_with(ino, data)?,
+            (true, false) => {}
             // A nameless lower object (unlinked while open, or left to passthrough
             // readers) cannot be made writable.
-            (true, true) => Err(Error::Stale),
+            (true, true) => return Err(Error::Stale),
         }
+        if data {
+            self.copy_up_data(ino)?;
+        }
+        Ok(())
     }
 
     /// An `O_PATH` handle on the real object.
@@ -156,6 +171,7 @@ impl UnionFs {
         let mut attr = Attr::from_stat(ino, &st);
         let nodes = self.nodes.read();
         let node = nodes.get(ino)?;
+        let data = node.data().cloned();
         let merged = match (node.lower(), node.upper) {
             (Some(_), true) => true,
             (Some(l), false) => l.merged(),
@@ -168,6 +184,10 @@ impl UnionFs {
             attr.nlink = (attr.nlink as i64 + node.nlink_offset()).max(0) as u32;
         }
         drop(nodes);
+        if let Some(d) = data {
+            // A metacopy file's blocks are its data's, as kernel overlayfs shows them.
+            attr.blocks = self.stat_in(LayerKey::Lower(d.layer), &d.path)?.st_blocks as u64;
+        }
         let shifted = matches!(loc, RealLoc::Lower(l, _) if self.stack.lower(l).shifted);
         let mut attr = self.present(attr, over, shifted);
         if st.st_mode & libc::S_IFMT == libc::S_IFREG
@@ -290,7 +310,11 @@ impl UnionFs {
         if let Some(c) = crate::union::fileattr::setattr_change(set) {
             self.check_change(ino, c)?;
         }
-        self.prepare_write(ino)?;
+        if set.size.is_some() {
+            self.prepare_data(ino)?;
+        } else {
+            self.prepare_write(ino)?;
+        }
         let loc = self.real(ino)?;
         let at = loc.at();
         if let RealLoc::Lower(..) = loc {

@@ -3,7 +3,9 @@
 //! The copy is built under a fresh name in the work directory (data with holes kept,
 //! then xattrs, owner, mode, timestamps), its data made durable with fdatasync unless the
 //! mount is volatile or the file is empty, and only then renamed into place with
-//! RENAME_NOREPLACE. A daemon killed at
+//! RENAME_NOREPLACE. Under `metacopy` a regular file whose data is not wanted yet (an
+//! attribute change, a rename, a link) gets no data: an empty file of its size, marked
+//! (see `crate::union::metacopy`), which needs no fdatasync. A daemon killed at
 //! any point leaves either no upper object or a complete one; the work directory's
 //! leftovers are removed at the next mount. Parents are copied up first, each the same
 //! way. Callers hold `ns_lock`.
@@ -48,7 +50,7 @@ struct RestoreTimes {
 }
 
 /// The access and modification times of `st`, for `utimensat`.
-fn stat_times(st: &Stat) -> Timestamps {
+pub(crate) fn stat_times(st: &Stat) -> Timestamps {
     Timestamps {
         last_access: rustix::fs::Timespec {
             tv_sec: st.st_atime as _,
@@ -95,8 +97,16 @@ pub(crate) fn copy_times(dir: BorrowedFd<'_>, name: &OsStr, st: &Stat) -> Result
 }
 
 impl UnionFs {
-    /// Makes sure node `ino` exists in the upper layer. Caller holds `ns_lock`.
+    /// Makes sure node `ino` exists in the upper layer, its metadata at least (see
+    /// [`Self::copy_up_with`]). Caller holds `ns_lock`.
     pub(crate) fn copy_up(&self, ino: u64) -> Result<()> {
+        self.copy_up_with(ino, false)
+    }
+
+    /// Makes sure node `ino` exists in the upper layer; `data`: with its data, else a
+    /// regular file is copied up as a metacopy file when the mount does that. A metacopy
+    /// file already up stays one (see [`Self::copy_up_data`]). Caller holds `ns_lock`.
+    pub(crate) fn copy_up_with(&self, ino: u64, data: bool) -> Result<()> {
         // Ancestors first, top down, without recursion (trees may be thousands deep).
         let mut chain = Vec::new();
         {
@@ -114,15 +124,17 @@ impl UnionFs {
                 cur = node.parent;
             }
         }
+        let target = ino;
         for ino in chain.into_iter().rev() {
-            self.copy_up_one(ino)?;
+            self.copy_up_one(ino, data && ino == target)?;
         }
         Ok(())
     }
 
-    /// Copies up one object whose parent is already in the upper layer.
-    fn copy_up_one(&self, ino: u64) -> Result<()> {
-        let (parent, name, lower, index) = {
+    /// Copies up one object whose parent is already in the upper layer, with its data
+    /// when `want_data` or when the mount does no metacopy.
+    fn copy_up_one(&self, ino: u64, want_data: bool) -> Result<()> {
+        let (parent, name, lower, index, data_src) = {
             let nodes = self.nodes.read();
             let node = nodes.get(ino)?;
             if node.upper {
@@ -136,6 +148,7 @@ impl UnionFs {
                 node.name().to_os_string(),
                 node.lower_path(),
                 node.index().cloned(),
+                node.data().cloned(),
             )
         };
         let upper_parent = self.nodes.read().path_of(parent)?;
@@ -190,8 +203,22 @@ impl UnionFs {
         // there, so they keep one identity and an exact st_nlink.
         let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
         let linked = !is_dir && st.st_nlink > 1;
+        // Where the data is: the lower file, or the data of a lower metacopy file.
+        let data_loc = data_src.unwrap_or_else(|| crate::union::inode::DataLoc {
+            layer: top,
+            path: lower_path.clone(),
+        });
+        let meta_only = self.metacopy && !want_data && st.st_mode & libc::S_IFMT == libc::S_IFREG;
         let built = self
-            .build_copy(work, &tmp, &src, &st, &lower_path, top)
+            .build_copy(
+                work,
+                &tmp,
+                &src,
+                &st,
+                &lower_path,
+                top,
+                (&data_loc, meta_only),
+            )
             .and_then(|()| self.copy_fileattr(work, &tmp, &st, top, &lower_path))
             .and_then(|()| {
                 let Some(o) = &origin else { return Ok(()) };
@@ -211,6 +238,15 @@ impl UnionFs {
                 }
                 Ok(())
             });
+        // The metacopy mark after the origin, as the kernel orders them: where the xattrs do
+        // not all fit in the inode, the mark is the one in the external block, which its
+        // removal at the data copy-up frees.
+        let built = built.and_then(|()| {
+            if !meta_only {
+                return Ok(());
+            }
+            crate::union::metacopy::mark(self.writable()?, work, &tmp, Where::Work)
+        });
         // A `.wh.*` object keeps its literal mark (private xattrs are not copied), or its
         // copy would read as a whiteout.
         let built = built.and_then(|()| {
@@ -261,8 +297,9 @@ impl UnionFs {
             n.upper = true;
             n.set_index(index_entry);
             n.set_nlink_offset(offset);
+            n.set_data(meta_only.then_some(data_loc));
         }
-        tracing::debug!(ino, path = ?lower_path, "copied up");
+        tracing::debug!(ino, path = ?lower_path, meta_only, "copied up");
         Ok(())
     }
 
@@ -391,6 +428,10 @@ impl UnionFs {
         }
     }
 
+    /// Builds the copy of `src` (`st`, at `path` in `layer`) as `tmp` in the work
+    /// directory; a regular file's data comes from `data.0`, or is left out when `data.1`
+    /// (a metacopy copy-up).
+    #[allow(clippy::too_many_arguments)]
     fn build_copy(
         &self,
         work: BorrowedFd<'_>,
@@ -399,6 +440,7 @@ impl UnionFs {
         st: &Stat,
         path: &Path,
         layer: u16,
+        data: (&crate::union::inode::DataLoc, bool),
     ) -> Result<()> {
         let at = Where::Lower(layer);
         let kind = FileType::from_raw_mode(st.st_mode);
@@ -407,15 +449,28 @@ impl UnionFs {
                 rustix::fs::mkdirat(work, tmp, Mode::from_raw_mode(0o700))
                     .at("mkdir copy", Where::Work)?;
             }
+            FileType::RegularFile if data.1 => {
+                crate::union::metacopy::create_sparse(work, tmp, st.st_size as u64)?;
+            }
             FileType::RegularFile => {
-                let path = crate::union::attr::proc_path(&src.as_fd());
+                let (data_loc, _) = data;
+                let at = Where::Lower(data_loc.layer);
+                let proc = crate::union::attr::proc_path(&src.as_fd());
                 // No O_NOFOLLOW: the magic link must be followed, to the object that fstat
                 // just showed to be a regular file. O_NOATIME: copying is not a read by
-                // the user (falls back without it where ownership is missing).
+                // the user (falls back without it where ownership is missing). A lower
+                // metacopy file's data is in another file, opened by its path.
                 let flags = OFlags::RDONLY | OFlags::CLOEXEC;
-                let data = rustix::fs::open(&*path, flags | OFlags::NOATIME, Mode::empty())
-                    .or_else(|_| rustix::fs::open(&*path, flags, Mode::empty()))
-                    .at("open lower data", at)?;
+                let data = if data_loc.layer == layer && data_loc.path == path {
+                    rustix::fs::open(&*proc, flags | OFlags::NOATIME, Mode::empty())
+                        .or_else(|_| rustix::fs::open(&*proc, flags, Mode::empty()))
+                        .at("open lower data", at)?
+                } else {
+                    let key = crate::union::dirfd::LayerKey::Lower(data_loc.layer);
+                    let flags = flags | OFlags::NOFOLLOW;
+                    self.open_in(key, &data_loc.path, flags | OFlags::NOATIME)
+                        .or_else(|_| self.open_in(key, &data_loc.path, flags))?
+                };
                 let dst = rustix::fs::openat(
                     work,
                     tmp,
@@ -472,11 +527,12 @@ impl UnionFs {
 }
 
 impl UnionFs {
-    /// Whether the object of `ino` lives in the upper layer (or the index) now.
+    /// Whether the object of `ino` lives in the upper layer (or the index) now, its data
+    /// included (a metacopy file's data is still in a lower layer).
     pub fn is_upper(&self, ino: u64) -> Result<bool> {
         let nodes = self.nodes.read();
         let n = nodes.get(ino)?;
-        Ok(n.detached().is_none() && (n.upper || n.index().is_some()))
+        Ok(n.detached().is_none() && (n.upper || n.index().is_some()) && n.data().is_none())
     }
 
     /// The open file behind a handle (for FUSE passthrough registration).

@@ -1,8 +1,9 @@
 //! Open files and directories.
 //!
 //! A file handle owns a real fd on the layer object it was opened on: a reader that
-//! opened a lower file keeps reading it even after another open copied it up (as with
-//! kernel overlayfs). Opening for write copies up first. A directory handle holds the
+//! opened a lower file (or the lower data of a metacopy file) moves to the upper copy
+//! once another open copied the data up (as with kernel overlayfs). Opening for write
+//! copies up first. A directory handle holds the
 //! merged listing taken at its first read (a [`Listing`]), so offsets stay valid across
 //! telldir/seekdir and while entries are removed (`rm -rf` walks a stable snapshot).
 //!
@@ -231,9 +232,10 @@ impl UnionFs {
         let write = wants_write(flags);
         if write {
             self.check_change(ino, crate::union::fileattr::Change::Open(flags))?;
-            self.prepare_write(ino)?;
+            self.prepare_data(ino)?;
         }
-        let loc = self.real(ino)?;
+        // A metacopy file is read from its data file, in a lower layer.
+        let loc = self.read_loc(ino)?;
         let file = self.open_loc(&loc, flags)?;
         let on_lower = matches!(loc, RealLoc::Lower(..));
         Ok(self.handles.insert(Handle::File(Arc::new(FileHandle {
@@ -296,7 +298,11 @@ impl UnionFs {
         Ok(File::from(fd))
     }
 
-    fn open_loc_with(&self, loc: &RealLoc, oflags: OFlags) -> Result<std::os::fd::OwnedFd> {
+    pub(crate) fn open_loc_with(
+        &self,
+        loc: &RealLoc,
+        oflags: OFlags,
+    ) -> Result<std::os::fd::OwnedFd> {
         Ok(match loc {
             RealLoc::Upper(p) => self.open_in(LayerKey::Upper, p, oflags)?,
             RealLoc::Lower(l, p) => self.open_in(LayerKey::Lower(*l), p, oflags)?,

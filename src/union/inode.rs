@@ -10,7 +10,7 @@
 //! layer plus a shared reference to the lower directory it was found in (its name there
 //! is the node's own, or kept aside if the node moved); only directories own a lower
 //! path. Rarely set fields (detached handle, index entry, link count offset, moved lower
-//! name) live in one boxed [`Extra`].
+//! name, the data of a metacopy object) live in one boxed [`Extra`].
 //!
 //! Invariants: a node stays while the kernel holds lookups on it or while any node names
 //! it as parent (so an upper path can always be rebuilt). Every live (parent, name) maps
@@ -140,6 +140,16 @@ impl Lower {
     }
 }
 
+/// Where the data of a metacopy object is (kernel `metacopy=on`: its metadata is in the
+/// upper layer, or in a higher lower layer, and its data is still this lower file).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataLoc {
+    /// The layer holding the data (a data-only layer included).
+    pub layer: LowerIdx,
+    /// The data file's path in that layer.
+    pub path: PathBuf,
+}
+
 /// Node fields that most nodes never set.
 #[derive(Debug, Default)]
 struct Extra {
@@ -148,6 +158,8 @@ struct Extra {
     index: Option<Arc<str>>,
     /// The lower entry name of a non-directory that moved to another of its names.
     lower_name: Option<Box<OsStr>>,
+    /// Set while the object is a metacopy file: where its data is.
+    data: Option<DataLoc>,
 }
 
 impl Extra {
@@ -156,6 +168,7 @@ impl Extra {
             && self.nlink_offset == 0
             && self.index.is_none()
             && self.lower_name.is_none()
+            && self.data.is_none()
     }
 }
 
@@ -252,6 +265,16 @@ impl Node {
 
     pub fn set_index(&mut self, index: Option<Arc<str>>) {
         self.edit_extra(|e| e.index = index);
+    }
+
+    /// Where the data is, while the object is a metacopy file (its metadata is where
+    /// [`Node::upper`], the index entry or the lower location say; its data is not).
+    pub fn data(&self) -> Option<&DataLoc> {
+        self.extra.as_ref()?.data.as_ref()
+    }
+
+    pub fn set_data(&mut self, data: Option<DataLoc>) {
+        self.edit_extra(|e| e.data = data);
     }
 
     /// Changes the rare fields, allocating them only when one is set (lookups clear them

@@ -1,7 +1,10 @@
 //! The layers of a stack: directory fds opened once at mount time, plus the checks that
 //! refuse a bad stack before anything is mounted or changed.
 //!
-//! Lower layers are read-only and ordered top first (as in `lowerdir=TOP:...:BOTTOM`).
+//! Lower layers are read-only and ordered top first (as in `lowerdir=TOP:...:BOTTOM`),
+//! followed by the data-only layers (`datadir+=`), which hold only the data of metacopy
+//! files and are never merged into the tree: they are reached only through an absolute
+//! redirect of a metacopy file (kernel overlayfs's data-only lower layers).
 //! The upper layer and the work directory are optional (without them the mount is
 //! read-only). The work directory's `work/` subdirectory is the scratch space where
 //! copy-ups and replacements are built before being renamed into place; it is emptied at
@@ -36,6 +39,8 @@ pub struct Layer {
 #[derive(Debug, Clone, Default)]
 pub struct StackPaths {
     pub lowers: Vec<PathBuf>,
+    /// Data-only lower layers, below the lowers (kernel `datadir+=`).
+    pub data: Vec<PathBuf>,
     pub upper: Option<PathBuf>,
     pub work: Option<PathBuf>,
 }
@@ -43,7 +48,10 @@ pub struct StackPaths {
 /// The opened stack.
 #[derive(Debug)]
 pub struct Stack {
+    /// The lower layers, top first, then the data-only layers.
     pub lowers: Vec<Layer>,
+    /// How many of `lowers` are merged into the tree (the rest are data-only).
+    pub regular: usize,
     pub upper: Option<Layer>,
     /// `WORKDIR/work`, the scratch directory on the upper's filesystem.
     pub work: Option<OwnedFd>,
@@ -166,13 +174,15 @@ impl Stack {
         if paths.lowers.is_empty() {
             return Err("no lower layer given (lowerdir= is empty)".into());
         }
-        if paths.lowers.len() > LowerIdx::MAX as usize {
-            return Err(format!("too many lower layers: {}", paths.lowers.len()));
+        let count = paths.lowers.len() + paths.data.len();
+        if count > LowerIdx::MAX as usize {
+            return Err(format!("too many lower layers: {count}"));
         }
         let lowers = paths
             .lowers
             .iter()
             .map(|p| open_layer(p, "lowerdir"))
+            .chain(paths.data.iter().map(|p| open_layer(p, "datadir")))
             .collect::<Result<Vec<_>, _>>()?;
         let mut index = None;
         let mut in_use = None;
@@ -222,6 +232,7 @@ impl Stack {
         };
         Ok(Stack {
             lowers,
+            regular: paths.lowers.len(),
             upper,
             work,
             index,
@@ -232,6 +243,16 @@ impl Stack {
     /// The lower layer `idx`.
     pub fn lower(&self, idx: LowerIdx) -> &Layer {
         &self.lowers[idx as usize]
+    }
+
+    /// The bottom layer merged into the tree (the last before the data-only layers).
+    pub fn bottom(&self) -> LowerIdx {
+        (self.regular - 1) as LowerIdx
+    }
+
+    /// The data-only layers, top first.
+    pub fn data_layers(&self) -> std::ops::Range<LowerIdx> {
+        self.regular as LowerIdx..self.lowers.len() as LowerIdx
     }
 }
 
@@ -311,6 +332,7 @@ mod tests {
     fn paths(l: &[&Path], u: Option<&Path>, w: Option<&Path>) -> StackPaths {
         StackPaths {
             lowers: l.iter().map(|p| p.to_path_buf()).collect(),
+            data: Vec::new(),
             upper: u.map(Path::to_path_buf),
             work: w.map(Path::to_path_buf),
         }

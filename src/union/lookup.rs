@@ -44,11 +44,13 @@ pub enum LowerChild {
     /// A whiteout hides the name. `by_xattr`: the topmost one is an xattr whiteout, which
     /// kernel overlayfs counts as an entry when deciding whether a directory is empty.
     Hidden { by_xattr: bool },
-    /// A non-directory, from `layer`.
+    /// A non-directory, from `layer`. `meta`: whether a regular file is a metacopy file,
+    /// once looked at (see `UnionFs::lower_is_metacopy`).
     NonDir {
         layer: LowerIdx,
         ino: u64,
         kind: FileType,
+        meta: std::sync::atomic::AtomicU8,
     },
     /// A directory (boxed: most entries are files, and this keeps every entry small).
     Dir(Box<LowerSubdir>),
@@ -200,6 +202,8 @@ pub struct Resolved {
     pub nlink_offset: i64,
     /// The object is an inner overlay's whiteout (its stats show a char device 0/0).
     pub inner_whiteout: bool,
+    /// Set for a metacopy object (its metadata where `stat` says, its data here).
+    pub data: Option<crate::union::metacopy::FoundData>,
 }
 
 impl Resolved {
@@ -281,7 +285,7 @@ pub fn dir_opaque(dir: BorrowedFd<'_>) -> Result<OpaqueXattr> {
 }
 
 /// True when the zero-size regular file `name` in `dir` carries a whiteout xattr.
-fn is_xattr_whiteout(dir: BorrowedFd<'_>, name: &OsStr) -> Result<bool> {
+pub(crate) fn is_xattr_whiteout(dir: BorrowedFd<'_>, name: &OsStr) -> Result<bool> {
     for n in whiteout::whiteout_xattr_names() {
         if sys::get_xattr_at(dir, name, OsStr::new(n))
             .at("getxattr", Where::Unknown)?
@@ -401,32 +405,6 @@ pub(crate) fn mark_literal(
     sys::set_xattr(fd.as_fd(), OsStr::new(fmt.xattr_ns.literal()), b"y", 0).at("mark literal", at)
 }
 
-/// Refuses a kernel metacopy file `name` in `dir` (its data would still be in a lower
-/// layer).
-fn refuse_metacopy(dir: BorrowedFd<'_>, name: &OsStr) -> Result<()> {
-    for p in whiteout::OVERLAY_PREFIXES {
-        let x = format!("{p}metacopy");
-        if sys::get_xattr_at(dir, name, OsStr::new(&x))
-            .at("getxattr", Where::Upper)?
-            .is_some()
-        {
-            tracing::error!(?name, "metacopy file in the upper layer: not supported");
-            return Err(Error::Invariant("metacopy upper file"));
-        }
-    }
-    Ok(())
-}
-
-/// Whether the object carries the kernel's `overlay.metacopy` xattr (any namespace).
-pub(crate) fn has_metacopy_xattr(fd: BorrowedFd<'_>) -> rustix::io::Result<bool> {
-    for p in whiteout::OVERLAY_PREFIXES {
-        if sys::get_xattr(fd, OsStr::new(&format!("{p}metacopy")))?.is_some() {
-            return Ok(true);
-        }
-    }
-    Ok(false)
-}
-
 /// Whether a stat of `name` in `dir` shows a whiteout, in any format that is an object.
 fn stat_is_whiteout(
     dir: BorrowedFd<'_>,
@@ -517,6 +495,7 @@ impl UnionFs {
                                 layer,
                                 ino: *ino,
                                 kind: *kind,
+                                meta: std::sync::atomic::AtomicU8::new(0),
                             }
                         };
                         let open = *kind == FileType::Directory;
@@ -571,7 +550,7 @@ impl UnionFs {
         if let Some(m) = d.merged.get() {
             return Ok(Some(m.clone()));
         }
-        let bottom = (self.stack.lowers.len() - 1) as LowerIdx;
+        let bottom = self.stack.bottom();
         let mut layers: Vec<LowerIdx> = Vec::with_capacity(d.candidates.len());
         let mut moved: Vec<(LowerIdx, PathBuf)> = Vec::new();
         for &layer in &d.candidates {
@@ -669,6 +648,8 @@ impl UnionFs {
         let mut origin: (Option<u64>, i64) = (None, 0);
         let mut upper_index = None;
         let mut redirect: Option<Redirect> = None;
+        // An upper metacopy file, with its own redirect (where its data is).
+        let mut upper_meta: Option<Option<Redirect>> = None;
         let mut opaque = false;
         let mut inner_whiteout = false;
         if let Some(pu) = &parent.upper {
@@ -696,13 +677,15 @@ impl UnionFs {
                             None => None,
                         };
                     } else {
-                        // Only a regular file with fewer blocks than its size can be a
-                        // metacopy file: the stat above filters before any xattr read.
-                        // The xattrs are read by name (`getxattrat`), without an open.
-                        let maybe_metacopy = st.st_mode & libc::S_IFMT == libc::S_IFREG
-                            && st.st_blocks * 512 < st.st_size;
-                        if maybe_metacopy {
-                            refuse_metacopy(pfd.as_fd(), name)?;
+                        // The xattrs are read by name (`getxattrat`), without an open. Every
+                        // regular file is asked for the metacopy mark: its blocks tell
+                        // nothing (the xattrs may take a block of their own, a small file
+                        // needs one block either way).
+                        if st.st_mode & libc::S_IFMT == libc::S_IFREG
+                            && self.metacopy_mark_at(pfd.as_fd(), name, Where::Upper)?
+                        {
+                            upper_meta =
+                                Some(self.file_redirect_at(pfd.as_fd(), name, Where::Upper)?);
                         }
                         if self.index_enabled() {
                             let (ino, offset, record) =
@@ -762,13 +745,45 @@ impl UnionFs {
             (Some(st), _) | (None, Some(st)) => st.st_mode & libc::S_IFMT == libc::S_IFDIR,
             (None, None) => return Err(Error::NotFound),
         };
+        let mut data = None;
+        if let Some(r) = upper_meta {
+            data = Some(self.metacopy_data(parent.lower.as_deref(), name, r, None)?);
+        } else if let (None, Some(Lower::Entry { dir, layer }), Some(st)) =
+            (&upper, &lower, &lower_stat)
+        {
+            if st.st_mode & libc::S_IFMT == libc::S_IFREG
+                && self.lower_entry_is_metacopy(dir, name, *layer)?
+            {
+                let at = Where::Lower(*layer);
+                let pfd = self
+                    .lower_dir_fd(*layer, dir.path_in(*layer))
+                    .at("open lower dir", at)?;
+                let r = self.file_redirect_at(pfd.as_fd(), name, at)?;
+                data = Some(self.metacopy_data(Some(dir), name, r, Some(*layer))?);
+            }
+        }
         let mut index = upper_index;
         if let (None, Some(l), Some(st)) = (&upper, &lower, &lower_stat) {
             if !is_dir && st.st_nlink > 1 && self.index_enabled() {
                 if let Some(found) = self.find_index(l, name)? {
-                    let (_, offset, _) =
-                        self.read_identity(self.index_fd()?, OsStr::new(&*found.0), true)?;
+                    let entry = OsStr::new(&*found.0);
+                    let (_, offset, _) = self.read_identity(self.index_fd()?, entry, true)?;
                     origin = (Some(self.map_ino(st)), offset);
+                    // The index entry is what shows: a metacopy entry reads the data of
+                    // this lower file (or of the data below it, if it is a metacopy file).
+                    let index_meta = found.1.st_mode & libc::S_IFMT == libc::S_IFREG
+                        && self.metacopy_mark_at(self.index_fd()?, entry, Where::Work)?;
+                    data = match (index_meta, data) {
+                        (false, _) => None,
+                        (true, Some(d)) => Some(d),
+                        (true, None) => Some(crate::union::metacopy::FoundData {
+                            loc: crate::union::inode::DataLoc {
+                                layer: l.top().ok_or(Error::NotFound)?,
+                                path: l.path_at(name),
+                            },
+                            st: *st,
+                        }),
+                    };
                     index = Some(found);
                 }
             }
@@ -782,6 +797,7 @@ impl UnionFs {
             origin_ino: origin.0,
             nlink_offset: origin.1,
             inner_whiteout,
+            data,
         })
     }
 
@@ -793,6 +809,47 @@ impl UnionFs {
         }
         match self.parent_in(crate::union::dirfd::LayerKey::Lower(layer), path)? {
             (pfd, Some(name), _) => is_inner_whiteout(pfd.as_fd(), name, st),
+            _ => Ok(false),
+        }
+    }
+
+    /// The data of a metacopy file (see [`UnionFs::find_data`]): EPERM when this mount
+    /// does not follow metacopy files (`metacopy=off`, rootless), EIO when there is none,
+    /// as kernel overlayfs refuses them.
+    fn metacopy_data(
+        &self,
+        parent: Option<&LowerRef>,
+        name: &OsStr,
+        redirect: Option<Redirect>,
+        after: Option<LowerIdx>,
+    ) -> Result<crate::union::metacopy::FoundData> {
+        if !self.metacopy {
+            tracing::warn!(?name, "refusing to follow a metacopy file (metacopy=off)");
+            return Err(Error::Permission);
+        }
+        let found = self.find_data(parent, name, redirect, after)?;
+        let Some(found) = found else {
+            tracing::warn!(?name, "metacopy file without lower data");
+            return Err(Error::Os {
+                op: "metacopy data",
+                errno: libc::EIO,
+                at: Where::Unknown,
+            });
+        };
+        Ok(found)
+    }
+
+    /// Whether the lower entry `name` of `dir`, a regular file in `layer`, is a metacopy
+    /// file.
+    fn lower_entry_is_metacopy(
+        &self,
+        dir: &LowerRef,
+        name: &OsStr,
+        layer: LowerIdx,
+    ) -> Result<bool> {
+        let ld = self.lower_dir(dir)?;
+        match ld.get(name) {
+            Some(LowerChild::NonDir { meta, .. }) => self.lower_is_metacopy(dir, name, layer, meta),
             _ => Ok(false),
         }
     }
@@ -942,6 +999,10 @@ impl UnionFs {
         if !r.is_dir {
             attr.nlink = (attr.nlink as i64 + r.nlink_offset).max(0) as u32;
         }
+        if let Some(d) = &r.data {
+            // A metacopy file's blocks are its data's, as kernel overlayfs shows them.
+            attr.blocks = d.st.st_blocks as u64;
+        }
         let merged = match (&r.upper, &r.lower) {
             (Some(_), Some(_)) => true,
             (None, Some(l)) => l.merged(),
@@ -1005,10 +1066,12 @@ impl UnionFs {
         let (is_dir, upper, lower) = (r.is_dir, r.upper.is_some(), r.lower.clone());
         let index = r.index.as_ref().map(|(n, _)| n.clone());
         let nlink_offset = r.nlink_offset;
+        let data = r.data.as_ref().map(|d| d.loc.clone());
         nodes.add_lookup(ino, parent, name, || {
             let mut n = Node::new(is_dir, upper, lower.clone());
             n.set_nlink_offset(nlink_offset);
             n.set_index(index.clone());
+            n.set_data(data.clone());
             n
         });
         // Refresh what the disk says now (the object may have been copied up).
@@ -1026,6 +1089,7 @@ impl UnionFs {
                     n.set_index(index);
                     n.set_nlink_offset(nlink_offset);
                 }
+                n.set_data(data);
             } else if n.parent != parent || n.name() != name {
                 // A hard link found under another name: the object is where the node is.
                 elsewhere = n.upper || n.index().is_some() || n.nlink_offset() != 0;

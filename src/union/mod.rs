@@ -5,8 +5,10 @@
 //! translates. Submodules: `lookup` (resolving names through the layers, and the cached
 //! per-directory index of lower layers), `readdir` (merged listings), `copy_up`,
 //! `mutate` (create, unlink, rmdir, rename, link), `attr` (stat, setattr, xattrs),
-//! `handle` (open files and directories), `tmpfile` (unnamed files, `O_TMPFILE`), `fileattr` (inode flags, `chattr`, and the
-//! immutable/append-only protection kept in `overlay.protattr`).
+//! `handle` (open files and directories), `tmpfile` (unnamed files, `O_TMPFILE`), `fileattr`
+//! (inode flags, `chattr`, and the immutable/append-only protection kept in
+//! `overlay.protattr`), `metacopy` (files whose metadata was copied up without their data:
+//! where the data is, and its copy-up).
 //!
 //! Locking: the node table sits behind an `RwLock` held only for table updates, never
 //! across I/O. Changes to the namespace (create, remove, rename, copy-up) are serialised
@@ -24,6 +26,7 @@ pub mod inode;
 pub mod inuse;
 pub mod layer;
 pub mod lookup;
+pub mod metacopy;
 pub mod mutate;
 pub mod origin;
 pub mod readdir;
@@ -140,6 +143,9 @@ pub struct CoreOptions {
     /// The atime flags of the private upper mount (kernel overlayfs's clone of the upper
     /// mount); `None` uses the upper mount as it is.
     pub atime: Option<rustix::mount::MountAttrFlags>,
+    /// `metacopy=on|off`; `None`: on where the kernel's format can be written and read
+    /// (`trusted.*` xattrs, i.e. rootful), off otherwise.
+    pub metacopy: Option<bool>,
 }
 
 /// Maps (device, inode) of layer objects to stable, unique inode numbers of the mount.
@@ -204,6 +210,9 @@ pub struct UnionFs {
     pub(crate) dirs: dirfd::DirFdCache,
     inos: InoMap,
     tmp_seq: AtomicU64,
+    /// Metadata-only copy-up, and following metacopy files of the layers (kernel
+    /// `metacopy=on`); off, such a file is refused with EPERM as the kernel refuses it.
+    pub(crate) metacopy: bool,
     /// Read ownership override xattrs (`xattr_permissions`, or a layer root carrying one,
     /// as fuse-overlayfs detects stores written that way).
     read_override: bool,
@@ -243,9 +252,24 @@ impl UnionFs {
                     )
                 })
             });
+        // The kernel's metacopy format lives in `trusted.overlay.*`: kernel overlayfs with
+        // `userxattr` (rootless) has no metacopy and refuses such files, so a rootless mount
+        // copies data up whole.
+        let trusted = match format {
+            Some(f) => f.xattr_ns == XattrNs::Trusted,
+            None => rustix::process::geteuid().is_root(),
+        };
+        let metacopy = opts.metacopy.unwrap_or(true) && trusted;
+        if stack.regular < stack.lowers.len() && !metacopy {
+            return Err(
+                "data-only lower layers (datadir+, lowerdir=..::..) need metacopy=on, which needs \
+                 trusted.* xattrs (CAP_SYS_ADMIN)"
+                    .into(),
+            );
+        }
         let root_lower = Arc::new(LowerRef::new(
             Default::default(),
-            (0..stack.lowers.len() as LowerIdx).collect(),
+            (0..stack.regular as LowerIdx).collect(),
         ));
         let fs = UnionFs {
             nodes: RwLock::new(NodeTable::new(stack.upper.is_some(), root_lower)),
@@ -258,15 +282,20 @@ impl UnionFs {
             dirs: dirfd::DirFdCache::new(dir_cache_capacity()),
             inos: InoMap::new(devs),
             tmp_seq: AtomicU64::new(0),
+            metacopy,
             read_override,
         };
-        fs.check_upper_features()?;
         Ok(fs)
     }
 
     /// Whether stat reads ownership override xattrs.
     pub(crate) fn reads_override(&self) -> bool {
         self.read_override
+    }
+
+    /// Whether attribute changes copy up metadata only (kernel `metacopy=on`).
+    pub fn metacopy_enabled(&self) -> bool {
+        self.metacopy
     }
 
     /// True when the mount accepts no change.
@@ -325,31 +354,6 @@ impl UnionFs {
         format!("#rlayerfs-{}-{n}", std::process::id()).into()
     }
 
-    /// Refuses uppers written with kernel features this implementation does not honour
-    /// (a metacopy file would read as its empty upper copy). Only the upper root is
-    /// checked eagerly; deeper objects are refused with EIO when met.
-    fn check_upper_features(&self) -> std::result::Result<(), String> {
-        let Some(upper) = &self.stack.upper else {
-            return Ok(());
-        };
-        let refuse = |what: &str, at: &Path| {
-            format!(
-                "upperdir {} uses the kernel overlayfs feature {what} (at /{}), which rlayerfs cannot honour",
-                upper.path.display(),
-                at.display()
-            )
-        };
-        let names = crate::sys::list_xattrs(upper.root.as_fd()).unwrap_or_default();
-        if let Some(feature) = names.iter().find_map(|n| whiteout::unsupported_xattr(n)) {
-            return Err(refuse(feature, Path::new("")));
-        }
-        match find_metacopy(upper.root.as_fd()) {
-            Ok(Some(path)) => Err(refuse("metacopy", &path)),
-            Ok(None) => Ok(()),
-            Err(e) => Err(format!("upperdir {}: {e}", upper.path.display())),
-        }
-    }
-
     /// Number of nodes the kernel holds (for tests and memory accounting).
     pub fn node_count(&self) -> usize {
         self.nodes.read().len()
@@ -364,45 +368,6 @@ impl UnionFs {
         // Layer roots are held open for reading: no reopen per statfs.
         rustix::fs::fstatvfs(fd).map_err(|e| Error::os("statfs", e, Where::Upper))
     }
-}
-
-/// Walks an upper layer for a kernel metacopy file (data still in a lower layer, which
-/// would read as its empty upper copy here). Only files with fewer blocks than their size
-/// needs can be one, so most files cost a stat and no xattr read.
-fn find_metacopy(root: BorrowedFd<'_>) -> rustix::io::Result<Option<std::path::PathBuf>> {
-    use rustix::fs::FileType;
-    let mut pending = vec![std::path::PathBuf::new()];
-    while let Some(dir) = pending.pop() {
-        let listing = crate::sys::read_dir(crate::sys::open_dir_for_read(root, &dir)?)?;
-        let dfd = crate::sys::open_dir_path(root, &dir)?;
-        for e in listing {
-            let path = dir.join(&e.name);
-            match e.file_type {
-                FileType::Directory => pending.push(path),
-                FileType::RegularFile | FileType::Unknown => {
-                    let st =
-                        rustix::fs::statat(&dfd, &e.name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)?;
-                    if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
-                        pending.push(path);
-                        continue;
-                    }
-                    // A metacopy file holds no data: fewer blocks than its size needs (its
-                    // xattrs may take a block of their own).
-                    if st.st_mode & libc::S_IFMT != libc::S_IFREG
-                        || (st.st_blocks as i64) * 512 >= st.st_size
-                    {
-                        continue;
-                    }
-                    let fd = crate::sys::open_path(dfd.as_fd(), Path::new(&e.name))?;
-                    if lookup::has_metacopy_xattr(fd.as_fd())? {
-                        return Ok(Some(path));
-                    }
-                }
-                _ => {}
-            }
-        }
-    }
-    Ok(None)
 }
 
 /// How many directory fds each cache may hold: raises the soft RLIMIT_NOFILE to the hard

@@ -356,6 +356,14 @@ impl UnionFs {
             unnamed = self.is_unnamed_upper(src)?;
             if unnamed.is_none() {
                 self.copy_up(src)?;
+                // Its new name must find its data too (kernel `ovl_set_link_redirect`).
+                let (sp, sn) = {
+                    let nodes = self.nodes.read();
+                    let n = nodes.get(src)?;
+                    (n.parent, n.name().to_os_string())
+                };
+                let (spfd, sinfo) = (self.upper_dir_fd(sp)?, self.dir_info(sp)?);
+                self.redirect_if_metacopy(fmt, src, (spfd.as_fd(), &sn), sp, &sinfo, false)?;
             }
         }
         self.copy_up(parent)?;
@@ -669,6 +677,7 @@ impl UnionFs {
                     origin_ino: None,
                     nlink_offset: 0,
                     inner_whiteout: inner_wh,
+                    data: None,
                 }
             }
         };
@@ -975,6 +984,12 @@ impl UnionFs {
             }
             let src_lower_has = self.lower_has(&sinfo, name)?;
             let dst_lower_has = self.lower_has(&dinfo, new_name)?;
+            let samedir = parent == new_parent;
+            let (sp, dp) = (spfd.as_fd(), dpfd.as_fd());
+            self.redirect_if_metacopy(fmt, src_ino, (sp, name), parent, &sinfo, samedir)?;
+            if let (true, Some(d)) = (exchange, dst_ino) {
+                self.redirect_if_metacopy(fmt, d, (dp, new_name), new_parent, &dinfo, samedir)?;
+            }
             if exchange {
                 let dst_ino = dst_ino.ok_or(Error::Invariant("exchange without target"))?;
                 let (sp, dp) = (spfd.as_fd(), dpfd.as_fd());
@@ -1141,6 +1156,31 @@ impl UnionFs {
             nodes.forget(p, 1);
         }
         res
+    }
+
+    /// Gives a metacopy file about to move (or be linked: `samedir` false) the redirect
+    /// that keeps its data found (see `UnionFs::redirect_before_move`).
+    fn redirect_if_metacopy(
+        &self,
+        fmt: WriteFormat,
+        ino: u64,
+        at: (BorrowedFd<'_>, &OsStr),
+        parent: u64,
+        pinfo: &DirInfo,
+        samedir: bool,
+    ) -> Result<()> {
+        let data = {
+            let nodes = self.nodes.read();
+            let n = nodes.get(ino)?;
+            if n.is_dir {
+                return Ok(());
+            }
+            n.data().cloned()
+        };
+        match data {
+            Some(d) => self.redirect_before_move(fmt, at.0, at.1, parent, pinfo, &d, samedir),
+            None => Ok(()),
+        }
     }
 
     /// Paths at and under both names of a rename now name other things (or nothing).

@@ -128,7 +128,9 @@ impl UnionFs {
                 }
                 let (layer, lino, kind) = match child {
                     LowerChild::Hidden { .. } => continue,
-                    LowerChild::NonDir { layer, ino, kind } => (*layer, *ino, *kind),
+                    LowerChild::NonDir {
+                        layer, ino, kind, ..
+                    } => (*layer, *ino, *kind),
                     LowerChild::Dir(d) => match d.candidates.first() {
                         Some(l) => (*l, d.ino, FileType::Directory),
                         None => continue,

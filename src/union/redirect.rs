@@ -81,15 +81,46 @@ enum Probe {
     },
 }
 
-/// Where the lookup of a redirected directory is: relative to the parent directory's
-/// place in each layer, or to the layer roots.
-struct Cursor {
-    from_root: bool,
-    path: PathBuf,
+/// Where the lookup of a redirected directory (or of a metacopy file's data) is: relative
+/// to the parent directory's place in each layer, or to the layer roots.
+pub(crate) struct Cursor {
+    pub(crate) from_root: bool,
+    pub(crate) path: PathBuf,
+}
+
+/// What one layer holds where the data of a metacopy file is looked up.
+pub(crate) enum FileProbe {
+    /// Nothing: the lookup goes on in the next layer.
+    Missing,
+    /// A whiteout, a directory or another non-regular object: the lookup ends, without data.
+    Stop,
+    /// A regular file (`name` in directory `dir`, at `path` in the layer), and whether an
+    /// opaque directory on the way ends the lookup after this layer.
+    File {
+        dir: std::sync::Arc<std::os::fd::OwnedFd>,
+        name: OsString,
+        path: PathBuf,
+        st: rustix::fs::Stat,
+        stop_after: bool,
+    },
+}
+
+/// The end of a walk from a layer root along directories (see
+/// `UnionFs::walk_from_root`).
+enum Walked {
+    /// The walk ended before the last component.
+    Ended(Probe),
+    /// Every component is a directory: the path reached, the last one's marks (unless
+    /// `bottom`), and whether an opaque directory on the way ends the lookup after it.
+    Reached {
+        path: PathBuf,
+        marks: Option<DirMarks>,
+        stop_after: bool,
+    },
 }
 
 impl Cursor {
-    fn apply(&mut self, r: Redirect) {
+    pub(crate) fn apply(&mut self, r: Redirect) {
         match r {
             Redirect::Absolute(comps) => {
                 self.from_root = true;
@@ -116,7 +147,7 @@ impl UnionFs {
             path: PathBuf::new(),
         };
         cur.apply(parse(value, Where::Lower(from))?);
-        let bottom = (self.stack.lowers.len() - 1) as LowerIdx;
+        let bottom = self.stack.bottom();
         for layer in from + 1..=bottom {
             if !cur.from_root && !parent.layers.contains(&layer) {
                 continue;
@@ -177,34 +208,60 @@ impl UnionFs {
     /// walks an absolute redirect: a redirect on the way rewrites the path (for this layer
     /// and the next), an opaque directory on the way ends the lookup after this layer.
     fn probe_from_root(&self, layer: LowerIdx, cur: &mut Cursor, bottom: bool) -> Result<Probe> {
-        let at = Where::Lower(layer);
         let comps: Vec<OsString> = cur.path.iter().map(OsStr::to_os_string).collect();
+        Ok(match self.walk_from_root(layer, cur, &comps, bottom)? {
+            Walked::Ended(p) => p,
+            Walked::Reached {
+                path,
+                marks,
+                stop_after,
+            } => Probe::Dir {
+                marks,
+                stop_after,
+                path,
+            },
+        })
+    }
+
+    /// Walks the directories `comps` (the first ones of `cur.path`) from the root of
+    /// `layer`, rewriting `cur.path` where a directory on the way carries a redirect.
+    fn walk_from_root(
+        &self,
+        layer: LowerIdx,
+        cur: &mut Cursor,
+        comps: &[OsString],
+        bottom: bool,
+    ) -> Result<Walked> {
+        let at = Where::Lower(layer);
+        let all: Vec<OsString> = cur.path.iter().map(OsStr::to_os_string).collect();
         let mut here = PathBuf::new();
         let mut stop_after = false;
-        let mut marks = None;
         for (i, name) in comps.iter().enumerate() {
             let pfd = self.lower_dir_fd(layer, &here).at("open lower dir", at)?;
             let last = i + 1 == comps.len();
             match self.probe_one(pfd.as_fd(), name, at, bottom)? {
                 // An opaque directory on the way ends the lookup even when the path goes
                 // no further in this layer.
-                Step::Missing if stop_after => return Ok(Probe::Stop),
-                Step::Missing => return Ok(Probe::Missing),
-                Step::Stop => return Ok(Probe::Stop),
+                Step::Missing if stop_after => return Ok(Walked::Ended(Probe::Stop)),
+                Step::Missing => return Ok(Walked::Ended(Probe::Missing)),
+                Step::Stop => return Ok(Walked::Ended(Probe::Stop)),
                 Step::Dir(m) => {
                     here.push(name);
                     if last {
-                        marks = m;
-                        break;
+                        return Ok(Walked::Reached {
+                            path: here,
+                            marks: m,
+                            stop_after,
+                        });
                     }
                     let Some(m) = m else { continue };
                     stop_after |= m.opaque;
                     if let Some(v) = m.redirect {
                         // The rest of the path now continues from the redirect's target.
-                        let rest: PathBuf = comps[i + 1..].iter().collect();
+                        let rest: PathBuf = all[i + 1..].iter().collect();
                         let mut prefix = Cursor {
                             from_root: true,
-                            path: comps[..=i].iter().collect(),
+                            path: all[..=i].iter().collect(),
                         };
                         prefix.apply(parse(&v, at)?);
                         cur.path = prefix.path.join(rest);
@@ -212,10 +269,93 @@ impl UnionFs {
                 }
             }
         }
-        Ok(Probe::Dir {
-            marks,
-            stop_after,
+        Ok(Walked::Reached {
             path: here,
+            marks: None,
+            stop_after,
+        })
+    }
+
+    /// Looks for the data of a metacopy file at `cur.path` in `layer`: from the layer root
+    /// (`cur.from_root`, the directories on the way followed as the kernel follows them)
+    /// or below `parent`'s place in the layer.
+    pub(crate) fn probe_file(
+        &self,
+        layer: LowerIdx,
+        cur: &mut Cursor,
+        parent: Option<&LowerRef>,
+        bottom: bool,
+    ) -> Result<FileProbe> {
+        let at = Where::Lower(layer);
+        let Some(name) = cur.path.file_name().map(OsStr::to_os_string) else {
+            return Ok(FileProbe::Missing);
+        };
+        let (dir_path, stop_after) = if cur.from_root {
+            let comps: Vec<OsString> = cur.path.iter().map(OsStr::to_os_string).collect();
+            let dirs = &comps[..comps.len() - 1];
+            match self.walk_from_root(layer, cur, dirs, bottom)? {
+                Walked::Ended(Probe::Missing) => return Ok(FileProbe::Missing),
+                Walked::Ended(_) => return Ok(FileProbe::Stop),
+                Walked::Reached {
+                    path,
+                    marks,
+                    mut stop_after,
+                } => {
+                    // The file's own directory is on the way too: its marks count.
+                    if let Some(m) = marks {
+                        stop_after |= m.opaque;
+                        if let Some(v) = m.redirect {
+                            let mut prefix = Cursor {
+                                from_root: true,
+                                path: dirs.iter().collect(),
+                            };
+                            prefix.apply(parse(&v, at)?);
+                            cur.path = prefix.path.join(&name);
+                        }
+                    }
+                    (path, stop_after)
+                }
+            }
+        } else {
+            let Some(parent) = parent else {
+                return Ok(FileProbe::Missing);
+            };
+            let full = parent.path_in(layer).join(&cur.path);
+            let dir = full.parent().map(PathBuf::from).unwrap_or_default();
+            (dir, false)
+        };
+        let dir = match self.lower_dir_fd(layer, &dir_path) {
+            Ok(fd) => fd,
+            Err(Errno::NOENT) | Err(Errno::NOTDIR) | Err(Errno::LOOP) => {
+                return Ok(FileProbe::Missing)
+            }
+            Err(e) => return Err(Error::os("open lower dir", e, at)),
+        };
+        let st = match rustix::fs::statat(&*dir, &name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => st,
+            Err(Errno::NOENT) => {
+                let hidden = crate::union::lookup::whiteout_file_hides(dir.as_fd(), &name)?;
+                return Ok(if hidden || stop_after {
+                    FileProbe::Stop
+                } else {
+                    FileProbe::Missing
+                });
+            }
+            Err(e) => return Err(Error::os("stat", e, at)),
+        };
+        // Below a metacopy file only a regular file can hold its data: a whiteout, a
+        // directory or anything else ends the lookup (kernel `ovl_lookup_single`).
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG
+            || (st.st_size == 0 && crate::union::lookup::is_xattr_whiteout(dir.as_fd(), &name)?)
+        {
+            return Ok(FileProbe::Stop);
+        }
+        Ok(FileProbe::File {
+            path: dir_path.join(&name),
+            dir,
+            name,
+            st,
+            stop_after,
         })
     }
 

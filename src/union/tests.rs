@@ -70,6 +70,7 @@ impl Fixture {
     pub(crate) fn fs_with(&self, ids: crate::union::ids::IdOptions) -> UnionFs {
         let paths = StackPaths {
             lowers: (0..self.lowers).map(|i| self.l(i)).collect(),
+            data: Vec::new(),
             upper: Some(self.u()),
             work: Some(self.root.join("w")),
         };
@@ -80,6 +81,7 @@ impl Fixture {
                 read_only: false,
                 ids,
                 atime: None,
+                metacopy: None,
             },
         )
         .unwrap()
@@ -457,6 +459,7 @@ fn reserved_names_and_read_only() {
     let ro = UnionFs::new(
         &StackPaths {
             lowers: vec![f.l(0)],
+            data: Vec::new(),
             upper: None,
             work: None,
         },

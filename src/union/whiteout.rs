@@ -112,6 +112,13 @@ impl XattrNs {
             XattrNs::User => "user.overlay.overlay.opaque",
         }
     }
+    /// The mark of a file copied up without its data (see `crate::format::metacopy`).
+    pub fn metacopy(self) -> &'static str {
+        match self {
+            XattrNs::Trusted => "trusted.overlay.metacopy",
+            XattrNs::User => "user.overlay.metacopy",
+        }
+    }
 }
 
 /// The xattr namespaces that belong to an overlay: kernel overlayfs (`trusted.overlay.`,
@@ -262,19 +269,6 @@ pub fn redirect_xattr_names() -> [&'static str; 2] {
     ["trusted.overlay.redirect", "user.overlay.redirect"]
 }
 
-/// Kernel features recorded in an upper that this implementation cannot honour.
-pub fn unsupported_xattr(name: &OsStr) -> Option<&'static str> {
-    let b = name.as_bytes();
-    for p in OVERLAY_PREFIXES {
-        if let Some(rest) = b.strip_prefix(p.as_bytes()) {
-            if rest == b"metacopy" {
-                return Some("metacopy");
-            }
-        }
-    }
-    None
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -368,13 +362,5 @@ mod tests {
         assert!(is_chardev_whiteout(libc::S_IFCHR | 0o644, 0));
         assert!(!is_chardev_whiteout(libc::S_IFCHR | 0o644, 0x0103));
         assert!(!is_chardev_whiteout(libc::S_IFREG, 0));
-        assert_eq!(
-            unsupported_xattr(OsStr::new("trusted.overlay.metacopy")),
-            Some("metacopy")
-        );
-        assert_eq!(
-            unsupported_xattr(OsStr::new("trusted.overlay.opaque")),
-            None
-        );
     }
 }

@@ -1,4 +1,6 @@
-//! Mount guards. `KernelOverlay` mounts kernel overlayfs (`index=on,redirect_dir=on`);
+//! Mount guards. `KernelOverlay` mounts kernel overlayfs (`index=on,redirect_dir=on,
+//! metacopy=on`, rlayerfs's defaults as root; `RLAYERFS_TEST_METACOPY=off` mounts both the
+//! kernel and rlayerfs with `metacopy=off`);
 //! `FuseMount` runs the FUSE binary under test (rlayerfs, or `RLAYERFS_TEST_BIN`, e.g.
 //! fuse-overlayfs), which must return exit 0 only once the mount is live.
 //!
@@ -17,8 +19,18 @@ use std::time::{Duration, Instant};
 use super::fixture::Stack;
 use super::sys;
 
-/// Options the kernel reference is always mounted with.
-pub const KERNEL_OPTS: &str = "index=on,redirect_dir=on";
+/// Options the kernel reference is always mounted with (see the module doc).
+pub fn kernel_opts() -> String {
+    format!("index=on,redirect_dir=on,metacopy={}", test_metacopy())
+}
+
+/// `on` unless `RLAYERFS_TEST_METACOPY=off`.
+pub fn test_metacopy() -> &'static str {
+    match std::env::var("RLAYERFS_TEST_METACOPY").as_deref() {
+        Ok("off") => "off",
+        _ => "on",
+    }
+}
 /// How long the FUSE binary may take to report a live mount.
 const MOUNT_TIMEOUT: Duration = Duration::from_secs(20);
 /// Retries of an unmount that fails with EBUSY (a closing fd may still pin the mount).
@@ -150,7 +162,7 @@ pub fn unmount_path(mnt: &Path, first: impl Fn(&Path) -> io::Result<()>) -> io::
     Ok(false)
 }
 
-/// Kernel overlayfs mounted with `KERNEL_OPTS`; unmounted on drop.
+/// Kernel overlayfs mounted with [`kernel_opts`]; unmounted on drop.
 #[derive(Debug)]
 pub struct KernelOverlay {
     mnt: PathBuf,
@@ -184,10 +196,10 @@ impl KernelOverlay {
     }
 
     pub fn mount_dirs(dirs: &MountDirs) -> io::Result<KernelOverlay> {
-        Self::mount_with(dirs, KERNEL_OPTS)
+        Self::mount_with(dirs, &kernel_opts())
     }
 
-    /// Mounts with kernel overlayfs options `opts` instead of `KERNEL_OPTS` (e.g.
+    /// Mounts with kernel overlayfs options `opts` instead of [`kernel_opts`] (e.g.
     /// `userxattr`).
     pub fn mount_with(dirs: &MountDirs, opts: &str) -> io::Result<KernelOverlay> {
         let data = format!("{},{opts}", dirs.options());
@@ -314,6 +326,9 @@ impl FuseMount {
         }
         if let Some(options) = options {
             cmd.arg("-o").arg(options);
+            if test_metacopy() == "off" && takes_mount_subcommand(&bin) {
+                cmd.arg("-o").arg("metacopy=off");
+            }
         }
         cmd.arg(&dirs.mnt);
         // Output goes to an unnamed file, never a pipe: a daemon that keeps stderr open would
