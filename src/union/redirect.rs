@@ -89,6 +89,9 @@ pub(crate) struct Cursor {
 }
 
 /// What one layer holds where the data of a metacopy file is looked up.
+// One short-lived value per probed layer, moved out at once: boxing the stat would cost an
+// allocation per lookup for nothing.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum FileProbe {
     /// Nothing: the lookup goes on in the next layer.
     Missing,
