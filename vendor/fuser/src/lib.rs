@@ -445,7 +445,8 @@ pub trait Filesystem: Send + Sync + 'static {
         reply.error(Errno::ENOSYS);
     }
 
-    /// Set file attributes.
+    /// Set file attributes. With `FUSE_HANDLE_KILLPRIV_V2` negotiated, `kill_suidgid` says
+    /// the kernel leaves clearing set-user-id and set-group-id to the filesystem.
     fn setattr(
         &self,
         _req: &Request,
@@ -462,6 +463,7 @@ pub trait Filesystem: Send + Sync + 'static {
         _chgtime: Option<SystemTime>,
         _bkuptime: Option<SystemTime>,
         flags: Option<BsdFileFlags>,
+        _kill_suidgid: bool,
         reply: ReplyAttr,
     ) {
         warn!(
