@@ -5,7 +5,7 @@
 //! Layers are generated once per run under `$RLAYERFS_BENCH_DIR` (else `$TMPDIR`).
 //! Copy-up builds files and renames them, so put that directory on a journaled
 //! filesystem (the root filesystem of the build machines has no journal and its creates
-//! are slowed by inodes freed by the previous run; see FACTS.md).
+//! are slowed by inodes freed by the previous run).
 //!
 //! What each group measures:
 //! - `lookup/{hit,miss}_{cold,warm}/N`: a name only in the bottom of N lower layers, and a

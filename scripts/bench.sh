@@ -4,8 +4,8 @@
 # directory holding the merged tree, over the same generated layers.
 #
 # Everything (layers, uppers, workdirs) lives on a loop-mounted ext4 image made with a journal:
-# the root filesystem of these machines has none, and its creates slow down with the inodes
-# the previous run freed, which would make every write figure meaningless (shared/FACTS.md).
+# the root filesystem of these machines is ext4 without a journal, where every create scans
+# the inodes the previous run deleted, which would make every write figure meaningless.
 #
 # The systems run interleaved, in a rotating order (A B C, B C A, ...), each run on a fresh
 # mount with a fresh upper and workdir, and every figure is a median over runs together with
@@ -16,7 +16,11 @@
 # Durability differs: kernel overlayfs and rlayerfs fsync every copied-up file, fuse-overlayfs
 # (1.x and 2.0) does not; `kernel-volatile` and `rlayerfs-volatile` are the no-fsync variants
 # (compare those with fuse-overlayfs) and run only in the scenarios that write. No timing
-# includes a final sync.
+# includes a final sync, but chmod64k's (the issue's measurement: metadata-only copy-up
+# against full copies, whose data the sync writes out). Metadata-only copy-up differs too:
+# rlayerfs does it by default as root (kernel `metacopy=on`), the kernel's default here is
+# off; `kernel-metacopy` (metacopy=on) and `rlayerfs-nometacopy` (-o metacopy=off) are the
+# other variants, also only in the scenarios that write.
 #
 # Needs root, /dev/fuse, losetup, mkfs.ext4, perl; git for the git scenario. Run
 # `scripts/bench.sh --help` for the options. Cold scenarios drop the page cache of the whole
@@ -39,15 +43,16 @@ usage: scripts/bench.sh [--quick] [--runs N] [--only LIST] [--systems LIST] [--p
   --runs N         runs per system and scenario (default 3; 1 with --quick)
   --only LIST      comma-separated scenarios, or prefixes of them (stat = all stat*):
                    walk stat1 stat8 stat32 stat128 readdir seqread smallread append
-                   chmod untar rm cpa git
-  --systems LIST   comma-separated, from: kernel kernel-volatile rlayerfs
-                   rlayerfs-volatile rlayerfs-classic fuse-overlayfs
-                   fuse-overlayfs2 plain
+                   chmod chmod64k untar rm cpa git
+  --systems LIST   comma-separated, from: kernel kernel-volatile kernel-metacopy
+                   rlayerfs rlayerfs-volatile rlayerfs-classic rlayerfs-nometacopy
+                   fuse-overlayfs fuse-overlayfs2 plain
                    (default: all of them); ratios are to `kernel`. `rlayerfs` serves
                    over FUSE-over-io_uring where the kernel allows it (this script sets
                    the fuse module parameter enable_uring=Y for the run and restores it),
                    `rlayerfs-classic` over /dev/fuse read/write (-o uring=off). The -volatile
-                   ones (no fsync of copy-ups) run only in the scenarios that write
+                   ones (no fsync of copy-ups), kernel-metacopy (metacopy=on) and
+                   rlayerfs-nometacopy (-o metacopy=off) run only in the scenarios that write
   --pin            run the daemons and the clients on CPU 0 (taskset -c 0)
   --dir DIR        where the ext4 image and the results go (default /var/tmp/rlayerfs-bench)
   --rlayerfs PATH  the rlayerfs binary (default: target/release/rlayerfs, built if missing)
@@ -61,14 +66,16 @@ usage: scripts/bench.sh [--quick] [--runs N] [--only LIST] [--systems LIST] [--p
 EOF
 }
 
-# summarize TSV "SYSTEM...": the table of medians and ratios of a results file.
+# summarize TSV "SYSTEM...": the table of medians and ratios of a results file, then the
+# FUSE requests per operation of the rlayerfs systems by opcode.
 summarize() {
     local pinned runs
     pinned=$(awk -F'\t' '$1 == "#pinned" { print $2 }' "$1")
-    runs=$(awk -F'\t' '$1 !~ /^#/ && $4 + 0 > n { n = $4 + 0 } END { print n + 0 }' "$1")
+    runs=$(awk -F'\t' '$1 !~ /^#/ && $2 !~ /^#/ && $4 + 0 > n { n = $4 + 0 } END { print n + 0 }' "$1")
     say ""
     say "medians of $runs run(s); ratio = system / kernel overlayfs; for FUSE daemons: CPU seconds"
-    say "during the step (median) and peak RSS over the runs. Durability: kernel and rlayerfs fsync"
+    say "during the step (median) and peak RSS over the runs; for rlayerfs: rN = FUSE requests per"
+    say "operation (file, name, listing or MiB; median). Durability: kernel and rlayerfs fsync"
     say "copied-up files, kernel-volatile, rlayerfs-volatile and fuse-overlayfs do not."
     if [ "$pinned" = yes ]; then say "pinned: daemons and clients on CPU 0"; else say "not pinned"; fi
     awk -F'\t' -v systems="$2" '
@@ -79,21 +86,30 @@ summarize() {
             }
             return n % 2 ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2
         }
+        function reqs(v) { return v >= 100 ? sprintf("%.0f", v) : v >= 10 ? sprintf("%.1f", v) : sprintf("%.2f", v) }
         $1 ~ /^#/ { next }
         {
             key = $1 SUBSEP $3
             if ($2 == "#hwm") { if ($5 + 0 > hwm[key] + 0) hwm[key] = $5; next }
+            if ($2 == "#req") {
+                k = $5 SUBSEP $3
+                if (!(k in byop) || $4 + 0 >= byop_run[k]) { byop[k] = $6; byop_run[k] = $4 + 0 }
+                if ($7 != "" && index(" " tr[$3] " ", " " $7 " ") == 0) tr[$3] = tr[$3] (tr[$3] == "" ? "" : " ") $7
+                next
+            }
+            if ($2 ~ /-MiB$/) { mib[$2 SUBSEP $3] = 1 }
             m = $2
             if (!(m in seen)) { seen[m] = 1; order[++nm] = m; scen[m] = $1 }
             k = m SUBSEP $3
             if ($5 == "FAIL") { fail[k] = 1; next }
             t[k] = t[k] " " $5
             if ($6 != "-") c[k] = c[k] " " $6
+            if ($7 != "" && $7 != "-") r[k] = r[k] " " $7
         }
         END {
             ns = split(systems, sys, " ")
             printf "%-20s", "scenario"
-            for (i = 1; i <= ns; i++) printf " | %-26s", sys[i]
+            for (i = 1; i <= ns; i++) printf " | %-33s", sys[i]
             printf "\n"
             for (o = 1; o <= nm; o++) {
                 m = order[o]
@@ -106,16 +122,26 @@ summarize() {
                     else if (!(k in t)) cell = "-"
                     else {
                         v = median(t[k])
+                        if (k in mib) { printf " | %-26s", sprintf("%.1f MiB", v); continue }
                         cell = sprintf("%.3fs", v)
                         if (base != "" && sys[i] != "kernel" && base > 0) cell = cell sprintf(" x%.2f", v / base)
                         if (k in c) {
-                            r = hwm[scen[m] SUBSEP sys[i]]
-                            cell = cell sprintf(" cpu%.2fs %dM", median(c[k]), (r + 512) / 1024)
+                            h = hwm[scen[m] SUBSEP sys[i]]
+                            cell = cell sprintf(" cpu%.2fs %dM", median(c[k]), (h + 512) / 1024)
                         }
+                        if (k in r) cell = cell " r" reqs(median(r[k]))
                     }
-                    printf " | %-26s", cell
+                    printf " | %-33s", cell
                 }
                 printf "\n"
+            }
+            for (i = 1; i <= ns; i++) if (sys[i] in tr) printf "%s served over: %s\n", sys[i], tr[sys[i]]
+            any = 0
+            for (o = 1; o <= nm; o++) for (i = 1; i <= ns; i++) {
+                k = order[o] SUBSEP sys[i]
+                if (!(k in byop)) continue
+                if (!any) { printf "\nFUSE requests per operation by opcode (last run):\n"; any = 1 }
+                printf "%-20s %-18s %s\n", order[o], sys[i], byop[k]
             }
         }' "$1"
 }
@@ -124,7 +150,7 @@ QUICK=0
 RUNS=
 ONLY=
 PIN=()
-SYSTEMS="kernel,kernel-volatile,rlayerfs,rlayerfs-volatile,rlayerfs-classic,fuse-overlayfs,fuse-overlayfs2,plain"
+SYSTEMS="kernel,kernel-volatile,kernel-metacopy,rlayerfs,rlayerfs-volatile,rlayerfs-classic,rlayerfs-nometacopy,fuse-overlayfs,fuse-overlayfs2,plain"
 BASE_DIR=/var/tmp/rlayerfs-bench
 RLAYERFS=
 INSTALL=0
@@ -154,7 +180,8 @@ done
 if [ -n "$REPORT" ]; then
     [ -r "$REPORT" ] || { echo "cannot read $REPORT" >&2; exit 2; }
     present=()
-    for s in kernel kernel-volatile rlayerfs rlayerfs-volatile rlayerfs-classic fuse-overlayfs fuse-overlayfs2 plain; do
+    for s in kernel kernel-volatile kernel-metacopy rlayerfs rlayerfs-volatile rlayerfs-classic \
+        rlayerfs-nometacopy fuse-overlayfs fuse-overlayfs2 plain; do
         awk -F'\t' -v s="$s" '$3 == s { f = 1 } END { exit !f }' "$REPORT" && present+=("$s")
     done
     summarize "$REPORT" "${present[*]}"
@@ -170,15 +197,17 @@ die() { printf 'bench.sh: %s\n' "$*" >&2; exit 1; }
 # ---------------------------------------------------------------- sizes
 if [ "$QUICK" = 1 ]; then
     WALK_FILES=2000 STAT_NAMES=500 READDIR_ENTRIES=1000 SEQ_MIB=32 SMALL_FILES=500
-    APPEND_MIB=16 CHMOD_FILES=300 UNTAR_FILES=500 RM_FILES=500 CPA_FILES=300 GIT_FILES=300
+    APPEND_MIB=16 CHMOD_FILES=300 CHMOD64K_FILES=200 UNTAR_FILES=500 RM_FILES=500
+    CPA_FILES=300 GIT_FILES=300
     IMAGE_GIB=3
 else
     WALK_FILES=100000 STAT_NAMES=20000 READDIR_ENTRIES=10000 SEQ_MIB=1024 SMALL_FILES=20000
-    APPEND_MIB=512 CHMOD_FILES=10000 UNTAR_FILES=20000 RM_FILES=20000 CPA_FILES=5000
+    APPEND_MIB=512 CHMOD_FILES=10000 CHMOD64K_FILES=2000 UNTAR_FILES=20000 RM_FILES=20000
+    CPA_FILES=5000
     GIT_FILES=10000 IMAGE_GIB=24
     if [ "$SCALE" != 1 ]; then
         awk -v f="$SCALE" 'BEGIN { exit !(f > 0 && f <= 1) }' || die "--scale needs a number in (0, 1]"
-        for v in WALK_FILES STAT_NAMES READDIR_ENTRIES SEQ_MIB SMALL_FILES APPEND_MIB CHMOD_FILES \
+        for v in WALK_FILES STAT_NAMES READDIR_ENTRIES SEQ_MIB SMALL_FILES APPEND_MIB CHMOD_FILES CHMOD64K_FILES \
             UNTAR_FILES RM_FILES CPA_FILES GIT_FILES; do
             # Whole hundreds, at least 100: the generators spread files 100 to a directory.
             printf -v "$v" '%d' "$(awk -v n="${!v}" -v f="$SCALE" \
@@ -190,7 +219,7 @@ WALK_LAYERS=10
 READDIR_LAYERS=4
 # Filler files in each layer above the bottom one of the stat stacks.
 STAT_FILLERS=10
-ALL_SCENARIOS="walk stat1 stat8 stat32 stat128 readdir seqread smallread append chmod untar rm cpa git"
+ALL_SCENARIOS="walk stat1 stat8 stat32 stat128 readdir seqread smallread append chmod chmod64k untar rm cpa git"
 
 # ---------------------------------------------------------------- output helpers
 note() { printf '  - %s\n' "$*"; SKIPPED+=("$*"); }
@@ -310,10 +339,10 @@ find_fo2() {
 SYS=()
 for s in "${WANT_SYSTEMS[@]}"; do
     case "$s" in
-    kernel | kernel-volatile)
+    kernel | kernel-volatile | kernel-metacopy)
         [ "$HAVE_KERNEL" = 1 ] && SYS+=("$s")
         ;;
-    rlayerfs | rlayerfs-volatile | rlayerfs-classic)
+    rlayerfs | rlayerfs-volatile | rlayerfs-classic | rlayerfs-nometacopy)
         [ "$HAVE_FUSE" = 1 ] || continue
         if [ -z "$RLAYERFS" ]; then
             RLAYERFS="${CARGO_TARGET_DIR:-$REPO/target}/release/rlayerfs"
@@ -449,7 +478,7 @@ layer_list() {
 # the merged tree every run); cold scenarios drop the page cache before mounting.
 declare -A KIND COLD
 KIND=([walk]=ro [stat1]=ro [stat8]=ro [stat32]=ro [stat128]=ro [readdir]=ro [seqread]=ro
-    [smallread]=ro [append]=rw [chmod]=rw [untar]=rw [rm]=rw [cpa]=rw [git]=rw)
+    [smallread]=ro [append]=rw [chmod]=rw [chmod64k]=rw [untar]=rw [rm]=rw [cpa]=rw [git]=rw)
 COLD=([walk]=1 [seqread]=1)
 
 gen_walk() {
@@ -470,8 +499,8 @@ gen_walk() {
 lowers_walk() { layer_list "$D/L" "$WALK_LAYERS"; }
 run_walk() {
     local walk='find "$M/t" -printf "%i %s %m %U %T@\n"'
-    measure walk-cold "$walk"
-    measure walk-warm "$walk"
+    measure walk-cold "$walk" "$WALK_FILES"
+    measure walk-warm "$walk" "$WALK_FILES"
 }
 
 # The stat stacks share one bottom layer (the names) and the fillers above it.
@@ -495,8 +524,8 @@ stat_lowers() {
 }
 stat_run() {
     local n=$1 lstat='cd "$M" && perl -e '"'"'while (<STDIN>) { chomp; lstat($_) }'"'"
-    measure "stat-hit-$n" "$lstat <$R/statdata/hits"
-    measure "stat-miss-$n" "$lstat <$R/statdata/misses"
+    measure "stat-hit-$n" "$lstat <$R/statdata/hits" "$STAT_NAMES"
+    measure "stat-miss-$n" "$lstat <$R/statdata/misses" "$STAT_NAMES"
 }
 for n in 1 8 32 128; do
     eval "gen_stat$n() { mkdir -p \"\$D\"; gen_stat_common; }"
@@ -526,7 +555,7 @@ gen_readdir() {
 lowers_readdir() { layer_list "$D/L" "$READDIR_LAYERS"; }
 run_readdir() {
     measure readdir-first 'ls -f "$M/big" >/dev/null'
-    measure readdir-again-x10 'for i in 1 2 3 4 5 6 7 8 9 10; do ls -f "$M/big"; done >/dev/null'
+    measure readdir-again-x10 'for i in 1 2 3 4 5 6 7 8 9 10; do ls -f "$M/big"; done >/dev/null' 10
 }
 
 gen_seqread() {
@@ -536,8 +565,8 @@ gen_seqread() {
 }
 lowers_seqread() { layer_list "$D/L" 2; }
 run_seqread() {
-    measure seqread-cold 'dd if="$M/big" of=/dev/null bs=1M status=none'
-    measure seqread-warm 'dd if="$M/big" of=/dev/null bs=1M status=none'
+    measure seqread-cold 'dd if="$M/big" of=/dev/null bs=1M status=none' "$SEQ_MIB"
+    measure seqread-warm 'dd if="$M/big" of=/dev/null bs=1M status=none' "$SEQ_MIB"
 }
 
 gen_smallread() {
@@ -549,7 +578,7 @@ gen_smallread() {
 }
 lowers_smallread() { layer_list "$D/L" 4; }
 run_smallread() {
-    measure smallread 'cd "$M" && xargs -d "\n" -a "$D/list" cat >/dev/null'
+    measure smallread 'cd "$M" && xargs -d "\n" -a "$D/list" cat >/dev/null' "$SMALL_FILES"
 }
 
 gen_append() {
@@ -571,7 +600,22 @@ gen_chmod() {
 }
 lowers_chmod() { layer_list "$D/L" 2; }
 run_chmod() {
-    measure chmod 'cd "$M" && xargs -d "\n" -a "$D/list" chmod 600'
+    measure chmod 'cd "$M" && xargs -d "\n" -a "$D/list" chmod 600' "$CHMOD_FILES"
+}
+
+# The issue's measurement: 2,000 lower files of 64 KiB, chmod 600 of all of them, then a
+# sync of the upper's filesystem (full copies are written out then); the upper's size after.
+gen_chmod64k() {
+    mkdir -p "$D/L/0/c"
+    genfiles "$D/L/0/c" "$CHMOD64K_FILES" 100 65536 65536 "f" "$D/list"
+}
+lowers_chmod64k() { layer_list "$D/L" 1; }
+run_chmod64k() {
+    measure chmod64k 'cd "$M" && xargs -d "\n" -a "$D/list" chmod 600 && sync -f "$UP"'
+    local kib
+    kib=$(du -sk "$UP" | awk '{ print $1 }')
+    printf '%s\t%s\t%s\t%s\t%s\t-\n' "$SCEN" "chmod64k-upper-MiB" "$SYSNAME" "$RUN" \
+        "$(awk -v k="$kib" 'BEGIN { printf "%.2f", k / 1024 }')" >>"$RESULTS"
 }
 
 gen_untar() {
@@ -584,7 +628,7 @@ gen_untar() {
 }
 lowers_untar() { layer_list "$D/L" 2; }
 run_untar() {
-    measure untar 'tar -xf "$D/tree.tar" -C "$M/dst"'
+    measure untar 'tar -xf "$D/tree.tar" -C "$M/dst"' "$UNTAR_FILES"
 }
 
 gen_rm() {
@@ -596,7 +640,7 @@ gen_rm() {
 }
 lowers_rm() { layer_list "$D/L" 2; }
 run_rm() {
-    measure rm-rf 'rm -rf "$M/t"'
+    measure rm-rf 'rm -rf "$M/t"' "$RM_FILES"
 }
 
 gen_cpa() {
@@ -613,7 +657,7 @@ gen_cpa() {
 }
 lowers_cpa() { layer_list "$D/L" 2; }
 run_cpa() {
-    measure cp-a 'cp -a "$M/src" "$M/src-copy"'
+    measure cp-a 'cp -a "$M/src" "$M/src-copy"' "$CPA_FILES"
 }
 
 gen_git() {
@@ -632,13 +676,13 @@ lowers_git() { layer_list "$D/L" 2; }
 run_git() {
     # The first status after mounting sees new st_dev/st_ino, rehashes and rewrites the
     # index (a copy-up of .git/index); the second one is the everyday case.
-    measure git-status-first 'git -C "$M/repo" status --porcelain >/dev/null'
-    measure git-status-again 'git -C "$M/repo" status --porcelain >/dev/null'
+    measure git-status-first 'git -C "$M/repo" status --porcelain >/dev/null' "$GIT_FILES"
+    measure git-status-again 'git -C "$M/repo" status --porcelain >/dev/null' "$GIT_FILES"
 }
 
 # ---------------------------------------------------------------- mounting
-SCEN='' SYSNAME='' RUN='' M='' D='' DPID=''
-export M D
+SCEN='' SYSNAME='' RUN='' M='' D='' DPID='' STATS=''
+export M D UP
 
 # Ticks of CPU (user + system, all threads) the daemon used so far.
 daemon_ticks() {
@@ -669,15 +713,20 @@ is_fuse() { case "$1" in rlayerfs* | fuse-overlayfs*) return 0 ;; esac; return 1
 mount_system() {
     local ld=$1 x=$R/x/$SYSNAME.$RUN
     M=$R/m/$SYSNAME.$RUN
+    UP=$x/u
     DPID=
+    STATS=
     mkdir -p "$x/u" "$x/w" "$M"
+    case "$SYSNAME" in rlayerfs*) STATS=$x/stats.json ;; esac
     local opts="lowerdir=$ld,upperdir=$x/u,workdir=$x/w"
     case "$SYSNAME" in
     kernel) mount -t overlay overlay -o "$opts" "$M" ;;
     kernel-volatile) mount -t overlay overlay -o "$opts,volatile" "$M" ;;
-    rlayerfs) "${PIN[@]}" "$RLAYERFS" mount -o "$opts" "$M" ;;
-    rlayerfs-volatile) "${PIN[@]}" "$RLAYERFS" mount -o "$opts,volatile" "$M" ;;
-    rlayerfs-classic) "${PIN[@]}" "$RLAYERFS" mount -o "$opts,uring=off" "$M" ;;
+    kernel-metacopy) mount -t overlay overlay -o "$opts,metacopy=on,index=on,redirect_dir=on" "$M" ;;
+    rlayerfs) RLAYERFS_STATS=$STATS "${PIN[@]}" "$RLAYERFS" mount -o "$opts" "$M" ;;
+    rlayerfs-volatile) RLAYERFS_STATS=$STATS "${PIN[@]}" "$RLAYERFS" mount -o "$opts,volatile" "$M" ;;
+    rlayerfs-classic) RLAYERFS_STATS=$STATS "${PIN[@]}" "$RLAYERFS" mount -o "$opts,uring=off" "$M" ;;
+    rlayerfs-nometacopy) RLAYERFS_STATS=$STATS "${PIN[@]}" "$RLAYERFS" mount -o "$opts,metacopy=off" "$M" ;;
     fuse-overlayfs) "${PIN[@]}" "$FO1" -o "$opts" "$M" ;;
     fuse-overlayfs2) "${PIN[@]}" "$FO2" -o "$opts" "$M" ;;
     esac >>"$LOG" 2>&1 || return 1
@@ -733,16 +782,59 @@ failed() {
     case "$SYSNAME" in rlayerfs*) FAILED=1 ;; *) REF_FAILED=1 ;; esac
 }
 
-# measure NAME 'SHELL COMMAND': times one step (M and D set), with the daemon's CPU.
+# The daemon's request counts so far (rlayerfs systems: RLAYERFS_STATS names the file its
+# SIGUSR1 report is written to, replaced by a rename once complete) copied to $1.
+snap_requests() {
+    local i
+    [ -n "$STATS" ] && [ -n "$DPID" ] || return 1
+    rm -f "$STATS"
+    kill -USR1 "$DPID" 2>/dev/null || return 1
+    for ((i = 0; i < 500; i++)); do
+        [ -s "$STATS" ] && break
+        sleep 0.01
+    done
+    [ -s "$STATS" ] && cp "$STATS" "$1"
+}
+
+# req_delta BEFORE AFTER OPS: requests per operation between two snapshots, as
+# "TOTAL<tab>TRANSPORT<tab>OPCODE=N ..." (opcodes by count, per operation; two decimals).
+req_delta() {
+    perl -MJSON::PP -e '
+        my ($before, $after, $ops) = @ARGV;
+        my $read = sub { local $/; open(my $f, "<", $_[0]) or die "$_[0]: $!"; decode_json(<$f>) };
+        my ($j, $k) = ($read->($before), $read->($after));
+        my ($x, $y) = ($j->{requests}, $k->{requests});
+        my %d;
+        for my $k (keys %$y) { my $n = $y->{$k} - ($x->{$k} // 0); $d{$k} = $n if $n > 0 }
+        my $t = 0; $t += $_ for values %d;
+        my @parts = map { sprintf("%s=%.2f", $_, $d{$_} / $ops) } sort { $d{$b} <=> $d{$a} || $a cmp $b } keys %d;
+        printf "%.2f\t%s\t%s\n", $t / $ops, $k->{transport}, @parts ? join(" ", @parts) : "none";
+    ' "$@"
+}
+
+# measure NAME 'SHELL COMMAND' [OPS]: times one step (M and D set), with the daemon's CPU
+# and, for rlayerfs, the FUSE requests it served per operation (OPS operations in the step:
+# files, names, listings, MiB; 1 if not given).
 measure() {
-    local name=$1 cmd=$2 t0 t1 c0 c1 rc
+    local name=$1 cmd=$2 ops=${3:-1} t0 t1 c0 c1 rc req=- have_before=0
     sync -f "$R"
+    snap_requests "$R/x/req-before.json" && have_before=1
     c0=$(daemon_ticks)
     t0=$EPOCHREALTIME
     "${PIN[@]}" bash -c "$cmd" >/dev/null 2>>"$LOG"
     rc=$?
     t1=$EPOCHREALTIME
     c1=$(daemon_ticks)
+    if [ "$have_before" = 1 ] && snap_requests "$R/x/req-after.json"; then
+        local delta transport byop
+        if delta=$(req_delta "$R/x/req-before.json" "$R/x/req-after.json" "$ops" 2>>"$LOG"); then
+            IFS=$'\t' read -r req transport byop <<<"$delta"
+            printf '%s\t#req\t%s\t%s\t%s\t%s\t%s\n' "$SCEN" "$SYSNAME" "$RUN" "$name" "$byop" "$transport" >>"$RESULTS"
+            printf 'requests per operation (%s ops, %s): %s/%s on %s run %s: %s\n' "$ops" "$transport" \
+                "$SCEN" "$name" "$SYSNAME" "$RUN" "$byop" >>"$LOG"
+        fi
+    fi
+    rm -f "$R/x/req-before.json" "$R/x/req-after.json"
     local secs cpu=-
     secs=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.4f", b - a }')
     [ -n "$DPID" ] && cpu=$(awk -v t=$((c1 - c0)) -v h="$CLK_TCK" 'BEGIN { printf "%.2f", t / h }')
@@ -751,8 +843,8 @@ measure() {
         secs=FAIL
         failed
     fi
-    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$SCEN" "$name" "$SYSNAME" "$RUN" "$secs" "$cpu" >>"$RESULTS"
-    printf '    %-8s %-18s %-16s run %s: %ss cpu %s\n' "$SCEN" "$name" "$SYSNAME" "$RUN" "$secs" "$cpu"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$SCEN" "$name" "$SYSNAME" "$RUN" "$secs" "$cpu" "$req" >>"$RESULTS"
+    printf '    %-8s %-18s %-16s run %s: %ss cpu %s req/op %s\n' "$SCEN" "$name" "$SYSNAME" "$RUN" "$secs" "$cpu" "$req"
     sync -f "$R"
 }
 
@@ -798,7 +890,9 @@ for SCEN in "${SCENARIOS[@]}"; do
     say "  generated in $(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }')s"
     here=()
     for s in "${SYS[@]}"; do
-        case "$s" in *-volatile) [ "${KIND[$SCEN]}" = rw ] || continue ;; esac
+        case "$s" in *-volatile | kernel-metacopy | rlayerfs-nometacopy)
+            [ "${KIND[$SCEN]}" = rw ] || continue ;;
+        esac
         [ "$s" = plain ] && [ "$plain_ok" = 0 ] && continue
         here+=("$s")
     done
@@ -806,10 +900,11 @@ for SCEN in "${SCENARIOS[@]}"; do
         n=${#here[@]}
         for ((k = 0; k < n; k++)); do
             SYSNAME=${here[$(((k + RUN - 1) % n))]}
-            DPID=
+            DPID='' STATS=
             if [ "$SYSNAME" = plain ]; then
                 if [ "${KIND[$SCEN]}" = rw ]; then
                     M=$R/x/plain.$RUN
+                    UP=$M
                     cp -a "$D/plain" "$M"
                 else
                     M=$D/plain

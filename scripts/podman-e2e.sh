@@ -654,7 +654,8 @@ e2e() {
 # Timings: `podman run --rm IMG true` and `podman commit` of a container that changed lower
 # files, per variant, interleaved (the order rotates every round), unpinned and pinned to CPU 0
 # (podman, conmon, runc and the mount program all inherit the affinity). Storage is on a
-# loop-mounted ext4 image with a journal (the root fs here has none, see FACTS.md).
+# loop-mounted ext4 image with a journal: the root fs here is ext4 without one, where every
+# create scans the inodes the previous run deleted, so write timings on it mean nothing.
 
 now_ns() { date +%s%N; }
 

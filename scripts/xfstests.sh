@@ -12,9 +12,12 @@
 #
 # - kernel overlayfs: `./check -overlay` with TEST_DEV/SCRATCH_DEV the ext4 loop devices
 #   (xfstests derives OVL_BASE_TEST_DEV/DIR, OVL_BASE_SCRATCH_DEV/MNT from them and mounts
-#   the base itself), OVERLAY_MOUNT_OPTIONS="-o index=on,redirect_dir=on".
+#   the base itself), OVERLAY_MOUNT_OPTIONS="-o index=on,redirect_dir=on,nfs_export=on".
+#   nfs_export=on on both systems: without it both refuse file handles and the handle
+#   tests do not run (with it the kernel turns its default metacopy off, as rlayerfs does).
 # - rlayerfs: FSTYP=fuse FUSE_SUBTYP=.rlayerfs; TEST_DEV/SCRATCH_DEV are source names and
-#   the mount options carry lowerdir/upperdir/workdir on ext4 bases this script mounts.
+#   the mount options carry lowerdir/upperdir/workdir (and nfs_export=on) on ext4 bases
+#   this script mounts.
 #   Two hooks are appended to the copy's common/rc (after its definitions, so they
 #   override them; local.config cannot, it is sourced before): _fs_type maps the mount
 #   table type fuse.rlayerfs to fuse, and _scratch_mkfs (FSTYP=fuse) recreates empty
@@ -30,7 +33,7 @@
 set -euo pipefail
 export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 
-usage() { sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; }
 [ $# -ge 1 ] || { usage >&2; exit 2; }
 case "$1" in -h | --help) usage; exit 0 ;; esac
 
@@ -210,7 +213,7 @@ export TEST_DEV=$kt
 export TEST_DIR=$work/kernel/test
 export SCRATCH_DEV=$ks
 export SCRATCH_MNT=$work/kernel/scratch
-export OVERLAY_MOUNT_OPTIONS="-o index=on,redirect_dir=on"
+export OVERLAY_MOUNT_OPTIONS="-o index=on,redirect_dir=on,nfs_export=on"
 # the base's own options: left empty, xfstests would default them to the overlay's
 export TEST_FS_MOUNT_OPTS="-o rw"
 export MOUNT_OPTIONS="-o rw"
@@ -230,10 +233,10 @@ export FSTYP=fuse
 export FUSE_SUBTYP=.rlayerfs
 export TEST_DEV=rlayerfs-test
 export TEST_DIR=$work/rlayerfs/test
-export TEST_FS_MOUNT_OPTS="-o lowerdir=$tb/lower,upperdir=$tb/upper,workdir=$tb/work"
+export TEST_FS_MOUNT_OPTS="-o lowerdir=$tb/lower,upperdir=$tb/upper,workdir=$tb/work,nfs_export=on"
 export SCRATCH_DEV=rlayerfs-scratch
 export SCRATCH_MNT=$work/rlayerfs/scratch
-export MOUNT_OPTIONS="-o lowerdir=$sb/lower,upperdir=$sb/upper,workdir=$sb/work"
+export MOUNT_OPTIONS="-o lowerdir=$sb/lower,upperdir=$sb/upper,workdir=$sb/work,nfs_export=on"
 export RLAYERFS_SCRATCH_BASE=$sb
 export RESULT_BASE=$work/rlayerfs/results
 export AWK_PROG=$(type -P gawk)

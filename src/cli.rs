@@ -315,7 +315,10 @@ MOUNT OPTIONS (-o, comma separated, may be repeated; unknown ones get one warnin
   Layers
     lowerdir=TOP:...:BOTTOM   lower layers, leftmost on top; "\:" is a colon in a name
     lowerdir+=DIR             append one lower layer (below the others)
-    datadir+=DIR              kernel data-only layer: refused (not supported)
+    datadir+=DIR              append one data-only layer (kernel overlayfs's): it holds the data
+                              of metacopy files of the lowers, reached by their absolute
+                              redirects, and is not merged into the tree; lowerdir=A::B makes
+                              B one too; needs metacopy
     upperdir=DIR              the writable layer; without it the mount is read-only
     workdir=DIR               scratch directory on the upper's filesystem (needs upperdir)
   Behaviour
@@ -375,9 +378,16 @@ MOUNT OPTIONS (-o, comma separated, may be repeated; unknown ones get one warnin
     fsname=NAME               the source in the mount table (default rlayerfs)
     subtype=NAME              the type in the mount table (fuse.NAME, default rlayerfs)
   Kernel overlayfs (accepted with the kernel's values; rlayerfs behaves as index=on,
-  redirect_dir=on, metacopy=off)
-    index=on|off  redirect_dir=on|off|follow|nofollow  metacopy=on|off  xino=on|off|auto
+  redirect_dir=on, and honours metacopy)
+    metacopy=on|off           attribute changes, renames and links of lower files copy up
+                              their metadata only, the data at the first write (default on as
+                              root; rootless always off: kernel userxattr has no metacopy);
+                              off, metacopy files in the layers are refused (EPERM)
+    index=on|off  redirect_dir=on|off|follow|nofollow  xino=on|off|auto
     nfs_export=on|off  uuid=on|off|null|auto  verity=on|off|require  userxattr
+    (honoured: nfs_export=on gives file handles that outlive the kernel's caches and
+    remounts; without it name_to_handle_at fails with EOPNOTSUPP, as on kernel overlayfs;
+    it turns the default metacopy off, and nfs_export=on,metacopy=on is refused, as there)
   fstab only (ignored): defaults auto noauto nofail user users nouser owner group _netdev
     comment=... x-...
 
@@ -390,4 +400,5 @@ FSTAB
 FORMATS WRITTEN
   Whiteouts: character device 0/0 when the daemon may mknod (root), else .wh.NAME files.
   Opaque and redirect xattrs: trusted.overlay.* with CAP_SYS_ADMIN, else user.overlay.*.
+  Metacopy files (root): empty sparse files with trusted.overlay.metacopy, as the kernel.
 "#;

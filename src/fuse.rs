@@ -24,6 +24,7 @@ use crate::passthrough::{OpenKind, Passthrough};
 use crate::transport::Transport;
 use crate::union::attr::{SetAttr, TimeSet};
 use crate::union::mutate::NewKind;
+use crate::union::setid::KillSetIds;
 use crate::union::{Attr, Caller, Timespec, UnionFs};
 
 /// How long the kernel may trust entries and attributes. Only this daemon changes the
@@ -49,6 +50,8 @@ pub struct FuseAdapter {
     notifier: Arc<OnceLock<fuser::Notifier>>,
     /// Classic or io_uring: INIT asks for FUSE-over-io_uring when the plan allows it.
     transport: Arc<Transport>,
+    /// INIT negotiated `FUSE_HANDLE_KILLPRIV_V2`: the daemon clears set-id bits itself.
+    killpriv: bool,
 }
 
 /// The largest write (and so the largest request) the kernel may send.
@@ -70,6 +73,7 @@ impl FuseAdapter {
             writers: Mutex::new(HashMap::new()),
             notifier: Arc::new(OnceLock::new()),
             transport: Transport::classic(),
+            killpriv: false,
         }
     }
 
@@ -249,7 +253,11 @@ fn caller(req: &Request) -> Caller {
 impl FuseAdapter {
     fn entry(&self, reply: ReplyEntry, r: crate::error::Result<Attr>, op: &'static str) {
         match r {
-            Ok(a) => reply.entry(&self.attr_ttl(a.ino), &to_fuse(&a), Generation(0)),
+            Ok(a) => reply.entry(
+                &self.attr_ttl(a.ino),
+                &to_fuse(&a),
+                Generation(a.generation.into()),
+            ),
             Err(e) => reply.error(errno(&e, op)),
         }
     }
@@ -275,7 +283,7 @@ impl FuseAdapter {
                         return reply.created_passthrough(
                             &self.attr_ttl(a.ino),
                             &attr,
-                            Generation(0),
+                            Generation(a.generation.into()),
                             FileHandle(fh),
                             FopenFlags::empty(),
                             id,
@@ -293,7 +301,7 @@ impl FuseAdapter {
         reply.created(
             &self.ttl,
             &to_fuse(&a),
-            Generation(0),
+            Generation(a.generation.into()),
             FileHandle(fh),
             FopenFlags::FOPEN_KEEP_CACHE,
         )
@@ -322,10 +330,26 @@ impl Filesystem for FuseAdapter {
             // The kernel enforces POSIX ACLs read through getxattr, as overlayfs does.
             | InitFlags::FUSE_POSIX_ACL
             // The umask comes separately: it must not apply under a default ACL.
-            | InitFlags::FUSE_DONT_MASK;
-        let offered = config.capabilities() & wanted;
+            | InitFlags::FUSE_DONT_MASK
+            // The daemon clears set-id bits (`crate::union::setid`): no GETATTR before each
+            // chown, and no GETXATTR security.capability before every write (the kernel
+            // then marks an inode found without capabilities, SB_NOSEC).
+            | InitFlags::FUSE_HANDLE_KILLPRIV_V2;
+        // Handles that outlive the kernel's caches, or none at all (`name_to_handle_at`
+        // then fails with EOPNOTSUPP, as on kernel overlayfs without `nfs_export=on`):
+        // never handles that go stale once the kernel forgets the inode.
+        let handles = if self.fs.exports() {
+            InitFlags::FUSE_EXPORT_SUPPORT
+        } else {
+            InitFlags::FUSE_NO_EXPORT_SUPPORT
+        };
+        let offered = config.capabilities() & (wanted | handles);
         if let Err(missing) = config.add_capabilities(offered) {
             tracing::debug!(?missing, "kernel lacks some FUSE capabilities");
+        }
+        self.killpriv = offered.contains(InitFlags::FUSE_HANDLE_KILLPRIV_V2);
+        if self.fs.exports() && !offered.contains(InitFlags::FUSE_EXPORT_SUPPORT) {
+            tracing::warn!("the kernel offers no FUSE export support: nfs_export=on has no effect");
         }
         let _ = config.set_max_write(MAX_WRITE);
         let offered = config
@@ -351,6 +375,10 @@ impl Filesystem for FuseAdapter {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        // "." and "..": the kernel decoding a file handle (export support).
+        if name == "." || name == ".." {
+            return self.entry(reply, self.fs.lookup_dot(parent.0, name == ".."), "lookup");
+        }
         match self.fs.lookup(parent.0, name) {
             // A negative entry (node id 0) lets the kernel cache the miss: only this daemon
             // changes the layers, and every creation goes through the kernel, which replaces
@@ -396,7 +424,7 @@ impl Filesystem for FuseAdapter {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -410,8 +438,25 @@ impl Filesystem for FuseAdapter {
         _chgtime: Option<SystemTime>,
         _bkuptime: Option<SystemTime>,
         _flags: Option<fuser::BsdFileFlags>,
+        kill_suidgid: bool,
         reply: ReplyAttr,
     ) {
+        // Under FUSE_HANDLE_KILLPRIV_V2 (see `crate::union::setid`): a chown, and a SETATTR
+        // setting nothing (`chown(f, -1, -1)`, or the client's `file_remove_privs` after a
+        // write), clear set-id bits as a chown; a truncate the kernel marks, as a write.
+        let owner = uid.is_some() || gid.is_some();
+        let nothing =
+            !owner && mode.is_none() && size.is_none() && atime.is_none() && mtime.is_none();
+        let kill = match (
+            self.killpriv,
+            owner || nothing,
+            size.is_some() && kill_suidgid,
+        ) {
+            (false, _, _) => None,
+            (true, true, _) => Some((KillSetIds::Owner, caller(req))),
+            (true, false, true) => Some((KillSetIds::Data, caller(req))),
+            (true, false, false) => None,
+        };
         let set = SetAttr {
             mode,
             uid,
@@ -420,6 +465,7 @@ impl Filesystem for FuseAdapter {
             atime: time_set(atime),
             mtime: time_set(mtime),
             fh: fh.map(|f| f.0),
+            kill,
         };
         match self.fs.setattr(ino.0, &set) {
             Ok(a) => reply.attr(&self.attr_ttl(a.ino), &to_fuse(&a)),
@@ -584,17 +630,25 @@ impl Filesystem for FuseAdapter {
 
     fn write(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
+        req: &Request,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        match self.fs.write(fh.0, offset, data) {
+        // A writer without CAP_FSETID: the kernel left clearing set-id bits to the daemon.
+        let kill = self.killpriv && write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
+        let r = self.fs.write(fh.0, offset, data).and_then(|n| {
+            if kill {
+                self.fs.kill_set_ids(ino.0, caller(req))?;
+            }
+            Ok(n)
+        });
+        match r {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(errno(&e, "write")),
         }
@@ -739,7 +793,7 @@ impl Filesystem for FuseAdapter {
                 &e.name,
                 &self.attr_ttl(attr.ino),
                 &to_fuse(&attr),
-                Generation(0),
+                Generation(attr.generation.into()),
             ) {
                 if e.name != "." && e.name != ".." && attr.ino != 0 {
                     // Not sent: give the reference back.

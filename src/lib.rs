@@ -1,11 +1,11 @@
 //! rlayerfs: a union filesystem over FUSE with kernel-overlayfs semantics.
 //!
-//! Layout: `union` is the FUSE-independent core (lookup, readdir, copy-up, mutations);
-//! `fuse` is the thin fuser adapter; `mount` owns the session; `options` parses mount
-//! options; `format` holds on-disk encodings of overlay metadata, without I/O; `image`
-//! (unpack/commit) and `bench` (the `rlayerfs bench` command) sit beside the core;
-//! `generate` writes the man pages and completions; `printable` escapes what messages
-//! quote; `sys` holds the raw syscalls.
+//! Layout: `format` defines the on-disk format once; `union` is the FUSE-independent core
+//! (lookup, readdir, copy-up, mutations); `fuse` is the thin fuser adapter; `mount` owns
+//! the session, `mount_config` turns the parsed options into the core's and fuser's;
+//! `options` parses mount options; `image` (unpack/commit) and `bench` (the
+//! `rlayerfs bench` command) sit beside the core; `generate` writes the man pages and
+//! completions; `printable` escapes what messages quote; `sys` holds the raw syscalls.
 
 pub mod bench;
 pub mod cli;
@@ -15,6 +15,7 @@ pub mod fuse;
 pub mod generate;
 pub mod image;
 pub mod mount;
+pub mod mount_config;
 pub mod options;
 pub mod passthrough;
 pub mod printable;

@@ -101,7 +101,7 @@ fn fuse_config(o: &MountOptions, read_only: bool) -> Config {
         opts.push(MountOption::Dev);
     }
     for f in &o.fuse {
-        if let Some(m) = f.to_mount_option() {
+        if let Some(m) = crate::mount_config::mount_option(f) {
             if matches!(f, FuseFlag::FsName(_) | FuseFlag::Subtype(_)) {
                 opts.retain(|x| std::mem::discriminant(x) != std::mem::discriminant(&m));
             }
@@ -125,7 +125,7 @@ fn fuse_config(o: &MountOptions, read_only: bool) -> Config {
     });
     let mut config = Config::default();
     config.mount_options = opts;
-    config.acl = match o.session_acl() {
+    config.acl = match crate::mount_config::session_acl(o) {
         SessionACL::Owner if root => SessionACL::All,
         other => other,
     };
@@ -300,9 +300,16 @@ pub fn run(req: MountRequest) -> Result<i32, String> {
     let core_opts = CoreOptions {
         volatile: !o.fsync_enabled(),
         read_only: o.read_only,
-        ids: crate::union::ids::IdOptions::from_mount_options(o),
+        ids: crate::mount_config::id_options(o),
         atime: Some(upper_atime(o)),
-        metacopy: o.overlay_option("metacopy").map(|v| v == "on"),
+        nfs_export: o.overlay_option("nfs_export") == Some("on"),
+        // As the kernel: nfs_export=on turns the default metacopy off (both given: refused
+        // by `validate`).
+        metacopy: match o.overlay_option("metacopy") {
+            Some(v) => Some(v == "on"),
+            None if o.overlay_option("nfs_export") == Some("on") => Some(false),
+            None => None,
+        },
     };
     let fs = Arc::new(UnionFs::new(&paths, core_opts)?);
     if o.overlay_option("metacopy") == Some("on") && !fs.metacopy_enabled() {

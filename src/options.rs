@@ -36,52 +36,7 @@
 use std::fmt;
 use std::path::PathBuf;
 
-/// One range of an id mapping `C:H:S` (containers/storage writes `ContainerID:HostID:Size`):
-/// ids `container..container+size` as stored in the layers (the ids of the image) are shown
-/// through the mount as `host..host+size` (ids of the namespace the mount serves). This is
-/// fuse-overlayfs's reading (`find_mapping`: the first field is the id on disk, the second the
-/// id it reports), the one containers/storage relies on when it passes `uidmapping=`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct IdMapping {
-    /// First id of the range as stored in the layers (the container's own id).
-    pub container: u32,
-    /// First id of the range as shown through the mount (the id on the host side).
-    pub host: u32,
-    /// Number of ids in the range; never 0 once parsed.
-    pub size: u32,
-}
-
-impl IdMapping {
-    /// The host id for container id `id`, if this range covers it.
-    pub fn to_host(&self, id: u32) -> Option<u32> {
-        let offset = id.checked_sub(self.container)?;
-        (offset < self.size).then(|| self.host.wrapping_add(offset))
-    }
-
-    /// The container id for host id `id`, if this range covers it.
-    pub fn to_container(&self, id: u32) -> Option<u32> {
-        let offset = id.checked_sub(self.host)?;
-        (offset < self.size).then(|| self.container.wrapping_add(offset))
-    }
-}
-
-/// Maps a container id (on disk) to the host (through the mount) with `maps`: identity when
-/// `maps` is empty, `None` when mappings exist but none covers `id` (fuse-overlayfs then shows
-/// the overflow id, 65534).
-pub fn container_to_host(maps: &[IdMapping], id: u32) -> Option<u32> {
-    if maps.is_empty() {
-        return Some(id);
-    }
-    maps.iter().find_map(|m| m.to_host(id))
-}
-
-/// Maps a host id to the container through `maps`, with the rules of [`container_to_host`].
-pub fn host_to_container(maps: &[IdMapping], id: u32) -> Option<u32> {
-    if maps.is_empty() {
-        return Some(id);
-    }
-    maps.iter().find_map(|m| m.to_container(id))
-}
+use crate::union::ids::{container_to_host, host_to_container, IdMapping};
 
 /// A generic FUSE / VFS mount flag (see `mount.fuse(8)`, `mount(8)`).
 ///
@@ -210,43 +165,6 @@ impl FuseFlag {
             FuseFlag::FsName(_) => FlagFamily::FsName,
             FuseFlag::Subtype(_) => FlagFamily::Subtype,
         }
-    }
-
-    /// The fuser mount option for this flag. `None` for `allow_other`/`allow_root` (they become
-    /// fuser's `SessionACL`, see [`MountOptions::session_acl`]) and for the kernel's defaults
-    /// (`relatime`, `diratime`, `nolazytime`, `symfollow`: no mount flag means them). The mount
-    /// flags fuser 0.18 has no variant for (`strictatime`, `nodiratime`, `lazytime`,
-    /// `nosymfollow`) are `CUSTOM` with their mount(8) name: the root mount path turns them into
-    /// `MS_*` flags (see `crate::mount`), the fusermount3 path refuses them (fusermount3 3.14
-    /// knows none of them), so none is ever dropped.
-    pub fn to_mount_option(&self) -> Option<fuser::MountOption> {
-        use fuser::MountOption as M;
-        Some(match self {
-            FuseFlag::AllowOther | FuseFlag::AllowRoot => return None,
-            FuseFlag::RelAtime
-            | FuseFlag::DirAtime
-            | FuseFlag::NoLazyTime
-            | FuseFlag::SymFollow => return None,
-            FuseFlag::StrictAtime
-            | FuseFlag::NoDirAtime
-            | FuseFlag::LazyTime
-            | FuseFlag::NoSymFollow => M::CUSTOM(self.to_string()),
-            FuseFlag::DefaultPermissions => M::DefaultPermissions,
-            FuseFlag::AutoUnmount => M::AutoUnmount,
-            FuseFlag::Suid => M::Suid,
-            FuseFlag::NoSuid => M::NoSuid,
-            FuseFlag::Dev => M::Dev,
-            FuseFlag::NoDev => M::NoDev,
-            FuseFlag::Exec => M::Exec,
-            FuseFlag::NoExec => M::NoExec,
-            FuseFlag::Atime => M::Atime,
-            FuseFlag::NoAtime => M::NoAtime,
-            FuseFlag::Sync => M::Sync,
-            FuseFlag::Async => M::Async,
-            FuseFlag::DirSync => M::DirSync,
-            FuseFlag::FsName(name) => M::FSName(name.clone()),
-            FuseFlag::Subtype(name) => M::Subtype(name.clone()),
-        })
     }
 }
 
@@ -457,6 +375,24 @@ impl MountOptions {
                 "needs a workdir on the same filesystem",
             )),
             (None, Some(_)) => Err(OptionsError::new("workdir", "given without an upperdir")),
+            // As the kernel: decoding handles needs the index.
+            _ if self.overlay_option("nfs_export") == Some("on")
+                && self.overlay_option("index") == Some("off") =>
+            {
+                Err(OptionsError::new(
+                    "nfs_export",
+                    "conflicting options: nfs_export=on,index=off",
+                ))
+            }
+            // As the kernel: a metacopy file's handle would name its data nowhere.
+            _ if self.overlay_option("nfs_export") == Some("on")
+                && self.overlay_option("metacopy") == Some("on") =>
+            {
+                Err(OptionsError::new(
+                    "nfs_export",
+                    "conflicting options: nfs_export=on,metacopy=on",
+                ))
+            }
             _ => Ok(()),
         }
     }
@@ -464,16 +400,6 @@ impl MountOptions {
     /// Whether data must reach the disk on fsync: `fsync` unless `volatile`.
     pub fn fsync_enabled(&self) -> bool {
         self.fsync && !self.volatile
-    }
-
-    /// fuser's access control from `allow_other` / `allow_root`.
-    pub fn session_acl(&self) -> fuser::SessionACL {
-        let access = self.fuse.iter().find_map(|f| match f {
-            FuseFlag::AllowOther => Some(fuser::SessionACL::All),
-            FuseFlag::AllowRoot => Some(fuser::SessionACL::RootAndOwner),
-            _ => None,
-        });
-        access.unwrap_or_default()
     }
 
     /// The value of a kernel overlayfs option, `Some("")` for a flag such as `userxattr`.
@@ -1458,6 +1384,16 @@ mod tests {
                 Some("`upperdir`: needs a workdir"),
             ),
             ("lowerdir=/a,workdir=/w", Some("`workdir`: given without")),
+            ("lowerdir=/a,nfs_export=on,index=on", None),
+            (
+                "lowerdir=/a,nfs_export=on,index=off",
+                Some("conflicting options: nfs_export=on,index=off"),
+            ),
+            (
+                "lowerdir=/a,metacopy=on,nfs_export=on",
+                Some("conflicting options: nfs_export=on,metacopy=on"),
+            ),
+            ("lowerdir=/a,metacopy=off,nfs_export=on", None),
         ];
         for (input, want) in cases {
             let got = parsed(input).validate().err().map(|e| e.to_string());
@@ -1481,54 +1417,6 @@ mod tests {
         for (input, want) in cases {
             assert_eq!(parsed(input).fsync_enabled(), want, "input: {input:?}");
         }
-    }
-
-    #[test]
-    fn fuse_flags_to_fuser() {
-        use fuser::MountOption as M;
-        let cases: &[(&str, Option<M>)] = &[
-            ("allow_other", None),
-            ("allow_root", None),
-            ("relatime", None),
-            ("strictatime", Some(M::CUSTOM("strictatime".into()))),
-            ("diratime", None),
-            ("nodiratime", Some(M::CUSTOM("nodiratime".into()))),
-            ("lazytime", Some(M::CUSTOM("lazytime".into()))),
-            ("nolazytime", None),
-            ("symfollow", None),
-            ("nosymfollow", Some(M::CUSTOM("nosymfollow".into()))),
-            ("default_permissions", Some(M::DefaultPermissions)),
-            ("auto_unmount", Some(M::AutoUnmount)),
-            ("suid", Some(M::Suid)),
-            ("nosuid", Some(M::NoSuid)),
-            ("dev", Some(M::Dev)),
-            ("nodev", Some(M::NoDev)),
-            ("exec", Some(M::Exec)),
-            ("noexec", Some(M::NoExec)),
-            ("atime", Some(M::Atime)),
-            ("noatime", Some(M::NoAtime)),
-            ("sync", Some(M::Sync)),
-            ("async", Some(M::Async)),
-            ("dirsync", Some(M::DirSync)),
-            ("fsname=x", Some(M::FSName("x".into()))),
-            ("subtype=y", Some(M::Subtype("y".into()))),
-        ];
-        for (input, want) in cases {
-            let o = parsed(input);
-            assert_eq!(o.fuse.len(), 1, "{input:?}");
-            assert_eq!(o.fuse[0].to_mount_option(), *want, "{input:?}");
-            assert_eq!(
-                o.fuse[0].to_string(),
-                *input,
-                "{input:?} does not round-trip"
-            );
-        }
-        assert_eq!(parsed("").session_acl(), fuser::SessionACL::Owner);
-        assert_eq!(parsed("allow_other").session_acl(), fuser::SessionACL::All);
-        assert_eq!(
-            parsed("allow_root").session_acl(),
-            fuser::SessionACL::RootAndOwner
-        );
     }
 
     #[test]

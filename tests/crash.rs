@@ -650,3 +650,86 @@ fn sigkill_during_merged_dir_renames_keeps_the_content() {
     }
     eprintln!("merged dir renames: {kills} kills survived");
 }
+
+/// A kill between a metadata-only copy-up and the data copy-up, or in the middle of the
+/// data copy-up (a 64 MiB file copied into its metacopy upper in place): after the remount
+/// the file shows its new mode and either the lower data or all of it with the write; its
+/// raw upper is still marked metacopy or holds all the data; kernel overlayfs reads the
+/// same.
+#[test]
+fn sigkill_during_metacopy_data_copy_up() {
+    if !can_mount("sigkill_during_metacopy_data_copy_up") {
+        return;
+    }
+    let kills = env_u64("RLAYERFS_CRASH_METACOPY_KILLS", 8);
+    let orig = big_content(BIG_FILES);
+    for seed in 0..kills {
+        let shm = Path::new("/dev/shm");
+        let stack = if common::posix::statfs_type(shm) == Ok(libc::TMPFS_MAGIC) {
+            Stack::new_in(1, shm)
+        } else {
+            Stack::new(1)
+        };
+        stack.lower(0).file("big", &orig);
+        let dirs = MountDirs::of(&stack);
+        let m = FuseMount::mount(&stack).unwrap();
+        let root = m.path().to_path_buf();
+        fs::set_permissions(root.join("big"), fs::Permissions::from_mode(0o600)).unwrap();
+        let pid = *m.daemons().first().expect("daemon pid");
+        let r = root.clone();
+        let acked = Arc::new(AtomicBool::new(false));
+        let a = acked.clone();
+        let writer = thread::spawn(move || {
+            let res = OpenOptions::new()
+                .write(true)
+                .open(r.join("big"))
+                .and_then(|f| {
+                    f.write_all_at(MARK, 0)?;
+                    f.sync_all()
+                });
+            if res.is_ok() {
+                a.store(true, Ordering::SeqCst);
+            }
+        });
+        let delay = Rng::new(seed, 0x3C0F).range(0, 120) as u64;
+        thread::sleep(Duration::from_millis(delay));
+        // SAFETY: kill has no memory preconditions; pid is this mount's daemon.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        writer.join().unwrap();
+        detach(&root);
+        drop(m);
+        let m = FuseMount::mount_dirs(&dirs).unwrap();
+        let got = fs::read(m.path().join("big")).unwrap();
+        let mode = fs::metadata(m.path().join("big"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777;
+        m.unmount().unwrap();
+        let what = format!("kill {seed} after {delay} ms");
+        assert_eq!(mode, 0o600, "{what}: the chmod was acknowledged");
+        assert_eq!(got.len(), orig.len(), "{what}: size");
+        assert!(got[4..] == orig[4..], "{what}: data past the write differs");
+        assert!(
+            got[..4] == orig[..4] || &got[..4] == MARK,
+            "{what}: head {:?}",
+            &got[..4]
+        );
+        if acked.load(Ordering::SeqCst) {
+            assert_eq!(&got[..4], MARK, "{what}: an fsync'd write was lost");
+        }
+        let up = stack.upper.join("big");
+        if common::sys::get_xattr(&up, "trusted.overlay.metacopy").is_err() {
+            let raw = fs::read(&up).unwrap();
+            assert!(
+                raw[4..] == orig[4..],
+                "{what}: unmarked upper with partial data"
+            );
+        }
+        let k = KernelOverlay::mount_dirs(&dirs).unwrap();
+        let theirs = fs::read(k.path().join("big")).unwrap();
+        k.unmount().unwrap();
+        assert!(theirs == got, "{what}: kernel overlayfs reads other data");
+    }
+    eprintln!("metacopy data copy-up: {kills} kills survived");
+}

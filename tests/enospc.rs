@@ -90,6 +90,17 @@ fn fill(path: &Path) -> (u64, Result<(), i32>) {
     }
 }
 
+/// Polls the filesystem of `dir` for up to 5 s until `need` bytes are free.
+fn wait_for_room(dir: &Path, need: u64) -> bool {
+    for _ in 0..500 {
+        if common::posix::free_bytes(dir).is_ok_and(|n| n >= need) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
+}
+
 /// What the upper holds for a copied-up file: `none`, `metacopy` (marked, its data in the
 /// lower) or `data`.
 fn upper_state(p: &Path) -> String {
@@ -192,6 +203,13 @@ fn scenario(root: &Path, dirs: &MountDirs, daemon_alive: &dyn Fn() -> bool) -> V
     note(
         "rm fill",
         format!("{:?}", errno(fs::remove_file(root.join("fill")))),
+    );
+    // The fill file's space comes back when its last descriptor closes. Through FUSE that
+    // is the daemon's, closed at RELEASE, which the kernel sends after close(2) returns:
+    // wait (bounded) until the upper has room for the copy-up, as a user would retry.
+    note(
+        "room after freeing",
+        wait_for_room(&dirs.upper, BIG as u64 + (1 << 20)).to_string(),
     );
     let res = errno(
         OpenOptions::new()

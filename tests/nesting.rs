@@ -230,7 +230,7 @@ impl Inner {
 impl Drop for Inner {
     fn drop(&mut self) {
         if self.kernel {
-            let _ = sys::umount2(&self.mnt, 0);
+            let _ = common::mount::unmount_path(&self.mnt, |m| sys::umount2(m, 0));
         } else {
             let _ = Command::new("fusermount3")
                 .arg("-u")
@@ -660,6 +660,15 @@ fn kernel_inner_changes(base: &Path) {
 
 /// The merged tree of kernel overlayfs with lower layers `lowers` (top first), read-only.
 fn kernel_tree_of(lowers: &[PathBuf], mnt: &Path) -> String {
+    /// Unmounts the reference overlay also when the dump panics.
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            // Retried, then detached: for a moment another test thread's fork holds
+            // copies of the dump's descriptors until its exec closes them (EBUSY).
+            let _ = common::mount::unmount_path(self.0, |m| sys::umount2(m, 0));
+        }
+    }
     let l: Vec<String> = lowers.iter().map(|p| p.display().to_string()).collect();
     sys::mount(
         "overlay",
@@ -668,9 +677,8 @@ fn kernel_tree_of(lowers: &[PathBuf], mnt: &Path) -> String {
         &format!("lowerdir={}", l.join(":")),
     )
     .expect("read-only kernel overlay");
-    let d = dump_tree_with(mnt, DumpOptions::default());
-    sys::umount2(mnt, 0).unwrap();
-    d
+    let _mounted = Unmount(mnt);
+    dump_tree_with(mnt, DumpOptions::default())
 }
 
 /// Kernel overlayfs accepts a directory of an rlayerfs mount as upper and workdir (it probes

@@ -1,7 +1,7 @@
 //! `rlayerfs commit`: an overlay upper directory as an OCI layer tarball, and appending that
 //! layer to an unpacked image or an OCI image layout as a new image.
 //!
-//! Every whiteout encoding an upper may hold (FACTS.md) is exported as `.wh.NAME`: a char
+//! Every whiteout encoding an upper may hold (see `crate::format::whiteout`) is exported as `.wh.NAME`: a char
 //! device 0/0, an empty `.wh.NAME` file, or a zero-size file carrying
 //! `trusted.overlay.whiteout` / `user.overlay.whiteout`. A directory that is opaque in any
 //! encoding (`trusted.overlay.opaque=y`, `user.overlay.opaque=y`,
@@ -22,10 +22,11 @@
 //! a name or timestamp. The same upper therefore gives byte-identical blobs.
 
 use std::collections::HashMap;
+use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{self, BufWriter, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
@@ -33,6 +34,7 @@ use serde_json::{json, Value};
 use super::archive::{sha256_digest, Compression, Compressor, HashingWriter};
 use super::description::{ImageDescription, LayerRecord, LAYERS_DIR};
 use super::error::ImageError;
+use super::layer_marks::{dir_is_opaque, has_xattr, is_whiteout_object};
 use super::lower_links::{self, Extra, LowerLinks};
 use super::oci::{
     parse_json, Descriptor, Digest, Index, Platform, ANNOTATION_REF_NAME, MT_DOCKER_MANIFEST,
@@ -40,9 +42,10 @@ use super::oci::{
 };
 use super::safe_fs::{self, Kind, Meta};
 use super::source::{check_blob, select_manifest, Store};
-use super::unpack::{
-    is_private_xattr, unpack_layer, DeviceMode, OVERRIDE_STAT_XATTR, WH_OPAQUE, WH_PREFIX,
-};
+use super::unpack::{unpack_layer, DeviceMode};
+use crate::format::override_stat::{OverrideKind, OverrideStat, CONTAINERS_OVERRIDE};
+use crate::format::whiteout::{self, OPAQUE_MARKER, WH_META_PREFIX};
+use crate::format::xattr::{self, LITERAL_XATTRS};
 
 const BLOCK: usize = 512;
 /// Mode of exported whiteout and opaque-marker entries.
@@ -53,18 +56,6 @@ const NAME_LEN: usize = 100;
 const PREFIX_LEN: usize = 155;
 /// Name of PAX extended headers (content-free, so constant for determinism).
 const PAX_NAME: &[u8] = b"././@PaxHeader";
-/// Xattrs that mark an opaque directory.
-const OPAQUE_XATTRS: [&[u8]; 3] = [
-    b"trusted.overlay.opaque",
-    b"user.overlay.opaque",
-    b"user.fuseoverlayfs.opaque",
-];
-/// Xattrs that mark a zero-size file as a whiteout (kernel 6.7+).
-const WHITEOUT_XATTRS: [&[u8]; 2] = [b"trusted.overlay.whiteout", b"user.overlay.whiteout"];
-/// Xattrs that mean content lives in a lower layer.
-const REDIRECT_XATTRS: [&[u8]; 2] = [b"trusted.overlay.redirect", b"user.overlay.redirect"];
-const METACOPY_XATTRS: [&[u8]; 2] = [b"trusted.overlay.metacopy", b"user.overlay.metacopy"];
-
 /// Options of [`commit`].
 #[derive(Debug, Clone, Copy)]
 pub struct CommitOptions {
@@ -242,47 +233,6 @@ fn set_name(h: &mut tar::Header, prefix: &[u8], name: &[u8]) {
     }
 }
 
-/// `user.containers.override_stat` = `UID:GID:MODE[:TYPE]`.
-#[derive(Debug, PartialEq, Eq)]
-pub struct OverrideStat {
-    /// Owner.
-    pub uid: u32,
-    /// Group.
-    pub gid: u32,
-    /// Permission bits.
-    pub perm: u32,
-    /// Device / fifo type the placeholder stands for.
-    pub kind: Option<(Kind, u32, u32)>,
-}
-
-/// Parses an override_stat value; `None` when malformed.
-pub fn parse_override_stat(v: &[u8]) -> Option<OverrideStat> {
-    let s = std::str::from_utf8(v).ok()?;
-    let mut it = s.splitn(4, ':');
-    let uid = it.next()?.parse().ok()?;
-    let gid = it.next()?.parse().ok()?;
-    let perm = u32::from_str_radix(it.next()?, 8).ok()? & 0o7777;
-    let kind = match it.next() {
-        None | Some("file") | Some("dir") | Some("symlink") | Some("socket") => None,
-        Some("pipe") => Some((Kind::Fifo, 0, 0)),
-        Some(t) => {
-            let (k, rest) = if let Some(r) = t.strip_prefix("char-") {
-                (Kind::Char, r)
-            } else {
-                (Kind::Block, t.strip_prefix("block-")?)
-            };
-            let (ma, mi) = rest.split_once('-')?;
-            Some((k, ma.parse().ok()?, mi.parse().ok()?))
-        }
-    };
-    Some(OverrideStat {
-        uid,
-        gid,
-        perm,
-        kind,
-    })
-}
-
 /// An xattr name and value.
 type Xattr = (Vec<u8>, Vec<u8>);
 
@@ -293,12 +243,20 @@ fn exported_xattrs(xattrs: Vec<Xattr>, h: &mut Hdr, real: Kind) -> (Kind, Vec<Xa
     let mut kind = real;
     let mut exported = Vec::with_capacity(xattrs.len());
     for (k, v) in xattrs {
-        if k == OVERRIDE_STAT_XATTR {
-            if let Some(o) = parse_override_stat(&v) {
+        if k == CONTAINERS_OVERRIDE.as_bytes() {
+            if let Some(o) = OverrideStat::parse(&v) {
                 h.uid = u64::from(o.uid);
                 h.gid = u64::from(o.gid);
-                h.perm = o.perm;
-                if let (Some((k2, ma, mi)), Kind::File) = (o.kind, real) {
+                h.perm = o.mode;
+                // A regular file standing for a device or fifo becomes one; a tar cannot
+                // hold a socket, and the other types are the real one's.
+                let special = match o.kind {
+                    Some(OverrideKind::Char { major, minor }) => Some((Kind::Char, major, minor)),
+                    Some(OverrideKind::Block { major, minor }) => Some((Kind::Block, major, minor)),
+                    Some(OverrideKind::Pipe) => Some((Kind::Fifo, 0, 0)),
+                    _ => None,
+                };
+                if let (Some((k2, ma, mi)), Kind::File) = (special, real) {
                     kind = k2;
                     h.major = ma;
                     h.minor = mi;
@@ -306,7 +264,7 @@ fn exported_xattrs(xattrs: Vec<Xattr>, h: &mut Hdr, real: Kind) -> (Kind, Vec<Xa
             }
             continue;
         }
-        if is_private_xattr(&k) {
+        if xattr::is_overlay_namespace(&k) {
             continue;
         }
         exported.push((k, v));
@@ -327,32 +285,6 @@ struct Committer<'a, W: Write> {
     upper: &'a Path,
     bar: indicatif::ProgressBar,
     extras: LowerLinks,
-}
-
-/// Whether directory `dir` is opaque in any encoding (an opaque xattr set to `y`, or a
-/// `.wh..wh..opq` file inside).
-pub(super) fn dir_is_opaque(dir: BorrowedFd<'_>) -> io::Result<bool> {
-    if has_xattr(dir, &OPAQUE_XATTRS, Some(b"y"))? {
-        return Ok(true);
-    }
-    match safe_fs::stat_at(dir, WH_OPAQUE) {
-        Ok(_) => Ok(true),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(e),
-    }
-}
-
-/// Whether the entry `name` of `dir` (stat `m`) is a whiteout object: a char device 0/0 or
-/// a zero-size file carrying an overlay whiteout xattr. (`.wh.NAME` files are told by name.)
-fn is_whiteout_object(dir: BorrowedFd<'_>, name: &[u8], m: &Meta) -> io::Result<bool> {
-    match m.kind {
-        Kind::Char => Ok(m.major == 0 && m.minor == 0),
-        Kind::File if m.size == 0 => {
-            let f = safe_fs::open_file_at(dir, name)?;
-            has_xattr(f.as_fd(), &WHITEOUT_XATTRS, None)
-        }
-        _ => Ok(false),
-    }
 }
 
 /// The data file of the metacopy file at `path` of an upper (its redirect `redirect`), in
@@ -389,8 +321,7 @@ pub(crate) fn metacopy_data(
         let m = match safe_fs::stat_at(dir.as_fd(), name) {
             Ok(m) => m,
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
-                let mut wh = WH_PREFIX.to_vec();
-                wh.extend_from_slice(name);
+                let wh = whiteout::whiteout_file_name(OsStr::from_bytes(name)).into_vec();
                 if safe_fs::stat_at(dir.as_fd(), &wh).is_ok() {
                     return Ok(None);
                 }
@@ -402,12 +333,14 @@ pub(crate) fn metacopy_data(
             return Ok(None);
         }
         let f = safe_fs::open_file_at(dir.as_fd(), name)?;
-        if !has_xattr(f.as_fd(), &METACOPY_XATTRS, None)? {
+        if !has_xattr(f.as_fd(), &xattr::METACOPY_XATTRS, None)? {
             return Ok(Some(f));
         }
-        let next = REDIRECT_XATTRS
-            .iter()
-            .find_map(|n| safe_fs::get_xattr_fd(f.as_fd(), n).ok().flatten());
+        let next = xattr::REDIRECT_XATTRS.iter().find_map(|n| {
+            safe_fs::get_xattr_fd(f.as_fd(), n.as_bytes())
+                .ok()
+                .flatten()
+        });
         if let Some(r) = next {
             apply(&mut cur, &r);
         }
@@ -415,20 +348,9 @@ pub(crate) fn metacopy_data(
     Ok(None)
 }
 
-fn has_xattr(fd: BorrowedFd<'_>, names: &[&[u8]], want: Option<&[u8]>) -> io::Result<bool> {
-    for n in names {
-        if let Some(v) = safe_fs::get_xattr_fd(fd, n)? {
-            if want.is_none_or(|w| v == w) {
-                return Ok(true);
-            }
-        }
-    }
-    Ok(false)
-}
-
 impl<W: Write> Committer<'_, W> {
     fn shown(&self, path: &[u8]) -> PathBuf {
-        self.upper.join(std::ffi::OsStr::from_bytes(path))
+        self.upper.join(OsStr::from_bytes(path))
     }
 
     fn io(&self, op: &'static str, path: &[u8], e: io::Error) -> ImageError {
@@ -529,10 +451,10 @@ impl<W: Write> Committer<'_, W> {
         for name in names {
             let mut path = prefix.to_vec();
             path.extend_from_slice(&name);
-            if name.starts_with(WH_PREFIX) {
+            if whiteout::is_reserved_name(OsStr::from_bytes(&name)) {
                 // A `.wh.*` object a user made through the mount (an inner overlay's
                 // whiteout, say): an OCI layer has no way to hold that name as data.
-                for x in crate::union::whiteout::LITERAL_XATTRS {
+                for x in LITERAL_XATTRS {
                     if safe_fs::has_xattr_at(dir.as_fd(), &name, x.as_bytes())
                         .map_err(|e| self.io("read xattrs", &path, e))?
                     {
@@ -545,12 +467,12 @@ impl<W: Write> Committer<'_, W> {
                     }
                 }
             }
-            if name.starts_with(b".wh..wh.") {
+            if name.starts_with(WH_META_PREFIX) {
                 // The opaque marker (handled with its directory) or aufs metadata.
                 continue;
             }
             let m = safe_fs::stat_at(dir.as_fd(), &name).map_err(|e| self.io("stat", &path, e))?;
-            if name.starts_with(WH_PREFIX) {
+            if whiteout::is_reserved_name(OsStr::from_bytes(&name)) {
                 if m.kind == Kind::Dir {
                     tracing::warn!(
                         "skipping directory {} (reserved .wh. name)",
@@ -564,7 +486,7 @@ impl<W: Write> Committer<'_, W> {
             if m.kind == Kind::File && m.size == 0 {
                 // An inner overlay's whiteout (a 0/0 device made through the mount): as a
                 // 0/0 device an OCI layer's unpacker would make this overlay's whiteout of it.
-                for x in crate::union::whiteout::INNER_WHITEOUT_XATTRS {
+                for x in xattr::INNER_WHITEOUT_XATTRS {
                     if safe_fs::has_xattr_at(dir.as_fd(), &name, x.as_bytes())
                         .map_err(|e| self.io("read xattrs", &path, e))?
                     {
@@ -577,11 +499,7 @@ impl<W: Write> Committer<'_, W> {
                     }
                 }
             }
-            let wh = || {
-                let mut n = WH_PREFIX.to_vec();
-                n.extend_from_slice(&name);
-                n
-            };
+            let wh = || whiteout::whiteout_file_name(OsStr::from_bytes(&name)).into_vec();
             if is_whiteout_object(dir.as_fd(), &name, &m)
                 .map_err(|e| self.io("read xattrs", &path, e))?
             {
@@ -636,7 +554,7 @@ impl<W: Write> Committer<'_, W> {
         let (xattrs, file, dirfd) = match m.kind {
             Kind::Dir => {
                 let d = safe_fs::open_dir_at(dir, name).map_err(|e| self.io("open", path, e))?;
-                if has_xattr(d.as_fd(), &REDIRECT_XATTRS, None)
+                if has_xattr(d.as_fd(), &xattr::REDIRECT_XATTRS, None)
                     .map_err(|e| self.io("read xattrs", path, e))?
                 {
                     return Err(ImageError::Unsupported {
@@ -655,12 +573,14 @@ impl<W: Write> Committer<'_, W> {
                 let x = safe_fs::list_xattrs_fd(f.as_fd())
                     .map_err(|e| self.io("read xattrs", path, e))?;
                 let data = if !lower
-                    && has_xattr(f.as_fd(), &METACOPY_XATTRS, None)
+                    && has_xattr(f.as_fd(), &xattr::METACOPY_XATTRS, None)
                         .map_err(|e| self.io("read xattrs", path, e))?
                 {
-                    let redirect = REDIRECT_XATTRS
-                        .iter()
-                        .find_map(|n| x.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone()));
+                    let redirect = xattr::REDIRECT_XATTRS.iter().find_map(|n| {
+                        x.iter()
+                            .find(|(k, _)| k == n.as_bytes())
+                            .map(|(_, v)| v.clone())
+                    });
                     let found = metacopy_data(self.extras.lowers(), path, redirect)
                         .map_err(|e| self.io("read lower data", path, e))?;
                     match found {
@@ -732,7 +652,7 @@ impl<W: Write> Committer<'_, W> {
             }
             if self.is_opaque(d.as_fd(), path)? {
                 let mut p = tar_path.clone();
-                p.extend_from_slice(WH_OPAQUE);
+                p.extend_from_slice(OPAQUE_MARKER.as_bytes());
                 self.marker(&p)?;
             }
             self.walk(Some(&d), &tar_path)?;
@@ -787,7 +707,7 @@ pub fn commit_over_to_writer<W: Write>(
     };
     c.emit_root(&root)?;
     if c.is_opaque(root.as_fd(), b"")? {
-        c.marker(WH_OPAQUE)?;
+        c.marker(OPAQUE_MARKER.as_bytes())?;
     }
     c.walk(Some(&root), b"")?;
     bar.finish_and_clear();
@@ -1268,34 +1188,6 @@ mod tests {
         assert_eq!(ustar_split(&[b'x'; 101]), None);
         let too_long = [vec![b'd'; 160], b"/".to_vec(), vec![b'f'; 50]].concat();
         assert_eq!(ustar_split(&too_long), None);
-    }
-
-    #[test]
-    fn override_stat_values() {
-        assert_eq!(
-            parse_override_stat(b"0:0:755"),
-            Some(OverrideStat {
-                uid: 0,
-                gid: 0,
-                perm: 0o755,
-                kind: None
-            })
-        );
-        assert_eq!(
-            parse_override_stat(b"1:2:644:char-1-3"),
-            Some(OverrideStat {
-                uid: 1,
-                gid: 2,
-                perm: 0o644,
-                kind: Some((Kind::Char, 1, 3))
-            })
-        );
-        assert_eq!(
-            parse_override_stat(b"1:2:644:pipe").unwrap().kind,
-            Some((Kind::Fifo, 0, 0))
-        );
-        assert!(parse_override_stat(b"x:0:0").is_none());
-        assert!(parse_override_stat(b"0:0:9").is_none());
     }
 
     #[test]

@@ -17,11 +17,12 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use super::commit::dir_is_opaque;
 use super::error::ImageError;
+use super::layer_marks::dir_is_opaque;
 use super::safe_fs::{self, Kind};
-use super::unpack::WH_PREFIX;
-use crate::union::origin;
+use crate::format::origin;
+use crate::format::whiteout::whiteout_file_name;
+use crate::format::xattr::XattrNs;
 
 /// An entry the layer needs that the upper directory does not hold.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -137,7 +138,7 @@ fn copied_hard_links(upper: &Path) -> Result<Vec<Copied>, ImageError> {
         });
         if c.names.is_empty() {
             let f = safe_fs::open_file_at(dir, name).map_err(|e| io_err("open", upper, path, e))?;
-            c.origin = safe_fs::get_xattr_fd(f.as_fd(), origin::ORIGIN_XATTR.as_bytes())
+            c.origin = safe_fs::get_xattr_fd(f.as_fd(), XattrNs::Trusted.origin().as_bytes())
                 .map_err(|e| io_err("read xattrs", upper, path, e))?;
         }
         c.names.push(path.to_vec());
@@ -206,9 +207,8 @@ enum Held {
 }
 
 fn held(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<Held> {
-    let mut wh = WH_PREFIX.to_vec();
-    wh.extend_from_slice(name);
-    match safe_fs::stat_at(dir, &wh) {
+    let wh = whiteout_file_name(OsStr::from_bytes(name));
+    match safe_fs::stat_at(dir, wh.as_bytes()) {
         Ok(_) => return Ok(Held::Hides),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),

@@ -27,6 +27,7 @@ pub mod cli;
 pub mod commit;
 pub mod description;
 pub mod error;
+pub mod layer_marks;
 pub mod lower_links;
 pub mod oci;
 pub mod safe_fs;

@@ -26,10 +26,11 @@
 //!   mtimes survive the creation of their children.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -42,14 +43,10 @@ use super::error::{ImageError, Refusal};
 use super::oci::{Digest, Platform};
 use super::safe_fs::{self, Kind};
 use super::source::{self, InputFormat, SCRATCH_TAR};
+use crate::format::override_stat::{OverrideKind, OverrideStat, CONTAINERS_OVERRIDE};
+use crate::format::whiteout::{self, TarName, OPAQUE_MARKER, WHITEOUT_DEV, WH_PREFIX};
+use crate::format::xattr::{self, XattrNs};
 
-/// Prefix of a whiteout name (OCI image-spec layer.md).
-pub const WH_PREFIX: &[u8] = b".wh.";
-/// The opaque-directory marker.
-pub const WH_OPAQUE: &[u8] = b".wh..wh..opq";
-/// Names with this prefix are reserved for implementation metadata (aufs `.wh..wh.plnk`,
-/// `.wh..wh.aufs`); they are skipped, not unpacked.
-const WH_META_PREFIX: &[u8] = b".wh..wh.";
 /// Tar block size.
 const BLOCK: usize = 512;
 /// Granularity of hole detection when writing a sparse file.
@@ -60,16 +57,6 @@ const SPARSE_MIN: u64 = 64 * 1024;
 const COPY_BUF: usize = 128 * 1024;
 /// Largest sparse map accepted (entries), against hostile maps.
 const MAX_SPARSE_ENTRIES: u64 = 1 << 20;
-/// Xattr prefixes that are overlay-private: never taken from a tar, so a layer cannot forge
-/// opaque dirs, redirects or metacopy files.
-pub const PRIVATE_XATTR_PREFIXES: [&[u8]; 3] = [
-    b"trusted.overlay.",
-    b"user.overlay.",
-    b"user.fuseoverlayfs.",
-];
-/// containers/storage's rootless ownership record (`UID:GID:MODE[:TYPE]`).
-pub const OVERRIDE_STAT_XATTR: &[u8] = b"user.containers.override_stat";
-
 /// What to do with device nodes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
 pub enum DeviceMode {
@@ -501,36 +488,6 @@ fn lossy(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
-/// How a whiteout entry name is to be understood.
-#[derive(Debug, PartialEq, Eq)]
-pub enum WhiteoutName<'a> {
-    /// Not a whiteout.
-    None,
-    /// `.wh..wh..opq`: the parent directory is opaque.
-    Opaque,
-    /// `.wh..wh.*` other than the opaque marker: implementation metadata, skipped.
-    Meta,
-    /// `.wh.NAME`: NAME is deleted from the lower layers.
-    Delete(&'a [u8]),
-}
-
-/// Classifies a leaf name (OCI image-spec layer.md, "Whiteouts").
-pub fn classify_whiteout(leaf: &[u8]) -> Result<WhiteoutName<'_>, Refusal> {
-    let Some(rest) = leaf.strip_prefix(WH_PREFIX) else {
-        return Ok(WhiteoutName::None);
-    };
-    if leaf == WH_OPAQUE {
-        return Ok(WhiteoutName::Opaque);
-    }
-    if leaf.starts_with(WH_META_PREFIX) {
-        return Ok(WhiteoutName::Meta);
-    }
-    if rest.is_empty() || rest == b"." || rest == b".." {
-        return Err(Refusal::BadWhiteoutName);
-    }
-    Ok(WhiteoutName::Delete(rest))
-}
-
 #[derive(Debug, Clone, Copy)]
 struct DirMeta {
     perm: u32,
@@ -804,9 +761,10 @@ impl<'a> LayerWriter<'a> {
             return Ok(());
         };
         let leaf: &[u8] = leaf;
-        match classify_whiteout(leaf).map_err(|r| self.refuse(shown, r))? {
-            WhiteoutName::None => {}
-            WhiteoutName::Meta => {
+        match whiteout::classify_tar_name(leaf) {
+            TarName::Plain => {}
+            TarName::Malformed => return Err(self.refuse(shown, Refusal::BadWhiteoutName)),
+            TarName::Meta => {
                 self.warn_once("wh-meta", "skipping .wh..wh.* implementation metadata");
                 return Ok(());
             }
@@ -838,7 +796,7 @@ impl<'a> LayerWriter<'a> {
                     Err(e) => return Err(e),
                 }
                 match w {
-                    WhiteoutName::Delete(name) => {
+                    TarName::Delete(name) => {
                         let mut p = join(parent);
                         if !p.is_empty() {
                             p.push(b'/');
@@ -990,10 +948,11 @@ impl<'a> LayerWriter<'a> {
         m: &EntryMeta,
         shown: &str,
     ) -> Result<(), ImageError> {
-        if kind == Kind::Char && major == 0 && minor == 0 {
+        if kind == Kind::Char && (major, minor) == WHITEOUT_DEV {
             // An overlay whiteout in the tar itself: allowed unprivileged since Linux 5.8;
             // where refused it is recorded like `.wh.NAME`.
-            return match safe_fs::mknod_at(pfd, leaf, kind, 0, 0, 0) {
+            let (major, minor) = WHITEOUT_DEV;
+            return match safe_fs::mknod_at(pfd, leaf, kind, 0, major, minor) {
                 Ok(()) => self.meta_at(pfd, leaf, m, true, shown),
                 Err(err) if safe_fs::is_privilege_error(&err) => {
                     self.whiteouts.insert(join(comps));
@@ -1005,10 +964,19 @@ impl<'a> LayerWriter<'a> {
         let placeholder = |this: &mut Self| -> Result<(), ImageError> {
             let f = safe_fs::create_file_at(pfd, leaf, 0o600)
                 .map_err(|err| this.io_err(shown, "create placeholder", err))?;
-            let ty = if kind == Kind::Char { "char" } else { "block" };
-            let v = format!("{}:{}:{:o}:{ty}-{major}-{minor}", m.uid, m.gid, m.perm);
-            safe_fs::set_xattr_fd(f.as_fd(), OVERRIDE_STAT_XATTR, v.as_bytes())
-                .map_err(|err| this.io_err(shown, "set user.containers.override_stat", err))?;
+            let v = OverrideStat {
+                uid: m.uid,
+                gid: m.gid,
+                mode: m.perm,
+                kind: Some(if kind == Kind::Char {
+                    OverrideKind::Char { major, minor }
+                } else {
+                    OverrideKind::Block { major, minor }
+                }),
+            }
+            .format();
+            safe_fs::set_xattr_fd(f.as_fd(), CONTAINERS_OVERRIDE.as_bytes(), v.as_bytes())
+                .map_err(|err| this.io_err(shown, "set override xattr", err))?;
             safe_fs::set_times_fd(f.as_fd(), m.atime, m.mtime)
                 .map_err(|err| this.io_err(shown, "set times", err))?;
             Ok(())
@@ -1082,8 +1050,14 @@ impl<'a> LayerWriter<'a> {
             return safe_fs::chown_fd(fd, m.uid, m.gid).map_err(|e| self.io_err(shown, "chown", e));
         }
         if (m.uid, m.gid) != self.own {
-            let v = format!("{}:{}:{:o}", m.uid, m.gid, m.perm);
-            if safe_fs::set_xattr_fd(fd, OVERRIDE_STAT_XATTR, v.as_bytes()).is_err() {
+            let v = OverrideStat {
+                uid: m.uid,
+                gid: m.gid,
+                mode: m.perm,
+                kind: None,
+            }
+            .format();
+            if safe_fs::set_xattr_fd(fd, CONTAINERS_OVERRIDE.as_bytes(), v.as_bytes()).is_err() {
                 self.warn_once("owner", "not root: ownership not kept");
             }
         }
@@ -1098,7 +1072,7 @@ impl<'a> LayerWriter<'a> {
     ) -> Result<(), ImageError> {
         self.owner_fd(fd, m, shown)?;
         for (name, value) in &m.xattrs {
-            if is_private_xattr(name) {
+            if xattr::is_overlay_namespace(name) {
                 self.warn_once(
                     "private-xattr",
                     "dropping overlay-private xattrs found in the tar",
@@ -1146,7 +1120,7 @@ impl<'a> LayerWriter<'a> {
             safe_fs::chmod_at(pfd, leaf, m.perm).map_err(|e| self.io_err(shown, "chmod", e))?;
         }
         for (name, value) in &m.xattrs {
-            if is_private_xattr(name) {
+            if xattr::is_overlay_namespace(name) {
                 self.warn_once(
                     "private-xattr",
                     "dropping overlay-private xattrs found in the tar",
@@ -1234,13 +1208,13 @@ impl<'a> LayerWriter<'a> {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => return Err(self.io_err(&shown, "stat", e)),
             }
-            match safe_fs::mknod_at(pfd.as_fd(), leaf, Kind::Char, 0, 0, 0) {
+            let (major, minor) = WHITEOUT_DEV;
+            match safe_fs::mknod_at(pfd.as_fd(), leaf, Kind::Char, 0, major, minor) {
                 Ok(()) => {
                     wformat.get_or_insert(WhiteoutFormat::CharDevice);
                 }
                 Err(e) if safe_fs::is_privilege_error(&e) => {
-                    let mut name = WH_PREFIX.to_vec();
-                    name.extend_from_slice(leaf);
+                    let name = whiteout::whiteout_file_name(OsStr::from_bytes(leaf)).into_vec();
                     match safe_fs::create_file_at(pfd.as_fd(), &name, 0o600) {
                         Ok(_) => {}
                         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
@@ -1262,25 +1236,27 @@ impl<'a> LayerWriter<'a> {
             let fd = self
                 .dir(&comps, true, &shown)?
                 .ok_or_else(|| self.io_err(&shown, "open", io::ErrorKind::NotFound.into()))?;
-            match safe_fs::set_xattr_fd(fd.as_fd(), b"trusted.overlay.opaque", b"y") {
+            let (trusted, user) = (XattrNs::Trusted.opaque(), XattrNs::User.opaque());
+            match safe_fs::set_xattr_fd(fd.as_fd(), trusted.as_bytes(), xattr::OPAQUE_VALUE) {
                 Ok(()) => {
                     oformat.get_or_insert(OpaqueFormat::TrustedXattr);
                 }
                 Err(e) if safe_fs::is_privilege_error(&e) => {
-                    if let Err(e) = safe_fs::set_xattr_fd(fd.as_fd(), b"user.overlay.opaque", b"y")
+                    if let Err(e) =
+                        safe_fs::set_xattr_fd(fd.as_fd(), user.as_bytes(), xattr::OPAQUE_VALUE)
                     {
                         if !safe_fs::is_privilege_error(&e) {
-                            return Err(self.io_err(&shown, "set user.overlay.opaque", e));
+                            return Err(self.io_err(&shown, "set user opaque xattr", e));
                         }
                     }
-                    match safe_fs::create_file_at(fd.as_fd(), WH_OPAQUE, 0o600) {
+                    match safe_fs::create_file_at(fd.as_fd(), OPAQUE_MARKER.as_bytes(), 0o600) {
                         Ok(_) => {}
                         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-                        Err(e) => return Err(self.io_err(&shown, "create .wh..wh..opq", e)),
+                        Err(e) => return Err(self.io_err(&shown, "create opaque marker", e)),
                     }
                     oformat = Some(OpaqueFormat::UserXattrAndFile);
                 }
-                Err(e) => return Err(self.io_err(&shown, "set trusted.overlay.opaque", e)),
+                Err(e) => return Err(self.io_err(&shown, "set opaque xattr", e)),
             }
         }
         // Deepest first, so setting a parent's mtime comes after its children change it.
@@ -1313,11 +1289,6 @@ impl<'a> LayerWriter<'a> {
         }
         Ok((wformat, oformat))
     }
-}
-
-/// Is this xattr private to overlay implementations (never imported or exported)?
-pub fn is_private_xattr(name: &[u8]) -> bool {
-    PRIVATE_XATTR_PREFIXES.iter().any(|p| name.starts_with(p))
 }
 
 /// Copies `len` bytes from `r` to `f` at `off`, leaving all-zero chunks as holes (runs of
@@ -1370,30 +1341,6 @@ mod tests {
         }
         for raw in [&b"../x"[..], b"a/../b", b"a/..", b"/.."] {
             assert_eq!(entry_components(raw), Err(Refusal::DotDot), "{raw:?}");
-        }
-    }
-
-    #[test]
-    fn whiteout_names() {
-        assert_eq!(classify_whiteout(b"foo").unwrap(), WhiteoutName::None);
-        assert_eq!(
-            classify_whiteout(b".wh.foo").unwrap(),
-            WhiteoutName::Delete(b"foo")
-        );
-        assert_eq!(
-            classify_whiteout(b".wh..wh..opq").unwrap(),
-            WhiteoutName::Opaque
-        );
-        assert_eq!(
-            classify_whiteout(b".wh..wh.plnk").unwrap(),
-            WhiteoutName::Meta
-        );
-        assert_eq!(
-            classify_whiteout(b".wh..foo").unwrap(),
-            WhiteoutName::Delete(b".foo")
-        );
-        for bad in [&b".wh."[..], b".wh..", b".wh..."] {
-            assert!(classify_whiteout(bad).is_err(), "{bad:?}");
         }
     }
 

@@ -509,7 +509,13 @@ pub fn can_set_trusted_xattr(work: BorrowedFd<'_>) -> bool {
         return false;
     }
     let ok = match open_dir_path(work, Path::new("rlayerfs-probe-xattr")) {
-        Ok(fd) => set_xattr(fd.as_fd(), OsStr::new("trusted.overlay.probe"), b"y", 0).is_ok(),
+        Ok(fd) => set_xattr(
+            fd.as_fd(),
+            OsStr::new(crate::format::xattr::XattrNs::Trusted.probe()),
+            b"y",
+            0,
+        )
+        .is_ok(),
         Err(_) => false,
     };
     let _ = rustix::fs::unlinkat(work, name, rustix::fs::AtFlags::REMOVEDIR);
@@ -762,6 +768,39 @@ const MAX_HANDLE_SZ: usize = 128;
 
 /// Encodes a file handle for the object behind `fd` (an `O_PATH` fd is fine).
 pub fn name_to_handle(fd: BorrowedFd<'_>) -> std::io::Result<FileHandle> {
+    encode_handle(fd, c"", libc::AT_EMPTY_PATH)
+}
+
+/// Encodes a file handle for entry `name` of directory `dir` (a final symlink is not
+/// followed), without opening it.
+pub fn name_to_handle_at(dir: BorrowedFd<'_>, name: &OsStr) -> std::io::Result<FileHandle> {
+    let name = CString::new(name.as_bytes())
+        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    encode_handle(dir, &name, 0)
+}
+
+/// `name_to_handle_at`, falling back to an identifier-only handle (`AT_HANDLE_FID`, the
+/// same bytes) where the filesystem encodes handles it will not decode: a FUSE server
+/// that declares `FUSE_NO_EXPORT_SUPPORT`, kernel overlayfs with `nfs_export=off`. The
+/// handle then still identifies the object (origin records, generations).
+fn encode_handle(
+    dir: BorrowedFd<'_>,
+    path: &CStr,
+    flags: libc::c_int,
+) -> std::io::Result<FileHandle> {
+    match encode_handle_raw(dir, path, flags) {
+        Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+            encode_handle_raw(dir, path, flags | libc::AT_HANDLE_FID)
+        }
+        r => r,
+    }
+}
+
+fn encode_handle_raw(
+    dir: BorrowedFd<'_>,
+    path: &CStr,
+    flags: libc::c_int,
+) -> std::io::Result<FileHandle> {
     let mut raw = RawHandle {
         handle_bytes: MAX_HANDLE_SZ as u32,
         handle_type: 0,
@@ -769,15 +808,15 @@ pub fn name_to_handle(fd: BorrowedFd<'_>) -> std::io::Result<FileHandle> {
     };
     let mut mount_id: libc::c_int = 0;
     // SAFETY: `raw` is a properly sized `struct file_handle` with room for MAX_HANDLE_SZ
-    // bytes, the path is a valid NUL-terminated empty string used with AT_EMPTY_PATH.
+    // bytes, `path` is a valid NUL-terminated string (empty only with AT_EMPTY_PATH).
     #[allow(unsafe_code)]
     let r = unsafe {
         libc::name_to_handle_at(
-            fd.as_raw_fd(),
-            c"".as_ptr(),
+            dir.as_raw_fd(),
+            path.as_ptr(),
             &mut raw as *mut RawHandle as *mut libc::file_handle,
             &mut mount_id,
-            libc::AT_EMPTY_PATH,
+            flags,
         )
     };
     if r != 0 {

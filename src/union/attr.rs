@@ -10,11 +10,13 @@ use std::sync::Arc;
 use rustix::fs::{Mode, OFlags, Timestamps};
 
 use crate::error::{Error, OsContext, Result, Where};
+use crate::format::override_stat::{self, OverrideStat};
+use crate::format::xattr;
 use crate::sys;
 use crate::union::dirfd::LayerKey;
-use crate::union::ids::{self, OverrideStat};
 use crate::union::layer::LowerIdx;
-use crate::union::{whiteout, Attr, Caller, Timespec, UnionFs};
+use crate::union::setid::KillSetIds;
+use crate::union::{Attr, Caller, Timespec, UnionFs};
 
 /// Where the object behind a node is now.
 #[derive(Debug, Clone)]
@@ -55,6 +57,9 @@ pub struct SetAttr {
     pub mtime: Option<TimeSet>,
     /// Open handle the change came through, if any.
     pub fh: Option<u64>,
+    /// The set-id bits the change clears and who makes it, when the kernel leaves that to
+    /// the daemon (see [`crate::union::setid`]).
+    pub kill: Option<(KillSetIds, Caller)>,
 }
 
 /// `/proc/self/fd/N` for path-based calls on an `O_PATH` fd.
@@ -117,7 +122,7 @@ impl UnionFs {
 
     fn prepare(&self, ino: u64, data: bool) -> Result<()> {
         self.writable()?;
-        let _ns = self.ns_lock.lock();
+        let _ns = self.ns_change();
         let (detached, lower) = {
             let nodes = self.nodes.read();
             let n = nodes.get(ino)?;
@@ -186,7 +191,7 @@ impl UnionFs {
         drop(nodes);
         if let Some(d) = data {
             // A metacopy file's blocks are its data's, as kernel overlayfs shows them.
-            attr.blocks = self.stat_in(LayerKey::Lower(d.layer), &d.path)?.st_blocks as u64;
+            attr.blocks = d.blocks;
         }
         let shifted = matches!(loc, RealLoc::Lower(l, _) if self.stack.lower(l).shifted);
         let mut attr = self.present(attr, over, shifted);
@@ -200,9 +205,9 @@ impl UnionFs {
     }
 
     /// Whether the object at `loc` carries the mark of an inner overlay's whiteout (see
-    /// [`whiteout::INNER_WHITEOUT_XATTRS`]).
+    /// [`xattr::INNER_WHITEOUT_XATTRS`]).
     pub(crate) fn is_inner_whiteout_at(&self, loc: &RealLoc) -> Result<bool> {
-        for n in whiteout::INNER_WHITEOUT_XATTRS {
+        for n in xattr::INNER_WHITEOUT_XATTRS {
             if self.get_xattr_real(loc, OsStr::new(n))?.is_some() {
                 return Ok(true);
             }
@@ -255,7 +260,7 @@ impl UnionFs {
         first
             .into_iter()
             .chain(
-                ids::OVERRIDE_NAMES
+                override_stat::OVERRIDE_NAMES
                     .into_iter()
                     .filter(|n| Some(*n) != first),
             )
@@ -310,6 +315,11 @@ impl UnionFs {
         if let Some(c) = crate::union::fileattr::setattr_change(set) {
             self.check_change(ino, c)?;
         }
+        // Judged on the attributes before the change (a chgrp by the old group).
+        let killed = match set.kill {
+            Some((kill, caller)) => self.killed_mode(ino, kill, caller)?,
+            None => None,
+        };
         if set.size.is_some() {
             self.prepare_data(ino)?;
         } else {
@@ -442,15 +452,27 @@ impl UnionFs {
             // owner does the same here.
             sys::chown_at(dir.as_fd(), &child, None, None).at("chown", at)?;
         }
-        self.getattr(ino)
+        let a = self.getattr(ino)?;
+        match killed {
+            // What the filesystem below kept of the set-id bits (it saw the daemon's
+            // privilege, not the caller's) goes now.
+            Some(mode) if a.mode & 0o7777 != mode => self.setattr(
+                ino,
+                &SetAttr {
+                    mode: Some(mode),
+                    ..SetAttr::default()
+                },
+            ),
+            _ => Ok(a),
+        }
     }
 
     /// The on-disk name of an xattr named by a user, or why it cannot be used.
     fn disk_xattr_name(name: &OsStr) -> Result<std::borrow::Cow<'_, OsStr>> {
-        if let Some(escaped) = whiteout::escape_xattr(name) {
+        if let Some(escaped) = xattr::escape_xattr(name) {
             return Ok(std::borrow::Cow::Owned(escaped));
         }
-        if whiteout::is_private_xattr(name) {
+        if xattr::is_private_xattr(name) {
             return Err(Error::NotSupported);
         }
         Ok(std::borrow::Cow::Borrowed(name))
@@ -473,7 +495,7 @@ impl UnionFs {
         };
         let loc = self.real(ino)?;
         // An inner whiteout shows as a device: its stored whiteout xattr is not there.
-        if whiteout::is_escaped_whiteout(&disk) && self.is_inner_whiteout_at(&loc)? {
+        if xattr::is_escaped_whiteout(&disk) && self.is_inner_whiteout_at(&loc)? {
             return Err(Self::no_data(loc.at()));
         }
         let value = self
@@ -489,7 +511,7 @@ impl UnionFs {
     /// [`Self::disk_xattr_name`], and the override xattrs are private while this mount
     /// interprets them.
     fn user_xattr_name<'a>(&self, name: &'a OsStr) -> Result<std::borrow::Cow<'a, OsStr>> {
-        if self.reads_override() && ids::is_override_xattr(name) {
+        if self.reads_override() && override_stat::is_override_xattr(name) {
             return Err(Error::NotSupported);
         }
         Self::disk_xattr_name(name)
@@ -505,18 +527,17 @@ impl UnionFs {
         // device cannot carry (`user.*`), nor its stored whiteout xattr.
         let device = names
             .iter()
-            .any(|n| whiteout::INNER_WHITEOUT_XATTRS.iter().any(|m| n == m))
+            .any(|n| xattr::INNER_WHITEOUT_XATTRS.iter().any(|m| n == m))
             && rustix::fs::fstat(&*fd).at("stat", loc.at())?.st_mode & libc::S_IFMT
                 == libc::S_IFREG;
         Ok(names
             .into_iter()
             .filter(|n| {
-                !(device
-                    && (n.as_bytes().starts_with(b"user.") || whiteout::is_escaped_whiteout(n)))
+                !(device && (n.as_bytes().starts_with(b"user.") || xattr::is_escaped_whiteout(n)))
             })
-            .filter(|n| !whiteout::is_private_xattr(n))
-            .filter(|n| !(hide_override && ids::is_override_xattr(n)))
-            .map(|n| whiteout::unescape_xattr(&n).unwrap_or(n))
+            .filter(|n| !xattr::is_private_xattr(n))
+            .filter(|n| !(hide_override && override_stat::is_override_xattr(n)))
+            .map(|n| xattr::unescape_xattr(&n).unwrap_or(n))
             .collect())
     }
 

@@ -17,15 +17,16 @@ use std::path::Path;
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags, Stat, Timestamps};
 
 use crate::error::{Error, OsContext, Result, Where};
+use crate::format::{origin, whiteout, xattr};
 use crate::sys;
 use crate::union::lookup::mark_literal;
-use crate::union::{origin, whiteout, UnionFs, ROOT};
+use crate::union::{UnionFs, ROOT};
 use std::sync::Arc;
 
 /// Copies every xattr but the overlay's private ones from `src` to `dst`.
 pub(crate) fn copy_xattrs(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, at: Where) -> Result<()> {
     for name in sys::list_xattrs(src).at("listxattr", at)? {
-        if whiteout::is_private_xattr(&name) {
+        if xattr::is_private_xattr(&name) {
             continue;
         }
         let Some(value) = sys::get_xattr(src, &name).at("getxattr", at)? else {
@@ -174,7 +175,7 @@ impl UnionFs {
                 Err(rustix::io::Errno::EXIST) => false,
                 Err(e) => return Err(Error::os("link up", e, Where::Upper)),
             };
-            if linked && crate::union::whiteout::is_reserved_name(&name) {
+            if linked && whiteout::is_reserved_name(&name) {
                 // The index copy came from another name: mark this `.wh.*` one literal.
                 mark_literal(self.writable()?, pfd.as_fd(), &name, Where::Upper)?;
             }
@@ -207,6 +208,7 @@ impl UnionFs {
         let data_loc = data_src.unwrap_or_else(|| crate::union::inode::DataLoc {
             layer: top,
             path: lower_path.clone(),
+            blocks: st.st_blocks as u64,
         });
         let meta_only = self.metacopy && !want_data && st.st_mode & libc::S_IFMT == libc::S_IFREG;
         let built = self
@@ -221,7 +223,9 @@ impl UnionFs {
             )
             .and_then(|()| self.copy_fileattr(work, &tmp, &st, top, &lower_path))
             .and_then(|()| {
-                let Some(o) = &origin else { return Ok(()) };
+                if origin.is_none() && !meta_only {
+                    return Ok(());
+                }
                 let fd = rustix::fs::openat(
                     work,
                     &tmp,
@@ -229,28 +233,27 @@ impl UnionFs {
                     Mode::empty(),
                 )
                 .at("open copy", Where::Work)?;
-                sys::set_xattr(fd.as_fd(), self.identity_xattrs().0, o, 0)
-                    .at("set origin", Where::Work)?;
-                if linked {
-                    let rec = origin::format_nlink(st.st_nlink as i64 - 2);
-                    sys::set_xattr(fd.as_fd(), self.identity_xattrs().1, rec.as_bytes(), 0)
-                        .at("set nlink", Where::Work)?;
+                if let Some(o) = &origin {
+                    sys::set_xattr(fd.as_fd(), self.identity_xattrs().0, o, 0)
+                        .at("set origin", Where::Work)?;
+                    if linked {
+                        let rec = origin::format_nlink(st.st_nlink as i64 - 2);
+                        sys::set_xattr(fd.as_fd(), self.identity_xattrs().1, rec.as_bytes(), 0)
+                            .at("set nlink", Where::Work)?;
+                    }
+                }
+                // The metacopy mark after the origin, as the kernel orders them: where the
+                // xattrs do not all fit in the inode, the mark is the one in the external
+                // block, which its removal at the data copy-up frees.
+                if meta_only {
+                    crate::union::metacopy::mark(self.writable()?, fd.as_fd())?;
                 }
                 Ok(())
             });
-        // The metacopy mark after the origin, as the kernel orders them: where the xattrs do
-        // not all fit in the inode, the mark is the one in the external block, which its
-        // removal at the data copy-up frees.
-        let built = built.and_then(|()| {
-            if !meta_only {
-                return Ok(());
-            }
-            crate::union::metacopy::mark(self.writable()?, work, &tmp, Where::Work)
-        });
         // A `.wh.*` object keeps its literal mark (private xattrs are not copied), or its
         // copy would read as a whiteout.
         let built = built.and_then(|()| {
-            if !crate::union::whiteout::is_reserved_name(&name) {
+            if !whiteout::is_reserved_name(&name) {
                 return Ok(());
             }
             mark_literal(self.writable()?, work, &tmp, Where::Work)
@@ -261,7 +264,7 @@ impl UnionFs {
             let fmt = self.writable()?;
             let marked = st.st_mode & libc::S_IFMT == libc::S_IFREG
                 && st.st_size == 0
-                && crate::union::whiteout::INNER_WHITEOUT_XATTRS
+                && xattr::INNER_WHITEOUT_XATTRS
                     .iter()
                     .any(|n| matches!(sys::get_xattr(src.as_fd(), OsStr::new(n)), Ok(Some(_))));
             if !marked {

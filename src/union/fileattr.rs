@@ -21,9 +21,10 @@ use std::os::fd::{AsFd, OwnedFd};
 use rustix::fs::OFlags;
 
 use crate::error::{Error, OsContext, Result, Where};
+use crate::format::xattr::XattrNs;
 use crate::sys;
 use crate::union::attr::{RealLoc, SetAttr, TimeSet};
-use crate::union::{whiteout, UnionFs};
+use crate::union::UnionFs;
 
 /// `FS_APPEND_FL`.
 pub const FS_APPEND_FL: u32 = 0x20;
@@ -246,7 +247,7 @@ impl UnionFs {
     pub(crate) fn protattr_name(&self) -> &'static str {
         self.format
             .map(|f| f.xattr_ns)
-            .unwrap_or(whiteout::XattrNs::Trusted)
+            .unwrap_or(XattrNs::Trusted)
             .protattr()
     }
 

@@ -23,49 +23,67 @@
 //!   `LAYER/mapped/` when the kernel allows, and still passes `uidmapping=`) already shows
 //!   host ids: the core does not map its ids again, and stores them unmapped on copy-up.
 //!
-//! # Ownership override (`xattr_permissions`, containers/storage)
-//! An unprivileged daemon cannot chown files to ids it does not own, nor make device nodes.
-//! containers/storage and fuse-overlayfs then keep the owner, the mode and the file type in
-//! an xattr `UID:GID:MODE[:TYPE]` (ids as stored on disk, i.e. host ids; MODE octal; TYPE
-//! one of `file`, `dir`, `symlink`, `pipe`, `socket`, `block-MAJ-MIN`, `char-MAJ-MIN`).
-//! Names: `user.containers.override_stat` (containers/storage, and what fuse-overlayfs
-//! ≥ 1.14 writes for `xattr_permissions=2`), `security.fuseoverlayfs.override_stat`
-//! (`xattr_permissions=1`), `user.fuseoverlayfs.override_stat` (older fuse-overlayfs,
-//! read only). As in fuse-overlayfs the override is read on directories and regular files
-//! only; the type field turns an empty regular file into the device, fifo or socket it
-//! stands for.
+//! # Ownership override
+//! The override xattr (`crate::format::override_stat`) is read on directories and regular
+//! files only, as in fuse-overlayfs; its type field turns an empty regular file into the
+//! device, fifo or socket it stands for
+//! (`crate::format::override_stat::OverrideStat::apply`).
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 
 use crate::error::{Error, Result};
-use crate::options::{container_to_host, host_to_container, IdMapping};
+
+/// One range of an id mapping `C:H:S` (containers/storage writes `ContainerID:HostID:Size`):
+/// ids `container..container+size` as stored in the layers (the ids of the image) are shown
+/// through the mount as `host..host+size` (ids of the namespace the mount serves). This is
+/// fuse-overlayfs's reading (`find_mapping`: the first field is the id on disk, the second the
+/// id it reports), the one containers/storage relies on when it passes `uidmapping=`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct IdMapping {
+    /// First id of the range as stored in the layers (the container's own id).
+    pub container: u32,
+    /// First id of the range as shown through the mount (the id on the host side).
+    pub host: u32,
+    /// Number of ids in the range; never 0 once parsed.
+    pub size: u32,
+}
+
+impl IdMapping {
+    /// The host id for container id `id`, if this range covers it.
+    pub fn to_host(&self, id: u32) -> Option<u32> {
+        let offset = id.checked_sub(self.container)?;
+        (offset < self.size).then(|| self.host.wrapping_add(offset))
+    }
+
+    /// The container id for host id `id`, if this range covers it.
+    pub fn to_container(&self, id: u32) -> Option<u32> {
+        let offset = id.checked_sub(self.host)?;
+        (offset < self.size).then(|| self.container.wrapping_add(offset))
+    }
+}
+
+/// Maps a container id (on disk) to the host (through the mount) with `maps`: identity when
+/// `maps` is empty, `None` when mappings exist but none covers `id` (fuse-overlayfs then shows
+/// the overflow id, 65534).
+pub fn container_to_host(maps: &[IdMapping], id: u32) -> Option<u32> {
+    if maps.is_empty() {
+        return Some(id);
+    }
+    maps.iter().find_map(|m| m.to_host(id))
+}
+
+/// Maps a host id to the container through `maps`, with the rules of [`container_to_host`].
+pub fn host_to_container(maps: &[IdMapping], id: u32) -> Option<u32> {
+    if maps.is_empty() {
+        return Some(id);
+    }
+    maps.iter().find_map(|m| m.to_container(id))
+}
 
 /// The id shown for a host id outside every mapping range (`/proc/sys/kernel/overflowuid`
 /// and `overflowgid` default; the kernel's and fuse-overlayfs's choice).
 pub const OVERFLOW_ID: u32 = 65534;
-
-/// The override xattr containers/storage writes and fuse-overlayfs ≥ 1.14 prefers.
-pub const CONTAINERS_OVERRIDE: &str = "user.containers.override_stat";
-/// The privileged override xattr of fuse-overlayfs (`xattr_permissions=1`).
-pub const PRIVILEGED_OVERRIDE: &str = "security.fuseoverlayfs.override_stat";
-/// The unprivileged override xattr older fuse-overlayfs wrote (read only here).
-pub const FUSEOVERLAYFS_OVERRIDE: &str = "user.fuseoverlayfs.override_stat";
-
-/// Every override xattr name, in the order they are looked for when none is configured
-/// (fuse-overlayfs's per-layer detection order).
-pub const OVERRIDE_NAMES: [&str; 3] = [
-    PRIVILEGED_OVERRIDE,
-    CONTAINERS_OVERRIDE,
-    FUSEOVERLAYFS_OVERRIDE,
-];
-
-/// True for the name of an ownership override xattr.
-pub fn is_override_xattr(name: &OsStr) -> bool {
-    OVERRIDE_NAMES
-        .iter()
-        .any(|n| name.as_bytes() == n.as_bytes())
-}
 
 /// POSIX ACL xattrs, whose entries carry ids.
 const ACL_XATTRS: [&str; 2] = ["system.posix_acl_access", "system.posix_acl_default"];
@@ -77,149 +95,6 @@ const ACL_GROUP: u16 = 0x08;
 /// Size of the header (version) and of one entry (tag u16, perm u16, id u32).
 const ACL_HEADER: usize = 4;
 const ACL_ENTRY: usize = 8;
-
-/// The file type an override xattr may give.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OverrideKind {
-    File,
-    Dir,
-    Symlink,
-    Pipe,
-    Socket,
-    Block { major: u32, minor: u32 },
-    Char { major: u32, minor: u32 },
-}
-
-impl OverrideKind {
-    /// The `S_IFMT` bits of this type.
-    pub fn type_bits(&self) -> u32 {
-        match self {
-            OverrideKind::File => libc::S_IFREG,
-            OverrideKind::Dir => libc::S_IFDIR,
-            OverrideKind::Symlink => libc::S_IFLNK,
-            OverrideKind::Pipe => libc::S_IFIFO,
-            OverrideKind::Socket => libc::S_IFSOCK,
-            OverrideKind::Block { .. } => libc::S_IFBLK,
-            OverrideKind::Char { .. } => libc::S_IFCHR,
-        }
-    }
-
-    /// The type of a special file (`S_IFMT` bits and rdev) a regular file can stand for.
-    pub fn special(mode: u32, rdev: u64) -> Option<OverrideKind> {
-        let (major, minor) = (libc::major(rdev), libc::minor(rdev));
-        Some(match mode & libc::S_IFMT {
-            libc::S_IFIFO => OverrideKind::Pipe,
-            libc::S_IFSOCK => OverrideKind::Socket,
-            libc::S_IFBLK => OverrideKind::Block { major, minor },
-            libc::S_IFCHR => OverrideKind::Char { major, minor },
-            _ => return None,
-        })
-    }
-
-    fn parse(s: &str) -> Option<OverrideKind> {
-        let device = |rest: &str| -> Option<(u32, u32)> {
-            // Extra `-` fields are ignored, as containers/storage does (forward compatible).
-            let mut parts = rest.split('-');
-            Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
-        };
-        Some(match s {
-            "file" => OverrideKind::File,
-            "dir" => OverrideKind::Dir,
-            "symlink" => OverrideKind::Symlink,
-            "pipe" => OverrideKind::Pipe,
-            "socket" => OverrideKind::Socket,
-            _ => {
-                if let Some(rest) = s.strip_prefix("block-") {
-                    let (major, minor) = device(rest)?;
-                    OverrideKind::Block { major, minor }
-                } else if let Some(rest) = s.strip_prefix("char-") {
-                    let (major, minor) = device(rest)?;
-                    OverrideKind::Char { major, minor }
-                } else {
-                    return None;
-                }
-            }
-        })
-    }
-
-    fn format(&self) -> String {
-        match self {
-            OverrideKind::File => "file".into(),
-            OverrideKind::Dir => "dir".into(),
-            OverrideKind::Symlink => "symlink".into(),
-            OverrideKind::Pipe => "pipe".into(),
-            OverrideKind::Socket => "socket".into(),
-            OverrideKind::Block { major, minor } => format!("block-{major}-{minor}"),
-            OverrideKind::Char { major, minor } => format!("char-{major}-{minor}"),
-        }
-    }
-}
-
-/// The value of an override xattr: owner as stored on disk, permission bits, type.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct OverrideStat {
-    pub uid: u32,
-    pub gid: u32,
-    /// Permission bits (`0o7777`).
-    pub mode: u32,
-    pub kind: Option<OverrideKind>,
-}
-
-impl OverrideStat {
-    /// Parses `UID:GID:MODE[:TYPE]`; `None` when malformed (then the real attributes stand).
-    pub fn parse(value: &[u8]) -> Option<OverrideStat> {
-        let text = std::str::from_utf8(value).ok()?;
-        // Writers in C may count a trailing NUL in the value.
-        let text = text.trim_end_matches('\0');
-        let mut parts = text.splitn(4, ':');
-        let uid = parts.next()?.parse().ok()?;
-        let gid = parts.next()?.parse().ok()?;
-        let mode = u32::from_str_radix(parts.next()?, 8).ok()?;
-        if mode > 0o7777 {
-            return None;
-        }
-        let kind = match parts.next() {
-            Some(t) => Some(OverrideKind::parse(t)?),
-            None => None,
-        };
-        Some(OverrideStat {
-            uid,
-            gid,
-            mode,
-            kind,
-        })
-    }
-
-    /// The xattr value, in containers/storage's format (`%d:%d:%04o[:TYPE]`).
-    pub fn format(&self) -> String {
-        let base = format!("{}:{}:{:04o}", self.uid, self.gid, self.mode & 0o7777);
-        match &self.kind {
-            Some(k) => format!("{base}:{}", k.format()),
-            None => base,
-        }
-    }
-
-    /// Applies the override to a stat of the real object (`mode`: full st_mode). Returns the
-    /// new (mode, uid, gid, rdev), or `None` when the override does not apply to this object
-    /// (fuse-overlayfs reads it on directories and regular files only; a type other than the
-    /// real one is honoured only for a regular file standing for a special file).
-    pub fn apply(&self, mode: u32, rdev: u64) -> Option<(u32, u32, u32, u64)> {
-        let real = mode & libc::S_IFMT;
-        if real != libc::S_IFDIR && real != libc::S_IFREG {
-            return None;
-        }
-        let (ty, rdev) = match self.kind {
-            Some(
-                k @ (OverrideKind::Block { major, minor } | OverrideKind::Char { major, minor }),
-            ) if real == libc::S_IFREG => (k.type_bits(), libc::makedev(major, minor)),
-            Some(k @ (OverrideKind::Pipe | OverrideKind::Socket)) if real == libc::S_IFREG => {
-                (k.type_bits(), 0)
-            }
-            _ => (real, rdev),
-        };
-        Some((ty | (self.mode & 0o7777), self.uid, self.gid, rdev))
-    }
-}
 
 /// How the mount presents and stores ownership.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -238,22 +113,6 @@ pub struct IdOptions {
 }
 
 impl IdOptions {
-    /// The options from the mount options.
-    pub fn from_mount_options(o: &crate::options::MountOptions) -> IdOptions {
-        let root = o.squash_to_root.then_some(0);
-        IdOptions {
-            uid_maps: o.uid_mappings.clone(),
-            gid_maps: o.gid_mappings.clone(),
-            squash_uid: o.squash_to_uid.or(root),
-            squash_gid: o.squash_to_gid.or(root),
-            override_write: match o.xattr_permissions {
-                1 => Some(PRIVILEGED_OVERRIDE),
-                2 => Some(CONTAINERS_OVERRIDE),
-                _ => None,
-            },
-        }
-    }
-
     /// True when ids pass unchanged both ways (no mapping, no squashing).
     pub fn is_identity(&self) -> bool {
         self.uid_maps.is_empty()
@@ -429,31 +288,6 @@ mod tests {
     }
 
     #[test]
-    fn squash_shows_one_owner_and_stores_mapped_ids() {
-        let cases: &[(&str, Option<u32>, Option<u32>)] = &[
-            ("squash_to_root", Some(0), Some(0)),
-            ("squash_to_uid=7", Some(7), None),
-            ("squash_to_gid=8", None, Some(8)),
-            ("squash_to_root,squash_to_uid=7", Some(7), Some(0)),
-            ("squash_to_root,squash_to_gid=8", Some(0), Some(8)),
-        ];
-        for (opts, uid, gid) in cases {
-            let mut mo = crate::options::MountOptions::default();
-            mo.parse(&format!("{opts},uidmapping=0:1000:10")).unwrap();
-            // Stored 0..10 shows as 1000..1010.
-            let o = IdOptions::from_mount_options(&mo);
-            assert!(o.squashing(), "{opts}");
-            for host in [0, 1000, 1005, 50000] {
-                let mapped_uid = container_to_host(&o.uid_maps, host).unwrap_or(OVERFLOW_ID);
-                assert_eq!(o.uid_to_mount(host), uid.unwrap_or(mapped_uid), "{opts}");
-                assert_eq!(o.gid_to_mount(host), gid.unwrap_or(host), "{opts}");
-            }
-            // Storing is not squashed.
-            assert_eq!(o.uid_to_disk(1003), Ok(3), "{opts}");
-        }
-    }
-
-    #[test]
     fn acl_ids_translate_both_ways() {
         let o = mapped();
         let name = OsStr::new("system.posix_acl_access");
@@ -509,157 +343,5 @@ mod tests {
             IdOptions::default().xattr_to_mount(name, disk.clone()),
             disk
         );
-    }
-
-    #[test]
-    fn override_values_table() {
-        let cases: &[(&str, Option<OverrideStat>)] = &[
-            (
-                "0:0:755",
-                Some(OverrideStat {
-                    uid: 0,
-                    gid: 0,
-                    mode: 0o755,
-                    kind: None,
-                }),
-            ),
-            (
-                "1000:100:0644:file",
-                Some(OverrideStat {
-                    uid: 1000,
-                    gid: 100,
-                    mode: 0o644,
-                    kind: Some(OverrideKind::File),
-                }),
-            ),
-            (
-                "5:6:4755:dir",
-                Some(OverrideStat {
-                    uid: 5,
-                    gid: 6,
-                    mode: 0o4755,
-                    kind: Some(OverrideKind::Dir),
-                }),
-            ),
-            (
-                "0:0:0666:char-1-3",
-                Some(OverrideStat {
-                    uid: 0,
-                    gid: 0,
-                    mode: 0o666,
-                    kind: Some(OverrideKind::Char { major: 1, minor: 3 }),
-                }),
-            ),
-            (
-                "0:6:0660:block-8-0-extra",
-                Some(OverrideStat {
-                    uid: 0,
-                    gid: 6,
-                    mode: 0o660,
-                    kind: Some(OverrideKind::Block { major: 8, minor: 0 }),
-                }),
-            ),
-            (
-                "1:2:0600:pipe\0",
-                Some(OverrideStat {
-                    uid: 1,
-                    gid: 2,
-                    mode: 0o600,
-                    kind: Some(OverrideKind::Pipe),
-                }),
-            ),
-            ("", None),
-            ("0:0", None),
-            ("a:0:755", None),
-            ("0:0:9", None),
-            ("0:0:17777", None),
-            ("-1:0:755", None),
-            ("0:0:755:door", None),
-            ("0:0:755:char-1", None),
-            ("0:0:755:char-x-1", None),
-        ];
-        for (text, want) in cases {
-            let got = OverrideStat::parse(text.as_bytes());
-            assert_eq!(got, *want, "{text:?}");
-            if let Some(v) = got {
-                assert_eq!(
-                    OverrideStat::parse(v.format().as_bytes()),
-                    Some(v),
-                    "{text:?}"
-                );
-            }
-        }
-        let dev = OverrideStat::parse(b"0:0:0666:char-1-3").unwrap();
-        assert_eq!(dev.format(), "0:0:0666:char-1-3");
-    }
-
-    #[test]
-    fn override_apply_table() {
-        let o = |s: &str| OverrideStat::parse(s.as_bytes()).unwrap();
-        let reg = libc::S_IFREG | 0o600;
-        let dir = libc::S_IFDIR | 0o700;
-        /// (mode, uid, gid, rdev) shown.
-        type Shown = (u32, u32, u32, u64);
-        let cases: &[(OverrideStat, u32, Option<Shown>)] = &[
-            (o("5:6:0755"), reg, Some((libc::S_IFREG | 0o755, 5, 6, 0))),
-            (
-                o("5:6:1777:dir"),
-                dir,
-                Some((libc::S_IFDIR | 0o1777, 5, 6, 0)),
-            ),
-            (
-                o("0:0:0620:char-4-1"),
-                reg,
-                Some((libc::S_IFCHR | 0o620, 0, 0, libc::makedev(4, 1))),
-            ),
-            (
-                o("0:0:0660:block-8-1"),
-                reg,
-                Some((libc::S_IFBLK | 0o660, 0, 0, libc::makedev(8, 1))),
-            ),
-            (
-                o("0:0:0644:pipe"),
-                reg,
-                Some((libc::S_IFIFO | 0o644, 0, 0, 0)),
-            ),
-            // A directory never becomes a device; the type must match otherwise.
-            (
-                o("0:0:0755:char-1-3"),
-                dir,
-                Some((libc::S_IFDIR | 0o755, 0, 0, 0)),
-            ),
-            (
-                o("0:0:0755:dir"),
-                reg,
-                Some((libc::S_IFREG | 0o755, 0, 0, 0)),
-            ),
-            // Only directories and regular files are overridden.
-            (o("0:0:0755"), libc::S_IFLNK | 0o777, None),
-            (o("0:0:0755"), libc::S_IFCHR | 0o600, None),
-        ];
-        for (ov, mode, want) in cases {
-            assert_eq!(ov.apply(*mode, 0), *want, "{ov:?} on {mode:o}");
-        }
-    }
-
-    #[test]
-    fn override_names() {
-        for n in OVERRIDE_NAMES {
-            assert!(is_override_xattr(OsStr::new(n)));
-        }
-        assert!(!is_override_xattr(OsStr::new("user.containers.other")));
-        let mut mo = crate::options::MountOptions::default();
-        mo.parse("xattr_permissions=2").unwrap();
-        assert_eq!(
-            IdOptions::from_mount_options(&mo).override_write,
-            Some(CONTAINERS_OVERRIDE)
-        );
-        mo.parse("xattr_permissions=1").unwrap();
-        assert_eq!(
-            IdOptions::from_mount_options(&mo).override_write,
-            Some(PRIVILEGED_OVERRIDE)
-        );
-        mo.parse("xattr_permissions=0").unwrap();
-        assert_eq!(IdOptions::from_mount_options(&mo).override_write, None);
     }
 }

@@ -7,9 +7,10 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
 use crate::error::Error;
-use crate::options::IdMapping;
+use crate::format::override_stat::{OverrideStat, CONTAINERS_OVERRIDE};
 use crate::union::attr::SetAttr;
-use crate::union::ids::{IdOptions, OverrideStat, CONTAINERS_OVERRIDE, OVERFLOW_ID};
+use crate::union::ids::IdMapping;
+use crate::union::ids::{IdOptions, OVERFLOW_ID};
 use crate::union::mutate::NewKind;
 use crate::union::tests::{set_xattr, walk, Fixture};
 use crate::union::{Caller, UnionFs, ROOT};

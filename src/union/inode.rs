@@ -148,6 +148,8 @@ pub struct DataLoc {
     pub layer: LowerIdx,
     /// The data file's path in that layer.
     pub path: PathBuf,
+    /// Its `st_blocks`, which `stat` shows for the metacopy file (lowers do not change).
+    pub blocks: u64,
 }
 
 /// Node fields that most nodes never set.
@@ -306,6 +308,9 @@ pub struct NodeTable {
     names: HashTable<u64>,
     /// Names that lead to a node located elsewhere (another hard link of its object).
     aliases: HashMap<(u64, Box<OsStr>), u64>,
+    /// FUSE generations given to the kernel (only a mount exporting handles sets any;
+    /// kept aside so that the others pay nothing for them).
+    generations: HashMap<u64, u32>,
     hasher: std::hash::RandomState,
 }
 
@@ -552,6 +557,30 @@ impl NodeTable {
     fn remove(&mut self, ino: u64) {
         self.unindex_location(ino);
         self.nodes.remove(&ino);
+        if !self.generations.is_empty() {
+            self.generations.remove(&ino);
+        }
+    }
+
+    /// The generation of node `ino`: the one it was given first, else `generation`, which
+    /// it keeps from now on. The root's is 0 (the kernel wants it so).
+    pub fn keep_generation(&mut self, ino: u64, generation: u32) -> u32 {
+        if ino == ROOT_INO || !self.nodes.contains_key(&ino) {
+            return 0;
+        }
+        *self.generations.entry(ino).or_insert(generation)
+    }
+
+    /// The generation node `ino` was given (0 if none).
+    pub fn generation(&self, ino: u64) -> u32 {
+        self.generations.get(&ino).copied().unwrap_or(0)
+    }
+
+    /// One more kernel lookup of a known node (the kernel's `LOOKUP(node, ".")` and
+    /// `LOOKUP(node, "..")`).
+    pub fn add_ref(&mut self, ino: u64) -> Result<()> {
+        self.get_mut(ino)?.lookups += 1;
+        Ok(())
     }
 
     /// Drops `n` kernel lookups of `ino`; frees the node when nothing pins it.

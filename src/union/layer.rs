@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use rustix::fs::{AtFlags, Mode, OFlags};
 
 use super::inuse::InUseLock;
+use crate::format::origin::{INDEX_SUBDIR, WORK_SUBDIR};
 use crate::sys;
 
 /// Index of a lower layer, 0 being the top lower.
@@ -60,9 +61,6 @@ pub struct Stack {
     /// The upperdir and workdir marked in use by this mount (see `inuse`).
     pub in_use: Option<InUseLock>,
 }
-
-/// Name of the scratch directory inside the workdir (the kernel uses the same name).
-pub const WORK_SUBDIR: &str = "work";
 
 fn open_layer(path: &Path, what: &str) -> Result<Layer, String> {
     let meta = std::fs::metadata(path).map_err(|e| format!("{what} {}: {e}", path.display()))?;
@@ -264,7 +262,7 @@ impl Stack {
 /// Without privilege over its mode, a mode-0 directory cannot be entered: one this daemon
 /// just made gets mode 0700 then; one it cannot use means no index.
 fn open_index(workdir: BorrowedFd<'_>) -> Option<OwnedFd> {
-    let name = crate::union::origin::INDEX_SUBDIR;
+    let name = INDEX_SUBDIR;
     let made = match rustix::fs::mkdirat(workdir, name, Mode::empty()) {
         Ok(()) => true,
         Err(rustix::io::Errno::EXIST) => false,

@@ -27,11 +27,12 @@ use rustix::fs::{AtFlags, FileType, Stat};
 use rustix::io::Errno;
 
 use crate::error::{Error, OsContext, Result, Where};
+use crate::format::xattr::{self, OpaqueXattr, XattrNs};
+use crate::format::{origin, whiteout};
 use crate::sys;
 use crate::union::inode::{Lower, LowerRef, Node};
 use crate::union::layer::LowerIdx;
 use crate::union::redirect::{self, Redirect};
-use crate::union::whiteout::{self, OpaqueXattr};
 use crate::union::{check_name, Attr, UnionFs};
 
 /// How many names the lower index cache may hold in all (about 40 bytes each, plus the
@@ -200,6 +201,9 @@ pub struct Resolved {
     pub origin_ino: Option<u64>,
     /// Merged st_nlink minus the real one (from `overlay.nlink`).
     pub nlink_offset: i64,
+    /// The FUSE generation of the object (see `crate::union::export`), 0 when the mount
+    /// exports no handles.
+    pub generation: u32,
     /// The object is an inner overlay's whiteout (its stats show a char device 0/0).
     pub inner_whiteout: bool,
     /// Set for a metacopy object (its metadata where `stat` says, its data here).
@@ -233,7 +237,7 @@ pub struct DirMarks {
     /// The raw `overlay.redirect` value, if any (see [`crate::union::redirect`]).
     pub redirect: Option<Vec<u8>>,
     /// Holds whiteouts of an overlay nested on this one (see
-    /// [`whiteout::INNER_WHITEOUT_XATTRS`]).
+    /// [`xattr::INNER_WHITEOUT_XATTRS`]).
     pub inner_whiteouts: bool,
 }
 
@@ -243,20 +247,20 @@ pub fn dir_marks(dir: BorrowedFd<'_>) -> Result<DirMarks> {
     let names = sys::list_xattrs(dir).at("listxattr", Where::Unknown)?;
     let mut marks = DirMarks::default();
     let listed = |want: &str| names.iter().any(|n| n == want);
-    for want in whiteout::opaque_xattr_names() {
+    for want in xattr::OPAQUE_XATTRS {
         if !listed(want) {
             continue;
         }
         if let Some(v) = sys::get_dir_xattr(dir, OsStr::new(want)).at("getxattr", Where::Unknown)? {
-            match whiteout::classify_opaque(&v) {
+            match xattr::classify_opaque(&v) {
                 OpaqueXattr::Opaque => marks.opaque = true,
                 OpaqueXattr::HasXattrWhiteouts => marks.xattr_whiteouts = true,
                 OpaqueXattr::None => {}
             }
         }
     }
-    marks.inner_whiteouts = whiteout::INNER_WHITEOUT_XATTRS.iter().any(|n| listed(n));
-    for want in whiteout::redirect_xattr_names() {
+    marks.inner_whiteouts = xattr::INNER_WHITEOUT_XATTRS.iter().any(|n| listed(n));
+    for want in xattr::REDIRECT_XATTRS {
         if marks.redirect.is_none() && listed(want) {
             marks.redirect =
                 sys::get_dir_xattr(dir, OsStr::new(want)).at("getxattr", Where::Unknown)?;
@@ -286,7 +290,7 @@ pub fn dir_opaque(dir: BorrowedFd<'_>) -> Result<OpaqueXattr> {
 
 /// True when the zero-size regular file `name` in `dir` carries a whiteout xattr.
 pub(crate) fn is_xattr_whiteout(dir: BorrowedFd<'_>, name: &OsStr) -> Result<bool> {
-    for n in whiteout::whiteout_xattr_names() {
+    for n in xattr::WHITEOUT_XATTRS {
         if sys::get_xattr_at(dir, name, OsStr::new(n))
             .at("getxattr", Where::Unknown)?
             .is_some()
@@ -299,12 +303,12 @@ pub(crate) fn is_xattr_whiteout(dir: BorrowedFd<'_>, name: &OsStr) -> Result<boo
 
 /// Whether `name` in `dir` (stat `st`) is an inner overlay's whiteout as this overlay
 /// stores it: a zero-size regular file with the mark of
-/// [`whiteout::INNER_WHITEOUT_XATTRS`]. Others cost no xattr read.
+/// [`xattr::INNER_WHITEOUT_XATTRS`]. Others cost no xattr read.
 pub(crate) fn is_inner_whiteout(dir: BorrowedFd<'_>, name: &OsStr, st: &Stat) -> Result<bool> {
     if st.st_mode & libc::S_IFMT != libc::S_IFREG || st.st_size != 0 {
         return Ok(false);
     }
-    for n in whiteout::INNER_WHITEOUT_XATTRS {
+    for n in xattr::INNER_WHITEOUT_XATTRS {
         match sys::get_xattr_at(dir, name, OsStr::new(n)) {
             Ok(Some(_)) => return Ok(true),
             Ok(None) | Err(Errno::NOENT) => {}
@@ -315,7 +319,7 @@ pub(crate) fn is_inner_whiteout(dir: BorrowedFd<'_>, name: &OsStr, st: &Stat) ->
 }
 
 /// Stores the zero-size regular file `name` in `dir` as an inner overlay's whiteout (see
-/// [`whiteout::INNER_WHITEOUT_XATTRS`]), in the mount's namespace.
+/// [`xattr::INNER_WHITEOUT_XATTRS`]), in the mount's namespace.
 pub(crate) fn mark_inner_whiteout(
     fmt: whiteout::WriteFormat,
     dir: BorrowedFd<'_>,
@@ -376,7 +380,7 @@ pub(crate) fn show_inner_whiteout(st: &mut Stat) {
 /// Whether the `.wh.*` entry `name` in `dir` is a user's own object (marked literal), not a
 /// whiteout or opaque marker.
 pub(crate) fn is_literal(dir: BorrowedFd<'_>, name: &OsStr) -> Result<bool> {
-    for n in whiteout::LITERAL_XATTRS {
+    for n in xattr::LITERAL_XATTRS {
         match sys::get_xattr_at(dir, name, OsStr::new(n)) {
             Ok(Some(_)) => return Ok(true),
             Ok(None) | Err(Errno::NOENT) => {}
@@ -402,7 +406,13 @@ pub(crate) fn mark_literal(
     at: Where,
 ) -> Result<()> {
     let fd = sys::open_path(dir, Path::new(name)).at("open", at)?;
-    sys::set_xattr(fd.as_fd(), OsStr::new(fmt.xattr_ns.literal()), b"y", 0).at("mark literal", at)
+    sys::set_xattr(
+        fd.as_fd(),
+        OsStr::new(fmt.xattr_ns.literal()),
+        xattr::LITERAL_VALUE,
+        0,
+    )
+    .at("mark literal", at)
 }
 
 /// Whether a stat of `name` in `dir` shows a whiteout, in any format that is an object.
@@ -651,6 +661,9 @@ impl UnionFs {
         // An upper metacopy file, with its own redirect (where its data is).
         let mut upper_meta: Option<Option<Redirect>> = None;
         let mut opaque = false;
+        // Generations (with nfs_export): of the upper object, and of the origin it names.
+        let mut upper_gen = 0;
+        let mut origin_gen = None;
         let mut inner_whiteout = false;
         if let Some(pu) = &parent.upper {
             let pfd = self.upper_dir(pu)?;
@@ -690,11 +703,20 @@ impl UnionFs {
                         if self.index_enabled() {
                             let (ino, offset, record) =
                                 self.read_identity(pfd.as_fd(), name, st.st_nlink > 1)?;
+                            if ino.is_some() && self.exports() {
+                                origin_gen = record
+                                    .as_deref()
+                                    .and_then(crate::format::origin::decode)
+                                    .map(|(_, h)| crate::union::export::handle_generation(&h));
+                            }
                             origin = (ino, offset);
                             if st.st_nlink > 1 {
                                 upper_index = self.index_entry(record.as_deref())?;
                             }
                         }
+                    }
+                    if self.exports() {
+                        upper_gen = crate::union::export::generation_at(pfd.as_fd(), name);
                     }
                     upper = Some(st);
                 }
@@ -780,6 +802,7 @@ impl UnionFs {
                             loc: crate::union::inode::DataLoc {
                                 layer: l.top().ok_or(Error::NotFound)?,
                                 path: l.path_at(name),
+                                blocks: st.st_blocks as u64,
                             },
                             st: *st,
                         }),
@@ -788,6 +811,16 @@ impl UnionFs {
                 }
             }
         }
+        // The generation of the object that gives the identity (see `identity`).
+        let generation = match (&lower, &lower_stat) {
+            _ if !self.exports() => 0,
+            _ if upper.is_some() && !is_dir => origin_gen.unwrap_or(upper_gen),
+            (Some(l), Some(_)) => match l.top() {
+                Some(top) => self.lower_generation(top, &l.path_at(name)),
+                None => upper_gen,
+            },
+            _ => upper_gen,
+        };
         Ok(Resolved {
             is_dir,
             upper,
@@ -796,6 +829,7 @@ impl UnionFs {
             index,
             origin_ino: origin.0,
             nlink_offset: origin.1,
+            generation,
             inner_whiteout,
             data,
         })
@@ -870,15 +904,12 @@ impl UnionFs {
         self.index_enabled()
             && (t == libc::S_IFREG
                 || t == libc::S_IFDIR
-                || self.format.map(|f| f.xattr_ns) == Some(whiteout::XattrNs::Trusted))
+                || self.format.map(|f| f.xattr_ns) == Some(XattrNs::Trusted))
     }
 
     /// The names of the origin and nlink xattrs this mount reads and writes.
     pub(crate) fn identity_xattrs(&self) -> (&'static OsStr, &'static OsStr) {
-        let ns = self
-            .format
-            .map(|f| f.xattr_ns)
-            .unwrap_or(whiteout::XattrNs::Trusted);
+        let ns = self.format.map(|f| f.xattr_ns).unwrap_or(XattrNs::Trusted);
         (OsStr::new(ns.origin()), OsStr::new(ns.nlink()))
     }
 
@@ -893,7 +924,7 @@ impl UnionFs {
     /// The origin record of a lower object, when its filesystem can encode handles.
     pub(crate) fn origin_of(&self, layer: LowerIdx, fd: BorrowedFd<'_>) -> Option<Vec<u8>> {
         let h = sys::name_to_handle(fd).ok()?;
-        crate::union::origin::encode(&self.stack.lower(layer).uuid, &h)
+        origin::encode(&self.stack.lower(layer).uuid, &h)
     }
 
     /// The index entry of lower object `l` (resolved under `name`), if one exists.
@@ -908,7 +939,7 @@ impl UnionFs {
         let Some(origin) = origin else {
             return Ok(None);
         };
-        let name = crate::union::origin::index_name(origin);
+        let name = origin::index_name(origin);
         match rustix::fs::statat(self.index_fd()?, name.as_str(), AtFlags::SYMLINK_NOFOLLOW) {
             Ok(st) => Ok(Some((Arc::from(name.as_str()), st))),
             Err(Errno::NOENT) => Ok(None),
@@ -924,7 +955,6 @@ impl UnionFs {
         name: &OsStr,
         linked: bool,
     ) -> Result<(Option<u64>, i64, Option<Vec<u8>>)> {
-        use crate::union::origin;
         let (origin_xattr, nlink_xattr) = self.identity_xattrs();
         let record = sys::get_xattr_at(dir, name, origin_xattr).at("getxattr", Where::Upper)?;
         let ino = record
@@ -950,7 +980,7 @@ impl UnionFs {
     /// inode left the kernel's cache), from the handle itself when its type carries the
     /// number. Every name of a copied-up hard link holds the same record, so all of them
     /// get the same number, as the lower-only names resolved through the index do.
-    fn decode_origin_ino(&self, uuid: &[u8; 16], h: &sys::FileHandle) -> Option<u64> {
+    pub(crate) fn decode_origin_ino(&self, uuid: &[u8; 16], h: &sys::FileHandle) -> Option<u64> {
         let mut tried: Vec<u64> = Vec::new();
         for layer in &self.stack.lowers {
             if &layer.uuid != uuid || tried.contains(&layer.dev) {
@@ -963,7 +993,7 @@ impl UnionFs {
                 }
             }
         }
-        let ino = crate::union::origin::handle_ino(h)?;
+        let ino = origin::handle_ino(h)?;
         let layer = self.stack.lowers.iter().find(|l| &l.uuid == uuid)?;
         Some(self.map_dev_ino(layer.dev, ino))
     }
@@ -1074,6 +1104,13 @@ impl UnionFs {
             n.set_data(data.clone());
             n
         });
+        // The kernel refuses an entry whose generation differs from the one its inode
+        // got first: a known node keeps the one it was given.
+        let generation = if self.exports() {
+            nodes.keep_generation(ino, r.generation)
+        } else {
+            0
+        };
         // Refresh what the disk says now (the object may have been copied up).
         let mut elsewhere = false;
         if let Ok(n) = nodes.get_mut(ino) {
@@ -1098,7 +1135,7 @@ impl UnionFs {
         drop(nodes);
         // The override xattr needs the object itself: stat it again through its node.
         if elsewhere || self.reads_override() {
-            return self.getattr(ino);
+            return self.getattr(ino).map(|a| Attr { generation, ..a });
         }
         let shifted = r.upper.is_none()
             && r.index.is_none()
@@ -1106,6 +1143,9 @@ impl UnionFs {
                 .as_ref()
                 .and_then(|l| l.top())
                 .is_some_and(|t| self.stack.lower(t).shifted);
-        Ok(self.present(attr, None, shifted))
+        Ok(Attr {
+            generation,
+            ..self.present(attr, None, shifted)
+        })
     }
 }

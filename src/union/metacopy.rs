@@ -32,6 +32,8 @@ use rustix::fs::{Mode, OFlags, Stat};
 
 use crate::error::{Error, OsContext, Result, Where};
 use crate::format::metacopy as fmt_metacopy;
+use crate::format::whiteout::WriteFormat;
+use crate::format::xattr::{self, XattrNs};
 use crate::sys;
 use crate::union::attr::RealLoc;
 use crate::union::dirfd::LayerKey;
@@ -39,7 +41,6 @@ use crate::union::inode::{DataLoc, LowerRef};
 use crate::union::layer::LowerIdx;
 use crate::union::lookup::DirInfo;
 use crate::union::redirect::{self, Cursor, FileProbe, Redirect};
-use crate::union::whiteout::{self, WriteFormat};
 use crate::union::UnionFs;
 
 /// The capability xattr, which a write to a file drops (`file_remove_privs`).
@@ -56,10 +57,7 @@ impl UnionFs {
     /// The metacopy xattr this mount reads and writes (its own namespace, as the kernel
     /// reads only its own).
     pub(crate) fn metacopy_xattr(&self) -> &'static OsStr {
-        let ns = self
-            .format
-            .map(|f| f.xattr_ns)
-            .unwrap_or(whiteout::XattrNs::Trusted);
+        let ns = self.format.map(|f| f.xattr_ns).unwrap_or(XattrNs::Trusted);
         OsStr::new(ns.metacopy())
     }
 
@@ -93,7 +91,7 @@ impl UnionFs {
         name: &OsStr,
         at: Where,
     ) -> Result<Option<Redirect>> {
-        for x in whiteout::redirect_xattr_names() {
+        for x in xattr::REDIRECT_XATTRS {
             if let Some(v) = sys::get_xattr_at(dir, name, OsStr::new(x)).at("getxattr", at)? {
                 return redirect::parse(&v, at).map(Some);
             }
@@ -140,7 +138,11 @@ impl UnionFs {
                     let at = Where::Lower(layer);
                     if !self.metacopy_mark_at(dir.as_fd(), &name, at)? {
                         return Ok(Some(FoundData {
-                            loc: DataLoc { layer, path },
+                            loc: DataLoc {
+                                layer,
+                                path,
+                                blocks: st.st_blocks as u64,
+                            },
                             st,
                         }));
                     }
@@ -172,6 +174,7 @@ impl UnionFs {
                     loc: DataLoc {
                         layer,
                         path: cur.path.clone(),
+                        blocks: st.st_blocks as u64,
                     },
                     st,
                 }));
@@ -329,10 +332,10 @@ pub(crate) fn create_sparse(dir: BorrowedFd<'_>, name: &OsStr, size: u64) -> Res
     rustix::fs::ftruncate(&fd, size).at("truncate copy", Where::Work)
 }
 
-/// Marks `name` in `dir` a metacopy file (the kernel's value: empty, no digest).
-pub(crate) fn mark(fmt: WriteFormat, dir: BorrowedFd<'_>, name: &OsStr, at: Where) -> Result<()> {
-    let fd = sys::open_path(dir, std::path::Path::new(name)).at("open copy", at)?;
+/// Marks the copy being built behind `fd` a metacopy file (the kernel's value: empty, no
+/// digest).
+pub(crate) fn mark(fmt: WriteFormat, fd: BorrowedFd<'_>) -> Result<()> {
     let value = fmt_metacopy::encode(&fmt_metacopy::Metacopy::default());
-    sys::set_xattr(fd.as_fd(), OsStr::new(fmt.xattr_ns.metacopy()), &value, 0)
-        .at("set metacopy", at)
+    sys::set_xattr(fd, OsStr::new(fmt.xattr_ns.metacopy()), &value, 0)
+        .at("set metacopy", Where::Work)
 }

@@ -19,6 +19,7 @@ pub mod acl;
 pub mod attr;
 pub mod copy_up;
 pub mod dirfd;
+pub mod export;
 pub mod fileattr;
 pub mod handle;
 pub mod ids;
@@ -28,11 +29,10 @@ pub mod layer;
 pub mod lookup;
 pub mod metacopy;
 pub mod mutate;
-pub mod origin;
 pub mod readdir;
 pub mod redirect;
+pub mod setid;
 pub mod tmpfile;
-pub mod whiteout;
 
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, BorrowedFd};
@@ -43,9 +43,11 @@ use std::sync::Arc;
 use parking_lot::{Mutex, RwLock};
 
 use crate::error::{Error, Result, Where};
+use crate::format::override_stat::OVERRIDE_NAMES;
+use crate::format::whiteout::{WhiteoutKind, WriteFormat};
+use crate::format::xattr::XattrNs;
 use inode::{LowerRef, NodeTable, ROOT_INO};
 use layer::{LowerIdx, Stack, StackPaths};
-use whiteout::{WhiteoutKind, WriteFormat, XattrNs};
 
 pub use inode::ROOT_INO as ROOT;
 
@@ -72,6 +74,9 @@ pub struct Attr {
     pub atime: Timespec,
     pub mtime: Timespec,
     pub ctime: Timespec,
+    /// The FUSE generation of the node (see [`export`]): 0 unless the mount exports
+    /// handles. Only entry replies carry it.
+    pub generation: u32,
 }
 
 impl Attr {
@@ -98,6 +103,7 @@ impl Attr {
                 sec: st.st_ctime,
                 nsec: st.st_ctime_nsec as u32,
             },
+            generation: 0,
         }
     }
 
@@ -106,7 +112,7 @@ impl Attr {
     }
 
     /// Shows an inner overlay's whiteout as the character device 0/0 it was made as
-    /// (stored as a zero-size file, see `whiteout::INNER_WHITEOUT_XATTRS`).
+    /// (stored as a zero-size file, see `crate::format::xattr::INNER_WHITEOUT_XATTRS`).
     pub(crate) fn show_inner_whiteout(&mut self) {
         self.mode = libc::S_IFCHR | (self.mode & 0o7777);
         self.rdev = 0;
@@ -143,6 +149,9 @@ pub struct CoreOptions {
     /// The atime flags of the private upper mount (kernel overlayfs's clone of the upper
     /// mount); `None` uses the upper mount as it is.
     pub atime: Option<rustix::mount::MountAttrFlags>,
+    /// `nfs_export=on`: file handles outlive the kernel's caches and remounts (see
+    /// [`export`]).
+    pub nfs_export: bool,
     /// `metacopy=on|off`; `None`: on where the kernel's format can be written and read
     /// (`trusted.*` xattrs, i.e. rootful), off otherwise.
     pub metacopy: Option<bool>,
@@ -193,6 +202,16 @@ impl InoMap {
     fn synthetic(&self) -> u64 {
         self.next_synthetic.fetch_add(1, Ordering::Relaxed)
     }
+
+    /// The (device, inode) a number made by [`map`](Self::map) stands for; `None` for a
+    /// synthetic number, which stands for nothing on disk.
+    fn unmap(&self, v: u64) -> Option<(u64, u64)> {
+        if v >= SYNTHETIC_BASE || v == ROOT_INO || v == 0 {
+            return None;
+        }
+        let dev = *self.devs.lock().get((v >> DEV_SHIFT) as usize)?;
+        Some((dev, v & ((1 << DEV_SHIFT) - 1)))
+    }
 }
 
 /// The merged filesystem.
@@ -210,6 +229,11 @@ pub struct UnionFs {
     pub(crate) dirs: dirfd::DirFdCache,
     inos: InoMap,
     tmp_seq: AtomicU64,
+    /// Counts namespace changes (taken under `ns_lock`): tells when the export maps of
+    /// the upper may be out of date.
+    ns_changes: AtomicU64,
+    /// The maps that decode file handles, with `nfs_export=on`.
+    pub(crate) export: Option<export::ExportMaps>,
     /// Metadata-only copy-up, and following metacopy files of the layers (kernel
     /// `metacopy=on`); off, such a file is refused with EPERM as the kernel refuses it.
     pub(crate) metacopy: bool,
@@ -245,7 +269,7 @@ impl UnionFs {
         }
         let read_override = opts.ids.override_write.is_some()
             || stack.upper.iter().chain(stack.lowers.iter()).any(|l| {
-                ids::OVERRIDE_NAMES.iter().any(|n| {
+                OVERRIDE_NAMES.iter().any(|n| {
                     matches!(
                         crate::sys::get_xattr(l.root.as_fd(), OsStr::new(n)),
                         Ok(Some(_))
@@ -271,6 +295,7 @@ impl UnionFs {
             Default::default(),
             (0..stack.regular as LowerIdx).collect(),
         ));
+        let (opts_export, lowers) = (opts.nfs_export, stack.lowers.len());
         let fs = UnionFs {
             nodes: RwLock::new(NodeTable::new(stack.upper.is_some(), root_lower)),
             stack,
@@ -282,6 +307,8 @@ impl UnionFs {
             dirs: dirfd::DirFdCache::new(dir_cache_capacity()),
             inos: InoMap::new(devs),
             tmp_seq: AtomicU64::new(0),
+            ns_changes: AtomicU64::new(0),
+            export: opts_export.then(|| export::ExportMaps::new(lowers)),
             metacopy,
             read_override,
         };
@@ -346,6 +373,28 @@ impl UnionFs {
 
     pub(crate) fn synthetic_ino(&self) -> u64 {
         self.inos.synthetic()
+    }
+
+    /// The (device, inode) behind a mount inode number, `None` for a synthetic one.
+    pub(crate) fn unmap_ino(&self, ino: u64) -> Option<(u64, u64)> {
+        self.inos.unmap(ino)
+    }
+
+    /// Takes `ns_lock` for a change of the namespace (or a copy-up), counting it.
+    pub(crate) fn ns_change(&self) -> parking_lot::MutexGuard<'_, ()> {
+        let g = self.ns_lock.lock();
+        self.ns_changes.fetch_add(1, Ordering::Relaxed);
+        g
+    }
+
+    /// How many namespace changes have begun (see [`ns_change`](Self::ns_change)).
+    pub(crate) fn ns_change_count(&self) -> u64 {
+        self.ns_changes.load(Ordering::Relaxed)
+    }
+
+    /// Whether file handles outlive the kernel's caches (`nfs_export=on`).
+    pub fn exports(&self) -> bool {
+        self.export.is_some()
     }
 
     /// A fresh name for something being built in the work directory.
@@ -527,5 +576,7 @@ impl UnionFs {
 
 #[cfg(test)]
 mod ids_tests;
+#[cfg(test)]
+mod metacopy_tests;
 #[cfg(test)]
 mod tests;

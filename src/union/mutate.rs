@@ -25,13 +25,15 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags};
 use rustix::io::Errno;
 
 use crate::error::{Error, OsContext, Result, Where};
+use crate::format::override_stat::{OverrideKind, OverrideStat};
+use crate::format::whiteout::{self, WhiteoutKind, WriteFormat};
+use crate::format::{origin, xattr};
 use crate::sys;
 use crate::union::acl;
 use crate::union::fileattr::{refuses, Change, Prot};
 use crate::union::inode::Lower;
 use crate::union::layer::remove_tree;
 use crate::union::lookup::{DirInfo, LowerChild, Resolved};
-use crate::union::whiteout::{self, WhiteoutKind, WriteFormat};
 use crate::union::{check_name, ids, Attr, Caller, UnionFs};
 
 /// What to create.
@@ -84,7 +86,7 @@ pub(crate) struct NewOwner {
     /// Permission bits, the umask applied unless a default ACL governs.
     pub(crate) perm: u32,
     /// The parent's ownership override (xattr_permissions), if any.
-    pub(crate) parent_override: Option<ids::OverrideStat>,
+    pub(crate) parent_override: Option<OverrideStat>,
     /// The parent is set-group-id (as shown): the new object takes its group.
     pub(crate) setgid_parent: bool,
     /// The owner to store, as on disk.
@@ -97,7 +99,7 @@ pub(crate) struct NewOwner {
 /// would change nothing.
 pub(crate) fn made_with_ids(
     pst: &rustix::fs::Stat,
-    parent_override: Option<ids::OverrideStat>,
+    parent_override: Option<OverrideStat>,
     setgid_parent: bool,
     uid: u32,
     gid: u32,
@@ -303,7 +305,7 @@ impl UnionFs {
         // A `.wh.*` name is the user's own (an inner overlay's whiteout file, say): built in
         // the work directory and marked literal before it is published, so that no crash
         // leaves an unmarked one, which would read as a whiteout.
-        let _ns = self.ns_lock.lock();
+        let _ns = self.ns_change();
         self.create_locked(parent, name, kind, mode, umask, caller)
     }
 
@@ -320,7 +322,7 @@ impl UnionFs {
         let literal = whiteout::is_reserved_name(name);
         // A character device 0/0 is an inner overlay's whiteout (kernel overlayfs refuses
         // to make one, EPERM; an overlay nested here makes its whiteouts so): stored as
-        // such (see `whiteout::INNER_WHITEOUT_XATTRS`), built in the work directory and
+        // such (see `xattr::INNER_WHITEOUT_XATTRS`), built in the work directory and
         // marked before it is published, like a `.wh.*` name.
         let inner_wh =
             matches!(kind, NewKind::Node { rdev: 0 }) && mode & libc::S_IFMT == libc::S_IFCHR;
@@ -489,7 +491,7 @@ impl UnionFs {
                         // (containers/storage's `char-MAJ-MIN` / `block-MAJ-MIN`).
                         Err(Errno::PERM) if override_name.is_some() => {
                             let special =
-                                ids::OverrideKind::special(mode, rdev).ok_or(Error::Permission)?;
+                                OverrideKind::special(mode, rdev).ok_or(Error::Permission)?;
                             rustix::fs::openat(
                                 tdir,
                                 tname,
@@ -553,7 +555,7 @@ impl UnionFs {
                 } else {
                     0
                 };
-                let over = ids::OverrideStat {
+                let over = OverrideStat {
                     uid,
                     gid,
                     mode: perm | sgid_dir,
@@ -615,8 +617,13 @@ impl UnionFs {
             if is_dir && slot != UpperSlot::Empty {
                 let fd =
                     sys::open_dir_path(tdir, Path::new(tname)).at("open new dir", Where::Work)?;
-                sys::set_xattr(fd.as_fd(), OsStr::new(fmt.xattr_ns.opaque()), b"y", 0)
-                    .at("set opaque", Where::Work)?;
+                sys::set_xattr(
+                    fd.as_fd(),
+                    OsStr::new(fmt.xattr_ns.opaque()),
+                    xattr::OPAQUE_VALUE,
+                    0,
+                )
+                .at("set opaque", Where::Work)?;
             }
             if literal {
                 crate::union::lookup::mark_literal(fmt, tdir, tname, Where::Work)?;
@@ -676,6 +683,11 @@ impl UnionFs {
                     index: None,
                     origin_ino: None,
                     nlink_offset: 0,
+                    generation: if self.exports() {
+                        crate::union::export::generation_at(pfd.as_fd(), name)
+                    } else {
+                        0
+                    },
                     inner_whiteout: inner_wh,
                     data: None,
                 }
@@ -699,7 +711,7 @@ impl UnionFs {
     fn remove(&self, parent: u64, name: &OsStr, dir: bool) -> Result<()> {
         check_name(name)?;
         let fmt = self.writable()?;
-        let _ns = self.ns_lock.lock();
+        let _ns = self.ns_change();
         let info = self.dir_info(parent)?;
         let r = self.resolve(&info, name)?;
         self.check_change(parent, Change::RemoveEntry)?;
@@ -796,7 +808,7 @@ impl UnionFs {
                     if let Some((entry, _)) = &r.index {
                         let fd = sys::open_path(self.index_fd()?, Path::new(&**entry))
                             .at("open index", Where::Work)?;
-                        let rec = crate::union::origin::format_nlink(r.nlink_offset - 1);
+                        let rec = origin::format_nlink(r.nlink_offset - 1);
                         sys::set_xattr(fd.as_fd(), self.identity_xattrs().1, rec.as_bytes(), 0)
                             .at("set nlink", Where::Work)?;
                     }
@@ -844,7 +856,7 @@ impl UnionFs {
             return Err(Error::Invalid);
         }
         let fmt = self.writable()?;
-        let _ns = self.ns_lock.lock();
+        let _ns = self.ns_change();
         if !leave_whiteout {
             return self.rename_locked(fmt, parent, name, new_parent, new_name, flags);
         }
@@ -1241,7 +1253,7 @@ impl UnionFs {
                 let natural = dinfo.lower.as_ref().map(|pl| pl.path.join(new_name));
                 if natural.as_deref() == Some(l.path.as_path()) {
                     if phase == MovePhase::After {
-                        for n in whiteout::redirect_xattr_names() {
+                        for n in xattr::REDIRECT_XATTRS {
                             match sys::remove_xattr(dfd.as_fd(), OsStr::new(n)) {
                                 Ok(()) | Err(Errno::NODATA) | Err(Errno::NOTSUP)
                                 | Err(Errno::PERM) => {}
@@ -1260,12 +1272,10 @@ impl UnionFs {
                     let value: Vec<u8> = if same_parent {
                         l.path
                             .file_name()
-                            .map(|n| n.as_bytes().to_vec())
+                            .map(crate::format::redirect::relative)
                             .unwrap_or_default()
                     } else {
-                        let mut v = b"/".to_vec();
-                        v.extend_from_slice(l.path.as_os_str().as_bytes());
-                        v
+                        crate::format::redirect::absolute(&l.path)
                     };
                     let old =
                         sys::get_xattr(dfd.as_fd(), redirect).at("get redirect", Where::Upper)?;
@@ -1275,8 +1285,13 @@ impl UnionFs {
                 }
             }
             (None, MovePhase::Before) if lower_occupied => {
-                sys::set_xattr(dfd.as_fd(), OsStr::new(fmt.xattr_ns.opaque()), b"y", 0)
-                    .at("set opaque", Where::Upper)?;
+                sys::set_xattr(
+                    dfd.as_fd(),
+                    OsStr::new(fmt.xattr_ns.opaque()),
+                    xattr::OPAQUE_VALUE,
+                    0,
+                )
+                .at("set opaque", Where::Upper)?;
             }
             (None, _) => {}
         }

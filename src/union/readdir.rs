@@ -7,9 +7,9 @@ use std::ffi::OsString;
 use rustix::fs::{AtFlags, FileType};
 
 use crate::error::{OsContext, Result, Where};
+use crate::format::whiteout;
 use crate::sys;
 use crate::union::lookup::{dir_marks, is_inner_whiteout, DirInfo, LowerChild};
-use crate::union::whiteout;
 use crate::union::UnionFs;
 
 /// One entry of a merged listing.

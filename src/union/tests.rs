@@ -68,6 +68,14 @@ impl Fixture {
     }
 
     pub(crate) fn fs_with(&self, ids: crate::union::ids::IdOptions) -> UnionFs {
+        self.fs_opts(ids, None)
+    }
+
+    pub(crate) fn fs_opts(
+        &self,
+        ids: crate::union::ids::IdOptions,
+        metacopy: Option<bool>,
+    ) -> UnionFs {
         let paths = StackPaths {
             lowers: (0..self.lowers).map(|i| self.l(i)).collect(),
             data: Vec::new(),
@@ -81,7 +89,8 @@ impl Fixture {
                 read_only: false,
                 ids,
                 atime: None,
-                metacopy: None,
+                nfs_export: false,
+                metacopy,
             },
         )
         .unwrap()

@@ -14,9 +14,9 @@ use rustix::fs::{Mode, OFlags};
 use rustix::io::Errno;
 
 use crate::error::{Error, OsContext, Result, Where};
+use crate::format::override_stat::OverrideStat;
 use crate::sys;
 use crate::union::fileattr::Change;
-use crate::union::ids;
 use crate::union::inode::Node;
 use crate::union::mutate::made_with_ids;
 use crate::union::{Attr, Caller, UnionFs};
@@ -33,7 +33,7 @@ impl UnionFs {
         caller: Caller,
     ) -> Result<(Attr, u64)> {
         self.writable()?;
-        let _ns = self.ns_lock.lock();
+        let _ns = self.ns_change();
         self.dir_info(parent)?;
         self.check_change(parent, Change::AddEntry)?;
         self.copy_up(parent)?;
@@ -61,7 +61,7 @@ impl UnionFs {
         };
         match override_name {
             Some(name) => {
-                let over = ids::OverrideStat {
+                let over = OverrideStat {
                     uid: own.uid,
                     gid: own.gid,
                     mode: own.perm,
@@ -111,6 +111,15 @@ impl UnionFs {
             )
             .at("open new", Where::Upper)?,
         );
+        // With nfs_export, the generation it will have once linked (its upper handle): the
+        // kernel takes an inode whose generation changes for a reused node id and makes it
+        // bad, failing the open file's I/O.
+        let generation = if self.exports() {
+            sys::name_to_handle(fd.as_fd())
+                .map_or(0, |h| crate::union::export::handle_generation(&h))
+        } else {
+            0
+        };
         let ino = {
             let mut nodes = self.nodes.write();
             let mut ino = self.map_ino(&st);
@@ -121,10 +130,16 @@ impl UnionFs {
             let mut node = Node::new(false, false, None);
             node.set_detached(Some(handle));
             nodes.add_unnamed(ino, parent, node);
+            if self.exports() {
+                nodes.keep_generation(ino, generation);
+            }
             ino
         };
         match self.getattr(ino) {
-            Ok(attr) => Ok((attr, self.register_file(ino, File::from(fd), true))),
+            Ok(attr) => Ok((
+                Attr { generation, ..attr },
+                self.register_file(ino, File::from(fd), true),
+            )),
             Err(e) => {
                 self.nodes.write().forget(ino, 1);
                 Err(e)

@@ -25,11 +25,10 @@ pub struct DumpOptions {
     pub private_xattrs: bool,
 }
 
-/// Whether an xattr name is private to an overlay implementation (never shown by a mount).
+/// Whether an xattr name is in an overlay implementation's namespace (its own names, which
+/// no mount shows, and users' escaped ones).
 pub fn is_private_xattr(name: &str) -> bool {
-    name.starts_with("trusted.overlay.")
-        || name.starts_with("user.overlay.")
-        || name.starts_with("user.fuseoverlayfs.")
+    rlayerfs::format::xattr::is_overlay_namespace(name.as_bytes())
 }
 
 /// FNV-1a 64: a simple stable content hash.

@@ -219,6 +219,16 @@ pub fn statvfs(path: &Path) -> Errno<FsSize> {
     })
 }
 
+/// Bytes free to an unprivileged user on the filesystem of `path` (`f_bavail * f_frsize`).
+pub fn free_bytes(path: &Path) -> Errno<u64> {
+    let p = cpath(path);
+    // SAFETY: statvfs is plain old data; zeroed is a valid value.
+    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: p is NUL-terminated and s is valid for writing.
+    check(unsafe { libc::statvfs(p.as_ptr(), &mut s) })?;
+    Ok(s.f_bavail * s.f_frsize)
+}
+
 /// `f_type` of `statfs(path)`.
 pub fn statfs_type(path: &Path) -> Errno<i64> {
     let p = cpath(path);

@@ -195,3 +195,74 @@ pub fn is_root() -> bool {
 pub fn bytes(name: &OsStr) -> &[u8] {
     name.as_bytes()
 }
+
+/// A file handle as `name_to_handle_at` gives it: (type, bytes).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Handle {
+    pub handle_type: i32,
+    pub bytes: Vec<u8>,
+}
+
+#[repr(C)]
+struct RawHandle {
+    handle_bytes: u32,
+    handle_type: i32,
+    f_handle: [u8; 128],
+}
+
+/// `name_to_handle_at(AT_FDCWD, path, .., flags)` (a final symlink is not followed).
+pub fn name_to_handle(path: &Path, flags: i32) -> io::Result<Handle> {
+    let p = cpath(path);
+    let mut raw = RawHandle {
+        handle_bytes: 128,
+        handle_type: 0,
+        f_handle: [0; 128],
+    };
+    let mut mount_id: libc::c_int = 0;
+    // SAFETY: `raw` is a `struct file_handle` with room for the 128 bytes it announces, `p`
+    // is NUL-terminated and `mount_id` is a valid int to write.
+    check(unsafe {
+        libc::name_to_handle_at(
+            libc::AT_FDCWD,
+            p.as_ptr(),
+            (&mut raw as *mut RawHandle).cast(),
+            &mut mount_id,
+            flags,
+        )
+    })?;
+    Ok(Handle {
+        handle_type: raw.handle_type,
+        bytes: raw.f_handle[..(raw.handle_bytes as usize).min(128)].to_vec(),
+    })
+}
+
+/// `open_by_handle_at(mount_fd, handle, flags)` with `mount_fd` opened on `mnt`.
+pub fn open_by_handle(mnt: &Path, h: &Handle, flags: i32) -> io::Result<std::fs::File> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let mount_fd = std::fs::File::open(mnt)?;
+    let mut raw = RawHandle {
+        handle_bytes: h.bytes.len() as u32,
+        handle_type: h.handle_type,
+        f_handle: [0; 128],
+    };
+    raw.f_handle[..h.bytes.len()].copy_from_slice(&h.bytes);
+    // SAFETY: `raw` is a valid `struct file_handle` whose length matches its data.
+    let fd = unsafe {
+        libc::open_by_handle_at(
+            mount_fd.as_raw_fd(),
+            (&mut raw as *mut RawHandle).cast(),
+            flags | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this descriptor; nothing else owns it.
+    Ok(unsafe { std::fs::File::from_raw_fd(fd) })
+}
+
+/// `echo 2 > /proc/sys/vm/drop_caches`: the kernel forgets unused dentries and inodes (a
+/// FUSE mount's inodes then get FORGET).
+pub fn drop_caches() {
+    std::fs::write("/proc/sys/vm/drop_caches", "2").expect("drop_caches");
+}

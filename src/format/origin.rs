@@ -1,14 +1,17 @@
 //! Kernel overlayfs identity records, in the kernel's on-disk format, so that both systems
-//! read each other's uppers:
+//! read each other's uppers (Documentation/filesystems/overlayfs.rst, "Index" and "inode
+//! index"; the layout of `struct ovl_fb` is in fs/overlayfs/overlayfs.h):
 //!
-//! - `trusted.overlay.origin` on a copied-up object: the lower object's file handle wrapped
+//! - `overlay.origin` on a copied-up object: the lower object's file handle wrapped
 //!   in `struct ovl_fb` (version 0, magic 0xfb, total length, flags 0 on little-endian,
 //!   handle type, 16-byte filesystem UUID, then the handle bytes). The object keeps the
 //!   lower origin's inode number across copy-up and remounts.
 //! - `WORKDIR/index/<hex of origin>`: one hard link to the upper copy of a hard-linked lower
 //!   file (`index=on`), so every lower name of it finds the same upper object.
-//! - `trusted.overlay.nlink` `U±N`/`L±N`: the merged link count is the upper (or lower)
+//! - `overlay.nlink` `U±N`/`L±N`: the merged link count is the upper (or lower)
 //!   count plus N.
+//! - `WORKDIR/work`: the scratch directory where objects are built before being renamed
+//!   into place.
 
 use crate::sys::FileHandle;
 
@@ -18,9 +21,10 @@ const OVL_FH_MAGIC: u8 = 0xfb;
 const FB_HEADER: usize = 5;
 const UUID_LEN: usize = 16;
 
-pub const ORIGIN_XATTR: &str = "trusted.overlay.origin";
 /// Name of the index directory inside the workdir (the kernel's).
 pub const INDEX_SUBDIR: &str = "index";
+/// Name of the scratch directory inside the workdir (the kernel uses the same name).
+pub const WORK_SUBDIR: &str = "work";
 
 /// The inode number a file handle carries, for the handle types whose layout is fixed:
 /// `FILEID_INO32_GEN` and `FILEID_INO32_GEN_PARENT` (1, 2: a 32-bit inode number, then the
