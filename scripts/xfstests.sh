@@ -18,9 +18,12 @@
 # - rlayerfs: FSTYP=fuse FUSE_SUBTYP=.rlayerfs; TEST_DEV/SCRATCH_DEV are source names and
 #   the mount options carry lowerdir/upperdir/workdir (and nfs_export=on) on ext4 bases
 #   this script mounts.
-#   Two hooks are appended to the copy's common/rc (after its definitions, so they
+#   Three hooks are appended to the copy's common/rc (after its definitions, so they
 #   override them; local.config cannot, it is sourced before): _fs_type maps the mount
-#   table type fuse.rlayerfs to fuse, and _scratch_mkfs (FSTYP=fuse) recreates empty
+#   table type fuse.rlayerfs to fuse; _scratch_options adds the scratch layers
+#   (lowerdir/upperdir/workdir) to every scratch mount, so a test that sets its own
+#   MOUNT_OPTIONS (generic/607 sets it empty) still names the layers; and _scratch_mkfs
+#   (FSTYP=fuse) recreates empty
 #   lower/upper/work directories on the scratch base instead of `rm -rf` through the mount.
 # - rlayerfs is built with `cargo build --release` and reached by mount(8) through
 #   mount.fuse3, which finds it in /usr/local/bin: everything runs in a private mount
@@ -41,6 +44,7 @@ case "$1" in -h | --help) usage; exit 0 ;; esac
 # is then not a failure). Only entries justified from the test's source: each of these
 # needs (_require_xfs_io_command) an operation the kernel's FUSE client never sends.
 declare -A ALLOW=(
+    [generic/424]="stx_attributes (append, immutable, nodump, compressed): fs/fuse fills a statx reply's basic fields and btime only, never its attributes"
     [generic/009]="FS_IOC_FIEMAP is answered by the VFS from inode_operations.fiemap, which FUSE has not"
     [generic/012]="FS_IOC_FIEMAP is answered by the VFS from inode_operations.fiemap, which FUSE has not"
     [generic/016]="FS_IOC_FIEMAP is answered by the VFS from inode_operations.fiemap, which FUSE has not"
@@ -187,6 +191,14 @@ _scratch_mkfs()
 	fi
 	_rlayerfs_orig_scratch_mkfs "$@"
 }
+eval "_rlayerfs_orig_scratch_options() $(declare -f _scratch_options | tail -n +2)"
+_scratch_options()
+{
+	_rlayerfs_orig_scratch_options "$@"
+	if [ "$FSTYP" = fuse ] && [ "$1" = mount ] && [ -n "$RLAYERFS_SCRATCH_OPTS" ]; then
+		SCRATCH_OPTIONS="$SCRATCH_OPTIONS $RLAYERFS_SCRATCH_OPTS"
+	fi
+}
 /bin/true
 EOF
 
@@ -236,7 +248,8 @@ export TEST_DIR=$work/rlayerfs/test
 export TEST_FS_MOUNT_OPTS="-o lowerdir=$tb/lower,upperdir=$tb/upper,workdir=$tb/work,nfs_export=on"
 export SCRATCH_DEV=rlayerfs-scratch
 export SCRATCH_MNT=$work/rlayerfs/scratch
-export MOUNT_OPTIONS="-o lowerdir=$sb/lower,upperdir=$sb/upper,workdir=$sb/work,nfs_export=on"
+export MOUNT_OPTIONS="-o rw"
+export RLAYERFS_SCRATCH_OPTS="-o lowerdir=$sb/lower,upperdir=$sb/upper,workdir=$sb/work,nfs_export=on"
 export RLAYERFS_SCRATCH_BASE=$sb
 export RESULT_BASE=$work/rlayerfs/results
 export AWK_PROG=$(type -P gawk)

@@ -117,7 +117,16 @@ impl FuseAdapter {
             *n += 1;
             *n == 1
         };
-        if let (true, true, Some(n)) = (first, cached, self.notifier.get()) {
+        if first && cached {
+            self.invalidate_attrs(ino);
+        }
+    }
+
+    /// Makes the kernel drop the attributes it caches for `ino` (offset -1: no pages).
+    /// The notification is processed while it is written, so it is in effect when the
+    /// reply that follows it reaches the caller.
+    fn invalidate_attrs(&self, ino: u64) {
+        if let Some(n) = self.notifier.get() {
             if let Err(e) = n.inval_inode(INodeNo(ino), -1, 0) {
                 tracing::debug!(ino, error = %e, "invalidating attributes");
             }
@@ -974,6 +983,12 @@ impl Filesystem for FuseAdapter {
             },
             _ => return reply.error(Errno::ENOTTY),
         };
+        if r.is_ok() && matches!(cmd, FS_IOC_SETFLAGS | FS_IOC_FSSETXATTR) {
+            // Setting flags changed the upper inode's ctime (and copied it up, maybe),
+            // but the kernel's FUSE client keeps the attributes it holds: drop them
+            // before the reply, so a stat right after chattr shows the new ctime.
+            self.invalidate_attrs(ino.0);
+        }
         match r {
             Ok(data) => reply.ioctl(0, &data),
             Err(e) => reply.error(errno(&e, "ioctl")),

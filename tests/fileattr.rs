@@ -357,3 +357,61 @@ fn protattr_cross_mount() {
         "kernel reading an rlayerfs upper"
     );
 }
+
+/// `chattr` changes the file's ctime and `stat` right after it shows the new one
+/// (xfstests generic/277: the FUSE client keeps cached attributes across the ioctl unless
+/// the daemon drops them), on an upper file (`+A`, a real flag) and on a lower one (`+i`,
+/// copied up, stored in `overlay.protattr`); and `copy_file_range` into a file made
+/// immutable after it was opened fails with EPERM (generic/553), as on kernel overlayfs.
+#[test]
+fn chattr_updates_ctime_and_immutable_refuses_copy_file_range() {
+    if !can_mount("chattr_updates_ctime_and_immutable_refuses_copy_file_range")
+        || !have_tools("chattr")
+    {
+        return;
+    }
+    let s = stack();
+    let mut pair = Pair::new("fileattr-ctime", &s);
+    let _wd = Watchdog::for_pair(&pair, TEST_LIMIT);
+    let ctime = |p: &Path| {
+        use std::os::unix::fs::MetadataExt;
+        let m = fs::symlink_metadata(p).expect("stat");
+        (m.ctime(), m.ctime_nsec())
+    };
+    let _ = same(&pair, "ctime changes with chattr", |m, _| {
+        ["uf", "lf"]
+            .iter()
+            .zip(["+A", "+i"])
+            .map(|(n, flag)| {
+                let p = m.join(n);
+                let before = ctime(&p);
+                std::thread::sleep(std::time::Duration::from_millis(30));
+                let r = chattr(flag, &p);
+                (*n, r, ctime(&p) != before)
+            })
+            .collect::<Vec<_>>()
+    });
+    let _ = same(&pair, "copy_file_range into an immutable file", |m, _| {
+        let src = fs::File::open(m.join("lx")).expect("open source");
+        let dst = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(m.join("uf"))
+            .expect("open destination");
+        let before = common::posix::copy_file_range(&src, 0, &dst, 0, 2);
+        let set = chattr("+i", &m.join("uf"));
+        let during = common::posix::copy_file_range(&src, 0, &dst, 0, 2);
+        let cleared = (chattr("-i", &m.join("uf")), chattr("-i", &m.join("lf")));
+        let after = common::posix::copy_file_range(&src, 0, &dst, 0, 2);
+        (
+            before,
+            set,
+            during,
+            cleared,
+            after,
+            fs::read(m.join("uf")).ok(),
+        )
+    });
+    drop(_wd);
+    drop(pair);
+}

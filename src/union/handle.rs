@@ -407,6 +407,12 @@ impl UnionFs {
         if !dst.writable {
             return Err(Error::BadHandle);
         }
+        // The VFS refuses a copy into an immutable file (generic_copy_file_checks) even
+        // through a descriptor opened before `chattr +i`, but it reads S_IMMUTABLE off the
+        // FUSE inode, which never has it: the flag lives in `overlay.protattr` here.
+        if self.prot(dst.ino)?.immutable {
+            return Err(Error::Permission);
+        }
         let (mut i, mut o) = (off_in, off_out);
         let n = rustix::fs::copy_file_range(
             src.file.as_fd(),
