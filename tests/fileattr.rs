@@ -371,7 +371,7 @@ fn chattr_updates_ctime_and_immutable_refuses_copy_file_range() {
         return;
     }
     let s = stack();
-    let mut pair = Pair::new("fileattr-ctime", &s);
+    let pair = Pair::new("fileattr-ctime", &s);
     let _wd = Watchdog::for_pair(&pair, TEST_LIMIT);
     let ctime = |p: &Path| {
         use std::os::unix::fs::MetadataExt;
