@@ -48,7 +48,8 @@ fn is_root() -> bool {
 }
 
 impl UnionFs {
-    /// Creates an object; for files also returns the open handle.
+    /// Creates an object. A regular file is made as mknod makes it: the file opened to
+    /// make it is closed again.
     pub fn create(
         &self,
         parent: u64,
@@ -57,16 +58,36 @@ impl UnionFs {
         mode: u32,
         umask: u32,
         caller: Caller,
-    ) -> Result<(Attr, Option<u64>)> {
+    ) -> Result<Attr> {
         check_name(name)?;
-        // A `.wh.*` name is the user's own (an inner overlay's whiteout file, say): built in
-        // the work directory and marked literal before it is published, so that no crash
-        // leaves an unmarked one, which would read as a whiteout.
         let _ns = self.ns_change();
-        self.create_locked(parent, name, kind, mode, umask, caller)
+        let (attr, _file) = self.create_locked(parent, name, kind, mode, umask, caller)?;
+        Ok(attr)
     }
 
-    /// [`Self::create`] under `ns_lock`.
+    /// Creates a regular file and opens it with `flags` (FUSE CREATE); returns its
+    /// attributes and the open handle.
+    pub fn create_open(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        flags: i32,
+        mode: u32,
+        umask: u32,
+        caller: Caller,
+    ) -> Result<(Attr, u64)> {
+        check_name(name)?;
+        let _ns = self.ns_change();
+        let kind = NewKind::File { flags };
+        let (attr, file) = self.create_locked(parent, name, kind, mode, umask, caller)?;
+        let file = file.ok_or(Error::Invariant(
+            "regular file created without its open file",
+        ))?;
+        Ok((attr, self.register_file(attr.ino, file, true)))
+    }
+
+    /// [`Self::create`] under `ns_lock`; also returns the open file of a regular file
+    /// (`NewKind::File`), which the caller keeps or closes.
     pub(super) fn create_locked(
         &self,
         parent: u64,
@@ -75,7 +96,10 @@ impl UnionFs {
         mode: u32,
         umask: u32,
         caller: Caller,
-    ) -> Result<(Attr, Option<u64>)> {
+    ) -> Result<(Attr, Option<File>)> {
+        // A `.wh.*` name is the user's own (an inner overlay's whiteout file, say): built in
+        // the work directory and marked literal before it is published, so that no crash
+        // leaves an unmarked one, which would read as a whiteout.
         let literal = whiteout::is_reserved_name(name);
         // A character device 0/0 is an inner overlay's whiteout (kernel overlayfs refuses
         // to make one, EPERM; an overlay nested here makes its whiteouts so): stored as
@@ -287,8 +311,7 @@ impl UnionFs {
         };
         let r = self.new_resolved(&info, pfd.as_fd(), name, kind, inner_wh)?;
         let attr = self.pin(parent, name, &r, forced)?;
-        let fh = file.map(|f| self.register_file(attr.ino, f, true));
-        Ok((attr, fh))
+        Ok((attr, file))
     }
 
     /// Fails with EEXIST unless `name` is free in directory `info`. Returns what the upper
