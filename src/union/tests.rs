@@ -657,3 +657,26 @@ fn whiteout_devices_are_inner_whiteouts() {
         Err(Error::Invalid)
     ));
 }
+
+#[test]
+fn create_open_hands_back_a_writable_handle_and_create_keeps_none() {
+    let f = Fixture::new(1);
+    let fs = f.fs();
+    let c = Caller::ROOT;
+    let (a, fh) = fs
+        .create_open(ROOT, OsStr::new("opened"), libc::O_RDWR, 0o644, 0, c)
+        .unwrap();
+    assert_eq!(fs.write(fh, 0, b"data").unwrap(), 4);
+    fs.release(fh);
+    assert_eq!(read(&fs, "opened"), "data");
+    assert_eq!(a.mode & libc::S_IFMT, libc::S_IFREG);
+    // As mknod of a regular file: made, not left open.
+    let kind = NewKind::File {
+        flags: libc::O_RDONLY,
+    };
+    let made = fs
+        .create(ROOT, OsStr::new("made"), kind, 0o644, 0, c)
+        .unwrap();
+    assert_eq!((made.mode & libc::S_IFMT, made.size), (libc::S_IFREG, 0));
+    assert!(f.u().join("made").is_file());
+}

@@ -29,7 +29,7 @@ use super::{made_with_ids, upper_slot, NewOwner, UpperSlot};
 /// What to create.
 #[derive(Debug, Clone, Copy)]
 pub enum NewKind<'a> {
-    /// A regular file, opened with these flags.
+    /// A regular file, opened with these flags (the handle `UnionFs::create_open` returns).
     File {
         flags: i32,
     },
