@@ -508,13 +508,7 @@ impl Filesystem for FuseAdapter {
         };
         let r = self
             .fs
-            .create(parent.0, name, kind, mode, umask, caller(req))
-            .map(|(a, fh)| {
-                if let Some(fh) = fh {
-                    self.fs.release(fh);
-                }
-                a
-            });
+            .create(parent.0, name, kind, mode, umask, caller(req));
         self.entry(reply, r, "mknod");
     }
 
@@ -529,8 +523,7 @@ impl Filesystem for FuseAdapter {
     ) {
         let r = self
             .fs
-            .create(parent.0, name, NewKind::Dir, mode, umask, caller(req))
-            .map(|(a, _)| a);
+            .create(parent.0, name, NewKind::Dir, mode, umask, caller(req));
         self.entry(reply, r, "mkdir");
     }
 
@@ -550,17 +543,14 @@ impl Filesystem for FuseAdapter {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        let r = self
-            .fs
-            .create(
-                parent.0,
-                link_name,
-                NewKind::Symlink(target.as_os_str().as_bytes()),
-                0o777,
-                0,
-                caller(req),
-            )
-            .map(|(a, _)| a);
+        let r = self.fs.create(
+            parent.0,
+            link_name,
+            NewKind::Symlink(target.as_os_str().as_bytes()),
+            0o777,
+            0,
+            caller(req),
+        );
         self.entry(reply, r, "symlink");
     }
 
@@ -596,17 +586,14 @@ impl Filesystem for FuseAdapter {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        let r = self
-            .fs
-            .create(
-                newparent.0,
-                newname,
-                NewKind::Link(ino.0),
-                0,
-                0,
-                caller(req),
-            )
-            .map(|(a, _)| a);
+        let r = self.fs.create(
+            newparent.0,
+            newname,
+            NewKind::Link(ino.0),
+            0,
+            0,
+            caller(req),
+        );
         self.entry(reply, r, "link");
     }
 
@@ -906,16 +893,11 @@ impl Filesystem for FuseAdapter {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        match self.fs.create(
-            parent.0,
-            name,
-            NewKind::File { flags },
-            mode,
-            umask,
-            caller(req),
-        ) {
-            Ok((a, Some(fh))) => self.created(a, fh, reply),
-            Ok((_, None)) => reply.error(Errno::EIO),
+        match self
+            .fs
+            .create_open(parent.0, name, flags, mode, umask, caller(req))
+        {
+            Ok((a, fh)) => self.created(a, fh, reply),
             Err(e) => reply.error(errno(&e, "create")),
         }
     }

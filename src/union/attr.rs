@@ -1,10 +1,11 @@
 //! Attributes: stat, setattr (chmod, chown, truncate, utimens), readlink and xattrs.
-//! Reads go to wherever the object lives now; every change copies the object up first.
+//! Reads go to wherever the object lives now (`UnionFs::real`, in `crate::union::inode`);
+//! every change copies the object up first (`UnionFs::prepare_write`, in
+//! `crate::union::copy_up`).
 
 use std::ffi::{CString, OsStr, OsString};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustix::fs::{Mode, OFlags, Timestamps};
@@ -14,30 +15,11 @@ use crate::format::override_stat::{self, OverrideStat};
 use crate::format::xattr;
 use crate::sys;
 use crate::union::dirfd::LayerKey;
-use crate::union::layer::LowerIdx;
 use crate::union::setid::KillSetIds;
 use crate::union::{Attr, Caller, Timespec, UnionFs};
 
-/// Where the object behind a node is now.
-#[derive(Debug, Clone)]
-pub enum RealLoc {
-    Upper(PathBuf),
-    Lower(LowerIdx, PathBuf),
-    /// An indexed hard-linked file reached through a lower name not linked up yet.
-    Index(Arc<str>),
-    /// No name any more: only this handle reaches it.
-    Detached(Arc<OwnedFd>),
-}
-
-impl RealLoc {
-    pub fn at(&self) -> Where {
-        match self {
-            RealLoc::Upper(_) | RealLoc::Index(_) => Where::Upper,
-            RealLoc::Lower(l, _) => Where::Lower(*l),
-            RealLoc::Detached(_) => Where::Unknown,
-        }
-    }
-}
+/// Kept here for the modules that still name it so (`crate::union::metacopy`).
+pub use crate::union::inode::RealLoc;
 
 /// A time to set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,82 +67,6 @@ fn to_timestamp(t: Option<TimeSet>) -> rustix::fs::Timespec {
 }
 
 impl UnionFs {
-    /// Where the object of `ino` lives now.
-    pub(crate) fn real(&self, ino: u64) -> Result<RealLoc> {
-        let nodes = self.nodes.read();
-        let node = nodes.get(ino)?;
-        if let Some(fd) = node.detached() {
-            return Ok(RealLoc::Detached(fd.clone()));
-        }
-        if node.upper {
-            return Ok(RealLoc::Upper(nodes.path_of(ino)?));
-        }
-        if let Some(name) = node.index() {
-            return Ok(RealLoc::Index(name.clone()));
-        }
-        match node.lower() {
-            Some(_) => match node.lower_path() {
-                Some((top, path)) => Ok(RealLoc::Lower(top, path)),
-                None => Err(Error::Invariant("lower reference without layers")),
-            },
-            None => Err(Error::NotFound),
-        }
-    }
-
-    /// Makes the attributes of `ino` writable: copies it up (its metadata only, for a
-    /// regular file under `metacopy`), unless it has no name any more (then it is written
-    /// where it is, if that is not a lower layer).
-    pub(crate) fn prepare_write(&self, ino: u64) -> Result<()> {
-        self.prepare(ino, false)
-    }
-
-    /// Makes the data of `ino` writable too (open for writing, truncate): as
-    /// [`Self::prepare_write`], and the data of a metacopy file is copied up.
-    pub(crate) fn prepare_data(&self, ino: u64) -> Result<()> {
-        self.prepare(ino, true)
-    }
-
-    fn prepare(&self, ino: u64, data: bool) -> Result<()> {
-        self.writable()?;
-        let _ns = self.ns_change();
-        let (detached, lower) = {
-            let nodes = self.nodes.read();
-            let n = nodes.get(ino)?;
-            (n.detached().is_some(), n.detached_lower)
-        };
-        match (detached, lower) {
-            (false, _) => self.copy_up_with(ino, data)?,
-            (true, false) => {}
-            // A nameless lower object (unlinked while open, or left to passthrough
-            // readers) cannot be made writable.
-            (true, true) => return Err(Error::Stale),
-        }
-        if data {
-            self.copy_up_data(ino)?;
-        }
-        Ok(())
-    }
-
-    /// An `O_PATH` handle on the real object.
-    pub(crate) fn open_real_path(&self, loc: &RealLoc) -> Result<Arc<OwnedFd>> {
-        match loc {
-            RealLoc::Upper(p) => Ok(Arc::new(self.path_fd(LayerKey::Upper, p)?)),
-            RealLoc::Lower(l, p) => Ok(Arc::new(self.path_fd(LayerKey::Lower(*l), p)?)),
-            RealLoc::Index(name) => {
-                let index = self
-                    .stack
-                    .index
-                    .as_ref()
-                    .ok_or(Error::Invariant("index entry without index"))?;
-                Ok(Arc::new(
-                    sys::open_path(index.as_fd(), Path::new(&**name))
-                        .at("open index", Where::Work)?,
-                ))
-            }
-            RealLoc::Detached(fd) => Ok(fd.clone()),
-        }
-    }
-
     /// stat of a node.
     pub fn getattr(&self, ino: u64) -> Result<Attr> {
         let loc = self.real(ino)?;

@@ -9,6 +9,10 @@
 //! any point leaves either no upper object or a complete one; the work directory's
 //! leftovers are removed at the next mount. Parents are copied up first, each the same
 //! way. Callers hold `ns_lock`.
+//!
+//! The policy lives here too: a change of attributes asks for `UnionFs::prepare_write`
+//! (metadata only, under `metacopy`), a change of data for `UnionFs::prepare_data`; both
+//! take `ns_lock` themselves.
 
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, BorrowedFd};
@@ -541,5 +545,42 @@ impl UnionFs {
     /// The open file behind a handle (for FUSE passthrough registration).
     pub fn handle_file(&self, fh: u64) -> Result<Arc<crate::union::handle::FileHandle>> {
         self.handles.file(fh)
+    }
+}
+
+/// Copy-up policy: what a change asks to be copied up, and when it cannot be.
+impl UnionFs {
+    /// Makes the attributes of `ino` writable: copies it up (its metadata only, for a
+    /// regular file under `metacopy`), unless it has no name any more (then it is written
+    /// where it is, if that is not a lower layer).
+    pub(crate) fn prepare_write(&self, ino: u64) -> Result<()> {
+        self.prepare(ino, false)
+    }
+
+    /// Makes the data of `ino` writable too (open for writing, truncate): as
+    /// [`Self::prepare_write`], and the data of a metacopy file is copied up.
+    pub(crate) fn prepare_data(&self, ino: u64) -> Result<()> {
+        self.prepare(ino, true)
+    }
+
+    fn prepare(&self, ino: u64, data: bool) -> Result<()> {
+        self.writable()?;
+        let _ns = self.ns_change();
+        let (detached, lower) = {
+            let nodes = self.nodes.read();
+            let n = nodes.get(ino)?;
+            (n.detached().is_some(), n.detached_lower)
+        };
+        match (detached, lower) {
+            (false, _) => self.copy_up_with(ino, data)?,
+            (true, false) => {}
+            // A nameless lower object (unlinked while open, or left to passthrough
+            // readers) cannot be made writable.
+            (true, true) => return Err(Error::Stale),
+        }
+        if data {
+            self.copy_up_data(ino)?;
+        }
+        Ok(())
     }
 }

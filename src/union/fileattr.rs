@@ -23,7 +23,8 @@ use rustix::fs::OFlags;
 use crate::error::{Error, OsContext, Result, Where};
 use crate::format::xattr::XattrNs;
 use crate::sys;
-use crate::union::attr::{RealLoc, SetAttr, TimeSet};
+use crate::union::attr::{SetAttr, TimeSet};
+use crate::union::inode::RealLoc;
 use crate::union::UnionFs;
 
 /// `FS_APPEND_FL`.

@@ -25,8 +25,9 @@ use rustix::fs::{Mode, OFlags};
 
 use crate::error::{Error, OsContext, Result, Where};
 use crate::sys;
-use crate::union::attr::{proc_path, RealLoc};
+use crate::union::attr::proc_path;
 use crate::union::dirfd::LayerKey;
+use crate::union::inode::RealLoc;
 use crate::union::readdir::DirEntry;
 use crate::union::UnionFs;
 

@@ -61,12 +61,8 @@ fn override_of(p: &Path) -> Option<OverrideStat> {
 }
 
 fn new_object(fs: &UnionFs, name: &str, kind: NewKind<'_>, mode: u32, who: Caller) {
-    let (_, fh) = fs
-        .create(ROOT, OsStr::new(name), kind, mode, 0o022, who)
+    fs.create(ROOT, OsStr::new(name), kind, mode, 0o022, who)
         .unwrap();
-    if let Some(fh) = fh {
-        fs.release(fh);
-    }
 }
 
 fn set_owner(fs: &UnionFs, path: &str, uid: Option<u32>, gid: Option<u32>) -> Result<(), Error> {

@@ -17,19 +17,25 @@
 //! to at most one node: through `names` when it is that node's own location, else through
 //! `aliases` (other hard links of the object). A node's location only changes through
 //! [`NodeTable::relocate`], which keeps `names` consistent with it.
+//!
+//! Also where the object behind a node is now ([`RealLoc`], `UnionFs::real`), read from
+//! the table, and a handle on it.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::hash::BuildHasher;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use hashbrown::HashTable;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, OsContext, Result, Where};
+use crate::sys;
+use crate::union::dirfd::LayerKey;
 use crate::union::layer::LowerIdx;
+use crate::union::UnionFs;
 
 /// The FUSE root node id.
 pub const ROOT_INO: u64 = 1;
@@ -686,6 +692,72 @@ impl NodeTable {
     /// Iterates all nodes (for tests and statistics).
     pub fn iter(&self) -> impl Iterator<Item = (&u64, &Node)> {
         self.nodes.iter()
+    }
+}
+
+/// Where the object behind a node is now.
+#[derive(Debug, Clone)]
+pub enum RealLoc {
+    Upper(PathBuf),
+    Lower(LowerIdx, PathBuf),
+    /// An indexed hard-linked file reached through a lower name not linked up yet.
+    Index(Arc<str>),
+    /// No name any more: only this handle reaches it.
+    Detached(Arc<OwnedFd>),
+}
+
+impl RealLoc {
+    pub fn at(&self) -> Where {
+        match self {
+            RealLoc::Upper(_) | RealLoc::Index(_) => Where::Upper,
+            RealLoc::Lower(l, _) => Where::Lower(*l),
+            RealLoc::Detached(_) => Where::Unknown,
+        }
+    }
+}
+
+/// Where a node lives now.
+impl UnionFs {
+    /// Where the object of `ino` lives now.
+    pub(crate) fn real(&self, ino: u64) -> Result<RealLoc> {
+        let nodes = self.nodes.read();
+        let node = nodes.get(ino)?;
+        if let Some(fd) = node.detached() {
+            return Ok(RealLoc::Detached(fd.clone()));
+        }
+        if node.upper {
+            return Ok(RealLoc::Upper(nodes.path_of(ino)?));
+        }
+        if let Some(name) = node.index() {
+            return Ok(RealLoc::Index(name.clone()));
+        }
+        match node.lower() {
+            Some(_) => match node.lower_path() {
+                Some((top, path)) => Ok(RealLoc::Lower(top, path)),
+                None => Err(Error::Invariant("lower reference without layers")),
+            },
+            None => Err(Error::NotFound),
+        }
+    }
+
+    /// An `O_PATH` handle on the real object.
+    pub(crate) fn open_real_path(&self, loc: &RealLoc) -> Result<Arc<OwnedFd>> {
+        match loc {
+            RealLoc::Upper(p) => Ok(Arc::new(self.path_fd(LayerKey::Upper, p)?)),
+            RealLoc::Lower(l, p) => Ok(Arc::new(self.path_fd(LayerKey::Lower(*l), p)?)),
+            RealLoc::Index(name) => {
+                let index = self
+                    .stack
+                    .index
+                    .as_ref()
+                    .ok_or(Error::Invariant("index entry without index"))?;
+                Ok(Arc::new(
+                    sys::open_path(index.as_fd(), Path::new(&**name))
+                        .at("open index", Where::Work)?,
+                ))
+            }
+            RealLoc::Detached(fd) => Ok(fd.clone()),
+        }
     }
 }
 

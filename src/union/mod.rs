@@ -503,12 +503,12 @@ impl UnionFs {
         .map_err(|e| Error::os("stat", e, at))
     }
 
-    /// The stat of the object a node lives at now (see [`attr::RealLoc`]).
-    pub(crate) fn stat_real(&self, loc: &attr::RealLoc) -> Result<rustix::fs::Stat> {
+    /// The stat of the object a node lives at now (see [`inode::RealLoc`]).
+    pub(crate) fn stat_real(&self, loc: &inode::RealLoc) -> Result<rustix::fs::Stat> {
         use crate::error::OsContext;
         match loc {
-            attr::RealLoc::Upper(p) => self.stat_in(dirfd::LayerKey::Upper, p),
-            attr::RealLoc::Lower(l, p) => self.stat_in(dirfd::LayerKey::Lower(*l), p),
+            inode::RealLoc::Upper(p) => self.stat_in(dirfd::LayerKey::Upper, p),
+            inode::RealLoc::Lower(l, p) => self.stat_in(dirfd::LayerKey::Lower(*l), p),
             _ => {
                 let fd = self.open_real_path(loc)?;
                 rustix::fs::fstat(&*fd).at("stat", loc.at())
@@ -520,13 +520,13 @@ impl UnionFs {
     /// parent's cached fd (one `getxattrat`), else through an `O_PATH` handle.
     pub(crate) fn get_xattr_real(
         &self,
-        loc: &attr::RealLoc,
+        loc: &inode::RealLoc,
         xname: &OsStr,
     ) -> Result<Option<Vec<u8>>> {
         use crate::error::OsContext;
         let (layer, path, root) = match loc {
-            attr::RealLoc::Upper(p) => (dirfd::LayerKey::Upper, p, self.upper_root()?),
-            attr::RealLoc::Lower(l, p) => (dirfd::LayerKey::Lower(*l), p, self.lower_root(*l)),
+            inode::RealLoc::Upper(p) => (dirfd::LayerKey::Upper, p, self.upper_root()?),
+            inode::RealLoc::Lower(l, p) => (dirfd::LayerKey::Lower(*l), p, self.lower_root(*l)),
             _ => {
                 let fd = self.open_real_path(loc)?;
                 return crate::sys::get_xattr(fd.as_fd(), xname).at("getxattr", loc.at());

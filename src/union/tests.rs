@@ -283,17 +283,8 @@ fn unlink_and_rmdir_leave_whiteouts_only_where_needed() {
     f.write(&f.l(0), "ldir/a", "");
     let fs = f.fs();
     let c = Caller::ROOT;
-    fs.create(
-        ROOT,
-        OsStr::new("upperfile"),
-        NewKind::File {
-            flags: libc::O_WRONLY,
-        },
-        0o644,
-        0,
-        c,
-    )
-    .unwrap();
+    fs.create_open(ROOT, OsStr::new("upperfile"), libc::O_WRONLY, 0o644, 0, c)
+        .unwrap();
     fs.unlink(ROOT, OsStr::new("upperfile")).unwrap();
     assert!(
         !f.u().join("upperfile").exists()
@@ -415,8 +406,7 @@ fn hard_links_share_one_inode_across_copy_up() {
             0,
             Caller::ROOT,
         )
-        .unwrap()
-        .0;
+        .unwrap();
     assert_eq!(attr.ino, a);
 }
 
@@ -516,7 +506,6 @@ fn unlinking_one_upper_hard_link_keeps_the_other_reachable() {
     let aa = fs
         .create(a, OsStr::new("a"), NewKind::Dir, 0o755, 0, Caller::ROOT)
         .unwrap()
-        .0
         .ino;
     let c = walk(&fs, "c").unwrap();
     fs.rename(c, OsStr::new("c"), aa, OsStr::new("b"), 0, Caller::ROOT)
@@ -592,8 +581,7 @@ fn tmpfile_is_unnamed_until_linked() {
             0,
             Caller::ROOT,
         )
-        .unwrap()
-        .0;
+        .unwrap();
     assert_eq!((linked.ino, linked.nlink), (attr.ino, 1));
     assert_eq!(read(&fs, "a/b/named"), "data");
     assert_eq!(fs.getattr(attr.ino).unwrap().nlink, 1);
@@ -615,7 +603,7 @@ fn whiteout_devices_are_inner_whiteouts() {
     let d = walk(&fs, "d").unwrap();
     fs.unlink(d, OsStr::new("gone")).unwrap();
     let dev = NewKind::Node { rdev: 0 };
-    let (a, _) = fs
+    let a = fs
         .create(
             d,
             OsStr::new("gone"),
@@ -668,4 +656,27 @@ fn whiteout_devices_are_inner_whiteouts() {
         ),
         Err(Error::Invalid)
     ));
+}
+
+#[test]
+fn create_open_hands_back_a_writable_handle_and_create_keeps_none() {
+    let f = Fixture::new(1);
+    let fs = f.fs();
+    let c = Caller::ROOT;
+    let (a, fh) = fs
+        .create_open(ROOT, OsStr::new("opened"), libc::O_RDWR, 0o644, 0, c)
+        .unwrap();
+    assert_eq!(fs.write(fh, 0, b"data").unwrap(), 4);
+    fs.release(fh);
+    assert_eq!(read(&fs, "opened"), "data");
+    assert_eq!(a.mode & libc::S_IFMT, libc::S_IFREG);
+    // As mknod of a regular file: made, not left open.
+    let kind = NewKind::File {
+        flags: libc::O_RDONLY,
+    };
+    let made = fs
+        .create(ROOT, OsStr::new("made"), kind, 0o644, 0, c)
+        .unwrap();
+    assert_eq!((made.mode & libc::S_IFMT, made.size), (libc::S_IFREG, 0));
+    assert!(f.u().join("made").is_file());
 }
