@@ -3,6 +3,7 @@
 //! (lookup hits, lookup misses); a chart that cannot be written is refused before measuring.
 //! As root with /dev/fuse the run includes the rlayerfs mount and kernel overlayfs
 //! (`--kernel`); otherwise only the core in-process, with a SKIP line for the mounted part.
+//! The rlayerfs rows also carry the transport and the FUSE requests per operation.
 
 mod common;
 
@@ -55,6 +56,43 @@ fn bench_plot_writes_an_svg_with_every_series() {
         vec!["core"]
     };
     assert_eq!(rows.len(), 3 * systems.len(), "{report}");
+    // The rlayerfs rows say which transport served them (uring=auto: io_uring exactly
+    // when the fuse module offers it) and what each operation cost in requests; the
+    // other systems have neither.
+    let uring = std::fs::read_to_string("/sys/module/fuse/parameters/enable_uring")
+        .is_ok_and(|v| v.trim() == "Y");
+    for row in rows {
+        if row["system"] != "rlayerfs" {
+            assert!(row.get("transport").is_none() && row.get("requests").is_none());
+            continue;
+        }
+        let want = if uring { "io_uring" } else { "classic" };
+        assert_eq!(row["transport"], want, "{row}");
+        let q = &row["requests"];
+        // A first lstat of a name and a miss each reach the daemon as a LOOKUP at least;
+        // reading a file opens it; every listing of a cold directory asks for entries.
+        for phase in ["lookup_hit", "lookup_miss"] {
+            assert!(
+                q[phase]["by_opcode"]["LOOKUP"].as_f64() >= Some(1.0),
+                "{phase}: {q}"
+            );
+        }
+        assert!(
+            q["small_read"]["by_opcode"]["OPEN"].as_f64() >= Some(1.0),
+            "{q}"
+        );
+        assert!(q["readdir_first"]["total"].as_f64() >= Some(1.0), "{q}");
+        let sum: f64 = q["lookup_hit"]["by_opcode"]
+            .as_object()
+            .expect("by_opcode")
+            .values()
+            .filter_map(|v| v.as_f64())
+            .sum();
+        assert!(
+            (sum - q["lookup_hit"]["total"].as_f64().unwrap()).abs() < 1e-9,
+            "{q}"
+        );
+    }
 
     let svg = std::fs::read_to_string(&svg_path).expect("the chart was written");
     assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));

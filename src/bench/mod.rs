@@ -14,9 +14,12 @@
 //! pass (so the first lookups include building the daemon's directory index). The timings
 //! are wall-clock and include the noise of the machine: compare systems of one run.
 //! The rlayerfs mount is this binary (`rlayerfs mount -f`), stopped with SIGTERM.
+//! For the rlayerfs mount the row also says which FUSE transport served it (`classic` or
+//! `io_uring`) and how many requests each operation cost, per opcode ([`requests`]).
 //! `--plot FILE.svg` also draws the lookup figures against the layer count ([`plot`]).
 
 mod plot;
+mod requests;
 
 use std::ffi::OsString;
 use std::io::IsTerminal;
@@ -27,6 +30,7 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use serde::Serialize;
 
+use self::requests::{per_op, DaemonStats, PhaseRequests};
 use crate::union::layer::StackPaths;
 use crate::union::{CoreOptions, UnionFs, ROOT};
 
@@ -80,6 +84,12 @@ pub struct Row {
     pub small_read_us: f64,
     /// Entries of the listed directory (a check that every system sees the same tree).
     pub entries: usize,
+    /// The FUSE transport that served the rlayerfs mount.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transport: Option<String>,
+    /// FUSE requests per operation of each phase (rlayerfs mount only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub requests: Option<PhaseRequests>,
 }
 
 /// The whole report (`--json`).
@@ -168,32 +178,61 @@ fn per_op_us(t: Duration, n: usize) -> f64 {
     t.as_secs_f64() * 1e6 / n.max(1) as f64
 }
 
+/// `lstat(2)` (fstatat), as C programs stat a name. Not `std::fs::symlink_metadata`: it
+/// calls statx asking for the birth time too, which the FUSE client does not get from a
+/// LOOKUP and so fetches with one more request (FUSE_STATX) at the first stat of a file.
+fn lstat(p: &Path) -> std::io::Result<()> {
+    rustix::fs::statat(rustix::fs::CWD, p, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
+        .map(drop)
+        .map_err(std::io::Error::from)
+}
+
+/// Open, read to the end and close, as `cat` does. Not `std::fs::read`: it asks statx for
+/// a size hint, birth time included, which costs a FUSE_STATX request (see [`lstat`]).
+fn read_small(p: &Path, buf: &mut [u8]) -> std::io::Result<usize> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(p)?;
+    let mut total = 0;
+    loop {
+        match f.read(buf)? {
+            0 => return Ok(total),
+            n => total += n,
+        }
+    }
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
-/// Measures through a mounted tree at `mnt`.
+/// Measures through a mounted tree at `mnt`; with `stats`, also the requests of each
+/// phase (the counters are read between phases, outside the timed parts).
 fn measure_mounted(
     mnt: &Path,
     files: usize,
     layers: usize,
     system: &'static str,
+    stats: Option<&DaemonStats>,
 ) -> Result<Row, String> {
+    let snap = || stats.map(DaemonStats::snapshot).transpose();
     let d = mnt.join("d");
+    let s0 = snap()?;
     let t = Instant::now();
     for i in 0..files {
         let p = d.join(format!("n{i}"));
-        std::fs::symlink_metadata(&p).map_err(|e| io_err("lstat", &p, e))?;
+        lstat(&p).map_err(|e| io_err("lstat", &p, e))?;
     }
     let hit = per_op_us(t.elapsed(), files);
+    let s1 = snap()?;
     let t = Instant::now();
     for i in 0..files {
-        if std::fs::symlink_metadata(d.join(format!("m{i}"))).is_ok() {
+        if lstat(&d.join(format!("m{i}"))).is_ok() {
             return Err(format!("m{i} should not exist in {}", d.display()));
         }
     }
     let miss = per_op_us(t.elapsed(), files);
+    let s2 = snap()?;
     let list = || -> Result<(usize, f64), String> {
         let t = Instant::now();
         let n = std::fs::read_dir(&d)
@@ -202,19 +241,36 @@ fn measure_mounted(
         Ok((n, t.elapsed().as_secs_f64() * 1e3))
     };
     let (entries, first) = list()?;
+    let s3 = snap()?;
     let mut again = Vec::new();
     for _ in 0..READDIR_REPEATS {
         again.push(list()?.1);
     }
+    let s4 = snap()?;
+    let mut buf = vec![0u8; FILE_SIZE * 2];
     let t = Instant::now();
     for i in 0..files {
         let p = d.join(format!("n{i}"));
-        let data = std::fs::read(&p).map_err(|e| io_err("read", &p, e))?;
-        if data.len() != FILE_SIZE {
-            return Err(format!("{}: read {} bytes", p.display(), data.len()));
+        let n = read_small(&p, &mut buf).map_err(|e| io_err("read", &p, e))?;
+        if n != FILE_SIZE {
+            return Err(format!("{}: read {n} bytes", p.display()));
         }
     }
     let read = per_op_us(t.elapsed(), files);
+    let s5 = snap()?;
+    let (transport, requests) = match (s0, s1, s2, s3, s4, s5) {
+        (Some(s0), Some(s1), Some(s2), Some(s3), Some(s4), Some(s5)) => (
+            Some(s5.transport.clone()),
+            Some(PhaseRequests {
+                lookup_hit: per_op(&s0, &s1, files),
+                lookup_miss: per_op(&s1, &s2, files),
+                readdir_first: per_op(&s2, &s3, 1),
+                readdir_again: per_op(&s3, &s4, READDIR_REPEATS),
+                small_read: per_op(&s4, &s5, files),
+            }),
+        ),
+        _ => (None, None),
+    };
     Ok(Row {
         layers,
         system,
@@ -224,6 +280,8 @@ fn measure_mounted(
         readdir_again_ms: median(again),
         small_read_us: read,
         entries,
+        transport,
+        requests,
     })
 }
 
@@ -299,6 +357,8 @@ fn measure_core(lowers: &[PathBuf], files: usize, layers: usize) -> Result<Row, 
         readdir_again_ms: median(again),
         small_read_us: read,
         entries: entries.saturating_sub(2),
+        transport: None,
+        requests: None,
     })
 }
 
@@ -338,6 +398,7 @@ fn join_lowers(lowers: &[PathBuf]) -> String {
 fn run_rlayerfs(world: &mut World, n: usize, files: usize) -> Result<Row, String> {
     let (u, w, m) = world.fresh()?;
     let exe = std::env::current_exe().map_err(|e| format!("own executable: {e}"))?;
+    let stats_file = m.with_extension("stats.json");
     let opts = format!(
         "lowerdir={},upperdir={},workdir={}",
         join_lowers(&world.lowers(n)),
@@ -350,13 +411,15 @@ fn run_rlayerfs(world: &mut World, n: usize, files: usize) -> Result<Row, String
         .arg("-o")
         .arg(&opts)
         .arg(&m)
+        .env("RLAYERFS_STATS", &stats_file)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .map_err(|e| format!("start rlayerfs mount: {e}"))?;
+    let stats = DaemonStats::new(&stats_file, &child);
     let measured = wait_mounted(&m, true, Some(&mut child))
-        .and_then(|()| measure_mounted(&m, files, n, "rlayerfs"));
+        .and_then(|()| measure_mounted(&m, files, n, "rlayerfs", Some(&stats)));
     let pid = rustix::process::Pid::from_child(&child);
     let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
     let start = Instant::now();
@@ -397,7 +460,7 @@ fn run_kernel(world: &mut World, n: usize, files: usize) -> Result<Row, String> 
     if !status.success() {
         return Err(format!("mount -t overlay failed ({status})"));
     }
-    let measured = measure_mounted(&m, files, n, "kernel");
+    let measured = measure_mounted(&m, files, n, "kernel", None);
     let _ = Command::new("umount").arg(&m).status();
     measured
 }
@@ -519,6 +582,31 @@ fn print_table(r: &Report) {
             row.small_read_us,
             row.entries
         );
+    }
+    let counted: Vec<(&Row, &PhaseRequests)> = r
+        .results
+        .iter()
+        .filter_map(|row| row.requests.as_ref().map(|q| (row, q)))
+        .collect();
+    if !counted.is_empty() {
+        println!();
+        println!("FUSE requests per operation (rlayerfs mount)");
+        println!(
+            "{:>6}  {:<9}  {:>9}  {:>10}  {:>12}  {:>11}  {:>10}",
+            "layers", "transport", "hit", "miss", "readdir", "again", "read"
+        );
+        for (row, q) in counted {
+            println!(
+                "{:>6}  {:<9}  {:>9.2}  {:>10.2}  {:>12.1}  {:>11.1}  {:>10.2}",
+                row.layers,
+                row.transport.as_deref().unwrap_or("?"),
+                q.lookup_hit.total,
+                q.lookup_miss.total,
+                q.readdir_first.total,
+                q.readdir_again.total,
+                q.small_read.total
+            );
+        }
     }
     for s in &r.skipped {
         println!("skipped: {s}");

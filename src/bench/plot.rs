@@ -218,6 +218,8 @@ mod tests {
             readdir_again_ms: 1.0,
             small_read_us: 1.0,
             entries: 10,
+            transport: None,
+            requests: None,
         }
     }
 
