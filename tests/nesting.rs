@@ -183,6 +183,23 @@ const KERNEL_OPTS: &str = "redirect_dir=on";
 struct Inner {
     mnt: PathBuf,
     kernel: bool,
+    /// The inner FUSE daemon(s): processes whose command line names the mount point.
+    daemons: Vec<u32>,
+}
+
+/// Processes whose command line has `mnt` as one of its arguments.
+fn daemons_of(mnt: &Path) -> Vec<u32> {
+    let want = mnt.as_os_str().as_encoded_bytes();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    procs
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.split(|&b| b == 0).any(|arg| arg == want))
+        })
+        .collect()
 }
 
 impl Inner {
@@ -208,6 +225,7 @@ impl Inner {
             return Inner {
                 mnt: mnt.to_path_buf(),
                 kernel,
+                daemons: Vec::new(),
             };
         }
         let mut cmd = Command::new(bin);
@@ -223,6 +241,7 @@ impl Inner {
         Inner {
             mnt: mnt.to_path_buf(),
             kernel,
+            daemons: daemons_of(mnt),
         }
     }
 }
@@ -236,6 +255,17 @@ impl Drop for Inner {
                 .arg("-u")
                 .arg(&self.mnt)
                 .status();
+            // The daemon exits after the unmount, and until it has, its open layer
+            // directories keep the outer mount busy (EBUSY for the outer unmount).
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while self
+                .daemons
+                .iter()
+                .any(|pid| Path::new(&format!("/proc/{pid}")).exists())
+                && std::time::Instant::now() < deadline
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
         }
     }
 }
