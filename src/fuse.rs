@@ -135,33 +135,101 @@ impl FuseAdapter {
 
     /// Opens with the I/O mode the inode is in (see `crate::passthrough`).
     fn open_passthrough(&self, ino: u64, flags: i32, reply: ReplyOpen) {
-        let mut g = self.pt.lock();
+        // Taken before the open: release removes a handle before it locks this table.
+        let g = self.pt.lock();
         let fh = match self.fs.open(ino, flags) {
             Ok(fh) => fh,
             Err(e) => return reply.error(errno(&e, "open")),
         };
-        let file = match self.fs.handle_file(fh) {
-            Ok(f) => f,
-            Err(e) => return reply.error(errno(&e, "open")),
-        };
-        if g.kind(ino, !file.on_lower) == OpenKind::Cached {
-            self.add_pt_handle(fh, ino, false, false);
-            g.add_cached(ino);
-            return reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
+        match self.fs.handle_file(fh) {
+            Ok(file) => self.reply_opened(g, ino, fh, &file, true, reply),
+            Err(e) => reply.error(errno(&e, "open")),
         }
-        match g.add_passthrough(ino, || reply.open_backing(&file.file)) {
-            Ok(id) => {
-                self.add_pt_handle(fh, ino, file.writable, true);
-                reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), id)
-            }
-            Err(e) => {
-                self.add_pt_handle(fh, ino, false, false);
-                tracing::warn!(error = %e, "FUSE passthrough refused: serving reads and writes");
-                self.pt.disable();
-                g.add_cached(ino);
-                reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE);
+    }
+
+    /// The one choice of a new handle's I/O, for OPEN and for CREATE/TMPFILE: through
+    /// its backing file (passthrough) where the passthrough table allows it, otherwise
+    /// through the daemon with the kernel's page cache kept. `cached`: the kernel may
+    /// hold attributes of the inode (false for a file just created). A backing file the
+    /// kernel refuses turns passthrough off for the mount.
+    fn reply_opened(
+        &self,
+        mut g: crate::passthrough::PassthroughGuard<'_>,
+        ino: u64,
+        fh: u64,
+        file: &crate::union::handle::FileHandle,
+        cached: bool,
+        reply: impl OpenReply,
+    ) {
+        if g.kind(ino, !file.on_lower) == OpenKind::Passthrough {
+            match g.add_passthrough(ino, || reply.open_backing(&file.file)) {
+                Ok(id) => {
+                    self.add_pt_handle(fh, ino, file.writable, cached);
+                    return reply.passthrough(self, FileHandle(fh), id);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "FUSE passthrough refused: serving reads and writes");
+                    self.pt.disable();
+                }
             }
         }
+        self.add_pt_handle(fh, ino, false, false);
+        g.add_cached(ino);
+        reply.cached(self, FileHandle(fh));
+    }
+}
+
+/// The replies that open a file: OPEN's, and CREATE's or TMPFILE's with their entry.
+trait OpenReply {
+    fn open_backing(&self, file: &std::fs::File) -> std::io::Result<fuser::BackingId>;
+    /// Opened in passthrough mode.
+    fn passthrough(self, fs: &FuseAdapter, fh: FileHandle, id: &fuser::BackingId);
+    /// Opened for I/O through the daemon, the page cache kept.
+    fn cached(self, fs: &FuseAdapter, fh: FileHandle);
+}
+
+impl OpenReply for ReplyOpen {
+    fn open_backing(&self, file: &std::fs::File) -> std::io::Result<fuser::BackingId> {
+        ReplyOpen::open_backing(self, file)
+    }
+    fn passthrough(self, _: &FuseAdapter, fh: FileHandle, id: &fuser::BackingId) {
+        self.opened_passthrough(fh, FopenFlags::empty(), id)
+    }
+    fn cached(self, _: &FuseAdapter, fh: FileHandle) {
+        self.opened(fh, FopenFlags::FOPEN_KEEP_CACHE)
+    }
+}
+
+/// CREATE's reply with the entry it carries.
+struct CreatedReply {
+    reply: ReplyCreate,
+    attr: Attr,
+}
+
+impl OpenReply for CreatedReply {
+    fn open_backing(&self, file: &std::fs::File) -> std::io::Result<fuser::BackingId> {
+        self.reply.open_backing(file)
+    }
+    fn passthrough(self, fs: &FuseAdapter, fh: FileHandle, id: &fuser::BackingId) {
+        let a = &self.attr;
+        self.reply.created_passthrough(
+            &fs.attr_ttl(a.ino),
+            &to_fuse(a),
+            Generation(a.generation.into()),
+            fh,
+            FopenFlags::empty(),
+            id,
+        )
+    }
+    fn cached(self, fs: &FuseAdapter, fh: FileHandle) {
+        let a = &self.attr;
+        self.reply.created(
+            &fs.ttl,
+            &to_fuse(a),
+            Generation(a.generation.into()),
+            fh,
+            FopenFlags::FOPEN_KEEP_CACHE,
+        )
     }
 }
 
@@ -281,39 +349,14 @@ impl FuseAdapter {
     /// Replies to a create or tmpfile with the new file `a` open as `fh`, in passthrough
     /// mode where the other opens use it.
     fn created(&self, a: Attr, fh: u64, reply: ReplyCreate) {
-        if let (true, Ok(f)) = (self.pt.is_enabled(), self.fs.handle_file(fh)) {
-            let mut g = self.pt.lock();
-            if g.kind(a.ino, true) == OpenKind::Passthrough {
-                match g.add_passthrough(a.ino, || reply.open_backing(&f.file)) {
-                    Ok(id) => {
-                        // New: the kernel has nothing cached to drop.
-                        self.add_pt_handle(fh, a.ino, f.writable, false);
-                        let attr = to_fuse(&a);
-                        return reply.created_passthrough(
-                            &self.attr_ttl(a.ino),
-                            &attr,
-                            Generation(a.generation.into()),
-                            FileHandle(fh),
-                            FopenFlags::empty(),
-                            id,
-                        );
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "FUSE passthrough refused: serving reads and writes");
-                        self.pt.disable();
-                    }
-                }
+        let reply = CreatedReply { reply, attr: a };
+        match (self.pt.is_enabled(), self.fs.handle_file(fh)) {
+            // New: the kernel has nothing cached of it to drop.
+            (true, Ok(f)) => {
+                self.reply_opened(self.pt.lock(), reply.attr.ino, fh, &f, false, reply)
             }
-            self.add_pt_handle(fh, a.ino, false, false);
-            g.add_cached(a.ino);
+            _ => reply.cached(self, FileHandle(fh)),
         }
-        reply.created(
-            &self.ttl,
-            &to_fuse(&a),
-            Generation(a.generation.into()),
-            FileHandle(fh),
-            FopenFlags::FOPEN_KEEP_CACHE,
-        )
     }
 
     fn xattr_reply(reply: ReplyXattr, data: &[u8], size: u32) {
