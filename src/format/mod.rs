@@ -16,8 +16,10 @@
 //!   `overlay.nlink`;
 //! - [`metacopy`]: `overlay.metacopy`, the mark of a file copied up without its data
 //!   (`struct ovl_metacopy`);
-//! - [`override_stat`]: the ownership override `UID:GID:MODE[:TYPE]`.
+//! - [`override_stat`]: the ownership override `UID:GID:MODE[:TYPE]`;
+//! - [`acl`]: the POSIX ACL xattr value (`system.posix_acl_*`): header, entry tags, entries.
 
+pub mod acl;
 pub mod metacopy;
 pub mod origin;
 pub mod override_stat;

@@ -151,6 +151,11 @@ pub const METACOPY_XATTRS: [&str; 2] = [XattrNs::Trusted.metacopy(), XattrNs::Us
 /// The literal marks to read (see [`XattrNs::literal`]).
 pub const LITERAL_XATTRS: [&str; 2] = [XattrNs::Trusted.literal(), XattrNs::User.literal()];
 
+/// File capabilities (`struct vfs_cap_data`). Not an overlay xattr, but one a write to a
+/// file or a chown drops (`file_remove_privs`), so code that writes a file on a caller's
+/// behalf may have to put it back.
+pub const CAPABILITY_XATTR: &str = "security.capability";
+
 /// The value that makes a directory opaque.
 pub const OPAQUE_VALUE: &[u8] = b"y";
 /// The value that says a directory may hold xattr whiteouts (kernel 6.7+).
@@ -360,7 +365,7 @@ mod tests {
             ("user.fuseoverlayfs.origin", XattrClass::Private),
             ("trusted.overlay.rlayerfs.literal", XattrClass::Private),
             ("user.containers.override_stat", XattrClass::Plain),
-            ("security.capability", XattrClass::Plain),
+            (CAPABILITY_XATTR, XattrClass::Plain),
             ("trusted.foo", XattrClass::Plain),
             ("user.overlayx", XattrClass::Plain),
             ("trusted.overlay.overlay.opaque", XattrClass::Escaped),

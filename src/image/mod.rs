@@ -6,7 +6,8 @@
 //!
 //! Files: `archive` (compression by magic bytes, hashing streams), `oci` (index, manifest,
 //! config types), `source` (reading layouts and archives, platform selection, digest
-//! checks), `unpack`, `commit`, `description` (rlayerfs-image.json, lowerdir list),
+//! checks), `unpack`, `commit` (its `tar_writer`, the `walk` of an upper, `append` to an
+//! image), `description` (rlayerfs-image.json, lowerdir list),
 //! `safe_fs` (dir-fd-relative creation helpers: no tar name is ever joined onto a path),
 //! `error` (the one [`ImageError`]), `cli` (clap arguments and entry points).
 //!

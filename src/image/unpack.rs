@@ -744,21 +744,7 @@ impl<'a> LayerWriter<'a> {
         let comps = entry_components(&raw).map_err(|r| self.refuse(shown, r))?;
         let Some((leaf, parent)) = comps.split_last() else {
             // The layer root itself ("./").
-            if !ty.is_dir() {
-                return Err(self.refuse(shown, Refusal::RootNotDirectory));
-            }
-            let m = self.meta(e, &mut pax, shown)?;
-            let root = self.root.clone();
-            self.owner_and_xattrs_fd(root.as_fd(), &m, shown)?;
-            self.dirs.insert(
-                Vec::new(),
-                DirMeta {
-                    perm: m.perm,
-                    atime: Some(m.atime),
-                    mtime: Some(m.mtime),
-                },
-            );
-            return Ok(());
+            return self.root_entry(e, ty, &mut pax, shown);
         };
         let leaf: &[u8] = leaf;
         match whiteout::classify_tar_name(leaf) {
@@ -768,48 +754,7 @@ impl<'a> LayerWriter<'a> {
                 self.warn_once("wh-meta", "skipping .wh..wh.* implementation metadata");
                 return Ok(());
             }
-            w => {
-                if !matches!(ty, tar::EntryType::Regular | tar::EntryType::Continuous) {
-                    return Err(self.refuse(shown, Refusal::WhiteoutNotFile));
-                }
-                if e.size() != 0 {
-                    return Err(self.refuse(shown, Refusal::WhiteoutWithContent));
-                }
-                match self.dir(parent, true, shown) {
-                    Ok(_) => {}
-                    // umoci writes a directory replaced by a file as the file followed by
-                    // whiteouts of the old directory's children (`x`, then `x/.wh.f1`), and
-                    // `umoci unpack` takes it: below a non-directory a whiteout hides nothing.
-                    // A symlink parent is still refused (see `dir`).
-                    Err(ImageError::Entry {
-                        refusal: Refusal::ParentNotDirectory(p),
-                        ..
-                    }) => {
-                        tracing::debug!(
-                            layer = self.label,
-                            entry = shown,
-                            parent = p,
-                            "whiteout below a non-directory: nothing to hide"
-                        );
-                        return Ok(());
-                    }
-                    Err(e) => return Err(e),
-                }
-                match w {
-                    TarName::Delete(name) => {
-                        let mut p = join(parent);
-                        if !p.is_empty() {
-                            p.push(b'/');
-                        }
-                        p.extend_from_slice(name);
-                        self.whiteouts.insert(p);
-                    }
-                    _ => {
-                        self.opaques.insert(join(parent));
-                    }
-                }
-                return Ok(());
-            }
+            w => return self.whiteout_entry(ty, e.size(), parent, w, shown),
         }
         let pfd = self
             .dir(parent, true, shown)?
@@ -837,47 +782,7 @@ impl<'a> LayerWriter<'a> {
         let m = self.meta(e, &mut pax, shown)?;
         match ty {
             tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
-                let mut f = safe_fs::create_file_at(pfd, leaf, 0o600)
-                    .map_err(|err| self.io_err(shown, "create", err))?;
-                if pax.sparse_major.is_some() {
-                    let (major, minor) = (pax.sparse_major.clone(), pax.sparse_minor.clone());
-                    if major.as_deref() != Some(b"1") || minor.as_deref() != Some(b"0") {
-                        return Err(self.refuse(
-                            shown,
-                            Refusal::UnsupportedSparse(format!(
-                                "PAX {}.{}",
-                                lossy(&major.unwrap_or_default()),
-                                lossy(&minor.unwrap_or_default())
-                            )),
-                        ));
-                    }
-                    let real = pax.sparse_realsize.ok_or_else(|| {
-                        self.refuse(
-                            shown,
-                            Refusal::BadSparseMap("no GNU.sparse.realsize".into()),
-                        )
-                    })?;
-                    self.write_pax_sparse(e, &f, real, shown)?;
-                } else if ty == tar::EntryType::GNUSparse {
-                    let size = e.size();
-                    write_holey(e, &f, 0, size).map_err(|err| self.io_err(shown, "write", err))?;
-                    f.set_len(size)
-                        .map_err(|err| self.io_err(shown, "truncate", err))?;
-                } else if e.size() >= SPARSE_MIN {
-                    // Holes are not recorded in plain entries: recreate them from zero runs.
-                    let size = e.size();
-                    write_holey(e, &f, 0, size).map_err(|err| self.io_err(shown, "write", err))?;
-                    f.set_len(size)
-                        .map_err(|err| self.io_err(shown, "truncate", err))?;
-                } else {
-                    io::copy(e, &mut f).map_err(|err| self.io_err(shown, "write", err))?;
-                }
-                f.flush().map_err(|err| self.io_err(shown, "write", err))?;
-                self.owner_and_xattrs_fd(f.as_fd(), &m, shown)?;
-                safe_fs::chmod_fd(f.as_fd(), m.perm)
-                    .map_err(|err| self.io_err(shown, "chmod", err))?;
-                safe_fs::set_times_fd(f.as_fd(), m.atime, m.mtime)
-                    .map_err(|err| self.io_err(shown, "set times", err))?;
+                self.regular_entry(e, ty, pfd, leaf, &pax, &m, shown)?;
             }
             tar::EntryType::Directory => {
                 // A non-directory of an earlier entry was unlinked above: the directory
@@ -933,6 +838,139 @@ impl<'a> LayerWriter<'a> {
             }
             other => return Err(self.refuse(shown, Refusal::UnsupportedType(other.as_byte()))),
         }
+        Ok(())
+    }
+
+    /// The entry of the layer root itself (`./`): its owner, xattrs and directory metadata.
+    fn root_entry<R: Read>(
+        &mut self,
+        e: &tar::Entry<'_, R>,
+        ty: tar::EntryType,
+        pax: &mut Pax,
+        shown: &str,
+    ) -> Result<(), ImageError> {
+        if !ty.is_dir() {
+            return Err(self.refuse(shown, Refusal::RootNotDirectory));
+        }
+        let m = self.meta(e, pax, shown)?;
+        let root = self.root.clone();
+        self.owner_and_xattrs_fd(root.as_fd(), &m, shown)?;
+        self.dirs.insert(
+            Vec::new(),
+            DirMeta {
+                perm: m.perm,
+                atime: Some(m.atime),
+                mtime: Some(m.mtime),
+            },
+        );
+        Ok(())
+    }
+
+    /// A whiteout entry (`.wh.NAME` or the opaque marker `w` in directory `parent`): recorded,
+    /// never applied to the lower layers.
+    fn whiteout_entry(
+        &mut self,
+        ty: tar::EntryType,
+        size: u64,
+        parent: &[&[u8]],
+        w: TarName<'_>,
+        shown: &str,
+    ) -> Result<(), ImageError> {
+        if !matches!(ty, tar::EntryType::Regular | tar::EntryType::Continuous) {
+            return Err(self.refuse(shown, Refusal::WhiteoutNotFile));
+        }
+        if size != 0 {
+            return Err(self.refuse(shown, Refusal::WhiteoutWithContent));
+        }
+        match self.dir(parent, true, shown) {
+            Ok(_) => {}
+            // umoci writes a directory replaced by a file as the file followed by
+            // whiteouts of the old directory's children (`x`, then `x/.wh.f1`), and
+            // `umoci unpack` takes it: below a non-directory a whiteout hides nothing.
+            // A symlink parent is still refused (see `dir`).
+            Err(ImageError::Entry {
+                refusal: Refusal::ParentNotDirectory(p),
+                ..
+            }) => {
+                tracing::debug!(
+                    layer = self.label,
+                    entry = shown,
+                    parent = p,
+                    "whiteout below a non-directory: nothing to hide"
+                );
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        }
+        match w {
+            TarName::Delete(name) => {
+                let mut p = join(parent);
+                if !p.is_empty() {
+                    p.push(b'/');
+                }
+                p.extend_from_slice(name);
+                self.whiteouts.insert(p);
+            }
+            _ => {
+                self.opaques.insert(join(parent));
+            }
+        }
+        Ok(())
+    }
+
+    /// A regular file (plain, contiguous or sparse) at `leaf` in `pfd`: data, holes, owner,
+    /// xattrs, mode and times.
+    #[allow(clippy::too_many_arguments)]
+    fn regular_entry<R: Read>(
+        &mut self,
+        e: &mut tar::Entry<'_, R>,
+        ty: tar::EntryType,
+        pfd: BorrowedFd<'_>,
+        leaf: &[u8],
+        pax: &Pax,
+        m: &EntryMeta,
+        shown: &str,
+    ) -> Result<(), ImageError> {
+        let mut f = safe_fs::create_file_at(pfd, leaf, 0o600)
+            .map_err(|err| self.io_err(shown, "create", err))?;
+        if pax.sparse_major.is_some() {
+            let (major, minor) = (pax.sparse_major.clone(), pax.sparse_minor.clone());
+            if major.as_deref() != Some(b"1") || minor.as_deref() != Some(b"0") {
+                return Err(self.refuse(
+                    shown,
+                    Refusal::UnsupportedSparse(format!(
+                        "PAX {}.{}",
+                        lossy(&major.unwrap_or_default()),
+                        lossy(&minor.unwrap_or_default())
+                    )),
+                ));
+            }
+            let real = pax.sparse_realsize.ok_or_else(|| {
+                self.refuse(
+                    shown,
+                    Refusal::BadSparseMap("no GNU.sparse.realsize".into()),
+                )
+            })?;
+            self.write_pax_sparse(e, &f, real, shown)?;
+        } else if ty == tar::EntryType::GNUSparse {
+            let size = e.size();
+            write_holey(e, &f, 0, size).map_err(|err| self.io_err(shown, "write", err))?;
+            f.set_len(size)
+                .map_err(|err| self.io_err(shown, "truncate", err))?;
+        } else if e.size() >= SPARSE_MIN {
+            // Holes are not recorded in plain entries: recreate them from zero runs.
+            let size = e.size();
+            write_holey(e, &f, 0, size).map_err(|err| self.io_err(shown, "write", err))?;
+            f.set_len(size)
+                .map_err(|err| self.io_err(shown, "truncate", err))?;
+        } else {
+            io::copy(e, &mut f).map_err(|err| self.io_err(shown, "write", err))?;
+        }
+        f.flush().map_err(|err| self.io_err(shown, "write", err))?;
+        self.owner_and_xattrs_fd(f.as_fd(), m, shown)?;
+        safe_fs::chmod_fd(f.as_fd(), m.perm).map_err(|err| self.io_err(shown, "chmod", err))?;
+        safe_fs::set_times_fd(f.as_fd(), m.atime, m.mtime)
+            .map_err(|err| self.io_err(shown, "set times", err))?;
         Ok(())
     }
 

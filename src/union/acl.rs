@@ -12,20 +12,8 @@ use std::os::fd::BorrowedFd;
 
 use crate::sys;
 
-/// The default-ACL xattr.
-pub const DEFAULT_XATTR: &str = "system.posix_acl_default";
-/// The access-ACL xattr.
-pub const ACCESS_XATTR: &str = "system.posix_acl_access";
-
-const VERSION: u32 = 2;
-const HEADER: usize = 4;
-const ENTRY: usize = 8;
-const USER_OBJ: u16 = 0x01;
-const USER: u16 = 0x02;
-const GROUP_OBJ: u16 = 0x04;
-const GROUP: u16 = 0x08;
-const MASK: u16 = 0x10;
-const OTHER: u16 = 0x20;
+use crate::format::acl::{self as format, GROUP, GROUP_OBJ, MASK, OTHER, USER, USER_OBJ};
+pub use crate::format::acl::{ACCESS_XATTR, DEFAULT_XATTR};
 
 /// What a new object gets from its parent's default ACL.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,50 +27,39 @@ pub struct Inherited {
 /// Applies `posix_acl_create_masq` to the parent's default ACL `default` (the xattr
 /// value) for a new object requested with `mode`. `None` when the value is malformed.
 pub fn create_masq(default: &[u8], mode: u32) -> Option<Inherited> {
-    if default.len() < HEADER
-        || !(default.len() - HEADER).is_multiple_of(ENTRY)
-        || u32::from_le_bytes(default[..HEADER].try_into().ok()?) != VERSION
-    {
-        return None;
-    }
-    let mut acl = default.to_vec();
+    let mut acl = format::parse(default)?;
     let mut m = mode & 0o777;
     let mut not_equiv = false;
     let (mut group_obj, mut mask_obj) = (None, None);
-    for off in (HEADER..acl.len()).step_by(ENTRY) {
-        let tag = u16::from_le_bytes([acl[off], acl[off + 1]]);
-        let perm = u32::from(u16::from_le_bytes([acl[off + 2], acl[off + 3]]));
-        let set = |acl: &mut Vec<u8>, p: u32| {
-            acl[off + 2..off + 4].copy_from_slice(&(p as u16).to_le_bytes());
-        };
-        match tag {
+    for (i, e) in acl.iter_mut().enumerate() {
+        let perm = u32::from(e.perm);
+        match e.tag {
             USER_OBJ => {
                 let p = perm & ((m >> 6) & 7);
-                set(&mut acl, p);
+                e.perm = p as u16;
                 m = (m & !0o700) | (p << 6);
             }
             USER | GROUP => not_equiv = true,
-            GROUP_OBJ => group_obj = Some(off),
+            GROUP_OBJ => group_obj = Some(i),
             OTHER => {
                 let p = perm & (m & 7);
-                set(&mut acl, p);
+                e.perm = p as u16;
                 m = (m & !0o007) | p;
             }
             MASK => {
-                mask_obj = Some(off);
+                mask_obj = Some(i);
                 not_equiv = true;
             }
             _ => return None,
         }
     }
-    let off = mask_obj.or(group_obj)?;
-    let perm = u32::from(u16::from_le_bytes([acl[off + 2], acl[off + 3]]));
-    let p = perm & ((m >> 3) & 7);
-    acl[off + 2..off + 4].copy_from_slice(&(p as u16).to_le_bytes());
+    let e = &mut acl[mask_obj.or(group_obj)?];
+    let p = u32::from(e.perm) & ((m >> 3) & 7);
+    e.perm = p as u16;
     m = (m & !0o070) | (p << 3);
     Some(Inherited {
         mode: (mode & 0o7000) | m,
-        access: not_equiv.then_some(acl),
+        access: not_equiv.then(|| format::serialize(&acl)),
     })
 }
 
@@ -115,13 +92,11 @@ mod tests {
     use super::*;
 
     fn acl(entries: &[(u16, u16, u32)]) -> Vec<u8> {
-        let mut v = VERSION.to_le_bytes().to_vec();
-        for (t, p, id) in entries {
-            v.extend_from_slice(&t.to_le_bytes());
-            v.extend_from_slice(&p.to_le_bytes());
-            v.extend_from_slice(&id.to_le_bytes());
-        }
-        v
+        let entries: Vec<format::Entry> = entries
+            .iter()
+            .map(|&(tag, perm, id)| format::Entry { tag, perm, id })
+            .collect();
+        format::serialize(&entries)
     }
 
     #[test]

@@ -33,6 +33,7 @@ use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 
 use crate::error::{Error, Result};
+use crate::format::acl::{self as posix_acl, GROUP as ACL_GROUP, USER as ACL_USER};
 
 /// One range of an id mapping `C:H:S` (containers/storage writes `ContainerID:HostID:Size`):
 /// ids `container..container+size` as stored in the layers (the ids of the image) are shown
@@ -84,17 +85,6 @@ pub fn host_to_container(maps: &[IdMapping], id: u32) -> Option<u32> {
 /// The id shown for a host id outside every mapping range (`/proc/sys/kernel/overflowuid`
 /// and `overflowgid` default; the kernel's and fuse-overlayfs's choice).
 pub const OVERFLOW_ID: u32 = 65534;
-
-/// POSIX ACL xattrs, whose entries carry ids.
-const ACL_XATTRS: [&str; 2] = ["system.posix_acl_access", "system.posix_acl_default"];
-/// `POSIX_ACL_XATTR_VERSION`: the only version the kernel reads and writes.
-const ACL_VERSION: u32 = 2;
-/// Entry tags that carry an id (`ACL_USER`, `ACL_GROUP` in `linux/posix_acl.h`).
-const ACL_USER: u16 = 0x02;
-const ACL_GROUP: u16 = 0x08;
-/// Size of the header (version) and of one entry (tag u16, perm u16, id u32).
-const ACL_HEADER: usize = 4;
-const ACL_ENTRY: usize = 8;
 
 /// How the mount presents and stores ownership.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -166,7 +156,7 @@ impl IdOptions {
         if !self.maps_acls() || !is_acl_xattr(name) {
             return value;
         }
-        translate_acl(value.clone(), |tag, id| {
+        translate_acl(&value, |tag, id| {
             Some(match tag {
                 ACL_USER => self.uid_unsquashed(id),
                 _ => self.gid_unsquashed(id),
@@ -181,7 +171,7 @@ impl IdOptions {
         if !self.maps_acls() || !is_acl_xattr(name) {
             return Ok(value.to_vec());
         }
-        translate_acl(value.to_vec(), |tag, id| match tag {
+        translate_acl(value, |tag, id| match tag {
             ACL_USER => self.uid_to_disk(id).ok(),
             _ => self.gid_to_disk(id).ok(),
         })
@@ -190,27 +180,19 @@ impl IdOptions {
 }
 
 fn is_acl_xattr(name: &OsStr) -> bool {
-    ACL_XATTRS.iter().any(|n| name.as_bytes() == n.as_bytes())
+    posix_acl::is_acl_xattr(name.as_bytes())
 }
 
 /// Rewrites the id of every `ACL_USER`/`ACL_GROUP` entry with `f(tag, id)`. `None` when the
 /// value is not a version-2 ACL or `f` refuses an id.
-fn translate_acl(mut v: Vec<u8>, f: impl Fn(u16, u32) -> Option<u32>) -> Option<Vec<u8>> {
-    if v.len() < ACL_HEADER || !(v.len() - ACL_HEADER).is_multiple_of(ACL_ENTRY) {
-        return None;
-    }
-    let version = u32::from_le_bytes(v[..ACL_HEADER].try_into().ok()?);
-    if version != ACL_VERSION {
-        return None;
-    }
-    for entry in v[ACL_HEADER..].chunks_exact_mut(ACL_ENTRY) {
-        let tag = u16::from_le_bytes([entry[0], entry[1]]);
-        if tag == ACL_USER || tag == ACL_GROUP {
-            let id = u32::from_le_bytes([entry[4], entry[5], entry[6], entry[7]]);
-            entry[4..8].copy_from_slice(&f(tag, id)?.to_le_bytes());
+fn translate_acl(v: &[u8], f: impl Fn(u16, u32) -> Option<u32>) -> Option<Vec<u8>> {
+    let mut entries = posix_acl::parse(v)?;
+    for e in &mut entries {
+        if e.tag == ACL_USER || e.tag == ACL_GROUP {
+            e.id = f(e.tag, e.id)?;
         }
     }
-    Some(v)
+    Some(posix_acl::serialize(&entries))
 }
 
 #[cfg(test)]
@@ -236,13 +218,11 @@ mod tests {
 
     /// An ACL value: header plus (tag, perm, id) entries.
     fn acl(entries: &[(u16, u16, u32)]) -> Vec<u8> {
-        let mut v = ACL_VERSION.to_le_bytes().to_vec();
-        for (tag, perm, id) in entries {
-            v.extend_from_slice(&tag.to_le_bytes());
-            v.extend_from_slice(&perm.to_le_bytes());
-            v.extend_from_slice(&id.to_le_bytes());
-        }
-        v
+        let entries: Vec<posix_acl::Entry> = entries
+            .iter()
+            .map(|&(tag, perm, id)| posix_acl::Entry { tag, perm, id })
+            .collect();
+        posix_acl::serialize(&entries)
     }
 
     /// `ACL_USER_OBJ`, `ACL_GROUP_OBJ`, `ACL_MASK`, `ACL_OTHER` carry the undefined id.

@@ -43,9 +43,6 @@ use crate::union::lookup::DirInfo;
 use crate::union::redirect::{self, Cursor, FileProbe, Redirect};
 use crate::union::UnionFs;
 
-/// The capability xattr, which a write to a file drops (`file_remove_privs`).
-const CAPS_XATTR: &str = "security.capability";
-
 /// The data of a metacopy object, as a lookup found it.
 #[derive(Debug, Clone)]
 pub struct FoundData {
@@ -216,7 +213,7 @@ impl UnionFs {
             .open_in(key, &data.path, flags | OFlags::NOATIME)
             .or_else(|_| self.open_in(key, &data.path, flags))?;
         let caps = if st.st_size > 0 {
-            sys::get_xattr(dst.as_fd(), OsStr::new(CAPS_XATTR)).at("getxattr", at)?
+            sys::get_xattr(dst.as_fd(), OsStr::new(xattr::CAPABILITY_XATTR)).at("getxattr", at)?
         } else {
             None
         };
@@ -230,7 +227,8 @@ impl UnionFs {
         rustix::fs::futimens(&dst, &crate::union::copy_up::stat_times(&st))
             .at("utimens copy", at)?;
         if let Some(c) = caps {
-            sys::set_xattr(dst.as_fd(), OsStr::new(CAPS_XATTR), &c, 0).at("setxattr", at)?;
+            sys::set_xattr(dst.as_fd(), OsStr::new(xattr::CAPABILITY_XATTR), &c, 0)
+                .at("setxattr", at)?;
         }
         match sys::remove_xattr(dst.as_fd(), self.metacopy_xattr()) {
             Ok(()) | Err(rustix::io::Errno::NODATA) => {}
