@@ -405,17 +405,7 @@ impl UnionFs {
             }
             NewKind::Node { .. } if inner_wh => {
                 // Owner access until the marks are set (user.* xattrs need it).
-                rustix::fs::openat(
-                    tdir,
-                    tname,
-                    OFlags::CREATE
-                        | OFlags::EXCL
-                        | OFlags::WRONLY
-                        | OFlags::NOFOLLOW
-                        | OFlags::CLOEXEC,
-                    Mode::from_raw_mode(perm | 0o600),
-                )
-                .at("create inner whiteout", Where::Work)?;
+                create_empty(tdir, tname, perm | 0o600).at("create inner whiteout", Where::Work)?;
                 crate::union::lookup::mark_inner_whiteout(fmt, tdir, tname, Where::Work)?;
             }
             NewKind::Node { rdev } => {
@@ -432,17 +422,8 @@ impl UnionFs {
                     // (containers/storage's `char-MAJ-MIN` / `block-MAJ-MIN`).
                     Err(Errno::PERM) if may_stand_in => {
                         let special = OverrideKind::special(mode, rdev).ok_or(Error::Permission)?;
-                        rustix::fs::openat(
-                            tdir,
-                            tname,
-                            OFlags::CREATE
-                                | OFlags::EXCL
-                                | OFlags::WRONLY
-                                | OFlags::NOFOLLOW
-                                | OFlags::CLOEXEC,
-                            Mode::from_raw_mode(real_perm),
-                        )
-                        .at("create device stand-in", Where::Upper)?;
+                        create_empty(tdir, tname, real_perm)
+                            .at("create device stand-in", Where::Upper)?;
                         return Ok(Made::StandIn(special));
                     }
                     r => r.at("mknod", Where::Upper)?,
@@ -572,4 +553,11 @@ impl FdEq for BorrowedFd<'_> {
         use std::os::fd::AsRawFd;
         self.as_raw_fd() == other.as_raw_fd()
     }
+}
+
+/// A new empty regular file at `name` in `dir` (never an existing one, never through a
+/// symlink), closed at once: it stands for an object that is not a regular file.
+fn create_empty(dir: BorrowedFd<'_>, name: &OsStr, perm: u32) -> rustix::io::Result<()> {
+    let flags = OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    rustix::fs::openat(dir, name, flags, Mode::from_raw_mode(perm)).map(drop)
 }
