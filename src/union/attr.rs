@@ -15,11 +15,9 @@ use crate::format::override_stat::{self, OverrideStat};
 use crate::format::xattr;
 use crate::sys;
 use crate::union::dirfd::LayerKey;
+use crate::union::inode::RealLoc;
 use crate::union::setid::KillSetIds;
 use crate::union::{Attr, Caller, Timespec, UnionFs};
-
-/// Kept here for the modules that still name it so (`crate::union::metacopy`).
-pub use crate::union::inode::RealLoc;
 
 /// A time to set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
