@@ -343,31 +343,88 @@ pub fn chown_at(
 
 /// Lists the xattr names of the object behind `fd`.
 pub fn list_xattrs(fd: BorrowedFd<'_>) -> Result<Vec<OsString>> {
-    let path = proc_fd_path(&fd);
-    let mut buf = vec![0u8; 1024];
-    let n = loop {
-        match rustix::fs::listxattr(&*path, &mut buf[..]) {
-            Ok(n) => break n,
-            Err(Errno::RANGE) => {
-                let size = rustix::fs::listxattr_query(&*path)?;
-                buf.resize(size.max(buf.len() * 2), 0);
-            }
-            Err(Errno::NOTSUP) => return Ok(Vec::new()),
-            Err(e) => return Err(e),
-        }
-    };
-    Ok(buf[..n]
-        .split(|b| *b == 0)
-        .filter(|s| !s.is_empty())
-        .map(|s| OsString::from_vec(s.to_vec()))
-        .collect())
+    XattrFd::Path(fd).list()
 }
 
 /// Sets one xattr on the object behind `fd`.
 pub fn set_xattr(fd: BorrowedFd<'_>, name: &OsStr, value: &[u8], flags: i32) -> Result<()> {
-    let path = proc_fd_path(&fd);
-    let flags = rustix::fs::XattrFlags::from_bits_retain(flags as u32);
-    rustix::fs::setxattr(&*path, name, value, flags)
+    XattrFd::Path(fd).set(name, value, flags)
+}
+
+/// Gives the file open at `fd` (an `O_TMPFILE` one included) the name `name` in `dir`.
+/// `linkat(fd, "", AT_EMPTY_PATH)` needs CAP_DAC_READ_SEARCH (ENOENT without it, then
+/// remembered); the magic link `/proc/self/fd/N` followed needs nothing, but costs a path
+/// walk.
+pub fn link_fd(fd: BorrowedFd<'_>, dir: BorrowedFd<'_>, name: &OsStr) -> Result<()> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static NO_EMPTY_PATH: AtomicBool = AtomicBool::new(false);
+    if !NO_EMPTY_PATH.load(Ordering::Relaxed) {
+        match rustix::fs::linkat(fd, "", dir, name, AtFlags::EMPTY_PATH) {
+            Err(Errno::NOENT) => NO_EMPTY_PATH.store(true, Ordering::Relaxed),
+            r => return r,
+        }
+    }
+    let proc = proc_fd_path(&fd);
+    rustix::fs::linkat(rustix::fs::CWD, &*proc, dir, name, AtFlags::SYMLINK_FOLLOW)
+}
+
+/// An fd to read or write xattrs through, by how it was opened: the `f*xattr` calls act
+/// on an open file directly, while an `O_PATH` fd (which they refuse with EBADF) needs
+/// the path calls on `/proc/self/fd/N`, a path walk each.
+#[derive(Debug, Clone, Copy)]
+pub enum XattrFd<'a> {
+    /// An `O_PATH` fd (any kind of object, symlinks included).
+    Path(BorrowedFd<'a>),
+    /// An fd opened for reading or writing.
+    Open(BorrowedFd<'a>),
+}
+
+impl XattrFd<'_> {
+    /// The xattr names of the object (none where its filesystem has no xattrs).
+    pub fn list(self) -> Result<Vec<OsString>> {
+        let path = match self {
+            XattrFd::Path(fd) => Some(proc_fd_path(&fd)),
+            XattrFd::Open(_) => None,
+        };
+        let list = |buf: &mut [u8]| match (&path, self) {
+            (Some(p), _) => rustix::fs::listxattr(&**p, buf),
+            (None, XattrFd::Open(fd) | XattrFd::Path(fd)) => rustix::fs::flistxattr(fd, buf),
+        };
+        let mut buf = vec![0u8; 1024];
+        let n = loop {
+            match list(&mut buf[..]) {
+                Ok(n) => break n,
+                Err(Errno::RANGE) => {
+                    let size = list(&mut [])?;
+                    buf.resize(size.max(buf.len() * 2), 0);
+                }
+                Err(Errno::NOTSUP) => return Ok(Vec::new()),
+                Err(e) => return Err(e),
+            }
+        };
+        Ok(buf[..n]
+            .split(|b| *b == 0)
+            .filter(|s| !s.is_empty())
+            .map(|s| OsString::from_vec(s.to_vec()))
+            .collect())
+    }
+
+    /// One xattr's value; `Ok(None)` when absent.
+    pub fn get(self, name: &OsStr) -> Result<Option<Vec<u8>>> {
+        match self {
+            XattrFd::Path(fd) => get_xattr(fd, name),
+            XattrFd::Open(fd) => read_xattr_value(|buf| rustix::fs::fgetxattr(fd, name, buf)),
+        }
+    }
+
+    /// Sets one xattr (`flags`: XATTR_CREATE / XATTR_REPLACE or 0).
+    pub fn set(self, name: &OsStr, value: &[u8], flags: i32) -> Result<()> {
+        let flags = rustix::fs::XattrFlags::from_bits_retain(flags as u32);
+        match self {
+            XattrFd::Path(fd) => rustix::fs::setxattr(&*proc_fd_path(&fd), name, value, flags),
+            XattrFd::Open(fd) => rustix::fs::fsetxattr(fd, name, value, flags),
+        }
+    }
 }
 
 /// Removes one xattr from the object behind `fd`.

@@ -22,21 +22,22 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags, Stat, Timestamps}
 
 use crate::error::{Error, OsContext, Result, Where};
 use crate::format::{origin, whiteout, xattr};
-use crate::sys;
+use crate::sys::{self, XattrFd};
+use crate::union::fileattr::{Prot, FS_NOATIME_FL, FS_SYNC_FL};
 use crate::union::lookup::mark_literal;
 use crate::union::{UnionFs, ROOT};
 use std::sync::Arc;
 
 /// Copies every xattr but the overlay's private ones from `src` to `dst`.
-pub(crate) fn copy_xattrs(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, at: Where) -> Result<()> {
-    for name in sys::list_xattrs(src).at("listxattr", at)? {
+pub(crate) fn copy_xattrs(src: XattrFd<'_>, dst: XattrFd<'_>, at: Where) -> Result<()> {
+    for name in src.list().at("listxattr", at)? {
         if xattr::is_private_xattr(&name) {
             continue;
         }
-        let Some(value) = sys::get_xattr(src, &name).at("getxattr", at)? else {
+        let Some(value) = src.get(&name).at("getxattr", at)? else {
             continue;
         };
-        match sys::set_xattr(dst, &name, &value, 0) {
+        match dst.set(&name, &value, 0) {
             Ok(()) => {}
             // The upper filesystem cannot hold this namespace: the kernel skips it too.
             Err(rustix::io::Errno::NOTSUP) => {
@@ -46,6 +47,27 @@ pub(crate) fn copy_xattrs(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, at: Where) -
         }
     }
     Ok(())
+}
+
+/// The inode flags of the lower file open at `lfd` that its copy gets, as kernel
+/// overlayfs's `ovl_copy_fileattr` carries them: `i`/`a` as `overlay.protattr`, `S` and
+/// `A` as real flags. `None` when there are none (or the lower has no flags at all).
+fn fileattr_to_copy(lfd: BorrowedFd<'_>) -> Option<(Prot, u32)> {
+    let flags = sys::get_flags(lfd).ok()?;
+    let prot = Prot::from_flags(flags);
+    let copy = flags & (FS_SYNC_FL | FS_NOATIME_FL);
+    (prot.any() || copy != 0).then_some((prot, copy))
+}
+
+/// What [`UnionFs::copy_up_tmpfile`] copies: the lower regular file open at `src`
+/// (`O_PATH`) with its stat, in `layer`, whose data is at `data`.
+struct TmpfileCopy<'a> {
+    src: BorrowedFd<'a>,
+    st: &'a Stat,
+    layer: u16,
+    data: &'a crate::union::inode::DataLoc,
+    meta_only: bool,
+    origin: Option<&'a [u8]>,
 }
 
 /// Puts a directory's access and modification times back when dropped.
@@ -201,8 +223,6 @@ impl UnionFs {
         } else {
             None
         };
-        let work = self.work_dir()?;
-        let tmp = self.tmp_name();
         // Every hard-linked non-directory goes through the index, whatever its type, as
         // kernel overlayfs's `ovl_need_index` does: its other lower names find the copy
         // there, so they keep one identity and an exact st_nlink.
@@ -215,6 +235,33 @@ impl UnionFs {
             blocks: st.st_blocks as u64,
         });
         let meta_only = self.metacopy && !want_data && st.st_mode & libc::S_IFMT == libc::S_IFREG;
+        // The common case, a regular file with data and one name, is built as an unnamed
+        // file and linked into place (a zero-size one may be an inner overlay's whiteout,
+        // a `.wh.*` name needs its literal mark: both take the named way below).
+        if st.st_mode & libc::S_IFMT == libc::S_IFREG
+            && !linked
+            && st.st_size > 0
+            && !whiteout::is_reserved_name(&name)
+        {
+            let plan = TmpfileCopy {
+                src: src.as_fd(),
+                st: &st,
+                layer: top,
+                data: &data_loc,
+                meta_only,
+                origin: origin.as_deref(),
+            };
+            if self.copy_up_tmpfile(plan, pfd.as_fd(), &name)? {
+                if let Ok(n) = self.nodes.write().get_mut(ino) {
+                    n.upper = true;
+                    n.set_data(meta_only.then_some(data_loc));
+                }
+                tracing::debug!(ino, path = ?lower_path, meta_only, "copied up (tmpfile)");
+                return Ok(());
+            }
+        }
+        let work = self.work_dir()?;
+        let tmp = self.tmp_name();
         let built = self
             .build_copy(
                 work,
@@ -250,7 +297,7 @@ impl UnionFs {
                 // xattrs do not all fit in the inode, the mark is the one in the external
                 // block, which its removal at the data copy-up frees.
                 if meta_only {
-                    crate::union::metacopy::mark(self.writable()?, fd.as_fd())?;
+                    crate::union::metacopy::mark(self.writable()?, XattrFd::Path(fd.as_fd()))?;
                 }
                 Ok(())
             });
@@ -306,8 +353,100 @@ impl UnionFs {
             n.set_nlink_offset(offset);
             n.set_data(meta_only.then_some(data_loc));
         }
+        if is_dir {
+            self.made_upper_dir(ino);
+        }
         tracing::debug!(ino, path = ?lower_path, meta_only, "copied up");
         Ok(())
+    }
+
+    /// Copies up a regular file the way kernel overlayfs's `ovl_copy_up_tmpfile` does: an
+    /// `O_TMPFILE` in the work directory gets the data (or only the size, `meta_only`),
+    /// owner, mode, xattrs, inode flags, origin, metacopy mark and times through its fd,
+    /// and is then linked as `name` in `pfd`. Until the link nothing has a name, so a
+    /// killed daemon leaves nothing behind, and the copy costs no work-directory entry
+    /// and no rename. `Ok(false)`: the work directory's filesystem has no `O_TMPFILE`, or
+    /// the lower file cannot be opened for reading; nothing was done.
+    fn copy_up_tmpfile(
+        &self,
+        c: TmpfileCopy<'_>,
+        pfd: BorrowedFd<'_>,
+        name: &OsStr,
+    ) -> Result<bool> {
+        use std::sync::atomic::Ordering;
+        if self.no_tmpfile.load(Ordering::Relaxed) {
+            return Ok(false);
+        }
+        let at = Where::Lower(c.layer);
+        // Reopened through the magic link, which lands on the object fstat just showed to
+        // be a regular file. O_NOATIME: copying is not a read by the user.
+        let proc = sys::proc_fd_path(&c.src);
+        let ro = OFlags::RDONLY | OFlags::CLOEXEC;
+        let Ok(lower) = rustix::fs::open(&*proc, ro | OFlags::NOATIME, Mode::empty())
+            .or_else(|_| rustix::fs::open(&*proc, ro, Mode::empty()))
+        else {
+            return Ok(false);
+        };
+        let work = self.work_dir()?;
+        let tmp_flags = OFlags::TMPFILE | OFlags::WRONLY | OFlags::CLOEXEC;
+        let copy = match rustix::fs::openat(work, ".", tmp_flags, Mode::from_raw_mode(0o600)) {
+            Ok(fd) => fd,
+            Err(rustix::io::Errno::OPNOTSUPP | rustix::io::Errno::ISDIR) => {
+                tracing::debug!("no O_TMPFILE in the work directory: named copies");
+                self.no_tmpfile.store(true, Ordering::Relaxed);
+                return Ok(false);
+            }
+            Err(e) => return Err(Error::os("create copy", e, Where::Work)),
+        };
+        let size = c.st.st_size as u64;
+        if c.meta_only {
+            rustix::fs::ftruncate(&copy, size).at("truncate copy", Where::Work)?;
+        } else {
+            let other;
+            let data = if c.data.layer == c.layer {
+                lower.as_fd()
+            } else {
+                // A lower metacopy file: its data is in another layer's file.
+                let key = crate::union::dirfd::LayerKey::Lower(c.data.layer);
+                let flags = ro | OFlags::NOFOLLOW;
+                other = self
+                    .open_in(key, &c.data.path, flags | OFlags::NOATIME)
+                    .or_else(|_| self.open_in(key, &c.data.path, flags))?;
+                other.as_fd()
+            };
+            sys::copy_file_data(data, copy.as_fd(), size).at("copy data", Where::Work)?;
+            // Durable before the link publishes it (see `build_copy`).
+            if !self.opts.volatile {
+                rustix::fs::fdatasync(&copy).at("fsync copy", Where::Work)?;
+            }
+        }
+        let fd = copy.as_fd();
+        let owner = self.disk_owner(c.st, c.layer);
+        let made = rustix::fs::fstat(fd).at("stat copy", Where::Work)?;
+        if (made.st_uid, made.st_gid) == (owner.st_uid, owner.st_gid) {
+            // Made with the right owner already (a journaled chown the less); a new file
+            // has neither set-id bits nor capabilities for a chown to clear.
+            sys::chmod_at(fd, OsStr::new(""), owner.st_mode & 0o7777)
+                .at("chmod copy", Where::Work)?;
+        } else {
+            copy_owner_mode(fd, OsStr::new(""), &owner)?;
+        }
+        copy_xattrs(XattrFd::Open(lower.as_fd()), XattrFd::Open(fd), at)?;
+        if let Some(wanted) = fileattr_to_copy(lower.as_fd()) {
+            self.apply_fileattr(fd, wanted)?;
+        }
+        if let Some(o) = c.origin {
+            XattrFd::Open(fd)
+                .set(self.identity_xattrs().0, o, 0)
+                .at("set origin", Where::Work)?;
+        }
+        if c.meta_only {
+            crate::union::metacopy::mark(self.writable()?, XattrFd::Open(fd))?;
+        }
+        copy_times(fd, OsStr::new(""), c.st)?;
+        // An existing name fails with EEXIST, as RENAME_NOREPLACE does.
+        sys::link_fd(fd, pfd, name).at("publish copy-up", Where::Upper)?;
+        Ok(true)
     }
 
     /// Carries the lower object's inode flags to its copy as kernel overlayfs's
@@ -322,7 +461,6 @@ impl UnionFs {
         top: crate::union::layer::LowerIdx,
         lower_path: &std::path::Path,
     ) -> Result<()> {
-        use crate::union::fileattr::{Prot, FS_NOATIME_FL, FS_SYNC_FL};
         let t = st.st_mode & libc::S_IFMT;
         if t != libc::S_IFREG && t != libc::S_IFDIR {
             return Ok(());
@@ -332,14 +470,9 @@ impl UnionFs {
         else {
             return Ok(());
         };
-        let Ok(flags) = sys::get_flags(lfd.as_fd()) else {
+        let Some(wanted) = fileattr_to_copy(lfd.as_fd()) else {
             return Ok(());
         };
-        let prot = Prot::from_flags(flags);
-        let copy = flags & (FS_SYNC_FL | FS_NOATIME_FL);
-        if !prot.any() && copy == 0 {
-            return Ok(());
-        }
         let fd = rustix::fs::openat(
             work,
             tmp,
@@ -347,13 +480,20 @@ impl UnionFs {
             Mode::empty(),
         )
         .at("open copy", Where::Work)?;
+        self.apply_fileattr(fd.as_fd(), wanted)
+    }
+
+    /// Gives the copy open at `fd` the inode flags `fileattr_to_copy` found.
+    fn apply_fileattr(&self, fd: BorrowedFd<'_>, (prot, copy): (Prot, u32)) -> Result<()> {
         if prot.any() {
             let name = OsStr::new(self.protattr_name());
-            sys::set_xattr(fd.as_fd(), name, &prot.format(), 0).at("set protattr", Where::Work)?;
+            XattrFd::Open(fd)
+                .set(name, &prot.format(), 0)
+                .at("set protattr", Where::Work)?;
         }
         if copy != 0 {
-            let cur = sys::get_flags(fd.as_fd()).at("getflags", Where::Work)?;
-            sys::set_flags(fd.as_fd(), cur | copy).at("setflags", Where::Work)?;
+            let cur = sys::get_flags(fd).at("getflags", Where::Work)?;
+            sys::set_flags(fd, cur | copy).at("setflags", Where::Work)?;
         }
         Ok(())
     }
@@ -518,18 +658,34 @@ impl UnionFs {
         .at("open copy", Where::Work)?;
         // Owner and mode first (chown drops security.capability and set-id bits), then
         // the xattrs, then the times (which nothing after changes).
-        // A shifted (idmapped) lower shows mount ids: store the ids they stand for.
+        copy_owner_mode(work, tmp, &self.disk_owner(st, layer))?;
+        copy_xattrs(XattrFd::Path(src.as_fd()), XattrFd::Path(copy.as_fd()), at)?;
+        copy_times(work, tmp, st)?;
+        tracing::trace!(?path, "copy built");
+        Ok(())
+    }
+
+    /// Records that this daemon just made the upper directory of `ino` (empty), when it
+    /// writes whiteouts as devices (see `Node::no_wh_files`).
+    pub(crate) fn made_upper_dir(&self, ino: u64) {
+        if self.format.map(|f| f.whiteout) != Some(crate::format::whiteout::WhiteoutKind::CharDev) {
+            return;
+        }
+        if let Ok(n) = self.nodes.write().get_mut(ino) {
+            n.no_wh_files = n.is_dir;
+        }
+    }
+
+    /// `st` with the owner to store for an object of lower `layer`: a shifted (idmapped)
+    /// lower shows mount ids, the copy gets the ids they stand for.
+    fn disk_owner(&self, st: &Stat, layer: u16) -> Stat {
         let mut owner = *st;
         if self.stack.lower(layer).shifted {
             let ids = &self.opts.ids;
             owner.st_uid = ids.uid_to_disk(st.st_uid).unwrap_or(st.st_uid);
             owner.st_gid = ids.gid_to_disk(st.st_gid).unwrap_or(st.st_gid);
         }
-        copy_owner_mode(work, tmp, &owner)?;
-        copy_xattrs(src.as_fd(), copy.as_fd(), at)?;
-        copy_times(work, tmp, st)?;
-        tracing::trace!(?path, "copy built");
-        Ok(())
+        owner
     }
 }
 

@@ -194,6 +194,11 @@ pub struct Node {
     pub upper: bool,
     /// The detached object is a lower layer's: it must never be written.
     pub detached_lower: bool,
+    /// An upper directory this daemon made in this mount (by mkdir or copy-up) while it
+    /// writes whiteouts as devices: it holds no `.wh.*` whiteout file, so a name missing
+    /// from it needs no look for one (a `.wh.*` name made through the mount is literal).
+    /// False when not known.
+    pub no_wh_files: bool,
     /// The object's `overlay.protattr` flags as last read or written (see
     /// `crate::union::fileattr::ProtCache`); 0 while not known.
     pub prot: u8,
@@ -212,6 +217,7 @@ impl Node {
             is_dir,
             upper,
             detached_lower: false,
+            no_wh_files: false,
             prot: 0,
             extra: None,
         }

@@ -225,6 +225,8 @@ impl Resolved {
 pub struct DirInfo {
     pub upper: Option<PathBuf>,
     pub lower: Option<Arc<LowerRef>>,
+    /// The upper directory holds no `.wh.*` whiteout files (see `Node::no_wh_files`).
+    pub no_wh_files: bool,
 }
 
 /// The overlay marks of one directory: its opaque state and its redirect.
@@ -649,6 +651,7 @@ impl UnionFs {
                 None
             },
             lower: node.lower().and_then(Lower::dir).cloned(),
+            no_wh_files: node.no_wh_files,
         })
     }
 
@@ -665,6 +668,8 @@ impl UnionFs {
         let mut upper_gen = 0;
         let mut origin_gen = None;
         let mut inner_whiteout = false;
+        // The upper has no entry of the name: a `.wh.NAME` file there may hide the lowers'.
+        let mut check_wh_file = None;
         if let Some(pu) = &parent.upper {
             let pfd = self.upper_dir(pu)?;
             match rustix::fs::statat(&pfd, name, AtFlags::SYMLINK_NOFOLLOW) {
@@ -721,8 +726,8 @@ impl UnionFs {
                     upper = Some(st);
                 }
                 Err(Errno::NOENT) => {
-                    if whiteout_file_hides(pfd.as_fd(), name)? {
-                        return Err(Error::NotFound);
+                    if !parent.no_wh_files {
+                        check_wh_file = Some(pfd);
                     }
                 }
                 Err(e) => return Err(Error::os("stat", e, Where::Upper)),
@@ -747,6 +752,12 @@ impl UnionFs {
         };
         if upper.is_none() && lower.is_none() {
             return Err(Error::NotFound);
+        }
+        // Only now: a name no layer has is missing whatever the upper holds.
+        if let Some(pfd) = check_wh_file {
+            if lower.is_some() && whiteout_file_hides(pfd.as_fd(), name)? {
+                return Err(Error::NotFound);
+            }
         }
         let lower_stat = match &lower {
             Some(l) => match l.top() {

@@ -332,8 +332,8 @@ pub(crate) fn create_sparse(dir: BorrowedFd<'_>, name: &OsStr, size: u64) -> Res
 
 /// Marks the copy being built behind `fd` a metacopy file (the kernel's value: empty, no
 /// digest).
-pub(crate) fn mark(fmt: WriteFormat, fd: BorrowedFd<'_>) -> Result<()> {
+pub(crate) fn mark(fmt: WriteFormat, fd: sys::XattrFd<'_>) -> Result<()> {
     let value = fmt_metacopy::encode(&fmt_metacopy::Metacopy::default());
-    sys::set_xattr(fd, OsStr::new(fmt.xattr_ns.metacopy()), &value, 0)
+    fd.set(OsStr::new(fmt.xattr_ns.metacopy()), &value, 0)
         .at("set metacopy", Where::Work)
 }

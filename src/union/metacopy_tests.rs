@@ -36,10 +36,19 @@ fn chmod(fs: &crate::union::UnionFs, ino: u64, mode: u32) {
 
 #[test]
 fn chmod_copies_metadata_then_a_write_the_data_in_place() {
+    // An O_TMPFILE linked into place, and a named work-directory file renamed.
+    for named in [false, true] {
+        chmod_copies_metadata_then_data_with(named);
+    }
+}
+
+fn chmod_copies_metadata_then_data_with(named: bool) {
     let f = Fixture::new(1);
     let data = "0123456789".repeat(1000);
     f.write(&f.l(0), "d/file", &data);
     let fs = f.fs();
+    fs.no_tmpfile
+        .store(named, std::sync::atomic::Ordering::Relaxed);
     let ino = walk(&fs, "d/file").unwrap();
     chmod(&fs, ino, 0o600);
     let up = f.u().join("d/file");

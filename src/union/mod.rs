@@ -229,6 +229,8 @@ pub struct UnionFs {
     pub(crate) dirs: dirfd::DirFdCache,
     inos: InoMap,
     tmp_seq: AtomicU64,
+    /// The work directory's filesystem refused `O_TMPFILE`: copies are built under names.
+    pub(crate) no_tmpfile: std::sync::atomic::AtomicBool,
     /// Counts namespace changes (taken under `ns_lock`): tells when the export maps of
     /// the upper may be out of date.
     ns_changes: AtomicU64,
@@ -307,6 +309,7 @@ impl UnionFs {
             dirs: dirfd::DirFdCache::new(dir_cache_capacity()),
             inos: InoMap::new(devs),
             tmp_seq: AtomicU64::new(0),
+            no_tmpfile: Default::default(),
             ns_changes: AtomicU64::new(0),
             export: opts_export.then(|| export::ExportMaps::new(lowers)),
             metacopy,

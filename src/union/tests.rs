@@ -241,6 +241,14 @@ fn whiteout_hides_only_below_its_layer() {
 
 #[test]
 fn copy_up_keeps_data_meta_and_inode() {
+    // Both ways a regular file is built: an O_TMPFILE linked into place, and a named
+    // work-directory file renamed (where the work directory's filesystem has no O_TMPFILE).
+    for named in [false, true] {
+        copy_up_keeps_data_meta_and_inode_with(named);
+    }
+}
+
+fn copy_up_keeps_data_meta_and_inode_with(named: bool) {
     let f = Fixture::new(1);
     f.write(&f.l(0), "dir/file", "data");
     std::fs::set_permissions(
@@ -251,6 +259,8 @@ fn copy_up_keeps_data_meta_and_inode() {
     std::os::unix::fs::chown(f.l(0).join("dir/file"), Some(1234), Some(5678)).unwrap();
     set_xattr(&f.l(0).join("dir/file"), "user.keep", b"v");
     let fs = f.fs();
+    fs.no_tmpfile
+        .store(named, std::sync::atomic::Ordering::Relaxed);
     let ino = walk(&fs, "dir/file").unwrap();
     let before = fs.getattr(ino).unwrap();
     let fh = fs.open(ino, libc::O_WRONLY).unwrap();

@@ -311,6 +311,9 @@ impl UnionFs {
         };
         let r = self.new_resolved(&info, pfd.as_fd(), name, kind, inner_wh)?;
         let attr = self.pin(parent, name, &r, forced)?;
+        if r.is_dir {
+            self.made_upper_dir(attr.ino);
+        }
         Ok((attr, file))
     }
 

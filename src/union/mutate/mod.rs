@@ -247,6 +247,7 @@ impl UnionFs {
                 _ => None,
             },
             lower: r.lower.as_ref().and_then(Lower::dir).cloned(),
+            no_wh_files: false,
         };
         if !self.merged_entries(&info, None)?.is_empty() {
             return Ok(false);
