@@ -86,8 +86,8 @@ fn auto_serves_over_what_the_kernel_offers() {
     }
     let stack = new_stack();
     let stats = stack.root.join("stats.json");
-    // The daemon inherits the variable; only this test of this crate sets it.
-    std::env::set_var("RLAYERFS_STATS", &stats);
+    // For this test's daemon only (see `set_thread_fuse_env`).
+    common::mount::set_thread_fuse_env("RLAYERFS_STATS", &stats);
     let m = FuseMount::mount(&stack).unwrap();
     workload(m.path());
     let pid = m.daemons()[0];

@@ -1,9 +1,11 @@
 //! Copy-up: making a lower object writable by copying it into the upper layer.
 //!
-//! The copy is built under a fresh name in the work directory (data with holes kept,
-//! then xattrs, owner, mode, timestamps), its data made durable with fdatasync unless the
-//! mount is volatile or the file is empty, and only then renamed into place with
-//! RENAME_NOREPLACE. Under `metacopy` a regular file whose data is not wanted yet (an
+//! The copy is built in the work directory (data with holes kept, then xattrs, owner,
+//! mode, timestamps), its data made durable with fdatasync unless the mount is volatile or
+//! the file is empty, and only then published: a regular file with data and one name is
+//! an `O_TMPFILE` linked into place (as kernel overlayfs's `ovl_copy_up_tmpfile`: no
+//! work-directory entry, no rename), everything else is built under a fresh name and
+//! renamed into place with RENAME_NOREPLACE. Under `metacopy` a regular file whose data is not wanted yet (an
 //! attribute change, a rename, a link) gets no data: an empty file of its size, marked
 //! (see `crate::union::metacopy`), which needs no fdatasync. A daemon killed at
 //! any point leaves either no upper object or a complete one; the work directory's

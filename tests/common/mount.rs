@@ -171,6 +171,16 @@ pub struct KernelOverlay {
 
 thread_local! {
     static THREAD_FUSE_ARGS: std::cell::RefCell<Vec<String>> = const { std::cell::RefCell::new(Vec::new()) };
+    static THREAD_FUSE_ENV: std::cell::RefCell<Vec<(String, PathBuf)>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// An environment variable for the daemons this test thread starts from now on. Not
+/// `std::env::set_var`: that is the whole process's, so the daemons of the tests running
+/// beside it in other threads would get it too (a request report file set that way was
+/// overwritten by another test's daemon at its unmount).
+#[allow(dead_code)]
+pub fn set_thread_fuse_env(name: &str, value: &Path) {
+    THREAD_FUSE_ENV.with(|e| e.borrow_mut().push((name.to_string(), value.to_path_buf())));
 }
 
 /// Extra rlayerfs arguments for every FUSE mount this test thread makes from now on
@@ -319,6 +329,7 @@ impl FuseMount {
     fn mount_full(dirs: &MountDirs, options: Option<&str>, args: &[&str]) -> io::Result<FuseMount> {
         let bin = fuse_bin();
         let mut cmd = Command::new(&bin);
+        THREAD_FUSE_ENV.with(|e| cmd.envs(e.borrow().iter().map(|(k, v)| (k, v))));
         if takes_mount_subcommand(&bin) {
             cmd.arg("mount");
             cmd.args(args);
