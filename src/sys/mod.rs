@@ -368,6 +368,29 @@ pub fn link_fd(fd: BorrowedFd<'_>, dir: BorrowedFd<'_>, name: &OsStr) -> Result<
     rustix::fs::linkat(rustix::fs::CWD, &*proc, dir, name, AtFlags::SYMLINK_FOLLOW)
 }
 
+/// Reads the xattr names with `list` (a listxattr-style call: fills the buffer, or with an
+/// empty one returns the size), growing the buffer on ERANGE; none where the filesystem
+/// has no xattrs.
+fn read_xattr_names(mut list: impl FnMut(&mut [u8]) -> Result<usize>) -> Result<Vec<OsString>> {
+    let mut buf = vec![0u8; 1024];
+    let n = loop {
+        match list(&mut buf[..]) {
+            Ok(n) => break n,
+            Err(Errno::RANGE) => {
+                let size = list(&mut [])?;
+                buf.resize(size.max(buf.len() * 2), 0);
+            }
+            Err(Errno::NOTSUP) => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        }
+    };
+    Ok(buf[..n]
+        .split(|b| *b == 0)
+        .filter(|s| !s.is_empty())
+        .map(|s| OsString::from_vec(s.to_vec()))
+        .collect())
+}
+
 /// An fd to read or write xattrs through, by how it was opened: the `f*xattr` calls act
 /// on an open file directly, while an `O_PATH` fd (which they refuse with EBADF) needs
 /// the path calls on `/proc/self/fd/N`, a path walk each.
@@ -382,31 +405,13 @@ pub enum XattrFd<'a> {
 impl XattrFd<'_> {
     /// The xattr names of the object (none where its filesystem has no xattrs).
     pub fn list(self) -> Result<Vec<OsString>> {
-        let path = match self {
-            XattrFd::Path(fd) => Some(proc_fd_path(&fd)),
-            XattrFd::Open(_) => None,
-        };
-        let list = |buf: &mut [u8]| match (&path, self) {
-            (Some(p), _) => rustix::fs::listxattr(&**p, buf),
-            (None, XattrFd::Open(fd) | XattrFd::Path(fd)) => rustix::fs::flistxattr(fd, buf),
-        };
-        let mut buf = vec![0u8; 1024];
-        let n = loop {
-            match list(&mut buf[..]) {
-                Ok(n) => break n,
-                Err(Errno::RANGE) => {
-                    let size = list(&mut [])?;
-                    buf.resize(size.max(buf.len() * 2), 0);
-                }
-                Err(Errno::NOTSUP) => return Ok(Vec::new()),
-                Err(e) => return Err(e),
+        match self {
+            XattrFd::Path(fd) => {
+                let path = proc_fd_path(&fd);
+                read_xattr_names(|buf| rustix::fs::listxattr(&*path, buf))
             }
-        };
-        Ok(buf[..n]
-            .split(|b| *b == 0)
-            .filter(|s| !s.is_empty())
-            .map(|s| OsString::from_vec(s.to_vec()))
-            .collect())
+            XattrFd::Open(fd) => read_xattr_names(|buf| rustix::fs::flistxattr(fd, buf)),
+        }
     }
 
     /// One xattr's value; `Ok(None)` when absent.

@@ -5,9 +5,9 @@
 //! the file is empty, and only then published: a regular file with data and one name is
 //! an `O_TMPFILE` linked into place (as kernel overlayfs's `ovl_copy_up_tmpfile`: no
 //! work-directory entry, no rename), everything else is built under a fresh name and
-//! renamed into place with RENAME_NOREPLACE. Under `metacopy` a regular file whose data is not wanted yet (an
-//! attribute change, a rename, a link) gets no data: an empty file of its size, marked
-//! (see `crate::union::metacopy`), which needs no fdatasync. A daemon killed at
+//! renamed into place with RENAME_NOREPLACE. Under `metacopy` a regular file whose data
+//! is not wanted yet (an attribute change, a rename, a link) gets no data: an empty file
+//! of its size, marked (see `crate::union::metacopy`), which needs no fdatasync. A daemon killed at
 //! any point leaves either no upper object or a complete one; the work directory's
 //! leftovers are removed at the next mount. Parents are copied up first, each the same
 //! way. Callers hold `ns_lock`.
@@ -67,6 +67,7 @@ struct TmpfileCopy<'a> {
     src: BorrowedFd<'a>,
     st: &'a Stat,
     layer: u16,
+    path: &'a Path,
     data: &'a crate::union::inode::DataLoc,
     meta_only: bool,
     origin: Option<&'a [u8]>,
@@ -249,15 +250,13 @@ impl UnionFs {
                 src: src.as_fd(),
                 st: &st,
                 layer: top,
+                path: &lower_path,
                 data: &data_loc,
                 meta_only,
                 origin: origin.as_deref(),
             };
             if self.copy_up_tmpfile(plan, pfd.as_fd(), &name)? {
-                if let Ok(n) = self.nodes.write().get_mut(ino) {
-                    n.upper = true;
-                    n.set_data(meta_only.then_some(data_loc));
-                }
+                self.note_copied_up(ino, (None, 0), meta_only.then_some(data_loc));
                 tracing::debug!(ino, path = ?lower_path, meta_only, "copied up (tmpfile)");
                 return Ok(());
             }
@@ -349,17 +348,56 @@ impl UnionFs {
                 (None, if linked { st.st_nlink as i64 - 1 } else { 0 })
             }
         };
-        if let Ok(n) = self.nodes.write().get_mut(ino) {
-            n.upper = true;
-            n.set_index(index_entry);
-            n.set_nlink_offset(offset);
-            n.set_data(meta_only.then_some(data_loc));
-        }
+        self.note_copied_up(ino, (index_entry, offset), meta_only.then_some(data_loc));
+        tracing::debug!(ino, path = ?lower_path, meta_only, "copied up");
+        Ok(())
+    }
+
+    /// Records in the node of `ino` that its object is in the upper layer now: with its
+    /// index entry and link-count offset, and where its data is while it is a metacopy
+    /// file. A directory copied up is one this daemon made (see `made_upper_dir`).
+    fn note_copied_up(
+        &self,
+        ino: u64,
+        (index_entry, offset): (Option<Arc<str>>, i64),
+        data: Option<crate::union::inode::DataLoc>,
+    ) {
+        let is_dir = match self.nodes.write().get_mut(ino) {
+            Ok(n) => {
+                n.upper = true;
+                n.set_index(index_entry);
+                n.set_nlink_offset(offset);
+                n.set_data(data);
+                n.is_dir
+            }
+            Err(_) => return,
+        };
         if is_dir {
             self.made_upper_dir(ino);
         }
-        tracing::debug!(ino, path = ?lower_path, meta_only, "copied up");
-        Ok(())
+    }
+
+    /// The lower file open at `src` (`O_PATH`, shown by fstat to be a regular file) opened
+    /// for reading through its magic link (no O_NOFOLLOW: the link must be followed, to
+    /// that object). O_NOATIME: copying is not a read by the user (falls back without it
+    /// where ownership is missing).
+    fn reopen_for_copy(src: BorrowedFd<'_>) -> rustix::io::Result<std::os::fd::OwnedFd> {
+        let proc = sys::proc_fd_path(&src);
+        let flags = OFlags::RDONLY | OFlags::CLOEXEC;
+        rustix::fs::open(&*proc, flags | OFlags::NOATIME, Mode::empty())
+            .or_else(|_| rustix::fs::open(&*proc, flags, Mode::empty()))
+    }
+
+    /// The data of a lower metacopy file: the file at `data` in another layer, opened for
+    /// reading by its path there (never following a symlink).
+    fn open_data_elsewhere(
+        &self,
+        data: &crate::union::inode::DataLoc,
+    ) -> Result<std::os::fd::OwnedFd> {
+        let key = crate::union::dirfd::LayerKey::Lower(data.layer);
+        let flags = OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW;
+        self.open_in(key, &data.path, flags | OFlags::NOATIME)
+            .or_else(|_| self.open_in(key, &data.path, flags))
     }
 
     /// Copies up a regular file the way kernel overlayfs's `ovl_copy_up_tmpfile` does: an
@@ -380,13 +418,7 @@ impl UnionFs {
             return Ok(false);
         }
         let at = Where::Lower(c.layer);
-        // Reopened through the magic link, which lands on the object fstat just showed to
-        // be a regular file. O_NOATIME: copying is not a read by the user.
-        let proc = sys::proc_fd_path(&c.src);
-        let ro = OFlags::RDONLY | OFlags::CLOEXEC;
-        let Ok(lower) = rustix::fs::open(&*proc, ro | OFlags::NOATIME, Mode::empty())
-            .or_else(|_| rustix::fs::open(&*proc, ro, Mode::empty()))
-        else {
+        let Ok(lower) = Self::reopen_for_copy(c.src) else {
             return Ok(false);
         };
         let work = self.work_dir()?;
@@ -405,15 +437,10 @@ impl UnionFs {
             rustix::fs::ftruncate(&copy, size).at("truncate copy", Where::Work)?;
         } else {
             let other;
-            let data = if c.data.layer == c.layer {
+            let data = if c.data.layer == c.layer && c.data.path == c.path {
                 lower.as_fd()
             } else {
-                // A lower metacopy file: its data is in another layer's file.
-                let key = crate::union::dirfd::LayerKey::Lower(c.data.layer);
-                let flags = ro | OFlags::NOFOLLOW;
-                other = self
-                    .open_in(key, &c.data.path, flags | OFlags::NOATIME)
-                    .or_else(|_| self.open_in(key, &c.data.path, flags))?;
+                other = self.open_data_elsewhere(c.data)?;
                 other.as_fd()
             };
             sys::copy_file_data(data, copy.as_fd(), size).at("copy data", Where::Work)?;
@@ -604,21 +631,11 @@ impl UnionFs {
             FileType::RegularFile => {
                 let (data_loc, _) = data;
                 let at = Where::Lower(data_loc.layer);
-                let proc = crate::union::attr::proc_path(&src.as_fd());
-                // No O_NOFOLLOW: the magic link must be followed, to the object that fstat
-                // just showed to be a regular file. O_NOATIME: copying is not a read by
-                // the user (falls back without it where ownership is missing). A lower
-                // metacopy file's data is in another file, opened by its path.
-                let flags = OFlags::RDONLY | OFlags::CLOEXEC;
+                // A lower metacopy file's data is in another file, opened by its path.
                 let data = if data_loc.layer == layer && data_loc.path == path {
-                    rustix::fs::open(&*proc, flags | OFlags::NOATIME, Mode::empty())
-                        .or_else(|_| rustix::fs::open(&*proc, flags, Mode::empty()))
-                        .at("open lower data", at)?
+                    Self::reopen_for_copy(src.as_fd()).at("open lower data", at)?
                 } else {
-                    let key = crate::union::dirfd::LayerKey::Lower(data_loc.layer);
-                    let flags = flags | OFlags::NOFOLLOW;
-                    self.open_in(key, &data_loc.path, flags | OFlags::NOATIME)
-                        .or_else(|_| self.open_in(key, &data_loc.path, flags))?
+                    self.open_data_elsewhere(data_loc)?
                 };
                 let dst = rustix::fs::openat(
                     work,

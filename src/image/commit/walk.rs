@@ -191,16 +191,7 @@ impl<W: Write> Committer<'_, W> {
         let m = safe_fs::stat_fd(root.as_fd()).map_err(|e| self.io("stat", b"", e))?;
         let xattrs =
             safe_fs::list_xattrs_fd(root.as_fd()).map_err(|e| self.io("read xattrs", b"", e))?;
-        let mut h = Hdr {
-            kind: tar::EntryType::Directory,
-            perm: m.perm,
-            uid: u64::from(m.uid),
-            gid: u64::from(m.gid),
-            mtime: u64::try_from(m.mtime).unwrap_or(0),
-            size: 0,
-            major: 0,
-            minor: 0,
-        };
+        let mut h = Hdr::of(tar::EntryType::Directory, &m);
         let (_, exported) = exported_xattrs(xattrs, &mut h, Kind::Dir);
         self.out
             .entry(b"./", &h, None, &exported, None)
@@ -328,16 +319,7 @@ impl<W: Write> Committer<'_, W> {
         m: Meta,
         lower: bool,
     ) -> Result<(), ImageError> {
-        let mut h = Hdr {
-            kind: tar::EntryType::Regular,
-            perm: m.perm,
-            uid: u64::from(m.uid),
-            gid: u64::from(m.gid),
-            mtime: u64::try_from(m.mtime).unwrap_or(0),
-            size: 0,
-            major: m.major,
-            minor: m.minor,
-        };
+        let mut h = Hdr::of(tar::EntryType::Regular, &m);
         let (xattrs, file, dirfd) = match m.kind {
             Kind::Dir => {
                 let d = safe_fs::open_dir_at(dir, name).map_err(|e| self.io("open", path, e))?;
@@ -445,5 +427,22 @@ impl<W: Write> Committer<'_, W> {
             self.walk(Some(&d), &tar_path)?;
         }
         Ok(())
+    }
+}
+
+impl Hdr {
+    /// The header of an object stat'ed as `m`, as type `kind` (the caller sets the size
+    /// of what it writes, and a type it learns later).
+    fn of(kind: tar::EntryType, m: &Meta) -> Hdr {
+        Hdr {
+            kind,
+            perm: m.perm,
+            uid: u64::from(m.uid),
+            gid: u64::from(m.gid),
+            mtime: u64::try_from(m.mtime).unwrap_or(0),
+            size: 0,
+            major: m.major,
+            minor: m.minor,
+        }
     }
 }
