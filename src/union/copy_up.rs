@@ -62,9 +62,11 @@ fn fileattr_to_copy(lfd: BorrowedFd<'_>) -> Option<(Prot, u32)> {
 }
 
 /// What [`UnionFs::copy_up_tmpfile`] copies: the lower regular file open at `src`
-/// (`O_PATH`) with its stat, in `layer`, whose data is at `data`.
+/// (for reading, or `O_PATH`) with its stat, in `layer`, whose data is at `data`.
 struct TmpfileCopy<'a> {
     src: BorrowedFd<'a>,
+    /// `src` is open for reading (else it is an `O_PATH` fd).
+    readable: bool,
     st: &'a Stat,
     layer: u16,
     path: &'a Path,
@@ -164,7 +166,7 @@ impl UnionFs {
     /// Copies up one object whose parent is already in the upper layer, with its data
     /// when `want_data` or when the mount does no metacopy.
     fn copy_up_one(&self, ino: u64, want_data: bool) -> Result<()> {
-        let (parent, name, lower, index, data_src) = {
+        let (parent, name, lower, index, data_src, lower_reg) = {
             let nodes = self.nodes.read();
             let node = nodes.get(ino)?;
             if node.upper {
@@ -179,6 +181,7 @@ impl UnionFs {
                 node.lower_path(),
                 node.index().cloned(),
                 node.data().cloned(),
+                node.lower_reg,
             )
         };
         let upper_parent = self.nodes.read().path_of(parent)?;
@@ -219,8 +222,23 @@ impl UnionFs {
         }
         let (top, lower_path) = lower.ok_or(Error::Invariant("node without upper or lower"))?;
         let at = Where::Lower(top);
-        let src = self.path_fd(crate::union::dirfd::LayerKey::Lower(top), &lower_path)?;
+        let key = crate::union::dirfd::LayerKey::Lower(top);
+        // A lower file last seen as regular is opened for reading at once (one open, not
+        // an `O_PATH` fd and a reopen through its magic link); anything else, or a file
+        // that cannot be read, is held by `O_PATH`.
+        let read = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY;
+        let (src, mut readable) = match lower_reg {
+            true => match self
+                .open_in(key, &lower_path, read | OFlags::NOATIME)
+                .or_else(|_| self.open_in(key, &lower_path, read))
+            {
+                Ok(fd) => (fd, true),
+                Err(_) => (self.path_fd(key, &lower_path)?, false),
+            },
+            false => (self.path_fd(key, &lower_path)?, false),
+        };
         let st = rustix::fs::fstat(&src).at("stat lower", at)?;
+        readable &= st.st_mode & libc::S_IFMT == libc::S_IFREG;
         let origin = if self.can_carry_identity(st.st_mode) {
             self.origin_of(top, src.as_fd())
         } else {
@@ -248,6 +266,7 @@ impl UnionFs {
         {
             let plan = TmpfileCopy {
                 src: src.as_fd(),
+                readable,
                 st: &st,
                 layer: top,
                 path: &lower_path,
@@ -418,12 +437,23 @@ impl UnionFs {
             return Ok(false);
         }
         let at = Where::Lower(c.layer);
-        let Ok(lower) = Self::reopen_for_copy(c.src) else {
-            return Ok(false);
+        let reopened;
+        let lower = if c.readable {
+            c.src
+        } else {
+            let Ok(fd) = Self::reopen_for_copy(c.src) else {
+                return Ok(false);
+            };
+            reopened = fd;
+            reopened.as_fd()
         };
         let work = self.work_dir()?;
         let tmp_flags = OFlags::TMPFILE | OFlags::WRONLY | OFlags::CLOEXEC;
-        let copy = match rustix::fs::openat(work, ".", tmp_flags, Mode::from_raw_mode(0o600)) {
+        // Made with the lower file's permission bits (less the umask), so that where the
+        // owner is right already no chmod is needed. Nothing can reach it before the link.
+        let owner = self.disk_owner(c.st, c.layer);
+        let want_mode = owner.st_mode & 0o7777;
+        let copy = match rustix::fs::openat(work, ".", tmp_flags, Mode::from_raw_mode(want_mode)) {
             Ok(fd) => fd,
             Err(rustix::io::Errno::OPNOTSUPP | rustix::io::Errno::ISDIR) => {
                 tracing::debug!("no O_TMPFILE in the work directory: named copies");
@@ -450,13 +480,14 @@ impl UnionFs {
             }
         }
         let fd = copy.as_fd();
-        let owner = self.disk_owner(c.st, c.layer);
         let made = rustix::fs::fstat(fd).at("stat copy", Where::Work)?;
         if (made.st_uid, made.st_gid) == (owner.st_uid, owner.st_gid) {
             // Made with the right owner already (a journaled chown the less); a new file
-            // has neither set-id bits nor capabilities for a chown to clear.
-            sys::chmod_at(fd, OsStr::new(""), owner.st_mode & 0o7777)
-                .at("chmod copy", Where::Work)?;
+            // has no capabilities for a chown to clear. The umask, or the kernel dropping
+            // a set-group-id bit for a group not the creator's, may have left the mode short.
+            if made.st_mode & 0o7777 != want_mode {
+                sys::chmod_at(fd, OsStr::new(""), want_mode).at("chmod copy", Where::Work)?;
+            }
         } else {
             copy_owner_mode(fd, OsStr::new(""), &owner)?;
         }

@@ -199,6 +199,11 @@ pub struct Node {
     /// from it needs no look for one (a `.wh.*` name made through the mount is literal).
     /// False when not known.
     pub no_wh_files: bool,
+    /// The lower object was a regular file when it was last looked up: a copy-up may open
+    /// it for reading at once (with O_NOFOLLOW, then checked by fstat) instead of through
+    /// an `O_PATH` fd and its magic link. False when not known: a device must never be
+    /// opened, since opening one can act (a watchdog starts).
+    pub lower_reg: bool,
     /// The object's `overlay.protattr` flags as last read or written (see
     /// `crate::union::fileattr::ProtCache`); 0 while not known.
     pub prot: u8,
@@ -218,6 +223,7 @@ impl Node {
             upper,
             detached_lower: false,
             no_wh_files: false,
+            lower_reg: false,
             prot: 0,
             extra: None,
         }

@@ -1108,6 +1108,10 @@ impl UnionFs {
         let index = r.index.as_ref().map(|(n, _)| n.clone());
         let nlink_offset = r.nlink_offset;
         let data = r.data.as_ref().map(|d| d.loc.clone());
+        let lower_reg = r
+            .lower_stat
+            .as_ref()
+            .is_some_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG);
         nodes.add_lookup(ino, parent, name, || {
             let mut n = Node::new(is_dir, upper, lower.clone());
             n.set_nlink_offset(nlink_offset);
@@ -1130,6 +1134,7 @@ impl UnionFs {
             // go through `unname`).
             if n.parent == parent && n.name() == name && !n.upper {
                 n.upper = upper;
+                n.lower_reg = lower_reg;
                 if lower.is_some() || upper {
                     n.set_lower(lower);
                 }

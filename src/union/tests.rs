@@ -690,3 +690,63 @@ fn create_open_hands_back_a_writable_handle_and_create_keeps_none() {
     assert_eq!((made.mode & libc::S_IFMT, made.size), (libc::S_IFREG, 0));
     assert!(f.u().join("made").is_file());
 }
+
+#[test]
+fn copy_up_takes_the_lower_object_as_it_is_at_the_copy() {
+    // Modes the umask would cut (0o777) or that carry set-id bits are copied exactly by
+    // a change that does not touch them; a lower name that is no longer a regular file
+    // when it is copied up (looked up as one) is copied as what it is now, never opened
+    // for reading as a file.
+    let f = Fixture::new(1);
+    let perm = |rel: &str, mode: u32| {
+        std::fs::set_permissions(
+            f.l(0).join(rel),
+            std::os::unix::fs::PermissionsExt::from_mode(mode),
+        )
+        .unwrap()
+    };
+    f.write(&f.l(0), "d/open", "a");
+    perm("d/open", 0o777);
+    f.write(&f.l(0), "d/setid", "b");
+    perm("d/setid", 0o6755);
+    f.write(&f.l(0), "d/now_fifo", "c");
+    f.write(&f.l(0), "d/now_link", "d");
+    let fs = f.fs();
+    let touch = crate::union::attr::SetAttr {
+        mtime: Some(crate::union::attr::TimeSet::Now),
+        ..Default::default()
+    };
+    let inos: Vec<u64> = ["open", "setid", "now_fifo", "now_link"]
+        .iter()
+        .map(|n| walk(&fs, &format!("d/{n}")).unwrap())
+        .collect();
+    std::fs::remove_file(f.l(0).join("d/now_fifo")).unwrap();
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        f.l(0).join("d/now_fifo"),
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o640),
+        0,
+    )
+    .unwrap();
+    std::fs::remove_file(f.l(0).join("d/now_link")).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", f.l(0).join("d/now_link")).unwrap();
+    for ino in &inos {
+        // A FIFO with no writer would block a reading open without O_NONBLOCK.
+        fs.setattr(*ino, &touch).unwrap();
+    }
+    let up = |rel: &str| std::fs::symlink_metadata(f.u().join(rel)).unwrap();
+    assert_eq!(up("d/open").mode() & 0o7777, 0o777);
+    assert_eq!(up("d/setid").mode() & 0o7777, 0o6755);
+    use std::os::unix::fs::FileTypeExt;
+    assert!(up("d/now_fifo").file_type().is_fifo());
+    assert_eq!(up("d/now_fifo").mode() & 0o7777, 0o640);
+    assert!(
+        up("d/now_link").file_type().is_symlink(),
+        "copied as the symlink it is now"
+    );
+    assert_eq!(
+        std::fs::read_link(f.u().join("d/now_link")).unwrap(),
+        Path::new("/etc/passwd")
+    );
+}
