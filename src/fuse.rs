@@ -24,6 +24,7 @@ use crate::passthrough::{OpenKind, Passthrough};
 use crate::transport::Transport;
 use crate::union::attr::{SetAttr, TimeSet};
 use crate::union::mutate::NewKind;
+use crate::union::readdir::{DirPlusSink, DirSink};
 use crate::union::setid::KillSetIds;
 use crate::union::{Attr, Caller, Timespec, UnionFs};
 
@@ -229,6 +230,34 @@ impl OpenReply for CreatedReply {
             Generation(a.generation.into()),
             fh,
             FopenFlags::FOPEN_KEEP_CACHE,
+        )
+    }
+}
+
+/// READDIR's reply buffer as the core's listing sink.
+struct DirReply<'a>(&'a mut ReplyDirectory);
+
+impl DirSink for DirReply<'_> {
+    fn add(&mut self, ino: u64, offset: u64, kind: rustix::fs::FileType, name: &OsStr) -> bool {
+        self.0.add(INodeNo(ino), offset, kind_of(kind), name)
+    }
+}
+
+/// READDIRPLUS's reply buffer as the core's listing sink, each entry with its TTLs.
+struct DirPlusReply<'a> {
+    reply: &'a mut ReplyDirectoryPlus,
+    adapter: &'a FuseAdapter,
+}
+
+impl DirPlusSink for DirPlusReply<'_> {
+    fn add(&mut self, a: &Attr, offset: u64, name: &OsStr) -> bool {
+        self.reply.add(
+            INodeNo(a.ino),
+            offset,
+            name,
+            &self.adapter.attr_ttl(a.ino),
+            &to_fuse(a),
+            Generation(a.generation.into()),
         )
     }
 }
@@ -770,19 +799,13 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let (dir, start, recheck) = match self.fs.readdir(fh.0, offset) {
-            Ok(d) => d,
-            Err(e) => return reply.error(errno(&e, "readdir")),
-        };
-        for (e, off) in dir.entries[start..].iter().zip(&dir.offs[start..]) {
-            if recheck.as_ref().is_some_and(|r| !r.exists(&e.name)) {
-                continue;
-            }
-            if reply.add(INodeNo(e.ino), *off, kind_of(e.kind), &e.name) {
-                break;
-            }
+        match self
+            .fs
+            .readdir_into(fh.0, offset, &mut DirReply(&mut reply))
+        {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e, "readdir")),
         }
-        reply.ok();
     }
 
     fn readdirplus(
@@ -793,56 +816,14 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let (dir, start, recheck) = match self.fs.readdir(fh.0, offset) {
-            Ok(d) => d,
-            Err(e) => return reply.error(errno(&e, "readdirplus")),
+        let mut sink = DirPlusReply {
+            reply: &mut reply,
+            adapter: self,
         };
-        let mut added = false;
-        for (e, off) in dir.entries[start..].iter().zip(&dir.offs[start..]) {
-            let attr = if e.name == "." || e.name == ".." {
-                // The kernel takes no lookup reference for these and ignores their
-                // attributes: no stat needed.
-                Attr {
-                    ino: e.ino,
-                    mode: libc::S_IFDIR,
-                    ..Attr::default()
-                }
-            } else {
-                match self.fs.lookup(ino.0, &e.name) {
-                    Ok(a) => a,
-                    // Gone from an upper-only directory: not listed (see `Recheck`).
-                    Err(Error::NotFound) if recheck.is_some() => continue,
-                    // Gone since the listing was taken: still listed (the listing is a
-                    // snapshot, as kernel overlayfs's of a merged directory). A READDIRPLUS
-                    // entry's d_ino is its node id (fuser), which must be 0 here so the
-                    // kernel makes no dentry: end the reply before it instead, and the
-                    // kernel asks again with a plain READDIR (it uses READDIRPLUS only for
-                    // the first read or after a lookup), which gives the real d_ino.
-                    Err(_) if added => break,
-                    Err(_) => Attr {
-                        ino: 0,
-                        mode: e.kind.as_raw_mode(),
-                        ..Attr::default()
-                    },
-                }
-            };
-            if reply.add(
-                INodeNo(attr.ino),
-                *off,
-                &e.name,
-                &self.attr_ttl(attr.ino),
-                &to_fuse(&attr),
-                Generation(attr.generation.into()),
-            ) {
-                if e.name != "." && e.name != ".." && attr.ino != 0 {
-                    // Not sent: give the reference back.
-                    self.fs.forget(attr.ino, 1);
-                }
-                break;
-            }
-            added = true;
+        match self.fs.readdirplus_into(ino.0, fh.0, offset, &mut sink) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e, "readdirplus")),
         }
-        reply.ok();
     }
 
     fn releasedir(

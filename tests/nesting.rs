@@ -251,10 +251,9 @@ impl Drop for Inner {
         if self.kernel {
             let _ = common::mount::unmount_path(&self.mnt, |m| sys::umount2(m, 0));
         } else {
-            let _ = Command::new("fusermount3")
-                .arg("-u")
-                .arg(&self.mnt)
-                .status();
+            // With the retries on EBUSY of every other unmount here: a plain fusermount3
+            // alone failed once under load right after the tree was read.
+            let _ = common::mount::unmount_path(&self.mnt, common::mount::fusermount_u);
             // The daemon exits after the unmount, and until it has, its open layer
             // directories keep the outer mount busy (EBUSY for the outer unmount).
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);

@@ -3,7 +3,8 @@
 //! Every operation takes inode numbers and names, and returns plain values or an
 //! [`Error`](crate::error::Error) carrying an errno. The fuser adapter (`crate::fuse`) only
 //! translates. Submodules: `lookup` (resolving names through the layers, and the cached
-//! per-directory index of lower layers), `readdir` (merged listings), `copy_up`,
+//! per-directory index of lower layers), `readdir` (merged listings, their snapshots, and
+//! serving them into the adapter's reply), `copy_up`,
 //! `mutate` (create, unlink, rmdir, rename, link), `attr` (stat, setattr, xattrs),
 //! `handle` (open files and directories), `tmpfile` (unnamed files, `O_TMPFILE`), `fileattr`
 //! (inode flags, `chattr`, and the immutable/append-only protection kept in

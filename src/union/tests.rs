@@ -540,7 +540,7 @@ fn open_dirs_snapshot_and_one_uses_the_kernel_cache() {
         a_cache && !b_cache,
         "one open handle at a time uses the kernel cache"
     );
-    let (first, start, _) = fs.readdir(a, 0).unwrap();
+    let (first, start, _) = fs.listing(a, 0).unwrap();
     assert_eq!((first.entries.len(), start), (7, 0));
     // Stop after the third entry, remove the fourth and fifth, then read on.
     let after = first.offs[2];
@@ -548,17 +548,17 @@ fn open_dirs_snapshot_and_one_uses_the_kernel_cache() {
     for name in &gone {
         fs.unlink(d, name).unwrap();
     }
-    let (same, i, _) = fs.readdir(a, after).unwrap();
+    let (same, i, _) = fs.listing(a, after).unwrap();
     assert_eq!(
         same.entries[i].name, gone[0],
         "the open handle keeps its snapshot"
     );
     // Another handle lists the directory as it is now, with the same offsets.
-    let (now, j, _) = fs.readdir(b, after).unwrap();
+    let (now, j, _) = fs.listing(b, after).unwrap();
     assert!(now.entries[j..].iter().all(|e| !gone.contains(&e.name)));
     assert_eq!(now.entries.len(), 5);
     // rewinddir: a new snapshot.
-    let (fresh, _, _) = fs.readdir(a, 0).unwrap();
+    let (fresh, _, _) = fs.listing(a, 0).unwrap();
     assert_eq!(fresh.entries.len(), 5);
     fs.releasedir(a);
     let (c, c_cache) = fs.opendir(d).unwrap();

@@ -474,7 +474,8 @@ impl FuseMount {
     }
 }
 
-fn fusermount_u(mnt: &Path) -> io::Result<()> {
+/// `fusermount3 -u`: the first try of [`unmount_path`] for a FUSE mount.
+pub fn fusermount_u(mnt: &Path) -> io::Result<()> {
     let out = Command::new("fusermount3")
         .arg("-u")
         .arg(mnt)

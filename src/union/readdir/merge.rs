@@ -1,5 +1,5 @@
-//! Merged directory listings: the upper directory first, then the cached lower index;
-//! a name appears once, whiteouts and `.wh.*` names never appear.
+//! Merging a directory's layers into one listing: the upper directory first, then the
+//! cached lower index; a name appears once, whiteouts and `.wh.*` names never appear.
 
 use std::collections::HashSet;
 use std::ffi::OsString;
