@@ -458,6 +458,10 @@ impl UnionFs {
                 Err(e) => return Err(Error::os("open lower dir", e, at)),
             };
             let marks = dir_marks(pfd.as_fd())?;
+            // Xattr whiteouts are listed as whiteouts where the directory is marked
+            // `opaque=x`, as kernel overlayfs's readdir takes them. Elsewhere one is an
+            // entry here and in the kernel's listings, though a lookup of it finds a
+            // whiteout (see `resolve`), as the kernel's does.
             let xattr_whiteouts = !marks.opaque && marks.xattr_whiteouts;
             let listing = sys::read_dir(sys::reopen_dir_for_read(pfd.as_fd()).at("opendir", at)?)
                 .at("readdir", at)?;
@@ -764,6 +768,15 @@ impl UnionFs {
                 Some(top) => {
                     let path = l.path_at(name);
                     let mut st = self.stat_lower(top, &path)?;
+                    // Kernel overlayfs's lookup takes a zero-size file with the whiteout
+                    // xattr for a whiteout in any directory (`ovl_path_is_whiteout`); only
+                    // its readdir wants the directory marked (see `build_lower_dir`).
+                    if upper.is_none()
+                        && matches!(l, Lower::Entry { .. })
+                        && self.lower_is_xattr_whiteout(top, &path, &st)?
+                    {
+                        return Err(Error::NotFound);
+                    }
                     if upper.is_none() && self.lower_is_inner_whiteout(top, &path, &st)? {
                         inner_whiteout = true;
                         show_inner_whiteout(&mut st);
@@ -848,6 +861,23 @@ impl UnionFs {
 
     /// Whether the lower object at `path` of layer `layer` (stat `st`) is an inner
     /// overlay's whiteout.
+    /// The lower entry at `path` (stat `st`) is an xattr whiteout the lower index did not
+    /// take for one (its directory is not marked as holding them).
+    pub(crate) fn lower_is_xattr_whiteout(
+        &self,
+        layer: LowerIdx,
+        path: &Path,
+        st: &Stat,
+    ) -> Result<bool> {
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG || st.st_size != 0 {
+            return Ok(false);
+        }
+        match self.parent_in(crate::union::dirfd::LayerKey::Lower(layer), path)? {
+            (pfd, Some(name), _) => is_xattr_whiteout(pfd.as_fd(), name),
+            _ => Ok(false),
+        }
+    }
+
     fn lower_is_inner_whiteout(&self, layer: LowerIdx, path: &Path, st: &Stat) -> Result<bool> {
         if st.st_mode & libc::S_IFMT != libc::S_IFREG || st.st_size != 0 {
             return Ok(false);

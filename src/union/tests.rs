@@ -750,3 +750,31 @@ fn copy_up_takes_the_lower_object_as_it_is_at_the_copy() {
         Path::new("/etc/passwd")
     );
 }
+
+#[test]
+fn xattr_whiteout_in_an_unmarked_directory_hides_on_lookup_and_needs_no_whiteout() {
+    // Kernel overlayfs's lookup takes a zero-size file with the whiteout xattr for a
+    // whiteout whether or not its directory is marked `opaque=x` (`ovl_path_is_whiteout`),
+    // and removing an upper file over one leaves no whiteout (`ovl_lower_positive`).
+    let f = Fixture::new(2);
+    for d in ["d", "u"] {
+        f.write(&f.l(1), &format!("{d}/c"), "real");
+        f.write(&f.l(0), &format!("{d}/c"), "");
+        set_xattr(
+            &f.l(0).join(format!("{d}/c")),
+            "trusted.overlay.whiteout",
+            b"y",
+        );
+    }
+    f.write(&f.u(), "u/c", "upper");
+    let fs = f.fs();
+    assert!(matches!(walk(&fs, "d/c"), Err(Error::NotFound)));
+    let u = walk(&fs, "u").unwrap();
+    assert_eq!(read(&fs, "u/c"), "upper");
+    fs.unlink(u, OsStr::new("c")).unwrap();
+    assert!(matches!(walk(&fs, "u/c"), Err(Error::NotFound)));
+    assert!(
+        std::fs::symlink_metadata(f.u().join("u/c")).is_err(),
+        "no whiteout over a lower whiteout"
+    );
+}

@@ -152,10 +152,23 @@ impl UnionFs {
     }
 
     /// Whether the lower layers (ignoring the upper) show `name` in directory `info`.
+    /// An xattr whiteout the lower index lists (see `lookup::build_lower_dir`) is no
+    /// object: kernel overlayfs's `ovl_lower_positive` makes no whiteout over one.
     fn lower_has(&self, info: &DirInfo, name: &OsStr) -> Result<bool> {
-        match &info.lower {
-            Some(l) => Ok(self.lower_child(l, name)?.is_some()),
+        let Some(l) = &info.lower else {
+            return Ok(false);
+        };
+        match self.lower_child(l, name)? {
             None => Ok(false),
+            Some(found @ Lower::Entry { .. }) => {
+                let top = found
+                    .top()
+                    .ok_or(Error::Invariant("lower entry without a layer"))?;
+                let path = found.path_at(name);
+                let st = self.stat_lower(top, &path)?;
+                Ok(!self.lower_is_xattr_whiteout(top, &path, &st)?)
+            }
+            Some(_) => Ok(true),
         }
     }
 
