@@ -771,10 +771,7 @@ impl UnionFs {
                     // Kernel overlayfs's lookup takes a zero-size file with the whiteout
                     // xattr for a whiteout in any directory (`ovl_path_is_whiteout`); only
                     // its readdir wants the directory marked (see `build_lower_dir`).
-                    if upper.is_none()
-                        && matches!(l, Lower::Entry { .. })
-                        && self.lower_is_xattr_whiteout(top, &path, &st)?
-                    {
+                    if upper.is_none() && self.lower_is_xattr_whiteout(top, &path, &st)? {
                         return Err(Error::NotFound);
                     }
                     if upper.is_none() && self.lower_is_inner_whiteout(top, &path, &st)? {
@@ -859,8 +856,6 @@ impl UnionFs {
         })
     }
 
-    /// Whether the lower object at `path` of layer `layer` (stat `st`) is an inner
-    /// overlay's whiteout.
     /// The lower entry at `path` (stat `st`) is an xattr whiteout the lower index did not
     /// take for one (its directory is not marked as holding them).
     pub(crate) fn lower_is_xattr_whiteout(
@@ -869,21 +864,32 @@ impl UnionFs {
         path: &Path,
         st: &Stat,
     ) -> Result<bool> {
-        if st.st_mode & libc::S_IFMT != libc::S_IFREG || st.st_size != 0 {
-            return Ok(false);
-        }
-        match self.parent_in(crate::union::dirfd::LayerKey::Lower(layer), path)? {
-            (pfd, Some(name), _) => is_xattr_whiteout(pfd.as_fd(), name),
-            _ => Ok(false),
-        }
+        self.ask_empty_lower_file(layer, path, st, is_xattr_whiteout)
     }
 
+    /// Whether the lower object at `path` of layer `layer` (stat `st`) is an inner
+    /// overlay's whiteout.
     fn lower_is_inner_whiteout(&self, layer: LowerIdx, path: &Path, st: &Stat) -> Result<bool> {
+        self.ask_empty_lower_file(layer, path, st, |dir, name| {
+            is_inner_whiteout(dir, name, st)
+        })
+    }
+
+    /// `ask` about the lower object at `path` of `layer` (stat `st`), by its name in its
+    /// parent's cached fd, when it is a zero-size regular file (the only kind a whiteout
+    /// file can be); false for anything else.
+    fn ask_empty_lower_file(
+        &self,
+        layer: LowerIdx,
+        path: &Path,
+        st: &Stat,
+        ask: impl FnOnce(BorrowedFd<'_>, &OsStr) -> Result<bool>,
+    ) -> Result<bool> {
         if st.st_mode & libc::S_IFMT != libc::S_IFREG || st.st_size != 0 {
             return Ok(false);
         }
         match self.parent_in(crate::union::dirfd::LayerKey::Lower(layer), path)? {
-            (pfd, Some(name), _) => is_inner_whiteout(pfd.as_fd(), name, st),
+            (pfd, Some(name), _) => ask(pfd.as_fd(), name),
             _ => Ok(false),
         }
     }

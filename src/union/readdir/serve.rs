@@ -145,6 +145,35 @@ mod tests {
         fs.nodes.read().get(ino).map(|n| n.lookups).unwrap_or(0)
     }
 
+    /// `files` files `d/f0`… spread over the fixture's lowers; the core, `d` and an open
+    /// handle of it.
+    fn open_dir(f: &Fixture, files: usize, lowers: usize) -> (UnionFs, u64, u64) {
+        for i in 0..files {
+            f.write(&f.l(i % lowers), &format!("d/f{i}"), "x");
+        }
+        let fs = f.fs();
+        let d = walk(&fs, "d").unwrap();
+        let (fh, _) = fs.opendir(d).unwrap();
+        (fs, d, fh)
+    }
+
+    /// Reads a whole listing in requests with room for `room` entries, each from the
+    /// offset of the last entry before; `page` sees the entries of each request.
+    fn read_pages(
+        room: usize,
+        mut read: impl FnMut(u64, &mut Buffer),
+        mut page: impl FnMut(&[(u64, u64, OsString)]),
+    ) {
+        let mut offset = 0;
+        loop {
+            let mut buf = Buffer::new(room);
+            read(offset, &mut buf);
+            let Some(last) = buf.got.last() else { break };
+            offset = last.1;
+            page(&buf.got);
+        }
+    }
+
     fn files(got: &[(u64, u64, OsString)]) -> Vec<(u64, OsString)> {
         got.iter()
             .filter(|(_, _, n)| !is_dot(n))
@@ -155,29 +184,23 @@ mod tests {
     #[test]
     fn readdirplus_gives_one_reference_per_entry_sent_and_none_for_one_refused() {
         let f = Fixture::new(2);
-        for i in 0..7 {
-            f.write(&f.l(i % 2), &format!("d/f{i}"), "x");
-        }
-        let fs = f.fs();
-        let d = walk(&fs, "d").unwrap();
-        let (fh, _) = fs.opendir(d).unwrap();
-        let mut offset = 0;
+        let (fs, d, fh) = open_dir(&f, 7, 2);
         let mut sent = Vec::new();
-        loop {
-            // Room for 3: the entry after them is looked up, refused and given back.
-            let mut buf = Buffer::new(3);
-            fs.readdirplus_into(d, fh, offset, &mut buf).unwrap();
-            let Some(last) = buf.got.last() else { break };
-            offset = last.1;
-            for (ino, name) in files(&buf.got) {
-                assert_eq!(
-                    lookups(&fs, ino),
-                    1,
-                    "{name:?} holds the reference it was sent with"
-                );
-                sent.push((ino, name));
-            }
-        }
+        // Room for 3: the entry after them is looked up, refused and given back.
+        read_pages(
+            3,
+            |offset, buf| fs.readdirplus_into(d, fh, offset, buf).unwrap(),
+            |got| {
+                for (ino, name) in files(got) {
+                    assert_eq!(
+                        lookups(&fs, ino),
+                        1,
+                        "{name:?} holds the reference it was sent with"
+                    );
+                    sent.push((ino, name));
+                }
+            },
+        );
         fs.releasedir(fh);
         assert_eq!(sent.len(), 7, "{sent:?}");
         for (ino, name) in &sent {
@@ -198,25 +221,20 @@ mod tests {
     #[test]
     fn readdir_takes_no_reference_and_resumes_after_the_last_offset() {
         let f = Fixture::new(1);
-        for i in 0..5 {
-            f.write(&f.l(0), &format!("d/f{i}"), "x");
-        }
-        let fs = f.fs();
-        let d = walk(&fs, "d").unwrap();
-        let (fh, _) = fs.opendir(d).unwrap();
-        let (mut offset, mut names) = (0, Vec::new());
-        loop {
-            let mut buf = Buffer::new(2);
-            fs.readdir_into(fh, offset, &mut buf).unwrap();
-            let Some(last) = buf.got.last() else { break };
-            offset = last.1;
-            for (ino, _, name) in &buf.got {
-                if !is_dot(name) {
-                    assert_eq!(lookups(&fs, *ino), 0, "{name:?}");
+        let (fs, d, fh) = open_dir(&f, 5, 1);
+        let mut names = Vec::new();
+        read_pages(
+            2,
+            |offset, buf| fs.readdir_into(fh, offset, buf).unwrap(),
+            |got| {
+                for (ino, _, name) in got {
+                    if !is_dot(name) {
+                        assert_eq!(lookups(&fs, *ino), 0, "{name:?}");
+                    }
+                    names.push(name.to_string_lossy().into_owned());
                 }
-                names.push(name.to_string_lossy().into_owned());
-            }
-        }
+            },
+        );
         fs.releasedir(fh);
         assert_eq!(lookups(&fs, d), 1);
         names.sort();
@@ -226,12 +244,7 @@ mod tests {
     #[test]
     fn readdirplus_entry_gone_since_the_listing_gets_no_dentry_or_ends_the_reply() {
         let f = Fixture::new(1);
-        for i in 0..4 {
-            f.write(&f.l(0), &format!("d/f{i}"), "x");
-        }
-        let fs = f.fs();
-        let d = walk(&fs, "d").unwrap();
-        let (fh, _) = fs.opendir(d).unwrap();
+        let (fs, d, fh) = open_dir(&f, 4, 1);
         let mut buf = Buffer::new(3);
         fs.readdirplus_into(d, fh, 0, &mut buf).unwrap();
         let offset = buf.got[2].1;
