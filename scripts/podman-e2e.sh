@@ -516,6 +516,8 @@ remove_all() {
 # that the container root is served by rlayerfs, that the inner podman uses native
 # overlay, that an inner container deletes a lower file, replaces a lower directory and
 # appends to a lower file, and that its diff and commit are right.
+# `podman container diff` of a name that is not hex: `podman diff NAME` looks for an image
+# first, and a NAME that begins an image ID (one in 16 for "c") gives that image's diff.
 nested_podman_ok() {
     local env=$1 img=$2 out raw want
     cat >"$TOP/nested.sh" <<'NESTED'
@@ -529,10 +531,10 @@ export CONTAINERS_STORAGE_CONF=/tmp/storage.conf CONTAINERS_CONF=/tmp/containers
 echo "root $(awk '$2 == "/" { print $3 }' /proc/self/mounts | tail -1)"
 podman import --quiet /base.tar localhost/inner >/dev/null
 podman info --format 'driver {{.Store.GraphDriverName}} native {{index .Store.GraphStatus "Native Overlay Diff"}}'
-podman run --name c --network none localhost/inner sh -c \
+podman run --name inner-work --network none localhost/inner sh -c \
     'rm /data/del.txt; rm -r /data/deldir; mkdir /data/deldir; echo new > /data/deldir/n; echo more >> /data/modify.txt; awk "\$2 == \"/\" { print \"inner root \" \$3 }" /proc/self/mounts'
-podman diff c | grep /data | sort | tr '\n' ' '; echo
-podman commit --quiet c localhost/inner2 >/dev/null
+podman container diff inner-work | grep /data | sort | tr '\n' ' '; echo
+podman commit --quiet inner-work localhost/inner2 >/dev/null
 podman run --rm --network none localhost/inner2 sh -c 'ls /data /data/deldir | tr "\n" " "; cat /data/modify.txt | tr "\n" " "'
 echo
 NESTED
