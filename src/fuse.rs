@@ -10,14 +10,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use fuser::{
     CopyFileRangeFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
     INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
-    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen,
-    ReplyStatfs, ReplyStatx, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLseek,
+    ReplyOpen, ReplyStatfs, ReplyStatx, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
-use std::collections::HashMap;
 use std::sync::OnceLock;
-
-use parking_lot::Mutex;
 
 use crate::error::Error;
 use crate::passthrough::{OpenKind, Passthrough};
@@ -42,11 +39,6 @@ pub struct FuseAdapter {
     pt: Arc<Passthrough>,
     /// Ask the kernel for passthrough (root, not turned off by the user).
     want_passthrough: bool,
-    /// Handles opened with passthrough (their release drops a backing reference), each
-    /// with whether it counts in `writers`.
-    pt_handles: Mutex<HashMap<u64, bool>>,
-    /// Passthrough handles open for writing, by inode: see [`FuseAdapter::attr_ttl`].
-    writers: Mutex<HashMap<u64, usize>>,
     /// Tells the kernel to drop cached attributes; set once the session exists.
     notifier: Arc<OnceLock<fuser::Notifier>>,
     /// Classic or io_uring: INIT asks for FUSE-over-io_uring when the plan allows it.
@@ -70,8 +62,6 @@ impl FuseAdapter {
             ttl,
             pt,
             want_passthrough,
-            pt_handles: Mutex::new(HashMap::new()),
-            writers: Mutex::new(HashMap::new()),
             notifier: Arc::new(OnceLock::new()),
             transport: Transport::classic(),
             killpriv: false,
@@ -96,30 +86,10 @@ impl FuseAdapter {
     /// file's times: an inode with a passthrough handle open for writing is not cached.
     /// Everything else keeps the long TTL.
     fn attr_ttl(&self, ino: u64) -> Duration {
-        if self.writers.lock().contains_key(&ino) {
+        if self.pt.has_writer(ino) {
             Duration::ZERO
         } else {
             self.ttl
-        }
-    }
-
-    /// Records a handle `fh` of `ino` answered in passthrough mode, open for writing
-    /// through a backing file when `writable`. The first writer of an inode the kernel
-    /// may hold attributes of (`cached`) drops them (no pages: offset -1), after
-    /// registering, so no reply after it is kept for long.
-    fn add_pt_handle(&self, fh: u64, ino: u64, writable: bool, cached: bool) {
-        self.pt_handles.lock().insert(fh, writable);
-        if !writable {
-            return;
-        }
-        let first = {
-            let mut w = self.writers.lock();
-            let n = w.entry(ino).or_insert(0);
-            *n += 1;
-            *n == 1
-        };
-        if first && cached {
-            self.invalidate_attrs(ino);
         }
     }
 
@@ -163,9 +133,13 @@ impl FuseAdapter {
         reply: impl OpenReply,
     ) {
         if g.kind(ino, !file.on_lower) == OpenKind::Passthrough {
-            match g.add_passthrough(ino, || reply.open_backing(&file.file)) {
-                Ok(id) => {
-                    self.add_pt_handle(fh, ino, file.writable, cached);
+            match g.add_passthrough(fh, ino, file.writable, || reply.open_backing(&file.file)) {
+                Ok((id, first_writer)) => {
+                    // The first writer of an inode the kernel may hold attributes of
+                    // drops them, after registering, so no reply after it is kept long.
+                    if first_writer && cached {
+                        self.invalidate_attrs(ino);
+                    }
                     return reply.passthrough(self, FileHandle(fh), id);
                 }
                 Err(e) => {
@@ -174,8 +148,7 @@ impl FuseAdapter {
                 }
             }
         }
-        self.add_pt_handle(fh, ino, false, false);
-        g.add_cached(ino);
+        g.add_cached(fh, ino);
         reply.cached(self, FileHandle(fh));
     }
 }
@@ -356,6 +329,36 @@ fn caller(req: &Request) -> Caller {
     }
 }
 
+/// A reply that can carry an errno: each of fuser's reply types.
+trait ErrnoReply {
+    fn error(self, e: Errno);
+}
+
+macro_rules! errno_reply {
+    ($($t:ty),*) => {
+        $(impl ErrnoReply for $t {
+            fn error(self, e: Errno) {
+                <$t>::error(self, e)
+            }
+        })*
+    };
+}
+
+errno_reply!(ReplyAttr, ReplyData, ReplyIoctl, ReplyLseek, ReplyOpen, ReplyWrite, ReplyXattr);
+
+/// Answers `reply` with `ok` and the value of `r`, or with the errno of the failed `op`.
+fn answer<R: ErrnoReply, T>(
+    reply: R,
+    r: crate::error::Result<T>,
+    op: &'static str,
+    ok: impl FnOnce(R, T),
+) {
+    match r {
+        Ok(v) => ok(reply, v),
+        Err(e) => reply.error(errno(&e, op)),
+    }
+}
+
 impl FuseAdapter {
     fn entry(&self, reply: ReplyEntry, r: crate::error::Result<Attr>, op: &'static str) {
         match r {
@@ -474,10 +477,9 @@ impl Filesystem for FuseAdapter {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.fs.getattr(ino.0) {
-            Ok(a) => reply.attr(&self.attr_ttl(a.ino), &to_fuse(&a)),
-            Err(e) => reply.error(errno(&e, "getattr")),
-        }
+        answer(reply, self.fs.getattr(ino.0), "getattr", |r, a| {
+            r.attr(&self.attr_ttl(a.ino), &to_fuse(&a))
+        })
     }
 
     fn statx(
@@ -548,17 +550,15 @@ impl Filesystem for FuseAdapter {
             fh: fh.map(|f| f.0),
             kill,
         };
-        match self.fs.setattr(ino.0, &set) {
-            Ok(a) => reply.attr(&self.attr_ttl(a.ino), &to_fuse(&a)),
-            Err(e) => reply.error(errno(&e, "setattr")),
-        }
+        answer(reply, self.fs.setattr(ino.0, &set), "setattr", |r, a| {
+            r.attr(&self.attr_ttl(a.ino), &to_fuse(&a))
+        })
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        match self.fs.readlink(ino.0) {
-            Ok(t) => reply.data(&t),
-            Err(e) => reply.error(errno(&e, "readlink")),
-        }
+        answer(reply, self.fs.readlink(ino.0), "readlink", |r, t| {
+            r.data(&t)
+        })
     }
 
     fn mknod(
@@ -673,10 +673,9 @@ impl Filesystem for FuseAdapter {
         if self.pt.is_enabled() {
             return self.open_passthrough(ino.0, flags.0, reply);
         }
-        match self.fs.open(ino.0, flags.0) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
-            Err(e) => reply.error(errno(&e, "open")),
-        }
+        answer(reply, self.fs.open(ino.0, flags.0), "open", |r, fh| {
+            r.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE)
+        })
     }
 
     fn read(
@@ -690,10 +689,9 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.fs.read(fh.0, offset, size) {
-            Ok(d) => reply.data(&d),
-            Err(e) => reply.error(errno(&e, "read")),
-        }
+        answer(reply, self.fs.read(fh.0, offset, size), "read", |r, d| {
+            r.data(&d)
+        })
     }
 
     fn write(
@@ -716,10 +714,7 @@ impl Filesystem for FuseAdapter {
             }
             Ok(n)
         });
-        match r {
-            Ok(n) => reply.written(n),
-            Err(e) => reply.error(errno(&e, "write")),
-        }
+        answer(reply, r, "write", |r, n| r.written(n))
     }
 
     fn flush(
@@ -739,27 +734,14 @@ impl Filesystem for FuseAdapter {
     fn release(
         &self,
         _req: &Request,
-        ino: INodeNo,
+        _ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        // Not held while the passthrough table is locked: opens lock that one first.
-        let removed = self.pt_handles.lock().remove(&fh.0);
-        if let Some(writable) = removed {
-            self.pt.lock().release(ino.0);
-            if writable {
-                let mut w = self.writers.lock();
-                if let Some(n) = w.get_mut(&ino.0) {
-                    *n -= 1;
-                    if *n == 0 {
-                        w.remove(&ino.0);
-                    }
-                }
-            }
-        }
+        self.pt.release_handle(fh.0);
         self.fs.release(fh.0);
         reply.ok();
     }
@@ -883,10 +865,9 @@ impl Filesystem for FuseAdapter {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        match self.fs.getxattr(ino.0, name) {
-            Ok(v) => Self::xattr_reply(reply, &v, size),
-            Err(e) => reply.error(errno(&e, "getxattr")),
-        }
+        answer(reply, self.fs.getxattr(ino.0, name), "getxattr", |r, v| {
+            Self::xattr_reply(r, &v, size)
+        })
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
@@ -950,7 +931,7 @@ impl Filesystem for FuseAdapter {
         cmd: u32,
         in_data: &[u8],
         out_size: u32,
-        reply: fuser::ReplyIoctl,
+        reply: ReplyIoctl,
     ) {
         // The kernel's fileattr_get/set (chattr, lsattr, xfs_io) reach FUSE as these four
         // commands, on a file it opened itself; flags travel as an `int`. Any other ioctl
@@ -995,10 +976,7 @@ impl Filesystem for FuseAdapter {
             // before the reply, so a stat right after chattr shows the new ctime.
             self.invalidate_attrs(ino.0);
         }
-        match r {
-            Ok(data) => reply.ioctl(0, &data),
-            Err(e) => reply.error(errno(&e, "ioctl")),
-        }
+        answer(reply, r, "ioctl", |r, data| r.ioctl(0, &data))
     }
 
     fn fallocate(
@@ -1027,10 +1005,12 @@ impl Filesystem for FuseAdapter {
         whence: i32,
         reply: ReplyLseek,
     ) {
-        match self.fs.lseek(fh.0, offset, whence) {
-            Ok(o) => reply.offset(o),
-            Err(e) => reply.error(errno(&e, "lseek")),
-        }
+        answer(
+            reply,
+            self.fs.lseek(fh.0, offset, whence),
+            "lseek",
+            |r, o| r.offset(o),
+        )
     }
 
     fn copy_file_range(

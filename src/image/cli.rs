@@ -167,6 +167,29 @@ mod tests {
         Commit(CommitArgs),
     }
 
+    /// The command line `t ARGS...`, parsed (panics if it is refused).
+    fn parse<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Cmd {
+        let argv = std::iter::once("t".as_ref()).chain(args.iter().map(|a| a.as_ref()));
+        match Top::try_parse_from(argv) {
+            Ok(top) => top.cmd,
+            Err(e) => panic!("arguments refused: {e}"),
+        }
+    }
+
+    fn parse_unpack<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> UnpackArgs {
+        match parse(args) {
+            Cmd::Unpack(u) => u,
+            Cmd::Commit(_) => panic!("not an unpack command"),
+        }
+    }
+
+    fn parse_commit<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> CommitArgs {
+        match parse(args) {
+            Cmd::Commit(c) => c,
+            Cmd::Unpack(_) => panic!("not a commit command"),
+        }
+    }
+
     #[test]
     fn arguments_are_consistent() {
         Top::command().debug_assert();
@@ -180,10 +203,7 @@ mod tests {
             "--tag"
         );
         assert!(Top::try_parse_from(["t", "commit", "u", "--image", "i", "--tag", "x"]).is_ok());
-        let Ok(Top {
-            cmd: Cmd::Unpack(u),
-        }) = Top::try_parse_from([
-            "t",
+        let u = parse_unpack(&[
             "unpack",
             "img",
             "dest",
@@ -191,10 +211,7 @@ mod tests {
             "linux/arm64",
             "--devices",
             "skip",
-        ])
-        else {
-            panic!("unpack arguments rejected");
-        };
+        ]);
         assert_eq!(u.devices, DeviceMode::Skip);
         assert_eq!(u.format, InputFormat::Auto);
     }
@@ -206,50 +223,32 @@ mod tests {
         std::fs::create_dir_all(upper.join("etc")).unwrap();
         std::fs::write(upper.join("etc/f"), b"f").unwrap();
         let out = tmp.path().join("layer.tar.zst");
-        let Ok(Top {
-            cmd: Cmd::Commit(c),
-        }) = Top::try_parse_from([
-            "t".as_ref(),
+        let c = parse_commit(&[
             "commit".as_ref(),
             upper.as_os_str(),
             out.as_os_str(),
             "--zstd".as_ref(),
             "-q".as_ref(),
-        ])
-        else {
-            panic!("commit arguments rejected");
-        };
+        ]);
         run_commit(&c).unwrap();
         let dest = tmp.path().join("dest");
-        let Ok(Top {
-            cmd: Cmd::Unpack(u),
-        }) = Top::try_parse_from([
-            "t".as_ref(),
+        let u = parse_unpack(&[
             "unpack".as_ref(),
             out.as_os_str(),
             dest.as_os_str(),
             "--print-lowerdir".as_ref(),
-        ])
-        else {
-            panic!("unpack arguments rejected");
-        };
+        ]);
         run_unpack(&u).unwrap();
         assert_eq!(std::fs::read(dest.join("layers/0/etc/f")).unwrap(), b"f");
         // Append through the CLI without OUT: the temporary blob is removed.
-        let Ok(Top {
-            cmd: Cmd::Commit(c),
-        }) = Top::try_parse_from([
-            "t".as_ref(),
+        let c = parse_commit(&[
             "commit".as_ref(),
             upper.as_os_str(),
             "--image".as_ref(),
             dest.as_os_str(),
             "--tag".as_ref(),
             "next".as_ref(),
-        ])
-        else {
-            panic!("commit --image arguments rejected");
-        };
+        ]);
         run_commit(&c).unwrap();
         assert_eq!(super::super::image_lowerdirs(&dest).unwrap().len(), 2);
         let leftovers: Vec<_> = std::fs::read_dir(&dest)

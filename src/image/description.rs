@@ -16,8 +16,8 @@ use serde_json::Value;
 use super::archive::Compression;
 use super::error::ImageError;
 use super::oci::{parse_json, Digest, Platform};
-use super::safe_fs;
 use super::source::SourceKind;
+use crate::sys::component;
 
 /// File name of the description inside DEST.
 pub const DESCRIPTION_FILE: &str = "rlayerfs-image.json";
@@ -136,14 +136,14 @@ impl ImageDescription {
             what: DESCRIPTION_FILE.into(),
             source,
         })?;
-        let _ = safe_fs::unlink_at(dir, tmp.as_bytes(), false);
-        let mut f = safe_fs::create_file_at(dir, tmp.as_bytes(), 0o644)
+        let _ = component::unlink_at(dir, tmp.as_bytes(), false);
+        let mut f = component::create_file_at(dir, tmp.as_bytes(), 0o644)
             .map_err(|e| ImageError::io("create", &tmp_path, e))?;
         f.write_all(&bytes)
             .and_then(|()| f.write_all(b"\n"))
             .and_then(|()| f.sync_all())
             .map_err(|e| ImageError::io("write", &tmp_path, e))?;
-        safe_fs::rename_at(dir, tmp.as_bytes(), dir, DESCRIPTION_FILE.as_bytes())
+        component::rename_at(dir, tmp.as_bytes(), dir, DESCRIPTION_FILE.as_bytes())
             .map_err(|e| ImageError::io("rename", dir_path.join(DESCRIPTION_FILE), e))
     }
 }

@@ -19,10 +19,10 @@ use std::path::{Path, PathBuf};
 
 use super::error::ImageError;
 use super::layer_marks::dir_is_opaque;
-use super::safe_fs::{self, Kind};
 use crate::format::origin;
 use crate::format::whiteout::whiteout_file_name;
 use crate::format::xattr::XattrNs;
+use crate::sys::component::{self, Kind};
 
 /// An entry the layer needs that the upper directory does not hold.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,7 +95,7 @@ fn io_err(op: &'static str, root: &Path, path: &[u8], e: io::Error) -> ImageErro
 
 /// A visitor of [`walk_tree`]: `(dir, name, path, meta)`.
 type Visit<'a> =
-    dyn FnMut(BorrowedFd<'_>, &[u8], &[u8], &safe_fs::Meta) -> Result<(), ImageError> + 'a;
+    dyn FnMut(BorrowedFd<'_>, &[u8], &[u8], &component::Meta) -> Result<(), ImageError> + 'a;
 
 /// Calls `f(dir, name, path, meta)` for every entry under `dir` (depth first, no symlinks
 /// followed, whiteout names included).
@@ -106,14 +106,15 @@ fn walk_tree(
     f: &mut Visit<'_>,
 ) -> Result<(), ImageError> {
     let names =
-        safe_fs::read_dir_names(dir.as_fd()).map_err(|e| io_err("read", root, prefix, e))?;
+        component::read_dir_names(dir.as_fd()).map_err(|e| io_err("read", root, prefix, e))?;
     for name in names {
         let mut path = prefix.to_vec();
         path.extend_from_slice(&name);
-        let m = safe_fs::stat_at(dir.as_fd(), &name).map_err(|e| io_err("stat", root, &path, e))?;
+        let m =
+            component::stat_at(dir.as_fd(), &name).map_err(|e| io_err("stat", root, &path, e))?;
         f(dir.as_fd(), &name, &path, &m)?;
         if m.kind == Kind::Dir {
-            let sub = safe_fs::open_dir_at(dir.as_fd(), &name)
+            let sub = component::open_dir_at(dir.as_fd(), &name)
                 .map_err(|e| io_err("open", root, &path, e))?;
             path.push(b'/');
             walk_tree(root, &sub, &path, f)?;
@@ -125,7 +126,7 @@ fn walk_tree(
 /// Upper files whose link count exceeds their names in the upper (linked elsewhere: the
 /// workdir's index).
 fn copied_hard_links(upper: &Path) -> Result<Vec<Copied>, ImageError> {
-    let root = safe_fs::open_dir_path(upper).map_err(|e| ImageError::io("open", upper, e))?;
+    let root = component::open_dir_path(upper).map_err(|e| ImageError::io("open", upper, e))?;
     let mut files: HashMap<(u64, u64), Copied> = HashMap::new();
     walk_tree(upper, &root, b"", &mut |dir, name, path, m| {
         if m.kind != Kind::File || m.nlink < 2 {
@@ -137,8 +138,9 @@ fn copied_hard_links(upper: &Path) -> Result<Vec<Copied>, ImageError> {
             origin: None,
         });
         if c.names.is_empty() {
-            let f = safe_fs::open_file_at(dir, name).map_err(|e| io_err("open", upper, path, e))?;
-            c.origin = safe_fs::get_xattr_fd(f.as_fd(), XattrNs::Trusted.origin().as_bytes())
+            let f =
+                component::open_file_at(dir, name).map_err(|e| io_err("open", upper, path, e))?;
+            c.origin = component::get_xattr_fd(f.as_fd(), XattrNs::Trusted.origin().as_bytes())
                 .map_err(|e| io_err("read xattrs", upper, path, e))?;
         }
         c.names.push(path.to_vec());
@@ -157,7 +159,7 @@ fn copied_hard_links(upper: &Path) -> Result<Vec<Copied>, ImageError> {
 
 /// Hard-link groups of one lower layer: inode → names (files with `nlink > 1`).
 fn lower_groups(layer: &Path) -> Result<Vec<Vec<Vec<u8>>>, ImageError> {
-    let root = safe_fs::open_dir_path(layer).map_err(|e| ImageError::io("open", layer, e))?;
+    let root = component::open_dir_path(layer).map_err(|e| ImageError::io("open", layer, e))?;
     let mut groups: HashMap<u64, Vec<Vec<u8>>> = HashMap::new();
     walk_tree(layer, &root, b"", &mut |_, _, path, m| {
         if m.kind == Kind::File && m.nlink > 1 {
@@ -184,7 +186,7 @@ pub fn open_parent<'p>(root: &OwnedFd, path: &'p [u8]) -> io::Result<(OwnedFd, &
         .pop()
         .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
     for c in comps {
-        dir = safe_fs::open_dir_at(dir.as_fd(), c)?;
+        dir = component::open_dir_at(dir.as_fd(), c)?;
     }
     Ok((dir, last))
 }
@@ -192,7 +194,7 @@ pub fn open_parent<'p>(root: &OwnedFd, path: &'p [u8]) -> io::Result<(OwnedFd, &
 /// The origin record of the lower object at `path` in `layer`.
 fn origin_of(layer_root: &OwnedFd, uuid: &[u8; 16], path: &[u8]) -> Option<Vec<u8>> {
     let (dir, name) = open_parent(layer_root, path).ok()?;
-    let f = safe_fs::open_file_at(dir.as_fd(), name).ok()?;
+    let f = component::open_file_at(dir.as_fd(), name).ok()?;
     let h = crate::sys::name_to_handle(f.as_fd()).ok()?;
     origin::encode(uuid, &h)
 }
@@ -208,12 +210,12 @@ enum Held {
 
 fn held(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<Held> {
     let wh = whiteout_file_name(OsStr::from_bytes(name));
-    match safe_fs::stat_at(dir, wh.as_bytes()) {
+    match component::stat_at(dir, wh.as_bytes()) {
         Ok(_) => return Ok(Held::Hides),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
-    let m = match safe_fs::stat_at(dir, name) {
+    let m = match component::stat_at(dir, name) {
         Ok(m) => m,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Held::Nothing),
         Err(e) => return Err(e),
@@ -222,7 +224,7 @@ fn held(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<Held> {
         // A whiteout object or any other non-directory hides the name alike.
         return Ok(Held::Hides);
     }
-    let d = safe_fs::open_dir_at(dir, name)?;
+    let d = component::open_dir_at(dir, name)?;
     let opaque = dir_is_opaque(d.as_fd())?;
     Ok(Held::Dir(d, opaque))
 }
@@ -272,10 +274,11 @@ pub fn find(upper: &Path, lowers: &[PathBuf]) -> Result<LowerLinks, ImageError> 
                 .into(),
         });
     }
-    let upper_root = safe_fs::open_dir_path(upper).map_err(|e| ImageError::io("open", upper, e))?;
+    let upper_root =
+        component::open_dir_path(upper).map_err(|e| ImageError::io("open", upper, e))?;
     let mut roots = Vec::with_capacity(lowers.len());
     for l in lowers {
-        roots.push(safe_fs::open_dir_path(l).map_err(|e| ImageError::io("open", l, e))?);
+        roots.push(component::open_dir_path(l).map_err(|e| ImageError::io("open", l, e))?);
     }
     let uuids: Vec<[u8; 16]> = roots
         .iter()
@@ -344,7 +347,7 @@ fn add_with_parents(
     for c in &comps[..comps.len().saturating_sub(1)] {
         prefix.extend_from_slice(c);
         dir = match dir {
-            Some(d) => match safe_fs::open_dir_at(d.as_fd(), c) {
+            Some(d) => match component::open_dir_at(d.as_fd(), c) {
                 Ok(sub) => Some(sub),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => None,
                 Err(e) => return Err(e),

@@ -8,8 +8,10 @@
 //! config types), `source` (reading layouts and archives, platform selection, digest
 //! checks), `unpack`, `commit` (its `tar_writer`, the `walk` of an upper, `append` to an
 //! image), `description` (rlayerfs-image.json, lowerdir list),
-//! `safe_fs` (dir-fd-relative creation helpers: no tar name is ever joined onto a path),
 //! `error` (the one [`ImageError`]), `cli` (clap arguments and entry points).
+//!
+//! Every name of a tar or an upper is resolved one component at a time relative to a
+//! directory fd, through `crate::sys::component`: none is ever joined onto a path.
 //!
 //! Semantics, in short (details in each file's docs):
 //! - Whiteouts in a layer become overlay whiteouts (char 0/0, else `.wh.NAME` files);
@@ -31,7 +33,6 @@ pub mod error;
 pub mod layer_marks;
 pub mod lower_links;
 pub mod oci;
-pub mod safe_fs;
 pub mod source;
 pub mod unpack;
 

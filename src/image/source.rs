@@ -22,7 +22,7 @@ use super::oci::{
     is_index_type, is_manifest_type, parse_json, Descriptor, Digest, DockerManifestEntry,
     ImageConfig, Index, Manifest, Platform,
 };
-use super::safe_fs;
+use crate::sys::component;
 
 /// Largest JSON document (index, manifest, config) read into memory: far above real ones
 /// (a few KiB), low enough that a hostile input cannot exhaust memory.
@@ -133,7 +133,7 @@ impl Store {
     /// Does the input contain `name`?
     pub(crate) fn exists(&self, name: &str) -> bool {
         match self {
-            Store::Dir { fd, .. } => safe_fs::open_beneath(fd.as_fd(), name).is_ok(),
+            Store::Dir { fd, .. } => component::open_beneath(fd.as_fd(), name).is_ok(),
             Store::Tar { .. } => self.resolve(name).is_ok(),
             Store::Single { .. } => true,
         }
@@ -183,7 +183,7 @@ impl Store {
                 Ok((Box::new(f), size))
             }
             Store::Dir { fd, path } => {
-                let f = match safe_fs::open_beneath(fd.as_fd(), name) {
+                let f = match component::open_beneath(fd.as_fd(), name) {
                     Ok(f) => f,
                     Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(missing()),
                     Err(e) => return Err(ImageError::io("open", path.join(name), e)),
@@ -335,7 +335,7 @@ pub(crate) fn open_source(
 ) -> Result<(Store, SourceKind), ImageError> {
     let md = std::fs::metadata(path).map_err(|e| ImageError::io("stat", path, e))?;
     if md.is_dir() {
-        let fd = safe_fs::open_dir_path(path).map_err(|e| ImageError::io("open", path, e))?;
+        let fd = component::open_dir_path(path).map_err(|e| ImageError::io("open", path, e))?;
         let store = Store::Dir {
             fd,
             path: path.to_path_buf(),
@@ -377,7 +377,7 @@ pub(crate) fn open_source(
             ));
         }
         let tmp = scratch_path.join(SCRATCH_TAR);
-        let mut out = safe_fs::create_file_at(scratch, SCRATCH_TAR.as_bytes(), 0o600)
+        let mut out = component::create_file_at(scratch, SCRATCH_TAR.as_bytes(), 0o600)
             .map_err(|e| ImageError::io("create", &tmp, e))?;
         let src = File::open(path).map_err(|e| ImageError::io("open", path, e))?;
         let (_, mut r) = decompress(src).map_err(|source| ImageError::Corrupt {
@@ -388,7 +388,7 @@ pub(crate) fn open_source(
             what: path.display().to_string(),
             source,
         })?;
-        let f = safe_fs::open_file_at(scratch, SCRATCH_TAR.as_bytes())
+        let f = component::open_file_at(scratch, SCRATCH_TAR.as_bytes())
             .map_err(|e| ImageError::io("open", &tmp, e))?;
         (f, path.to_path_buf())
     };

@@ -7,7 +7,7 @@
 //!   any error. A staging directory left by a killed run is removed by the next unpack into
 //!   the same parent once its pid is gone.
 //! - Tar names are never joined onto a path: each entry's parent is reached one component at
-//!   a time from the layer's directory fd with `O_NOFOLLOW | O_DIRECTORY` (see `safe_fs`), so a
+//!   a time from the layer's directory fd with `O_NOFOLLOW | O_DIRECTORY` (see `crate::sys::component`), so a
 //!   symlink — from this layer or planted by the archive — can never redirect a later entry.
 //!   `..` components are refused; a leading `/` is dropped (as GNU tar does), so an absolute
 //!   name lands inside the layer.
@@ -41,11 +41,11 @@ use super::description::{
 };
 use super::error::{ImageError, Refusal};
 use super::oci::{Digest, Platform};
-use super::safe_fs::{self, Kind};
 use super::source::{self, InputFormat, SCRATCH_TAR};
 use crate::format::override_stat::{OverrideKind, OverrideStat, CONTAINERS_OVERRIDE};
 use crate::format::whiteout::{self, TarName, OPAQUE_MARKER, WHITEOUT_DEV, WH_PREFIX};
 use crate::format::xattr::{self, XattrNs};
+use crate::sys::component::{self, Kind};
 
 /// Tar block size.
 const BLOCK: usize = 512;
@@ -147,7 +147,7 @@ fn staging_prefix(name: &[u8]) -> Vec<u8> {
 /// Removes staging directories of earlier runs whose process is gone.
 fn clean_stale(parent: &Path, parent_fd: BorrowedFd<'_>, name: &[u8]) {
     let prefix = staging_prefix(name);
-    let Ok(names) = safe_fs::read_dir_names(parent_fd) else {
+    let Ok(names) = component::read_dir_names(parent_fd) else {
         return;
     };
     for n in names {
@@ -192,13 +192,13 @@ pub fn unpack(image: &Path, dest: &Path, opts: &UnpackOptions) -> Result<UnpackR
         _ => PathBuf::from("."),
     };
     let parent_fd =
-        safe_fs::open_dir_path(&parent).map_err(|e| ImageError::io("open", &parent, e))?;
-    let dest_exists = match safe_fs::stat_at(parent_fd.as_fd(), &name) {
+        component::open_dir_path(&parent).map_err(|e| ImageError::io("open", &parent, e))?;
+    let dest_exists = match component::stat_at(parent_fd.as_fd(), &name) {
         Ok(m) if m.kind == Kind::Dir => {
-            let fd = safe_fs::open_dir_at(parent_fd.as_fd(), &name)
+            let fd = component::open_dir_at(parent_fd.as_fd(), &name)
                 .map_err(|e| ImageError::io("open", dest, e))?;
-            let entries =
-                safe_fs::read_dir_names(fd.as_fd()).map_err(|e| ImageError::io("read", dest, e))?;
+            let entries = component::read_dir_names(fd.as_fd())
+                .map_err(|e| ImageError::io("read", dest, e))?;
             if !entries.is_empty() {
                 return Err(ImageError::Usage(format!(
                     "destination {} exists and is not empty",
@@ -221,22 +221,22 @@ pub fn unpack(image: &Path, dest: &Path, opts: &UnpackOptions) -> Result<UnpackR
     let mut staging_name = staging_prefix(&name);
     staging_name.extend_from_slice(std::process::id().to_string().as_bytes());
     let staging_path = parent.join(std::ffi::OsStr::from_bytes(&staging_name));
-    safe_fs::mkdir_at(parent_fd.as_fd(), &staging_name, 0o700)
+    component::mkdir_at(parent_fd.as_fd(), &staging_name, 0o700)
         .map_err(|e| ImageError::io("create", &staging_path, e))?;
     let mut staging = Staging {
         path: staging_path.clone(),
         armed: true,
     };
-    let staging_fd = safe_fs::open_dir_at(parent_fd.as_fd(), &staging_name)
+    let staging_fd = component::open_dir_at(parent_fd.as_fd(), &staging_name)
         .map_err(|e| ImageError::io("open", &staging_path, e))?;
 
     let (store, kind) = source::open_source(image, opts.format, staging_fd.as_fd(), &staging_path)?;
     let plan = source::plan(&store, kind, &opts.platform, opts.reference.as_deref())?;
 
     let layers_path = staging_path.join(LAYERS_DIR);
-    safe_fs::mkdir_at(staging_fd.as_fd(), LAYERS_DIR.as_bytes(), 0o755)
+    component::mkdir_at(staging_fd.as_fd(), LAYERS_DIR.as_bytes(), 0o755)
         .map_err(|e| ImageError::io("create", &layers_path, e))?;
-    let layers_fd = safe_fs::open_dir_at(staging_fd.as_fd(), LAYERS_DIR.as_bytes())
+    let layers_fd = component::open_dir_at(staging_fd.as_fd(), LAYERS_DIR.as_bytes())
         .map_err(|e| ImageError::io("open", &layers_path, e))?;
 
     let devices = resolve_devices(opts.devices);
@@ -253,9 +253,9 @@ pub fn unpack(image: &Path, dest: &Path, opts: &UnpackOptions) -> Result<UnpackR
         };
         let dir_name = i.to_string();
         let layer_path = layers_path.join(&dir_name);
-        safe_fs::mkdir_at(layers_fd.as_fd(), dir_name.as_bytes(), 0o700)
+        component::mkdir_at(layers_fd.as_fd(), dir_name.as_bytes(), 0o700)
             .map_err(|e| ImageError::io("create", &layer_path, e))?;
-        let layer_fd = safe_fs::open_dir_at(layers_fd.as_fd(), dir_name.as_bytes())
+        let layer_fd = component::open_dir_at(layers_fd.as_fd(), dir_name.as_bytes())
             .map_err(|e| ImageError::io("open", &layer_path, e))?;
         let referenced_by = match &plan.manifest_digest {
             Some(d) => format!("manifest {}", d.short()),
@@ -315,7 +315,7 @@ pub fn unpack(image: &Path, dest: &Path, opts: &UnpackOptions) -> Result<UnpackR
         });
     }
     drop(store);
-    match safe_fs::unlink_at(staging_fd.as_fd(), SCRATCH_TAR.as_bytes(), false) {
+    match component::unlink_at(staging_fd.as_fd(), SCRATCH_TAR.as_bytes(), false) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(ImageError::io("remove", staging_path.join(SCRATCH_TAR), e)),
@@ -338,13 +338,13 @@ pub fn unpack(image: &Path, dest: &Path, opts: &UnpackOptions) -> Result<UnpackR
         config: plan.config.clone(),
     };
     description.write_at(staging_fd.as_fd(), &staging_path)?;
-    safe_fs::chmod_fd(staging_fd.as_fd(), 0o755)
+    component::chmod_fd(staging_fd.as_fd(), 0o755)
         .map_err(|e| ImageError::io("chmod", &staging_path, e))?;
 
     let renamed = if dest_exists {
-        safe_fs::rename_at(parent_fd.as_fd(), &staging_name, parent_fd.as_fd(), &name)
+        component::rename_at(parent_fd.as_fd(), &staging_name, parent_fd.as_fd(), &name)
     } else {
-        safe_fs::rename_noreplace_at(parent_fd.as_fd(), &staging_name, parent_fd.as_fd(), &name)
+        component::rename_noreplace_at(parent_fd.as_fd(), &staging_name, parent_fd.as_fd(), &name)
     };
     renamed.map_err(|e| ImageError::io("rename into place", dest, e))?;
     staging.armed = false;
@@ -358,7 +358,7 @@ pub fn unpack(image: &Path, dest: &Path, opts: &UnpackOptions) -> Result<UnpackR
 /// Device policy after looking at our privileges.
 fn resolve_devices(mode: DeviceMode) -> DeviceMode {
     match mode {
-        DeviceMode::Auto if safe_fs::is_root() => DeviceMode::Create,
+        DeviceMode::Auto if component::is_root() => DeviceMode::Create,
         DeviceMode::Auto => DeviceMode::Refuse,
         m => m,
     }
@@ -569,8 +569,8 @@ impl<'a> LayerWriter<'a> {
             root: Rc::new(root),
             label,
             devices,
-            privileged: safe_fs::is_root(),
-            own: safe_fs::own_ids(),
+            privileged: component::is_root(),
+            own: component::own_ids(),
             cache: None,
             dirs,
             whiteouts: BTreeSet::new(),
@@ -623,13 +623,13 @@ impl<'a> LayerWriter<'a> {
             if c.starts_with(WH_PREFIX) {
                 return Err(self.refuse(entry, Refusal::WhiteoutNotFile));
             }
-            let next = match safe_fs::open_dir_at(base, c) {
+            let next = match component::open_dir_at(base, c) {
                 Ok(fd) => fd,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
                     if !create {
                         return Ok(None);
                     }
-                    match safe_fs::mkdir_at(base, c, 0o700) {
+                    match component::mkdir_at(base, c, 0o700) {
                         Ok(()) => {}
                         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
                         Err(e) => return Err(self.io_err(entry, "create parent directory", e)),
@@ -637,12 +637,12 @@ impl<'a> LayerWriter<'a> {
                     self.dirs
                         .entry(join(&comps[..=i]))
                         .or_insert(DirMeta::IMPLICIT);
-                    safe_fs::open_dir_at(base, c)
+                    component::open_dir_at(base, c)
                         .map_err(|e| self.io_err(entry, "open parent directory", e))?
                 }
                 Err(e) => {
                     let shown = lossy(&join(&comps[..=i]));
-                    return Err(match safe_fs::stat_at(base, c) {
+                    return Err(match component::stat_at(base, c) {
                         Ok(m) if m.kind == Kind::Symlink => {
                             self.refuse(entry, Refusal::ParentIsSymlink(shown))
                         }
@@ -762,7 +762,7 @@ impl<'a> LayerWriter<'a> {
         let pfd = pfd.as_fd();
         // An earlier entry of this layer at the same name is replaced (tar semantics);
         // a directory may only be "replaced" by a directory, which updates its metadata.
-        let existing = match safe_fs::stat_at(pfd, leaf) {
+        let existing = match component::stat_at(pfd, leaf) {
             Ok(m) => Some(m.kind),
             Err(err) if err.kind() == io::ErrorKind::NotFound => None,
             Err(err) => return Err(self.io_err(shown, "stat", err)),
@@ -771,7 +771,7 @@ impl<'a> LayerWriter<'a> {
             Some(Kind::Dir) if ty.is_dir() => {}
             Some(Kind::Dir) => return Err(self.refuse(shown, Refusal::ReplacesDirectory)),
             Some(_) => {
-                safe_fs::unlink_at(pfd, leaf, false)
+                component::unlink_at(pfd, leaf, false)
                     .map_err(|err| self.io_err(shown, "replace earlier entry", err))?;
             }
             None => {}
@@ -788,10 +788,10 @@ impl<'a> LayerWriter<'a> {
                 // A non-directory of an earlier entry was unlinked above: the directory
                 // replaces it (tar semantics, as GNU tar and containerd's applier).
                 if existing != Some(Kind::Dir) {
-                    safe_fs::mkdir_at(pfd, leaf, 0o700)
+                    component::mkdir_at(pfd, leaf, 0o700)
                         .map_err(|err| self.io_err(shown, "mkdir", err))?;
                 }
-                let d = safe_fs::open_dir_at(pfd, leaf)
+                let d = component::open_dir_at(pfd, leaf)
                     .map_err(|err| self.io_err(shown, "open", err))?;
                 self.owner_and_xattrs_fd(d.as_fd(), &m, shown)?;
                 self.dirs.insert(
@@ -808,7 +808,7 @@ impl<'a> LayerWriter<'a> {
                     .link_name_bytes()
                     .filter(|t| !t.is_empty())
                     .ok_or_else(|| self.refuse(shown, Refusal::MissingLinkTarget))?;
-                safe_fs::symlink_at(&target, pfd, leaf)
+                component::symlink_at(&target, pfd, leaf)
                     .map_err(|err| self.io_err(shown, "symlink", err))?;
                 self.meta_at(pfd, leaf, &m, false, shown)?;
             }
@@ -832,7 +832,7 @@ impl<'a> LayerWriter<'a> {
                 self.device(pfd, leaf, &comps, kind, major, minor, &m, shown)?;
             }
             tar::EntryType::Fifo => {
-                safe_fs::mknod_at(pfd, leaf, Kind::Fifo, 0o600, 0, 0)
+                component::mknod_at(pfd, leaf, Kind::Fifo, 0o600, 0, 0)
                     .map_err(|err| self.io_err(shown, "mkfifo", err))?;
                 self.meta_at(pfd, leaf, &m, true, shown)?;
             }
@@ -931,7 +931,7 @@ impl<'a> LayerWriter<'a> {
         m: &EntryMeta,
         shown: &str,
     ) -> Result<(), ImageError> {
-        let mut f = safe_fs::create_file_at(pfd, leaf, 0o600)
+        let mut f = component::create_file_at(pfd, leaf, 0o600)
             .map_err(|err| self.io_err(shown, "create", err))?;
         if pax.sparse_major.is_some() {
             let (major, minor) = (pax.sparse_major.clone(), pax.sparse_minor.clone());
@@ -968,8 +968,8 @@ impl<'a> LayerWriter<'a> {
         }
         f.flush().map_err(|err| self.io_err(shown, "write", err))?;
         self.owner_and_xattrs_fd(f.as_fd(), m, shown)?;
-        safe_fs::chmod_fd(f.as_fd(), m.perm).map_err(|err| self.io_err(shown, "chmod", err))?;
-        safe_fs::set_times_fd(f.as_fd(), m.atime, m.mtime)
+        component::chmod_fd(f.as_fd(), m.perm).map_err(|err| self.io_err(shown, "chmod", err))?;
+        component::set_times_fd(f.as_fd(), m.atime, m.mtime)
             .map_err(|err| self.io_err(shown, "set times", err))?;
         Ok(())
     }
@@ -990,9 +990,9 @@ impl<'a> LayerWriter<'a> {
             // An overlay whiteout in the tar itself: allowed unprivileged since Linux 5.8;
             // where refused it is recorded like `.wh.NAME`.
             let (major, minor) = WHITEOUT_DEV;
-            return match safe_fs::mknod_at(pfd, leaf, kind, 0, major, minor) {
+            return match component::mknod_at(pfd, leaf, kind, 0, major, minor) {
                 Ok(()) => self.meta_at(pfd, leaf, m, true, shown),
-                Err(err) if safe_fs::is_privilege_error(&err) => {
+                Err(err) if component::is_privilege_error(&err) => {
                     self.whiteouts.insert(join(comps));
                     Ok(())
                 }
@@ -1000,7 +1000,7 @@ impl<'a> LayerWriter<'a> {
             };
         }
         let placeholder = |this: &mut Self| -> Result<(), ImageError> {
-            let f = safe_fs::create_file_at(pfd, leaf, 0o600)
+            let f = component::create_file_at(pfd, leaf, 0o600)
                 .map_err(|err| this.io_err(shown, "create placeholder", err))?;
             let v = OverrideStat {
                 uid: m.uid,
@@ -1013,9 +1013,9 @@ impl<'a> LayerWriter<'a> {
                 }),
             }
             .format();
-            safe_fs::set_xattr_fd(f.as_fd(), CONTAINERS_OVERRIDE.as_bytes(), v.as_bytes())
+            component::set_xattr_fd(f.as_fd(), CONTAINERS_OVERRIDE.as_bytes(), v.as_bytes())
                 .map_err(|err| this.io_err(shown, "set override xattr", err))?;
-            safe_fs::set_times_fd(f.as_fd(), m.atime, m.mtime)
+            component::set_times_fd(f.as_fd(), m.atime, m.mtime)
                 .map_err(|err| this.io_err(shown, "set times", err))?;
             Ok(())
         };
@@ -1029,9 +1029,9 @@ impl<'a> LayerWriter<'a> {
                 Err(self.refuse(shown, Refusal::DeviceNeedsRoot))
             }
             DeviceMode::Create | DeviceMode::Placeholder => {
-                match safe_fs::mknod_at(pfd, leaf, kind, 0o600, major, minor) {
+                match component::mknod_at(pfd, leaf, kind, 0o600, major, minor) {
                     Ok(()) => self.meta_at(pfd, leaf, m, true, shown),
-                    Err(err) if safe_fs::is_privilege_error(&err) => {
+                    Err(err) if component::is_privilege_error(&err) => {
                         if self.devices == DeviceMode::Placeholder {
                             placeholder(self)
                         } else {
@@ -1056,7 +1056,7 @@ impl<'a> LayerWriter<'a> {
         let Some(tfd) = self.dir(tparent, false, shown)? else {
             return Err(self.refuse(shown, Refusal::HardLinkTargetMissing(shown_target)));
         };
-        match safe_fs::stat_at(tfd.as_fd(), tleaf) {
+        match component::stat_at(tfd.as_fd(), tleaf) {
             Ok(m) if m.kind == Kind::Dir => {
                 return Err(self.refuse(shown, Refusal::HardLinkTargetInvalid(shown_target)))
             }
@@ -1072,7 +1072,7 @@ impl<'a> LayerWriter<'a> {
         let pfd = self
             .dir(parent, true, shown)?
             .ok_or_else(|| self.io_err(shown, "open parent", io::ErrorKind::NotFound.into()))?;
-        safe_fs::link_at(tfd.as_fd(), tleaf, pfd.as_fd(), leaf)
+        component::link_at(tfd.as_fd(), tleaf, pfd.as_fd(), leaf)
             .map_err(|e| self.io_err(shown, "link", e))
     }
 
@@ -1085,7 +1085,8 @@ impl<'a> LayerWriter<'a> {
         shown: &str,
     ) -> Result<(), ImageError> {
         if self.privileged {
-            return safe_fs::chown_fd(fd, m.uid, m.gid).map_err(|e| self.io_err(shown, "chown", e));
+            return component::chown_fd(fd, m.uid, m.gid)
+                .map_err(|e| self.io_err(shown, "chown", e));
         }
         if (m.uid, m.gid) != self.own {
             let v = OverrideStat {
@@ -1095,7 +1096,7 @@ impl<'a> LayerWriter<'a> {
                 kind: None,
             }
             .format();
-            if safe_fs::set_xattr_fd(fd, CONTAINERS_OVERRIDE.as_bytes(), v.as_bytes()).is_err() {
+            if component::set_xattr_fd(fd, CONTAINERS_OVERRIDE.as_bytes(), v.as_bytes()).is_err() {
                 self.warn_once("owner", "not root: ownership not kept");
             }
         }
@@ -1109,6 +1110,19 @@ impl<'a> LayerWriter<'a> {
         shown: &str,
     ) -> Result<(), ImageError> {
         self.owner_fd(fd, m, shown)?;
+        self.set_xattrs(m, shown, |name, value| {
+            component::set_xattr_fd(fd, name, value)
+        })
+    }
+
+    /// Sets the entry's xattrs with `set`, but none in an overlay-private namespace: a
+    /// layer must not be able to plant whiteouts, redirects or origins of its own.
+    fn set_xattrs(
+        &mut self,
+        m: &EntryMeta,
+        shown: &str,
+        mut set: impl FnMut(&[u8], &[u8]) -> io::Result<()>,
+    ) -> Result<(), ImageError> {
         for (name, value) in &m.xattrs {
             if xattr::is_overlay_namespace(name) {
                 self.warn_once(
@@ -1117,7 +1131,7 @@ impl<'a> LayerWriter<'a> {
                 );
                 continue;
             }
-            if let Err(e) = safe_fs::set_xattr_fd(fd, name, value) {
+            if let Err(e) = set(name, value) {
                 self.xattr_failed(e, name, shown)?;
             }
         }
@@ -1125,7 +1139,7 @@ impl<'a> LayerWriter<'a> {
     }
 
     fn xattr_failed(&mut self, e: io::Error, name: &[u8], shown: &str) -> Result<(), ImageError> {
-        if safe_fs::is_privilege_error(&e) {
+        if component::is_privilege_error(&e) {
             tracing::debug!(
                 "{}: {shown:?}: xattr {} not set: {e}",
                 self.label,
@@ -1151,25 +1165,16 @@ impl<'a> LayerWriter<'a> {
         shown: &str,
     ) -> Result<(), ImageError> {
         if self.privileged {
-            safe_fs::chown_at_nofollow(pfd, leaf, m.uid, m.gid)
+            component::chown_at_nofollow(pfd, leaf, m.uid, m.gid)
                 .map_err(|e| self.io_err(shown, "chown", e))?;
         }
         if chmod {
-            safe_fs::chmod_at(pfd, leaf, m.perm).map_err(|e| self.io_err(shown, "chmod", e))?;
+            component::chmod_at(pfd, leaf, m.perm).map_err(|e| self.io_err(shown, "chmod", e))?;
         }
-        for (name, value) in &m.xattrs {
-            if xattr::is_overlay_namespace(name) {
-                self.warn_once(
-                    "private-xattr",
-                    "dropping overlay-private xattrs found in the tar",
-                );
-                continue;
-            }
-            if let Err(e) = safe_fs::set_xattr_at_nofollow(pfd, leaf, name, value) {
-                self.xattr_failed(e, name, shown)?;
-            }
-        }
-        safe_fs::set_times_at_nofollow(pfd, leaf, m.atime, m.mtime)
+        self.set_xattrs(m, shown, |name, value| {
+            component::set_xattr_at_nofollow(pfd, leaf, name, value)
+        })?;
+        component::set_times_at_nofollow(pfd, leaf, m.atime, m.mtime)
             .map_err(|e| self.io_err(shown, "set times", e))
     }
 
@@ -1235,7 +1240,7 @@ impl<'a> LayerWriter<'a> {
             let pfd = self.dir(parent, true, &shown)?.ok_or_else(|| {
                 self.io_err(&shown, "open parent", io::ErrorKind::NotFound.into())
             })?;
-            match safe_fs::stat_at(pfd.as_fd(), leaf) {
+            match component::stat_at(pfd.as_fd(), leaf) {
                 // Re-created as a directory in this layer: lower content is gone, so opaque.
                 Ok(m) if m.kind == Kind::Dir => {
                     self.opaques.insert(w.clone());
@@ -1247,13 +1252,13 @@ impl<'a> LayerWriter<'a> {
                 Err(e) => return Err(self.io_err(&shown, "stat", e)),
             }
             let (major, minor) = WHITEOUT_DEV;
-            match safe_fs::mknod_at(pfd.as_fd(), leaf, Kind::Char, 0, major, minor) {
+            match component::mknod_at(pfd.as_fd(), leaf, Kind::Char, 0, major, minor) {
                 Ok(()) => {
                     wformat.get_or_insert(WhiteoutFormat::CharDevice);
                 }
-                Err(e) if safe_fs::is_privilege_error(&e) => {
+                Err(e) if component::is_privilege_error(&e) => {
                     let name = whiteout::whiteout_file_name(OsStr::from_bytes(leaf)).into_vec();
-                    match safe_fs::create_file_at(pfd.as_fd(), &name, 0o600) {
+                    match component::create_file_at(pfd.as_fd(), &name, 0o600) {
                         Ok(_) => {}
                         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
                         Err(e) => return Err(self.io_err(&shown, "create whiteout file", e)),
@@ -1275,19 +1280,19 @@ impl<'a> LayerWriter<'a> {
                 .dir(&comps, true, &shown)?
                 .ok_or_else(|| self.io_err(&shown, "open", io::ErrorKind::NotFound.into()))?;
             let (trusted, user) = (XattrNs::Trusted.opaque(), XattrNs::User.opaque());
-            match safe_fs::set_xattr_fd(fd.as_fd(), trusted.as_bytes(), xattr::OPAQUE_VALUE) {
+            match component::set_xattr_fd(fd.as_fd(), trusted.as_bytes(), xattr::OPAQUE_VALUE) {
                 Ok(()) => {
                     oformat.get_or_insert(OpaqueFormat::TrustedXattr);
                 }
-                Err(e) if safe_fs::is_privilege_error(&e) => {
+                Err(e) if component::is_privilege_error(&e) => {
                     if let Err(e) =
-                        safe_fs::set_xattr_fd(fd.as_fd(), user.as_bytes(), xattr::OPAQUE_VALUE)
+                        component::set_xattr_fd(fd.as_fd(), user.as_bytes(), xattr::OPAQUE_VALUE)
                     {
-                        if !safe_fs::is_privilege_error(&e) {
+                        if !component::is_privilege_error(&e) {
                             return Err(self.io_err(&shown, "set user opaque xattr", e));
                         }
                     }
-                    match safe_fs::create_file_at(fd.as_fd(), OPAQUE_MARKER.as_bytes(), 0o600) {
+                    match component::create_file_at(fd.as_fd(), OPAQUE_MARKER.as_bytes(), 0o600) {
                         Ok(_) => {}
                         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
                         Err(e) => return Err(self.io_err(&shown, "create opaque marker", e)),
@@ -1319,9 +1324,9 @@ impl<'a> LayerWriter<'a> {
                 continue;
             };
             self.cache = None;
-            safe_fs::chmod_fd(fd.as_fd(), m.perm).map_err(|e| self.io_err(&shown, "chmod", e))?;
+            component::chmod_fd(fd.as_fd(), m.perm).map_err(|e| self.io_err(&shown, "chmod", e))?;
             if let Some(mtime) = m.mtime {
-                safe_fs::set_times_fd(fd.as_fd(), m.atime.unwrap_or(mtime), mtime)
+                component::set_times_fd(fd.as_fd(), m.atime.unwrap_or(mtime), mtime)
                     .map_err(|e| self.io_err(&shown, "set times", e))?;
             }
         }

@@ -6,6 +6,7 @@
 //! `..`) can never lead the daemon outside the layer. Callers pass relative paths built
 //! from single name components; this module never joins a path onto an absolute root.
 
+pub mod component;
 pub mod fuse_uring;
 pub mod fusemount;
 pub mod process;

@@ -196,10 +196,11 @@ fn translate_acl(v: &[u8], f: impl Fn(u16, u32) -> Option<u32>) -> Option<Vec<u8
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn map(container: u32, host: u32, size: u32) -> IdMapping {
+    /// The range `C:H:S` (stored `container` first), for the tables of the core's tests.
+    pub(in crate::union) fn map(container: u32, host: u32, size: u32) -> IdMapping {
         IdMapping {
             container,
             host,

@@ -9,19 +9,11 @@ use std::path::Path;
 use crate::error::Error;
 use crate::format::override_stat::{OverrideStat, CONTAINERS_OVERRIDE};
 use crate::union::attr::SetAttr;
-use crate::union::ids::IdMapping;
+use crate::union::ids::tests::map;
 use crate::union::ids::{IdOptions, OVERFLOW_ID};
 use crate::union::mutate::NewKind;
 use crate::union::tests::{set_xattr, walk, Fixture};
 use crate::union::{Caller, UnionFs, ROOT};
-
-fn map(container: u32, host: u32, size: u32) -> IdMapping {
-    IdMapping {
-        container,
-        host,
-        size,
-    }
-}
 
 /// Stored uids 1000..1010 show as 0..10, stored gids 2000..2010 as 0..10 (`C:H:S` with the
 /// stored id first, as containers/storage and fuse-overlayfs read it).

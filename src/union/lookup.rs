@@ -328,21 +328,15 @@ pub(crate) fn mark_inner_whiteout(
     name: &OsStr,
     at: Where,
 ) -> Result<()> {
-    let fd = sys::open_path(dir, Path::new(name)).at("open", at)?;
-    sys::set_xattr(
-        fd.as_fd(),
-        OsStr::new(fmt.xattr_ns.escaped_whiteout()),
-        b"",
-        0,
+    set_marks(
+        dir,
+        name,
+        &[
+            (fmt.xattr_ns.escaped_whiteout(), b"", "set escaped whiteout"),
+            (fmt.xattr_ns.inner_whiteout(), b"y", "mark inner whiteout"),
+        ],
+        at,
     )
-    .at("set escaped whiteout", at)?;
-    sys::set_xattr(
-        fd.as_fd(),
-        OsStr::new(fmt.xattr_ns.inner_whiteout()),
-        b"y",
-        0,
-    )
-    .at("mark inner whiteout", at)
 }
 
 /// Marks upper directory `dir` as holding inner whiteouts (before one is put there): this
@@ -407,14 +401,27 @@ pub(crate) fn mark_literal(
     name: &OsStr,
     at: Where,
 ) -> Result<()> {
-    let fd = sys::open_path(dir, Path::new(name)).at("open", at)?;
-    sys::set_xattr(
-        fd.as_fd(),
-        OsStr::new(fmt.xattr_ns.literal()),
-        xattr::LITERAL_VALUE,
-        0,
+    set_marks(
+        dir,
+        name,
+        &[(fmt.xattr_ns.literal(), xattr::LITERAL_VALUE, "mark literal")],
+        at,
     )
-    .at("mark literal", at)
+}
+
+/// Sets each `(xattr, value, what)` of `marks` on the object `name` in `dir` (never
+/// following it), `what` naming the step in an error.
+fn set_marks(
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+    marks: &[(&str, &[u8], &'static str)],
+    at: Where,
+) -> Result<()> {
+    let fd = sys::open_path(dir, Path::new(name)).at("open", at)?;
+    for &(xname, value, what) in marks {
+        sys::set_xattr(fd.as_fd(), OsStr::new(xname), value, 0).at(what, at)?;
+    }
+    Ok(())
 }
 
 /// Whether a stat of `name` in `dir` shows a whiteout, in any format that is an object.

@@ -15,9 +15,9 @@ use crate::image::oci::{
     parse_json, Descriptor, Digest, Index, Platform, ANNOTATION_REF_NAME, MT_DOCKER_MANIFEST,
     MT_OCI_CONFIG, MT_OCI_MANIFEST,
 };
-use crate::image::safe_fs::{self};
 use crate::image::source::{check_blob, select_manifest, Store};
 use crate::image::unpack::{unpack_layer, DeviceMode};
+use crate::sys::component::{self};
 
 use super::{CommitReport, TempFile};
 
@@ -114,13 +114,19 @@ pub fn append_to_image(
     if tag.is_empty() {
         return Err(ImageError::Usage("--tag must not be empty".into()));
     }
+    let new = NewImage {
+        layer,
+        report,
+        tag,
+        platform,
+    };
     if image
         .join(crate::image::description::DESCRIPTION_FILE)
         .is_file()
     {
-        append_unpacked(image, layer, report, tag, platform)
+        append_unpacked(image, &new)
     } else if image.join("oci-layout").is_file() {
-        append_oci(image, layer, report, tag, from, platform)
+        append_oci(image, &new, from)
     } else {
         Err(ImageError::Usage(format!(
             "{} is neither an unpacked image (rlayerfs-image.json) nor an OCI layout (oci-layout)",
@@ -129,27 +135,36 @@ pub fn append_to_image(
     }
 }
 
-fn append_unpacked(
-    dest: &Path,
-    layer: &Path,
-    report: &CommitReport,
-    tag: &str,
-    platform: &Platform,
-) -> Result<AppendReport, ImageError> {
+/// What [`append_to_image`] adds: the layer blob (as its commit reported it), and the new
+/// image's name and platform.
+struct NewImage<'a> {
+    layer: &'a Path,
+    report: &'a CommitReport,
+    tag: &'a str,
+    platform: &'a Platform,
+}
+
+fn append_unpacked(dest: &Path, new: &NewImage<'_>) -> Result<AppendReport, ImageError> {
+    let &NewImage {
+        layer,
+        report,
+        tag,
+        platform,
+    } = new;
     let mut desc = ImageDescription::read(dest)?;
-    let dest_fd = safe_fs::open_dir_path(dest).map_err(|e| ImageError::io("open", dest, e))?;
+    let dest_fd = component::open_dir_path(dest).map_err(|e| ImageError::io("open", dest, e))?;
     let layers_path = dest.join(LAYERS_DIR);
-    let layers_fd = safe_fs::open_dir_at(dest_fd.as_fd(), LAYERS_DIR.as_bytes())
+    let layers_fd = component::open_dir_at(dest_fd.as_fd(), LAYERS_DIR.as_bytes())
         .map_err(|e| ImageError::io("open", &layers_path, e))?;
     let n = desc.layers.len().to_string();
     let tmp = format!(".{n}.rlayerfs-tmp.{}", std::process::id());
-    safe_fs::mkdir_at(layers_fd.as_fd(), tmp.as_bytes(), 0o700)
+    component::mkdir_at(layers_fd.as_fd(), tmp.as_bytes(), 0o700)
         .map_err(|e| ImageError::io("create", layers_path.join(&tmp), e))?;
     let cleanup = |layers_path: &Path| {
         let _ = std::fs::remove_dir_all(layers_path.join(&tmp));
     };
     let result = (|| {
-        let fd = safe_fs::open_dir_at(layers_fd.as_fd(), tmp.as_bytes())
+        let fd = component::open_dir_at(layers_fd.as_fd(), tmp.as_bytes())
             .map_err(|e| ImageError::io("open", layers_path.join(&tmp), e))?;
         let f = File::open(layer).map_err(|e| ImageError::io("open", layer, e))?;
         let label = format!("layer {}", layer.display());
@@ -167,7 +182,7 @@ fn append_unpacked(
                 actual: out.digest.to_string(),
             });
         }
-        safe_fs::rename_noreplace_at(
+        component::rename_noreplace_at(
             layers_fd.as_fd(),
             tmp.as_bytes(),
             layers_fd.as_fd(),
@@ -231,13 +246,16 @@ fn put_blob(layout: &Path, bytes: &[u8]) -> Result<(Digest, u64), ImageError> {
 
 fn append_oci(
     layout: &Path,
-    layer: &Path,
-    report: &CommitReport,
-    tag: &str,
+    new: &NewImage<'_>,
     from: Option<&str>,
-    platform: &Platform,
 ) -> Result<AppendReport, ImageError> {
-    let fd = safe_fs::open_dir_path(layout).map_err(|e| ImageError::io("open", layout, e))?;
+    let &NewImage {
+        layer,
+        report,
+        tag,
+        platform,
+    } = new;
+    let fd = component::open_dir_path(layout).map_err(|e| ImageError::io("open", layout, e))?;
     let store = Store::Dir {
         fd,
         path: layout.to_path_buf(),

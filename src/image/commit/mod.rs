@@ -43,8 +43,8 @@ use super::archive::{Compression, Compressor, HashingWriter};
 use super::error::ImageError;
 use super::lower_links::{self};
 use super::oci::Digest;
-use super::safe_fs::{self};
 use crate::format::whiteout::OPAQUE_MARKER;
+use crate::sys::component;
 
 /// Options of [`commit`].
 #[derive(Debug, Clone, Copy)]
@@ -88,7 +88,7 @@ pub fn commit_over_to_writer<W: Write>(
     opts: &CommitOptions,
 ) -> Result<(CommitReport, W), ImageError> {
     let extras = lower_links::find(upper, lowers)?;
-    let root = safe_fs::open_dir_path(upper).map_err(|e| ImageError::io("open", upper, e))?;
+    let root = component::open_dir_path(upper).map_err(|e| ImageError::io("open", upper, e))?;
     let blob = HashingWriter::new(out);
     let comp = Compressor::new(blob, opts.compression)
         .map_err(|e| ImageError::io("compress", upper, e))?;

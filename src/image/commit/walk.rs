@@ -16,7 +16,7 @@ use crate::format::xattr::{self, LITERAL_XATTRS};
 use crate::image::error::ImageError;
 use crate::image::layer_marks::{dir_is_opaque, has_xattr, is_whiteout_object};
 use crate::image::lower_links::{self, Extra, LowerLinks};
-use crate::image::safe_fs::{self, Kind, Meta};
+use crate::sys::component::{self, Kind, Meta};
 
 use super::tar_writer::{Hdr, TarOut};
 
@@ -99,17 +99,17 @@ pub(crate) fn metacopy_data(
         apply(&mut cur, &r);
     }
     for layer in lowers {
-        let root = safe_fs::open_dir_path(layer)?;
+        let root = component::open_dir_path(layer)?;
         let (dir, name) = match lower_links::open_parent(&root, &cur) {
             Ok(v) => v,
             Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => continue,
             Err(e) => return Err(e),
         };
-        let m = match safe_fs::stat_at(dir.as_fd(), name) {
+        let m = match component::stat_at(dir.as_fd(), name) {
             Ok(m) => m,
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
                 let wh = whiteout::whiteout_file_name(OsStr::from_bytes(name)).into_vec();
-                if safe_fs::stat_at(dir.as_fd(), &wh).is_ok() {
+                if component::stat_at(dir.as_fd(), &wh).is_ok() {
                     return Ok(None);
                 }
                 continue;
@@ -119,12 +119,12 @@ pub(crate) fn metacopy_data(
         if m.kind != Kind::File {
             return Ok(None);
         }
-        let f = safe_fs::open_file_at(dir.as_fd(), name)?;
+        let f = component::open_file_at(dir.as_fd(), name)?;
         if !has_xattr(f.as_fd(), &xattr::METACOPY_XATTRS, None)? {
             return Ok(Some(f));
         }
         let next = xattr::REDIRECT_XATTRS.iter().find_map(|n| {
-            safe_fs::get_xattr_fd(f.as_fd(), n.as_bytes())
+            component::get_xattr_fd(f.as_fd(), n.as_bytes())
                 .ok()
                 .flatten()
         });
@@ -188,9 +188,9 @@ impl<W: Write> Committer<'_, W> {
     /// Writes the layer root (`./`) with the upper root's attributes, which the merged
     /// root shows.
     pub(super) fn emit_root(&mut self, root: &OwnedFd) -> Result<(), ImageError> {
-        let m = safe_fs::stat_fd(root.as_fd()).map_err(|e| self.io("stat", b"", e))?;
+        let m = component::stat_fd(root.as_fd()).map_err(|e| self.io("stat", b"", e))?;
         let xattrs =
-            safe_fs::list_xattrs_fd(root.as_fd()).map_err(|e| self.io("read xattrs", b"", e))?;
+            component::list_xattrs_fd(root.as_fd()).map_err(|e| self.io("read xattrs", b"", e))?;
         let mut h = Hdr::of(tar::EntryType::Directory, &m);
         let (_, exported) = exported_xattrs(xattrs, &mut h, Kind::Dir);
         self.out
@@ -208,11 +208,11 @@ impl<W: Write> Committer<'_, W> {
         let rel = rel.to_vec();
         let shown = root.join(std::ffi::OsStr::from_bytes(&rel));
         let (parent, name) = (|| {
-            let r = safe_fs::open_dir_path(&root)?;
+            let r = component::open_dir_path(&root)?;
             lower_links::open_parent(&r, &rel).map(|(d, n)| (d, n.to_vec()))
         })()
         .map_err(|e| ImageError::io("open", &shown, e))?;
-        let m = safe_fs::stat_at(parent.as_fd(), &name)
+        let m = component::stat_at(parent.as_fd(), &name)
             .map_err(|e| ImageError::io("stat", &shown, e))?;
         self.emit(parent.as_fd(), &name, path, m, lower)
     }
@@ -224,7 +224,7 @@ impl<W: Write> Committer<'_, W> {
         prefix: &[u8],
         items: &mut Vec<(Vec<u8>, Item)>,
     ) -> Result<(), ImageError> {
-        let names = safe_fs::read_dir_names(dir.as_fd())
+        let names = component::read_dir_names(dir.as_fd())
             .map_err(|e| self.io("read directory", prefix, e))?;
         for name in names {
             let mut path = prefix.to_vec();
@@ -233,7 +233,7 @@ impl<W: Write> Committer<'_, W> {
                 // A `.wh.*` object a user made through the mount (an inner overlay's
                 // whiteout, say): an OCI layer has no way to hold that name as data.
                 for x in LITERAL_XATTRS {
-                    if safe_fs::has_xattr_at(dir.as_fd(), &name, x.as_bytes())
+                    if component::has_xattr_at(dir.as_fd(), &name, x.as_bytes())
                         .map_err(|e| self.io("read xattrs", &path, e))?
                     {
                         return Err(ImageError::Unsupported {
@@ -249,7 +249,8 @@ impl<W: Write> Committer<'_, W> {
                 // The opaque marker (handled with its directory) or aufs metadata.
                 continue;
             }
-            let m = safe_fs::stat_at(dir.as_fd(), &name).map_err(|e| self.io("stat", &path, e))?;
+            let m =
+                component::stat_at(dir.as_fd(), &name).map_err(|e| self.io("stat", &path, e))?;
             if whiteout::is_reserved_name(OsStr::from_bytes(&name)) {
                 if m.kind == Kind::Dir {
                     tracing::warn!(
@@ -265,7 +266,7 @@ impl<W: Write> Committer<'_, W> {
                 // An inner overlay's whiteout (a 0/0 device made through the mount): as a
                 // 0/0 device an OCI layer's unpacker would make this overlay's whiteout of it.
                 for x in xattr::INNER_WHITEOUT_XATTRS {
-                    if safe_fs::has_xattr_at(dir.as_fd(), &name, x.as_bytes())
+                    if component::has_xattr_at(dir.as_fd(), &name, x.as_bytes())
                         .map_err(|e| self.io("read xattrs", &path, e))?
                     {
                         return Err(ImageError::Unsupported {
@@ -322,7 +323,7 @@ impl<W: Write> Committer<'_, W> {
         let mut h = Hdr::of(tar::EntryType::Regular, &m);
         let (xattrs, file, dirfd) = match m.kind {
             Kind::Dir => {
-                let d = safe_fs::open_dir_at(dir, name).map_err(|e| self.io("open", path, e))?;
+                let d = component::open_dir_at(dir, name).map_err(|e| self.io("open", path, e))?;
                 if has_xattr(d.as_fd(), &xattr::REDIRECT_XATTRS, None)
                     .map_err(|e| self.io("read xattrs", path, e))?
                 {
@@ -333,13 +334,13 @@ impl<W: Write> Committer<'_, W> {
                             .into(),
                     });
                 }
-                let x = safe_fs::list_xattrs_fd(d.as_fd())
+                let x = component::list_xattrs_fd(d.as_fd())
                     .map_err(|e| self.io("read xattrs", path, e))?;
                 (x, None, Some(d))
             }
             Kind::File => {
-                let f = safe_fs::open_file_at(dir, name).map_err(|e| self.io("open", path, e))?;
-                let x = safe_fs::list_xattrs_fd(f.as_fd())
+                let f = component::open_file_at(dir, name).map_err(|e| self.io("open", path, e))?;
+                let x = component::list_xattrs_fd(f.as_fd())
                     .map_err(|e| self.io("read xattrs", path, e))?;
                 let data = if !lower
                     && has_xattr(f.as_fd(), &xattr::METACOPY_XATTRS, None)
@@ -369,7 +370,7 @@ impl<W: Write> Committer<'_, W> {
                 (x, Some(data), None)
             }
             _ => {
-                let x = safe_fs::list_xattrs_at_nofollow(dir, name)
+                let x = component::list_xattrs_at_nofollow(dir, name)
                     .map_err(|e| self.io("read xattrs", path, e))?;
                 (x, None, None)
             }
@@ -395,7 +396,7 @@ impl<W: Write> Committer<'_, W> {
             }
             Kind::Symlink => {
                 target = Some(
-                    safe_fs::readlink_at(dir, name).map_err(|e| self.io("readlink", path, e))?,
+                    component::readlink_at(dir, name).map_err(|e| self.io("readlink", path, e))?,
                 );
                 tar::EntryType::Symlink
             }

@@ -1,4 +1,6 @@
-//! Directory-fd-relative file operations for unpack and commit.
+//! Single-component, directory-fd-relative file operations for unpack and commit, in
+//! `io::Result` and byte names (a tar's or an upper's names need not be UTF-8). The xattr
+//! reads and the directory listing are the daemon's own (the parent module's).
 //!
 //! Invariant: every name handed to the kernel here is a single path component (no `/`, not `.`
 //! or `..`) resolved relative to an open directory fd, and nothing follows a symlink:
@@ -8,9 +10,12 @@
 //! (falling back to the component walk where `openat2` is unavailable).
 //! All calls go through rustix, so this file has no `unsafe`.
 
+use std::ffi::OsStr;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::Path;
 
 use rustix::fs::{self as rfs, AtFlags, FileType, Mode, OFlags, ResolveFlags, XattrFlags};
 use rustix::io::Errno;
@@ -384,61 +389,30 @@ pub fn has_xattr_at(dir: BorrowedFd<'_>, name: &[u8], xname: &[u8]) -> io::Resul
 
 /// `fgetxattr(fd, name)`; `None` when the attribute is absent or xattrs are unsupported.
 pub fn get_xattr_fd(fd: BorrowedFd<'_>, name: &[u8]) -> io::Result<Option<Vec<u8>>> {
-    loop {
-        let len = match rfs::fgetxattr_query(fd, name) {
-            Ok(n) => n,
-            Err(Errno::NODATA) | Err(Errno::NOTSUP) => return Ok(None),
-            Err(e) => return Err(errno(e)),
-        };
-        let mut buf = vec![0u8; len];
-        match rfs::fgetxattr(fd, name, &mut buf) {
-            Ok(n) => {
-                buf.truncate(n);
-                return Ok(Some(buf));
-            }
-            Err(Errno::RANGE) => continue,
-            Err(Errno::NODATA) | Err(Errno::NOTSUP) => return Ok(None),
-            Err(e) => return Err(errno(e)),
-        }
+    match super::XattrFd::Open(fd).get(OsStr::from_bytes(name)) {
+        Err(Errno::NOTSUP) => Ok(None),
+        r => r.map_err(errno),
     }
 }
 
-fn split_names(buf: &[u8]) -> Vec<Vec<u8>> {
-    buf.split(|b| *b == 0)
-        .filter(|n| !n.is_empty())
-        .map(<[u8]>::to_vec)
-        .collect()
-}
-
-/// All xattrs of an open file or directory, sorted by name.
-pub fn list_xattrs_fd(fd: BorrowedFd<'_>) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
-    let names = loop {
-        let len = match rfs::flistxattr_query(fd) {
-            Ok(n) => n,
-            Err(Errno::NOTSUP) => return Ok(Vec::new()),
+/// Every xattr's value of the object behind `fd`, sorted by name (one that goes between
+/// the listing and the read is left out).
+fn xattrs_of(fd: super::XattrFd<'_>) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let mut out = Vec::new();
+    for n in fd.list().map_err(errno)? {
+        match fd.get(&n) {
+            Ok(Some(v)) => out.push((n.into_vec(), v)),
+            Ok(None) | Err(Errno::NOTSUP) => {}
             Err(e) => return Err(errno(e)),
-        };
-        if len == 0 {
-            return Ok(Vec::new());
-        }
-        let mut buf = vec![0u8; len];
-        match rfs::flistxattr(fd, &mut buf) {
-            Ok(n) => {
-                buf.truncate(n);
-                break split_names(&buf);
-            }
-            Err(Errno::RANGE) => continue,
-            Err(e) => return Err(errno(e)),
-        }
-    };
-    let mut out = Vec::with_capacity(names.len());
-    for n in names {
-        if let Some(v) = get_xattr_fd(fd, &n)? {
-            out.push((n, v));
         }
     }
     out.sort();
     Ok(out)
+}
+
+/// All xattrs of an open file or directory, sorted by name.
+pub fn list_xattrs_fd(fd: BorrowedFd<'_>) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    xattrs_of(super::XattrFd::Open(fd))
 }
 
 /// All xattrs of `name` in `dir` without following a symlink (for symlinks), sorted.
@@ -446,58 +420,19 @@ pub fn list_xattrs_at_nofollow(
     dir: BorrowedFd<'_>,
     name: &[u8],
 ) -> io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
-    let p = proc_path(dir, name)?;
-    let names = loop {
-        let len = match rfs::llistxattr_query(&p) {
-            Ok(n) => n,
-            Err(Errno::NOTSUP) => return Ok(Vec::new()),
-            Err(e) => return Err(errno(e)),
-        };
-        if len == 0 {
-            return Ok(Vec::new());
-        }
-        let mut buf = vec![0u8; len];
-        match rfs::llistxattr(&p, &mut buf) {
-            Ok(n) => {
-                buf.truncate(n);
-                break split_names(&buf);
-            }
-            Err(Errno::RANGE) => continue,
-            Err(e) => return Err(errno(e)),
-        }
-    };
-    let mut out = Vec::new();
-    for n in names {
-        let len = match rfs::lgetxattr_query(&p, &n) {
-            Ok(l) => l,
-            Err(Errno::NODATA) => continue,
-            Err(e) => return Err(errno(e)),
-        };
-        let mut v = vec![0u8; len];
-        match rfs::lgetxattr(&p, &n, &mut v) {
-            Ok(l) => {
-                v.truncate(l);
-                out.push((n, v));
-            }
-            Err(Errno::NODATA) => continue,
-            Err(e) => return Err(errno(e)),
-        }
-    }
-    out.sort();
-    Ok(out)
+    check_component(name)?;
+    let fd = super::open_path(dir, Path::new(OsStr::from_bytes(name))).map_err(errno)?;
+    xattrs_of(super::XattrFd::Path(fd.as_fd()))
 }
 
 /// The names in a directory (without `.` and `..`), sorted bytewise.
 pub fn read_dir_names(dir: BorrowedFd<'_>) -> io::Result<Vec<Vec<u8>>> {
-    let mut d = rfs::Dir::read_from(dir).map_err(errno)?;
-    let mut names = Vec::new();
-    while let Some(ent) = d.read() {
-        let ent = ent.map_err(errno)?;
-        let n = ent.file_name().to_bytes();
-        if n != b"." && n != b".." {
-            names.push(n.to_vec());
-        }
-    }
+    let listed = super::read_dir(super::reopen_dir_for_read(dir).map_err(errno)?);
+    let mut names: Vec<Vec<u8>> = listed
+        .map_err(errno)?
+        .into_iter()
+        .map(|e| e.name.into_vec())
+        .collect();
     names.sort();
     Ok(names)
 }
