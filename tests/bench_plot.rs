@@ -35,7 +35,7 @@ fn bench_plot_writes_an_svg_with_every_series() {
     let layers_dir = dir.path().join("layers");
     std::fs::create_dir(&layers_dir).unwrap();
     let svg_path = dir.path().join("lookups.svg");
-    let mounted = can_mount("bench_plot_writes_an_svg_with_every_series (mounted systems)");
+    let mounted = can_mount();
     let mut cmd = Command::new(BIN);
     cmd.args(["bench", "--layers", "1,4,16", "--files", "40", "--json"])
         .arg("--dir")

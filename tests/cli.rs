@@ -129,6 +129,7 @@ fn snapshot(roots: &[PathBuf]) -> String {
     let opts = DumpOptions {
         mtime: true,
         private_xattrs: true,
+        ..DumpOptions::default()
     };
     roots
         .iter()
@@ -454,7 +455,7 @@ fn refuse_all(test: &str, subcommand: bool) {
 
 #[test]
 fn bad_input_is_refused_cleanly() {
-    if !can_mount("bad_input_is_refused_cleanly") {
+    if !can_mount() {
         return;
     }
     refuse_all("bad_input_is_refused_cleanly", true);
@@ -462,7 +463,7 @@ fn bad_input_is_refused_cleanly() {
 
 #[test]
 fn bad_input_is_refused_cleanly_mount_program_form() {
-    if !can_mount("bad_input_is_refused_cleanly_mount_program_form") {
+    if !can_mount() {
         return;
     }
     refuse_all("bad_input_is_refused_cleanly_mount_program_form", false);
@@ -470,7 +471,7 @@ fn bad_input_is_refused_cleanly_mount_program_form() {
 
 #[test]
 fn missing_mountpoint_argument_is_refused() {
-    if !can_mount("missing_mountpoint_argument_is_refused") {
+    if !can_mount() {
         return;
     }
     let st = bad_stack();
@@ -576,7 +577,7 @@ fn check_serves(st: &Stack, mnt: &Path, tag: &str) {
 
 #[test]
 fn mount_program_form_mounts() {
-    if !can_mount("mount_program_form_mounts") {
+    if !can_mount() {
         return;
     }
     let st = good_stack();
@@ -593,7 +594,7 @@ fn mount_program_form_mounts() {
 
 #[test]
 fn layer_flags_mount() {
-    if !can_mount("layer_flags_mount") {
+    if !can_mount() {
         return;
     }
     for subcommand in [true, false] {
@@ -621,7 +622,7 @@ fn layer_flags_mount() {
 
 #[test]
 fn unknown_option_warns_once_and_mounts() {
-    if !can_mount("unknown_option_warns_once_and_mounts") {
+    if !can_mount() {
         return;
     }
     let st = good_stack();
@@ -639,7 +640,7 @@ fn unknown_option_warns_once_and_mounts() {
 
 #[test]
 fn foreground_stays_until_unmounted_and_exits_0() {
-    if !can_mount("foreground_stays_until_unmounted_and_exits_0") {
+    if !can_mount() {
         return;
     }
     let st = good_stack();
@@ -677,7 +678,7 @@ fn spawn_foreground(o: &str, mnt: &Path) -> Child {
 
 #[test]
 fn sigterm_unmounts_and_exits_0() {
-    if !can_mount("sigterm_unmounts_and_exits_0") {
+    if !can_mount() {
         return;
     }
     // Foreground: the exit status is ours to see. SIGINT (Ctrl-C) too.
@@ -722,7 +723,7 @@ fn sigterm_unmounts_and_exits_0() {
 
 #[test]
 fn busy_mountpoint_is_refused() {
-    if !can_mount("busy_mountpoint_is_refused") {
+    if !can_mount() {
         return;
     }
     let first = good_stack();
@@ -769,7 +770,7 @@ fn busy_mountpoint_is_refused() {
 /// left exactly as they were, and the first mount still serves.
 #[test]
 fn busy_upper_or_workdir_is_refused() {
-    if !can_mount("busy_upper_or_workdir_is_refused") {
+    if !can_mount() {
         return;
     }
     let first = good_stack();
@@ -828,7 +829,7 @@ fn busy_upper_or_workdir_is_refused() {
 /// An upperdir or workdir a kernel overlay mount uses is refused, naming it and the mount.
 #[test]
 fn kernel_overlay_upper_is_refused() {
-    if !can_mount("kernel_overlay_upper_is_refused") {
+    if !can_mount() {
         return;
     }
     let st = good_stack();
@@ -865,7 +866,7 @@ fn kernel_overlay_upper_is_refused() {
 /// mount is cleaned up, a new mount of the same dirs works (and empties the scratch).
 #[test]
 fn sigkill_frees_the_upper_for_a_new_mount() {
-    if !can_mount("sigkill_frees_the_upper_for_a_new_mount") {
+    if !can_mount() {
         return;
     }
     let st = good_stack();
@@ -902,7 +903,7 @@ fn sigkill_frees_the_upper_for_a_new_mount() {
 /// It never detaches lazily, which would leave a daemon writing an upper no mount shows.
 #[test]
 fn sigterm_while_busy_keeps_the_mount_until_idle() {
-    if !can_mount("sigterm_while_busy_keeps_the_mount_until_idle") {
+    if !can_mount() {
         return;
     }
     let st = good_stack();
@@ -961,7 +962,7 @@ const REMOUNT_ROUNDS: usize = 100;
 
 #[test]
 fn remount_race_keeps_the_new_mount() {
-    if !can_mount("remount_race_keeps_the_new_mount") {
+    if !can_mount() {
         return;
     }
     let st = good_stack();
@@ -1052,7 +1053,7 @@ fn remount_race_keeps_the_new_mount() {
 /// SELinux `context` (commas and colons inside) and id mappings.
 #[test]
 fn containers_storage_invocation_mounts() {
-    if !can_mount("containers_storage_invocation_mounts") {
+    if !can_mount() {
         return;
     }
     let st = good_stack();
@@ -1108,7 +1109,7 @@ fn containers_storage_invocation_mounts() {
 /// commas inside double quotes).
 #[test]
 fn awkward_paths_mount() {
-    if !can_mount("awkward_paths_mount") {
+    if !can_mount() {
         return;
     }
     let st = Stack::new(1);
@@ -1164,7 +1165,7 @@ fn mounts_at_escaped(mnt: &Path) -> usize {
 /// kernel overlayfs without upperdir).
 #[test]
 fn repeated_o_and_read_only_mounts() {
-    if !can_mount("repeated_o_and_read_only_mounts") {
+    if !can_mount() {
         return;
     }
     let st = good_stack();
@@ -1220,7 +1221,7 @@ fn repeated_o_and_read_only_mounts() {
 #[test]
 fn bench_subcommand_reports_json() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mount = can_mount("bench_subcommand_reports_json (mounted part)");
+    let mount = can_mount();
     let mut args = os(&[
         "bench", "--layers", "1,2", "--files", "50", "--json", "--dir",
     ]);
@@ -1284,7 +1285,7 @@ fn bench_subcommand_reports_json() {
 /// mounts nothing.
 #[test]
 fn mount_helper_argv0_form() {
-    if !can_mount("mount_helper_argv0_form") {
+    if !can_mount() {
         return;
     }
     let st = good_stack();
@@ -1348,7 +1349,7 @@ fn mount_helper_argv0_form() {
 /// directories and fstab are untouched, and the mounts vanish with the namespace.
 #[test]
 fn mount_t_fuse_rlayerfs_and_fstab() {
-    if !can_mount("mount_t_fuse_rlayerfs_and_fstab") {
+    if !can_mount() {
         return;
     }
     if !Path::new("/sbin/mount.fuse3").exists() && !Path::new("/usr/sbin/mount.fuse3").exists() {
@@ -1541,7 +1542,7 @@ done
 /// starts. Kernel overlayfs, remounted the same way, is the reference.
 #[test]
 fn mount_remount_ro_and_rw() {
-    if !can_mount("mount_remount_ro_and_rw") {
+    if !can_mount() {
         return;
     }
     if !Path::new("/sbin/mount.fuse3").exists() && !Path::new("/usr/sbin/mount.fuse3").exists() {

@@ -562,7 +562,7 @@ fn round(seed: u64, max_delay_ms: u64, with_db: bool) -> String {
 
 #[test]
 fn sigkill_during_heavy_work_leaves_a_consistent_upper() {
-    if !can_mount("sigkill_during_heavy_work_leaves_a_consistent_upper") {
+    if !can_mount() {
         return;
     }
     let with_db = have_sqlite();
@@ -588,7 +588,7 @@ fn sigkill_during_heavy_work_leaves_a_consistent_upper() {
 /// parents (relative and absolute redirects) and kills the daemon mid-stream, many times.
 #[test]
 fn sigkill_during_merged_dir_renames_keeps_the_content() {
-    if !can_mount("sigkill_during_merged_dir_renames_keeps_the_content") {
+    if !can_mount() {
         return;
     }
     let kills = env_u64("RLAYERFS_CRASH_RENAME_KILLS", 40);
@@ -658,7 +658,7 @@ fn sigkill_during_merged_dir_renames_keeps_the_content() {
 /// same.
 #[test]
 fn sigkill_during_metacopy_data_copy_up() {
-    if !can_mount("sigkill_during_metacopy_data_copy_up") {
+    if !can_mount() {
         return;
     }
     let kills = env_u64("RLAYERFS_CRASH_METACOPY_KILLS", 8);

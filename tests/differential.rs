@@ -88,7 +88,7 @@ fn run_seeds(test: &str, opts: &GenOptions, default_seeds: u64) {
 
 #[test]
 fn random_differential() {
-    if !can_mount("random_differential") {
+    if !can_mount() {
         return;
     }
     run_seeds("random_differential", &GenOptions::from_env(), 8);
@@ -98,7 +98,7 @@ fn random_differential() {
 /// reads a copy translated to its own encodings.
 #[test]
 fn random_differential_non_kernel_formats() {
-    if !can_mount("random_differential_non_kernel_formats") {
+    if !can_mount() {
         return;
     }
     let opts = GenOptions {
@@ -110,7 +110,7 @@ fn random_differential_non_kernel_formats() {
 
 #[test]
 fn rename_lower_dir_then_remount() {
-    if !can_mount("rename_lower_dir_then_remount") {
+    if !can_mount() {
         return;
     }
     let stack = Stack::new(2);
@@ -149,7 +149,7 @@ fn rename_lower_dir_then_remount() {
 /// below, and one pointing nowhere.
 #[test]
 fn redirects_in_lower_layers() {
-    if !can_mount("redirects_in_lower_layers") {
+    if !can_mount() {
         return;
     }
     const R: &str = "trusted.overlay.redirect";
@@ -215,7 +215,7 @@ fn redirects_in_lower_layers() {
 /// layer, even where the path goes no further there (found by layer rotation, seed 30158).
 #[test]
 fn redirect_through_opaque_dir_stops() {
-    if !can_mount("redirect_through_opaque_dir_stops") {
+    if !can_mount() {
         return;
     }
     const R: &str = "trusted.overlay.redirect";
@@ -237,7 +237,7 @@ fn redirect_through_opaque_dir_stops() {
 /// since a READDIRPLUS entry of fuser carries one number for both.)
 #[test]
 fn invalid_redirects_in_lower_layers() {
-    if !can_mount("invalid_redirects_in_lower_layers") {
+    if !can_mount() {
         return;
     }
     const R: &str = "trusted.overlay.redirect";
@@ -279,7 +279,7 @@ fn invalid_redirects_in_lower_layers() {
 
 #[test]
 fn rm_rf_merged_dir() {
-    if !can_mount("rm_rf_merged_dir") {
+    if !can_mount() {
         return;
     }
     let stack = Stack::new(2);
@@ -316,7 +316,7 @@ fn rm_rf_merged_dir() {
 
 #[test]
 fn create_over_whiteout_is_opaque() {
-    if !can_mount("create_over_whiteout_is_opaque") {
+    if !can_mount() {
         return;
     }
     let stack = Stack::new(1);
@@ -351,7 +351,7 @@ fn create_over_whiteout_is_opaque() {
 /// Every whiteout/opaque encoding the kernel reads, then names created over them.
 #[test]
 fn kernel_whiteout_formats() {
-    if !can_mount("kernel_whiteout_formats") {
+    if !can_mount() {
         return;
     }
     let stack = Stack::new(2);
@@ -400,7 +400,7 @@ fn kernel_whiteout_formats() {
 /// Encodings only rlayerfs/fuse-overlayfs read; the kernel reference reads a translated copy.
 #[test]
 fn non_kernel_whiteout_formats() {
-    if !can_mount("non_kernel_whiteout_formats") {
+    if !can_mount() {
         return;
     }
     let stack = Stack::new(2);
@@ -444,7 +444,7 @@ fn non_kernel_whiteout_formats() {
 /// by readdir while lookup says ENOENT. rlayerfs never lists a whiteout.
 #[test]
 fn whiteout_in_unmerged_dir() {
-    if !can_mount("whiteout_in_unmerged_dir") {
+    if !can_mount() {
         return;
     }
     let stack = Stack::new(2);
@@ -477,7 +477,7 @@ fn whiteout_in_unmerged_dir() {
 /// With index=on the kernel keeps a lower hard-link pair one inode across copy-up.
 #[test]
 fn hardlink_copy_up_keeps_link() {
-    if !can_mount("hardlink_copy_up_keeps_link") {
+    if !can_mount() {
         return;
     }
     let stack = Stack::new(1);
@@ -504,7 +504,7 @@ fn hardlink_copy_up_keeps_link() {
 /// hard link must drop the merged link count of the names left.
 #[test]
 fn rename_over_copied_up_hardlink() {
-    if !can_mount("rename_over_copied_up_hardlink") {
+    if !can_mount() {
         return;
     }
     let stack = Stack::new(1);
@@ -542,7 +542,7 @@ fn rename_over_copied_up_hardlink() {
 /// The same with the target never copied up: the lower name goes, its copy-up first.
 #[test]
 fn rename_over_lower_hardlink() {
-    if !can_mount("rename_over_lower_hardlink") {
+    if !can_mount() {
         return;
     }
     let stack = Stack::new(1);
@@ -563,7 +563,7 @@ fn rename_over_lower_hardlink() {
 /// name the mount already knows copies it up at the exchanged name.
 #[test]
 fn exchange_with_lower_hardlink() {
-    if !can_mount("exchange_with_lower_hardlink") {
+    if !can_mount() {
         return;
     }
     let stack = Stack::new(1);
@@ -591,7 +591,7 @@ fn exchange_with_lower_hardlink() {
 
 #[test]
 fn open_unlink_lower_file() {
-    if !can_mount("open_unlink_lower_file") {
+    if !can_mount() {
         return;
     }
     let stack = Stack::new(1);
@@ -620,6 +620,7 @@ fn harness_copy_is_exact() {
     let full = DumpOptions {
         mtime: true,
         private_xattrs: true,
+        ..DumpOptions::default()
     };
     for seed in 0..10 {
         let opts = GenOptions {
@@ -658,7 +659,7 @@ fn harness_copy_is_exact() {
 /// each generator mode.
 #[test]
 fn harness_kernel_vs_kernel() {
-    if !can_mount("harness_kernel_vs_kernel") {
+    if !can_mount() {
         return;
     }
     let seeds = env_u64("RLAYERFS_SELFTEST_SEEDS", 3);
@@ -694,7 +695,7 @@ fn harness_kernel_vs_kernel() {
 #[test]
 #[ignore]
 fn print_seed() {
-    if !can_mount("print_seed") {
+    if !can_mount() {
         return;
     }
     let seed = env_u64("RLAYERFS_DIFF_SEED", 0);
@@ -703,6 +704,7 @@ fn print_seed() {
     let raw = DumpOptions {
         mtime: false,
         private_xattrs: true,
+        ..DumpOptions::default()
     };
     for (i, l) in stack.lowers.iter().enumerate() {
         println!("--- lower {i}:\n{}", dump_tree_with(l, raw));
@@ -728,7 +730,7 @@ fn print_seed() {
 /// reaps it on drop, also when the test panics.
 #[test]
 fn harness_fuse_guard_cleans_up() {
-    if !can_mount("harness_fuse_guard_cleans_up") {
+    if !can_mount() {
         return;
     }
     let stack = Stack::new(1);

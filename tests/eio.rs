@@ -163,7 +163,7 @@ fn scenario(root: &Path, upper: &Ext4, daemon_alive: &dyn Fn() -> bool) -> Vec<S
 
 #[test]
 fn failing_upper_gives_eio_and_nothing_hangs() {
-    if !can_mount("failing_upper_gives_eio_and_nothing_hangs") {
+    if !can_mount() {
         return;
     }
     let stack = Stack::new(1);
@@ -178,6 +178,7 @@ fn failing_upper_gives_eio_and_nothing_hangs() {
     let raw = DumpOptions {
         mtime: true,
         private_xattrs: true,
+        ..DumpOptions::default()
     };
     let lower_before = dump_tree_with(&stack.lowers[0], raw);
 

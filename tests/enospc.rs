@@ -233,7 +233,7 @@ fn scenario(root: &Path, dirs: &MountDirs, daemon_alive: &dyn Fn() -> bool) -> V
 
 #[test]
 fn full_upper_gives_enospc_and_no_partial_copy_up() {
-    if !can_mount("full_upper_gives_enospc_and_no_partial_copy_up") {
+    if !can_mount() {
         return;
     }
     let stack = Stack::new(1);

@@ -209,7 +209,7 @@ fn scenario(kernel: bool) -> Vec<String> {
 
 #[test]
 fn handles_survive_cache_eviction_and_remount_as_on_the_kernel() {
-    if !can_mount("handles_survive_cache_eviction_and_remount_as_on_the_kernel") {
+    if !can_mount() {
         return;
     }
     let kernel = scenario(true);
@@ -270,7 +270,7 @@ fn handles_survive_cache_eviction_and_remount_as_on_the_kernel() {
 
 #[test]
 fn without_nfs_export_handles_are_refused_as_on_the_kernel() {
-    if !can_mount("without_nfs_export_handles_are_refused_as_on_the_kernel") {
+    if !can_mount() {
         return;
     }
     let mut seen = Vec::new();
@@ -309,7 +309,7 @@ fn without_nfs_export_handles_are_refused_as_on_the_kernel() {
 #[test]
 fn linked_tmpfile_keeps_its_generation_as_on_the_kernel() {
     use common::posix::{link_file, open_tmpfile, LinkVia};
-    if !can_mount("linked_tmpfile_keeps_its_generation_as_on_the_kernel") {
+    if !can_mount() {
         return;
     }
     let mut seen = Vec::new();

@@ -85,7 +85,7 @@ fn walk_all(root: &Path, out: &mut Vec<PathBuf>) {
 
 #[test]
 fn hostile_layer_cannot_reach_outside() {
-    if !can_mount("hostile_layer_cannot_reach_outside") {
+    if !can_mount() {
         return;
     }
     let canary = Canary::new();
@@ -187,8 +187,8 @@ fn hostile_layer_cannot_reach_outside() {
 /// kernel overlayfs gives.
 #[test]
 fn fifo_where_a_file_is_expected() {
-    let name = "fifo_where_a_file_is_expected";
-    if !can_mount(name) {
+    let name = common::test_name();
+    if !can_mount() {
         return;
     }
     let stack = Stack::new(2);
@@ -267,8 +267,8 @@ fn fifo_where_a_file_is_expected() {
 /// (a metacopy file) or the symlink itself; the daemon stays alive and the mount answers.
 #[test]
 fn layer_file_swapped_for_symlink_during_copy_up() {
-    let name = "layer_file_swapped_for_symlink_during_copy_up";
-    if !can_mount(name) {
+    let name = common::test_name();
+    if !can_mount() {
         return;
     }
     const FILES: usize = 24;

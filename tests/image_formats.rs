@@ -3,13 +3,13 @@
 //! by platform, references, metadata from PAX headers, GNU/PAX sparse files, the
 //! description file, and `commit --image` appends.
 
-mod image_support;
+mod common;
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use image_support::{compress, docker_save_old, tar_dir, write_layout, TarMaker};
+use common::image::{compress, docker_save_old, tar_dir, write_layout, TarMaker};
 use rlayerfs::image::archive::{sha256_digest, Compression};
 use rlayerfs::image::{
     append_to_image, commit, image_lowerdirs, lowerdir_option, unpack, CommitOptions,
@@ -97,8 +97,8 @@ fn oci_layout_directory_tar_and_compressed_tar() {
     .unwrap();
     check_two(&tmp.path().join("d3"));
     assert_eq!(
-        image_support::dump(&tmp.path().join("d1/layers")),
-        image_support::dump(&tmp.path().join("d3/layers"))
+        common::image::dump(&tmp.path().join("d1/layers")),
+        common::image::dump(&tmp.path().join("d3/layers"))
     );
     // The scratch copy of the decompressed archive is not left in DEST.
     assert!(!tmp.path().join("d3/source.tar").exists());
@@ -320,7 +320,7 @@ fn pax_metadata_is_applied() {
     assert_eq!(&v[..n], b"hello\0bin");
     // A tar cannot forge overlay metadata.
     assert!(rustix::fs::getxattr(&p, "trusted.overlay.opaque", &mut v[..]).is_err());
-    if image_support::is_root() {
+    if common::image::is_root() {
         assert_eq!((md.uid(), md.gid()), (4_000_000, 77));
     }
 }

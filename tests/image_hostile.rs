@@ -2,12 +2,12 @@
 //! problem (and the entry), and nothing may be written outside DEST — nor DEST itself left
 //! behind. Canary files beside DEST and a canary directory that symlinks point at are checked.
 
-mod image_support;
+mod common;
 
 use std::fs;
 use std::path::Path;
 
-use image_support::{compress, write_layout, Canary, TarMaker};
+use common::image::{compress, write_layout, Canary, TarMaker};
 use rlayerfs::image::archive::Compression;
 use rlayerfs::image::{unpack, DeviceMode, UnpackOptions};
 use tar::EntryType;
@@ -417,10 +417,10 @@ fn stale_staging_directories_are_removed_and_dest_must_be_free() {
     unpack(&input, &canary.dest(), &UnpackOptions::default()).unwrap();
     assert!(!stale.exists());
     // A second unpack onto a non-empty DEST is refused and changes nothing.
-    let before = image_support::dump(&canary.dest());
+    let before = common::image::dump(&canary.dest());
     let err = unpack(&input, &canary.dest(), &UnpackOptions::default()).unwrap_err();
     assert!(err.to_string().contains("not empty"), "{err}");
-    assert_eq!(image_support::dump(&canary.dest()), before);
+    assert_eq!(common::image::dump(&canary.dest()), before);
     // An empty directory is fine.
     fs::remove_dir_all(canary.dest()).unwrap();
     fs::create_dir(canary.dest()).unwrap();

@@ -4,13 +4,13 @@
 //! with `append_to_image` is accepted by umoci and skopeo. Skipped, with a message, when
 //! umoci is not installed (`apt-get install umoci skopeo busybox-static`) or not root.
 
-mod image_support;
+mod common;
 
 use std::fs;
 use std::path::Path;
 use std::process::Command;
 
-use image_support::{dump, is_root, kernel_overlay};
+use common::image::{dump, is_root, kernel_overlay};
 use rlayerfs::image::archive::Compression;
 use rlayerfs::image::{
     append_to_image, commit, image_lowerdirs, unpack, CommitOptions, Platform, UnpackOptions,

@@ -7,7 +7,6 @@
 //! or chown leaves a metacopy file: commit reads its data from the lower layers.
 
 mod common;
-mod image_support;
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;
@@ -15,8 +14,8 @@ use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::image::{write_layout, TarMaker};
 use common::{can_mount, dump_tree_with, DumpOptions, FuseMount};
-use image_support::{write_layout, TarMaker};
 
 fn rlayerfs(args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_rlayerfs"))
@@ -159,6 +158,7 @@ fn view(root: &Path) -> String {
         DumpOptions {
             mtime: true,
             private_xattrs: false,
+            ..DumpOptions::default()
         },
     );
     d.lines()
@@ -209,8 +209,7 @@ impl Dirs {
 
 #[test]
 fn unpack_mount_change_commit_unpack_mount_round_trip() {
-    let name = "unpack_mount_change_commit_unpack_mount_round_trip";
-    if !can_mount(name) {
+    if !can_mount() {
         return;
     }
     let d = Dirs::new();
@@ -313,8 +312,7 @@ fn unpack_mount_change_commit_unpack_mount_round_trip() {
 /// every name (index=on keeps them one inode); the committed image must show the same.
 #[test]
 fn changed_lower_hard_link_round_trips() {
-    let name = "changed_lower_hard_link_round_trips";
-    if !can_mount(name) {
+    if !can_mount() {
         return;
     }
     let d = Dirs::new();

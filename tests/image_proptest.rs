@@ -2,11 +2,11 @@
 //! unpacker, the image-archive detection and the JSON document parsers give errors, not
 //! panics, and never write outside DEST.
 
-mod image_support;
+mod common;
 
 use std::fs;
 
-use image_support::TarMaker;
+use common::image::TarMaker;
 use proptest::prelude::*;
 use rlayerfs::image::oci::{parse_json, DockerManifestEntry, ImageConfig, Index, Manifest};
 use rlayerfs::image::{unpack, UnpackOptions};
@@ -69,8 +69,8 @@ proptest! {
     #[test]
     fn mutated_oci_archives(flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8)) {
         let tmp = tempfile::tempdir().unwrap();
-        image_support::write_layout(&tmp.path().join("l"), &[valid_tar()], None, Some("x"));
-        let mut t = image_support::tar_dir(&tmp.path().join("l"));
+        common::image::write_layout(&tmp.path().join("l"), &[valid_tar()], None, Some("x"));
+        let mut t = common::image::tar_dir(&tmp.path().join("l"));
         // Aim at the JSON documents and headers near the end as well as anywhere.
         for (i, b) in flips {
             let at = i.index(t.len());

@@ -3,14 +3,14 @@
 //! sparse files, whiteouts, opaque dirs); output is byte-for-byte deterministic; every
 //! whiteout/opaque encoding is exported as its OCI form.
 
-mod image_support;
+mod common;
 
 use std::fs;
 use std::io::Read;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
-use image_support::{decompress_all, dump, is_root};
+use common::image::{decompress_all, dump, is_root};
 use rlayerfs::image::archive::{sha256_digest, Compression};
 use rlayerfs::image::{commit, commit_to_writer, unpack, CommitOptions, UnpackOptions};
 use rustix::fs::{FileType, Mode};

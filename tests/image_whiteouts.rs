@@ -2,13 +2,13 @@
 //! table: the unpacked top layer must hold overlay whiteouts/opaque dirs, and (as root) a
 //! kernel overlay mount of the unpacked layers must show the merged tree the spec describes.
 
-mod image_support;
+mod common;
 
 use std::fs;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
-use image_support::{kernel_overlay, paths, write_layout, TarMaker};
+use common::image::{kernel_overlay, paths, write_layout, TarMaker};
 use rlayerfs::image::{image_lowerdirs, unpack, UnpackOptions};
 
 type Build = fn(&mut TarMaker);

@@ -215,7 +215,7 @@ struct Sample {
 
 #[test]
 fn eight_clients_mixed_load() {
-    if !can_mount("eight_clients_mixed_load") {
+    if !can_mount() {
         return;
     }
     let seconds = env_u64("RLAYERFS_LOAD_SECONDS", 30).max(WARMUP_SECS + 2);

@@ -162,8 +162,8 @@ fn ino(p: &Path) -> Option<u64> {
 
 #[test]
 fn mmap_shared_write_copies_up() {
-    let name = "mmap_shared_write_copies_up";
-    if !can_mount(name) {
+    let name = common::test_name();
+    if !can_mount() {
         return;
     }
     let (orig_f, orig_g) = (vec![b'a'; 8192], vec![b'b'; 4096]);
@@ -232,8 +232,8 @@ fn mmap_shared_write_copies_up() {
 /// stayed stale for the attribute timeout.
 #[test]
 fn mmap_write_updates_times_seen_through_mount() {
-    let name = "mmap_write_updates_times_seen_through_mount";
-    if !can_mount(name) {
+    let name = common::test_name();
+    if !can_mount() {
         return;
     }
     let stack = Stack::new(1);
@@ -280,8 +280,8 @@ const SPARSE_LIMIT: u64 = 4 * MIB;
 
 #[test]
 fn sparse_copy_up_stays_sparse() {
-    let name = "sparse_copy_up_stays_sparse";
-    if !can_mount(name) {
+    let name = common::test_name();
+    if !can_mount() {
         return;
     }
     let size = 16 * MIB;
@@ -504,7 +504,7 @@ fn copy_up_keeps_metadata() {
     // tree dumps make are served by the daemon.
     common::mount::set_thread_fuse_args(&["--no-passthrough"]);
     let name = "copy_up_keeps_metadata";
-    if !can_mount(name) {
+    if !can_mount() {
         return;
     }
     let stack = Stack::new(1);
@@ -567,8 +567,8 @@ fn copy_up_keeps_metadata() {
 
 #[test]
 fn default_acl_applies_in_copied_up_dir() {
-    let name = "default_acl_applies_in_copied_up_dir";
-    if !can_mount(name) {
+    let name = common::test_name();
+    if !can_mount() {
         return;
     }
     let stack = Stack::new(1);
@@ -602,8 +602,8 @@ fn default_acl_applies_in_copied_up_dir() {
 /// get the parent's default ACL (masked by their mode, and inherited by directories).
 #[test]
 fn default_acl_applies_over_whiteouts() {
-    let name = "default_acl_applies_over_whiteouts";
-    if !can_mount(name) {
+    let name = common::test_name();
+    if !can_mount() {
         return;
     }
     let stack = Stack::new(1);
@@ -659,8 +659,8 @@ fn default_acl_applies_over_whiteouts() {
 
 #[test]
 fn special_files_copy_up_on_chown() {
-    let name = "special_files_copy_up_on_chown";
-    if !can_mount(name) {
+    let name = common::test_name();
+    if !can_mount() {
         return;
     }
     let stack = Stack::new(1);
@@ -727,8 +727,8 @@ fn flock_from_child(p: &Path) -> Option<i32> {
 
 #[test]
 fn flock_and_fcntl_locks() {
-    let name = "flock_and_fcntl_locks";
-    if !can_mount(name) {
+    let name = common::test_name();
+    if !can_mount() {
         return;
     }
     let stack = Stack::new(1);
@@ -843,8 +843,8 @@ fn flock_and_fcntl_locks() {
 
 #[test]
 fn fallocate_copy_file_range_and_seek() {
-    let name = "fallocate_copy_file_range_and_seek";
-    if !can_mount(name) {
+    let name = common::test_name();
+    if !can_mount() {
         return;
     }
     let pattern: Vec<u8> = (0..256 * 1024u32).map(|i| (i % 251) as u8).collect();
@@ -992,8 +992,8 @@ fn fallocate_copy_file_range_and_seek() {
 
 #[test]
 fn fsync_and_fdatasync() {
-    let name = "fsync_and_fdatasync";
-    if !can_mount(name) {
+    let name = common::test_name();
+    if !can_mount() {
         return;
     }
     let stack = Stack::new(1);
@@ -1033,8 +1033,8 @@ fn fsync_and_fdatasync() {
 
 #[test]
 fn statfs_reports_the_upper_filesystem() {
-    let name = "statfs_reports_the_upper_filesystem";
-    if !can_mount(name) {
+    let name = common::test_name();
+    if !can_mount() {
         return;
     }
     let shm = Path::new("/dev/shm");
@@ -1112,8 +1112,8 @@ fn statfs_reports_the_upper_filesystem() {
 /// Without an upper layer, kernel overlayfs reports the top lower's filesystem.
 #[test]
 fn statfs_without_upper_reports_the_top_lower() {
-    let name = "statfs_without_upper_reports_the_top_lower";
-    if !can_mount(name) {
+    let name = common::test_name();
+    if !can_mount() {
         return;
     }
     let shm = Path::new("/dev/shm");
@@ -1182,8 +1182,8 @@ impl Drop for KernelUnmount {
 
 #[test]
 fn st_ino_stable_across_copy_up_and_remount() {
-    let name = "st_ino_stable_across_copy_up_and_remount";
-    if !can_mount(name) {
+    let name = common::test_name();
+    if !can_mount() {
         return;
     }
     let stack = Stack::new(2);
@@ -1305,8 +1305,8 @@ fn link_view(root: &Path, names: &[&str]) -> Vec<String> {
 
 #[test]
 fn hard_links_survive_copy_up_remount_and_cross_mount() {
-    let name = "hard_links_survive_copy_up_remount_and_cross_mount";
-    if !can_mount(name) {
+    let name = common::test_name();
+    if !can_mount() {
         return;
     }
     let stack = Stack::new(2);
@@ -1391,8 +1391,8 @@ fn layer_dump(dir: &Path) -> Vec<String> {
 
 #[test]
 fn rm_rf_large_merged_dir() {
-    let name = "rm_rf_large_merged_dir";
-    if !can_mount(name) {
+    let name = common::test_name();
+    if !can_mount() {
         return;
     }
     let stack = stack_for_many_files(3);
@@ -1504,8 +1504,8 @@ fn read_with_positions(
 /// the unlink, so FUSE reads on with READDIRPLUS (which gave the removed name d_ino 0).
 #[test]
 fn name_unlinked_while_reading_directory() {
-    let name = "name_unlinked_while_reading_directory";
-    if !can_mount(name) {
+    let name = common::test_name();
+    if !can_mount() {
         return;
     }
     let long = |i: usize| format!("a_name_long_enough_to_fill_a_page_in_few_entries_{i:03}");
@@ -1586,8 +1586,8 @@ fn list_names(dir: &Path) -> Vec<String> {
 
 #[test]
 fn telldir_seekdir_stable_while_deleting() {
-    let name = "telldir_seekdir_stable_while_deleting";
-    if !can_mount(name) {
+    let name = common::test_name();
+    if !can_mount() {
         return;
     }
     let stack = stack_for_many_files(3);
@@ -1692,8 +1692,8 @@ fn telldir_seekdir_stable_while_deleting() {
 #[test]
 #[ignore = "known divergence (FUSE): the kernel stops listing a removed directory between the page-sized READDIRPLUS replies; run with --ignored"]
 fn readdir_while_another_process_removes_the_dir() {
-    let name = "readdir_while_another_process_removes_the_dir";
-    if !can_mount(name) {
+    let name = common::test_name();
+    if !can_mount() {
         return;
     }
     let stack = stack_for_many_files(3);
@@ -1762,8 +1762,8 @@ fn rd(p: &str) -> Op {
 
 #[test]
 fn rename_lower_dirs_and_flags() {
-    let name = "rename_lower_dirs_and_flags";
-    if !can_mount(name) {
+    let name = common::test_name();
+    if !can_mount() {
         return;
     }
     use RenameFlags::{Exchange, NoReplace, None as Plain};
@@ -1859,8 +1859,8 @@ fn rename_lower_dirs_and_flags() {
 
 #[test]
 fn open_unlink_then_use() {
-    let name = "open_unlink_then_use";
-    if !can_mount(name) {
+    let name = common::test_name();
+    if !can_mount() {
         return;
     }
     let stack = Stack::new(1);
@@ -2021,8 +2021,8 @@ fn perl_create() -> &'static str {
 
 #[test]
 fn permissions_as_unprivileged_user() {
-    let name = "permissions_as_unprivileged_user";
-    if !can_mount(name) {
+    let name = common::test_name();
+    if !can_mount() {
         return;
     }
     let stack = Stack::new(2);
@@ -2117,8 +2117,8 @@ fn permissions_as_unprivileged_user() {
 
 #[test]
 fn copy_up_while_open_for_reading() {
-    let name = "copy_up_while_open_for_reading";
-    if !can_mount(name) {
+    let name = common::test_name();
+    if !can_mount() {
         return;
     }
     let stack = Stack::new(1);
@@ -2209,8 +2209,8 @@ fn copy_up_while_open_for_reading() {
 /// FUSE passthrough writes too: compared with kernel overlayfs.
 #[test]
 fn chown_write_truncate_drop_privileges() {
-    let name = "chown_write_truncate_drop_privileges";
-    if !can_mount(name) {
+    let name = common::test_name();
+    if !can_mount() {
         return;
     }
     let stack = Stack::new(1);
@@ -2300,8 +2300,8 @@ fn chown_write_truncate_drop_privileges() {
 /// sends a SETATTR with no attribute set, which must still reach the upper object.
 #[test]
 fn chown_to_no_owner_moves_ctime() {
-    let name = "chown_to_no_owner_moves_ctime";
-    if !can_mount(name) {
+    let name = common::test_name();
+    if !can_mount() {
         return;
     }
     let stack = Stack::new(1);
@@ -2339,8 +2339,8 @@ fn chown_to_no_owner_moves_ctime() {
 
 #[test]
 fn readdir_d_type_matches_lstat() {
-    let name = "readdir_d_type_matches_lstat";
-    if !can_mount(name) {
+    let name = common::test_name();
+    if !can_mount() {
         return;
     }
     let stack = Stack::new(2);
@@ -2388,8 +2388,8 @@ fn readdir_d_type_matches_lstat() {
 
 #[test]
 fn msync_reaches_the_upper() {
-    let name = "msync_reaches_the_upper";
-    if !can_mount(name) {
+    let name = common::test_name();
+    if !can_mount() {
         return;
     }
     let orig = vec![b'm'; 8192];
@@ -2424,8 +2424,8 @@ fn msync_reaches_the_upper() {
 
 #[test]
 fn st_ino_stable_across_rename_of_lower_objects() {
-    let name = "st_ino_stable_across_rename_of_lower_objects";
-    if !can_mount(name) {
+    let name = common::test_name();
+    if !can_mount() {
         return;
     }
     let stack = Stack::new(2);
@@ -2500,7 +2500,7 @@ fn utimens_and_truncate_copy_up() {
     // tree dumps make are served by the daemon.
     common::mount::set_thread_fuse_args(&["--no-passthrough"]);
     let name = "utimens_and_truncate_copy_up";
-    if !can_mount(name) {
+    if !can_mount() {
         return;
     }
     let stack = Stack::new(1);
@@ -2631,8 +2631,8 @@ fn utimens_and_truncate_copy_up() {
 /// grant what the mode bits refuse, and deny what they allow.
 #[test]
 fn posix_acls_are_enforced() {
-    let name = "posix_acls_are_enforced";
-    if !can_mount(name) {
+    let name = common::test_name();
+    if !can_mount() {
         return;
     }
     let stack = Stack::new(1);
@@ -2679,8 +2679,8 @@ fn posix_acls_are_enforced() {
 /// directories, lower and upper, and an owner in the group keeps the bit.
 #[test]
 fn setfacl_by_owner_outside_group_clears_sgid() {
-    let name = "setfacl_by_owner_outside_group_clears_sgid";
-    if !can_mount(name) {
+    let name = common::test_name();
+    if !can_mount() {
         return;
     }
     let stack = Stack::new(1);
@@ -2735,8 +2735,8 @@ fn setfacl_by_owner_outside_group_clears_sgid() {
 /// lower and upper files; root keeps the bits.
 #[test]
 fn fallocate_by_owner_outside_group_drops_set_ids() {
-    let name = "fallocate_by_owner_outside_group_drops_set_ids";
-    if !can_mount(name) {
+    let name = common::test_name();
+    if !can_mount() {
         return;
     }
     let stack = Stack::new(1);
@@ -2785,8 +2785,8 @@ fn fallocate_by_owner_outside_group_drops_set_ids() {
 /// other names (kernel overlayfs finds the copy through its index).
 #[test]
 fn hard_link_changed_through_other_name_after_remount() {
-    let name = "hard_link_changed_through_other_name_after_remount";
-    if !can_mount(name) {
+    let name = common::test_name();
+    if !can_mount() {
         return;
     }
     let stack = Stack::new(1);
@@ -2834,8 +2834,8 @@ fn hard_link_changed_through_other_name_after_remount() {
 /// (after `ls -l`: ENOENT, the name still listed).
 #[test]
 fn hard_links_of_every_file_type() {
-    let name = "hard_links_of_every_file_type";
-    if !can_mount(name) {
+    let name = common::test_name();
+    if !can_mount() {
         return;
     }
     const KINDS: [&str; 7] = ["symlink", "fifo", "sock", "chr", "blk", "empty", "file"];
@@ -2951,8 +2951,8 @@ fn hard_links_of_every_file_type() {
 /// directory's identity (and answers `stat` on it).
 #[test]
 fn directory_replaced_by_rename_never_shows_a_new_directory() {
-    let name = "directory_replaced_by_rename_never_shows_a_new_directory";
-    if !can_mount(name) {
+    let name = common::test_name();
+    if !can_mount() {
         return;
     }
     // The stack on /tmp (ext4 here): tmpfs does not reuse inode numbers soon.

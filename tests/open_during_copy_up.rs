@@ -31,7 +31,7 @@ fn scenario(root: &Path) -> (String, String, String) {
 
 #[test]
 fn reader_follows_the_copy_up_like_the_kernel() {
-    if !can_mount("reader_follows_the_copy_up_like_the_kernel") {
+    if !can_mount() {
         return;
     }
     let stack = Stack::new(1);
@@ -52,7 +52,7 @@ fn reader_follows_the_copy_up_like_the_kernel() {
 /// cached mode, so it follows the copy-up too.
 #[test]
 fn passthrough_mount_reader_follows_the_copy_up() {
-    if !can_mount("passthrough_mount_reader_follows_the_copy_up") {
+    if !can_mount() {
         return;
     }
     let stack = Stack::new(1);

@@ -53,8 +53,8 @@ fn names(dir: &Path) -> Vec<String> {
 /// remount.
 #[test]
 fn tmpfile_and_linkat_as_kernel_overlayfs() {
-    let name = "tmpfile_and_linkat_as_kernel_overlayfs";
-    if !can_mount(name) {
+    let name = common::test_name();
+    if !can_mount() {
         return;
     }
     let stack = Stack::new(1);
@@ -167,8 +167,8 @@ fn tmpfile_and_linkat_as_kernel_overlayfs() {
 /// statx on to it. The two sides' layers are copies, so each is compared with its own.
 #[test]
 fn statx_birth_time_as_kernel_overlayfs() {
-    let name = "statx_birth_time_as_kernel_overlayfs";
-    if !can_mount(name) {
+    let name = common::test_name();
+    if !can_mount() {
         return;
     }
     let stack = Stack::new(1);

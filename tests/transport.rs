@@ -81,7 +81,7 @@ fn new_stack() -> Stack {
 /// report counts the requests of each opcode and those the rings served.
 #[test]
 fn auto_serves_over_what_the_kernel_offers() {
-    if !can_mount("auto_serves_over_what_the_kernel_offers") {
+    if !can_mount() {
         return;
     }
     let stack = new_stack();
@@ -130,7 +130,7 @@ fn auto_serves_over_what_the_kernel_offers() {
 /// not offer io_uring, refuses with a message that says how to turn it on.
 #[test]
 fn uring_on_and_off() {
-    if !can_mount("uring_on_and_off") {
+    if !can_mount() {
         return;
     }
     let stack = new_stack();

@@ -23,6 +23,22 @@ pub struct DumpOptions {
     /// Include private overlay xattrs (`trusted.overlay.*`, `user.overlay.*`,
     /// `user.fuseoverlayfs.*`) — useful when dumping raw layers.
     pub private_xattrs: bool,
+    /// Include the mtimes of files, devices and fifos only, in whole seconds: tools that
+    /// unpack or commit the same layer agree on those (a plain tar header keeps seconds),
+    /// not on directories' or symlinks' (nor a whiteout's).
+    pub file_mtime: bool,
+    /// Leave out the line of the root itself (two trees made in different places).
+    pub below_root: bool,
+}
+
+impl DumpOptions {
+    /// The dump the image tests compare layer trees and merged views with.
+    pub const LAYERS: DumpOptions = DumpOptions {
+        mtime: false,
+        private_xattrs: true,
+        file_mtime: true,
+        below_root: true,
+    };
 }
 
 /// Whether an xattr name is in an overlay implementation's namespace (its own names, which
@@ -68,7 +84,7 @@ pub fn dump_tree_with(root: &Path, opts: DumpOptions) -> String {
     }
     let mut groups: HashMap<(u64, u64), usize> = HashMap::new();
     let mut out = String::new();
-    for r in &raw {
+    for r in raw.iter().filter(|r| !(opts.below_root && r.path == "/")) {
         out.push_str(&r.path);
         if let Some(m) = r.meta.as_ref().filter(|m| !m.is_dir()) {
             let key = (m.dev(), m.ino());
@@ -168,8 +184,11 @@ fn describe(path: &Path, m: &fs::Metadata, opts: DumpOptions) -> String {
             libc::minor(m.rdev())
         ));
     }
+    let whiteout = ft.is_char_device() && m.rdev() == 0;
     if opts.mtime {
         s.push_str(&format!(" mtime={}.{:09}", m.mtime(), m.mtime_nsec()));
+    } else if opts.file_mtime && !ft.is_dir() && !ft.is_symlink() && !whiteout {
+        s.push_str(&format!(" mtime={}", m.mtime()));
     }
     s.push_str(&xattrs_text(path, opts));
     if ft.is_file() {

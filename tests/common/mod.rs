@@ -1,8 +1,8 @@
 //! Integration-test harness for rlayerfs: layer-stack fixtures (`fixture`), mount guards
 //! for kernel overlayfs and the FUSE binary under test (`mount`), the canonical tree dump
 //! (`dump`), operations and their random generator (`ops`), the differential runner
-//! (`diff`), helpers for tests on live mounts (`live`) and libc wrappers (`posix`). See each
-//! module's doc.
+//! (`diff`), helpers for tests on live mounts (`live`), tars and image layouts for the
+//! image tests (`image`) and libc wrappers (`posix`). See each module's doc.
 //!
 //! Environment: `RLAYERFS_TEST_BIN` selects the FUSE binary (default: the rlayerfs binary
 //! cargo built; e.g. `fuse-overlayfs` as a stand-in).
@@ -14,6 +14,7 @@
 pub mod diff;
 pub mod dump;
 pub mod fixture;
+pub mod image;
 pub mod live;
 pub mod mount;
 pub mod ops;
@@ -43,13 +44,23 @@ pub fn skip_reason() -> Option<String> {
     None
 }
 
-/// True if mounted tests can run; otherwise prints a SKIP line (bypassing the test
-/// harness's output capture, so it is always seen) and returns false.
-pub fn can_mount(test: &str) -> bool {
+/// The running test's name, from its thread (the test harness names each test's thread
+/// after it; its last path segment), for temporary directories and messages. Leaked:
+/// once per test.
+pub fn test_name() -> &'static str {
+    let thread = std::thread::current();
+    let full = thread.name().unwrap_or("test");
+    let name = full.rsplit("::").next().unwrap_or(full);
+    Box::leak(name.to_string().into_boxed_str())
+}
+
+/// True if mounted tests can run; otherwise prints a SKIP line naming the running test
+/// (bypassing the test harness's output capture, so it is always seen) and returns false.
+pub fn can_mount() -> bool {
     match skip_reason() {
         None => true,
         Some(why) => {
-            let _ = writeln!(std::io::stderr(), "SKIP {test}: {why}");
+            let _ = writeln!(std::io::stderr(), "SKIP {}: {why}", test_name());
             false
         }
     }

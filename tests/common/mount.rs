@@ -225,6 +225,28 @@ impl KernelOverlay {
         })
     }
 
+    /// Mounts `lowers` (top first) alone, read-only, at `mnt`; a single lower gets an
+    /// empty one below it (the kernel wants two without an upper), made beside `mnt`.
+    pub fn mount_lowers(lowers: &[PathBuf], mnt: &Path) -> io::Result<KernelOverlay> {
+        let mut lower = rlayerfs::image::lowerdir_option(lowers);
+        if lowers.len() == 1 {
+            let empty = mnt.with_extension("empty");
+            fs::create_dir_all(&empty)?;
+            lower = format!("{lower}:{}", empty.display());
+        }
+        let data = format!("lowerdir={lower}");
+        sys::mount("overlay", mnt, "overlay", &data).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("mount -t overlay -o {data} {}: {e}", mnt.display()),
+            )
+        })?;
+        Ok(KernelOverlay {
+            mnt: mnt.to_path_buf(),
+            mounted: true,
+        })
+    }
+
     pub fn path(&self) -> &Path {
         &self.mnt
     }

@@ -1,6 +1,7 @@
-//! Shared helpers of the image tests: tar construction with full control over names
-//! (hostile ones included), OCI layouts and docker archives made from them, and a canonical
-//! text dump of a directory tree for comparisons.
+//! Helpers of the image tests: tar construction with full control over names (hostile
+//! ones included), OCI layouts and docker archives made from them, a guarded parent
+//! directory for escape checks. Trees are compared with the harness's one dump
+//! ([`dump`]: `DumpOptions::LAYERS`) and merged with its kernel overlay guard.
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, HashMap};
@@ -260,109 +261,10 @@ pub fn docker_save_old(layers: &[Vec<u8>], tag: &str) -> Vec<u8> {
     b.into_inner().unwrap()
 }
 
-/// Canonical dump of a tree: one line per object, sorted by path, with type, mode, owner,
-/// size, link target or device numbers, xattrs, content hash, mtime and a hard-link group.
+/// The canonical dump (see `super::dump`) of a layer tree or merged view, as the image
+/// tests compare them: private xattrs and file mtimes included, the root's line left out.
 pub fn dump(root: &Path) -> String {
-    dump_with(root, true)
-}
-
-/// As [`dump`], optionally without mtimes (directories' mtimes differ between tools).
-pub fn dump_with(root: &Path, mtimes: bool) -> String {
-    let mut lines = BTreeMap::new();
-    let mut inodes: HashMap<(u64, u64), String> = HashMap::new();
-    walk(root, root, &mut lines, &mut inodes, mtimes);
-    lines.into_values().collect::<Vec<_>>().join("\n")
-}
-
-fn xattrs_of(p: &Path) -> String {
-    let mut out = Vec::new();
-    let mut names = vec![0u8; 65536];
-    let n = match rustix::fs::llistxattr(p, &mut names[..]) {
-        Ok(n) => n,
-        Err(_) => return String::new(),
-    };
-    let mut list: Vec<&[u8]> = names[..n]
-        .split(|b| *b == 0)
-        .filter(|s| !s.is_empty())
-        .collect();
-    list.sort();
-    for name in list {
-        let mut v = vec![0u8; 65536];
-        if let Ok(l) = rustix::fs::lgetxattr(p, name, &mut v[..]) {
-            out.push(format!(
-                "{}={}",
-                String::from_utf8_lossy(name),
-                String::from_utf8_lossy(&v[..l])
-            ));
-        }
-    }
-    out.join(",")
-}
-
-fn walk(
-    root: &Path,
-    p: &Path,
-    lines: &mut BTreeMap<String, String>,
-    inodes: &mut HashMap<(u64, u64), String>,
-    mtimes: bool,
-) {
-    let mut entries: Vec<PathBuf> = fs::read_dir(p)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    entries.sort();
-    for e in entries {
-        let rel = e.strip_prefix(root).unwrap().to_string_lossy().into_owned();
-        let md = fs::symlink_metadata(&e).unwrap();
-        let ft = md.file_type();
-        let kind = if ft.is_dir() {
-            "dir".to_string()
-        } else if ft.is_symlink() {
-            format!("symlink->{}", fs::read_link(&e).unwrap().display())
-        } else if ft.is_char_device() {
-            format!(
-                "char {}:{}",
-                rustix::fs::major(md.rdev()),
-                rustix::fs::minor(md.rdev())
-            )
-        } else if ft.is_block_device() {
-            format!(
-                "block {}:{}",
-                rustix::fs::major(md.rdev()),
-                rustix::fs::minor(md.rdev())
-            )
-        } else if ft.is_fifo() {
-            "fifo".to_string()
-        } else {
-            let data = fs::read(&e).unwrap();
-            format!("file {} {}", data.len(), &sha256_digest(&data).hex()[..12])
-        };
-        let link = if !ft.is_dir() && md.nlink() > 1 {
-            let first = inodes
-                .entry((md.dev(), md.ino()))
-                .or_insert_with(|| rel.clone());
-            format!(" link={first}")
-        } else {
-            String::new()
-        };
-        let whiteout = ft.is_char_device() && md.rdev() == 0;
-        let mtime = if mtimes && !ft.is_symlink() && !ft.is_dir() && !whiteout {
-            format!(" mtime={}", md.mtime())
-        } else {
-            String::new()
-        };
-        let line = format!(
-            "{rel} {kind} mode={:o} {}:{}{mtime}{link} [{}]",
-            md.permissions().mode() & 0o7777,
-            md.uid(),
-            md.gid(),
-            xattrs_of(&e)
-        );
-        lines.insert(rel.clone(), line);
-        if ft.is_dir() {
-            walk(root, &e, lines, inodes, mtimes);
-        }
-    }
+    super::dump_tree_with(root, super::DumpOptions::LAYERS)
 }
 
 /// A parent directory with canary files; `check` asserts that only `dest` (if expected)
@@ -413,45 +315,17 @@ impl Canary {
     }
 }
 
-pub fn is_root() -> bool {
-    rustix::process::geteuid().is_root()
-}
+pub use super::sys::is_root;
 
-/// Kernel overlay mount of `lowers` (top first) at `target`, read-only; `None` if refused.
-pub fn kernel_overlay(lowers: &[PathBuf], target: &Path) -> Option<OverlayGuard> {
+/// Kernel overlayfs over `lowers` (top first) alone at `target`, read-only; `None` when
+/// not root or refused.
+pub fn kernel_overlay(lowers: &[PathBuf], target: &Path) -> Option<super::KernelOverlay> {
     if !is_root() {
         return None;
     }
-    let lower = rlayerfs::image::lowerdir_option(lowers);
-    let lower = if lowers.len() == 1 {
-        // overlay needs two lowers without an upper; add an empty one.
-        let empty = target.with_extension("empty");
-        fs::create_dir_all(&empty).unwrap();
-        format!("{lower}:{}", empty.display())
-    } else {
-        lower
-    };
-    let ok = std::process::Command::new("mount")
-        .args([
-            "-t",
-            "overlay",
-            "overlay",
-            "-o",
-            &format!("lowerdir={lower}"),
-        ])
-        .arg(target)
-        .status()
-        .ok()?
-        .success();
-    ok.then(|| OverlayGuard(target.to_path_buf()))
-}
-
-pub struct OverlayGuard(pub PathBuf);
-
-impl Drop for OverlayGuard {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(&self.0).status();
-    }
+    super::KernelOverlay::mount_lowers(lowers, target)
+        .map_err(|e| eprintln!("kernel overlay refused: {e}"))
+        .ok()
 }
 
 /// Sorted relative paths under `root`.
