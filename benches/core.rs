@@ -29,7 +29,7 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, SamplingMode};
 use rlayerfs::union::attr::SetAttr;
 use rlayerfs::union::layer::StackPaths;
-use rlayerfs::union::{CoreOptions, UnionFs, ROOT};
+use rlayerfs::union::{CoreOptions, Ino, UnionFs, ROOT};
 
 /// Lower-layer counts of the lookup benchmarks.
 const LAYER_COUNTS: [usize; 5] = [1, 8, 32, 64, 128];
@@ -264,7 +264,7 @@ fn bench_readdir(c: &mut Criterion, w: &World) {
         let ino = fs.lookup(ROOT, OsStr::new("big")).expect("big").ino;
         (fs, ino)
     };
-    let list = |fs: &UnionFs, ino: u64| {
+    let list = |fs: &UnionFs, ino: Ino| {
         let v = fs.list_merged(ino).expect("list");
         // `.` and `..` come first.
         assert_eq!(v.len(), READDIR_VISIBLE + 2);
@@ -297,7 +297,7 @@ enum Trigger {
     Chmod,
 }
 
-fn trigger(fs: &UnionFs, ino: u64, how: Trigger) {
+fn trigger(fs: &UnionFs, ino: Ino, how: Trigger) {
     match how {
         Trigger::OpenWrite => {
             let fh = fs.open(ino, libc::O_WRONLY).expect("open for write");

@@ -23,7 +23,7 @@ use crate::union::attr::{SetAttr, TimeSet};
 use crate::union::mutate::NewKind;
 use crate::union::readdir::{DirPlusSink, DirSink};
 use crate::union::setid::KillSetIds;
-use crate::union::{Attr, Caller, Timespec, UnionFs};
+use crate::union::{Attr, Caller, Fh, Ino, Timespec, UnionFs};
 
 /// How long the kernel may trust entries and attributes. Only this daemon changes the
 /// layers while mounted, and every change goes through the kernel, which updates its
@@ -108,12 +108,12 @@ impl FuseAdapter {
     fn open_passthrough(&self, ino: u64, flags: i32, reply: ReplyOpen) {
         // Taken before the open: release removes a handle before it locks this table.
         let g = self.pt.lock();
-        let fh = match self.fs.open(ino, flags) {
+        let fh = match self.fs.open(Ino(ino), flags) {
             Ok(fh) => fh,
             Err(e) => return reply.error(errno(&e, "open")),
         };
         match self.fs.handle_file(fh) {
-            Ok(file) => self.reply_opened(g, ino, fh, &file, true, reply),
+            Ok(file) => self.reply_opened(g, ino, fh.0, &file, true, reply),
             Err(e) => reply.error(errno(&e, "open")),
         }
     }
@@ -187,7 +187,7 @@ impl OpenReply for CreatedReply {
     fn passthrough(self, fs: &FuseAdapter, fh: FileHandle, id: &fuser::BackingId) {
         let a = &self.attr;
         self.reply.created_passthrough(
-            &fs.attr_ttl(a.ino),
+            &fs.attr_ttl(a.ino.0),
             &to_fuse(a),
             Generation(a.generation.into()),
             fh,
@@ -225,10 +225,10 @@ struct DirPlusReply<'a> {
 impl DirPlusSink for DirPlusReply<'_> {
     fn add(&mut self, a: &Attr, offset: u64, name: &OsStr) -> bool {
         self.reply.add(
-            INodeNo(a.ino),
+            INodeNo(a.ino.0),
             offset,
             name,
-            &self.adapter.attr_ttl(a.ino),
+            &self.adapter.attr_ttl(a.ino.0),
             &to_fuse(a),
             Generation(a.generation.into()),
         )
@@ -272,7 +272,7 @@ fn kind_of(ft: rustix::fs::FileType) -> FileType {
 
 fn to_fuse(a: &Attr) -> FileAttr {
     FileAttr {
-        ino: INodeNo(a.ino),
+        ino: INodeNo(a.ino.0),
         size: a.size,
         blocks: a.blocks,
         atime: system_time(a.atime),
@@ -363,7 +363,7 @@ impl FuseAdapter {
     fn entry(&self, reply: ReplyEntry, r: crate::error::Result<Attr>, op: &'static str) {
         match r {
             Ok(a) => reply.entry(
-                &self.attr_ttl(a.ino),
+                &self.attr_ttl(a.ino.0),
                 &to_fuse(&a),
                 Generation(a.generation.into()),
             ),
@@ -382,10 +382,10 @@ impl FuseAdapter {
     /// mode where the other opens use it.
     fn created(&self, a: Attr, fh: u64, reply: ReplyCreate) {
         let reply = CreatedReply { reply, attr: a };
-        match (self.pt.is_enabled(), self.fs.handle_file(fh)) {
+        match (self.pt.is_enabled(), self.fs.handle_file(Fh(fh))) {
             // New: the kernel has nothing cached of it to drop.
             (true, Ok(f)) => {
-                self.reply_opened(self.pt.lock(), reply.attr.ino, fh, &f, false, reply)
+                self.reply_opened(self.pt.lock(), reply.attr.ino.0, fh, &f, false, reply)
             }
             _ => reply.cached(self, FileHandle(fh)),
         }
@@ -461,9 +461,13 @@ impl Filesystem for FuseAdapter {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         // "." and "..": the kernel decoding a file handle (export support).
         if name == "." || name == ".." {
-            return self.entry(reply, self.fs.lookup_dot(parent.0, name == ".."), "lookup");
+            return self.entry(
+                reply,
+                self.fs.lookup_dot(Ino(parent.0), name == ".."),
+                "lookup",
+            );
         }
-        match self.fs.lookup(parent.0, name) {
+        match self.fs.lookup(Ino(parent.0), name) {
             // A negative entry (node id 0) lets the kernel cache the miss: only this daemon
             // changes the layers, and every creation goes through the kernel, which replaces
             // the negative dentry itself.
@@ -473,12 +477,12 @@ impl Filesystem for FuseAdapter {
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        self.fs.forget(ino.0, nlookup);
+        self.fs.forget(Ino(ino.0), nlookup);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        answer(reply, self.fs.getattr(ino.0), "getattr", |r, a| {
-            r.attr(&self.attr_ttl(a.ino), &to_fuse(&a))
+        answer(reply, self.fs.getattr(Ino(ino.0)), "getattr", |r, a| {
+            r.attr(&self.attr_ttl(a.ino.0), &to_fuse(&a))
         })
     }
 
@@ -495,12 +499,14 @@ impl Filesystem for FuseAdapter {
         // with the other attributes, which are those of GETATTR.
         let r = self
             .fs
-            .getattr(ino.0)
-            .and_then(|a| Ok((a, self.fs.btime(ino.0)?)));
+            .getattr(Ino(ino.0))
+            .and_then(|a| Ok((a, self.fs.btime(Ino(ino.0))?)));
         match r {
-            Ok((a, btime)) => {
-                reply.statx(&self.attr_ttl(a.ino), &to_fuse(&a), btime.map(system_time))
-            }
+            Ok((a, btime)) => reply.statx(
+                &self.attr_ttl(a.ino.0),
+                &to_fuse(&a),
+                btime.map(system_time),
+            ),
             Err(e) => reply.error(errno(&e, "statx")),
         }
     }
@@ -550,13 +556,16 @@ impl Filesystem for FuseAdapter {
             fh: fh.map(|f| f.0),
             kill,
         };
-        answer(reply, self.fs.setattr(ino.0, &set), "setattr", |r, a| {
-            r.attr(&self.attr_ttl(a.ino), &to_fuse(&a))
-        })
+        answer(
+            reply,
+            self.fs.setattr(Ino(ino.0), &set),
+            "setattr",
+            |r, a| r.attr(&self.attr_ttl(a.ino.0), &to_fuse(&a)),
+        )
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        answer(reply, self.fs.readlink(ino.0), "readlink", |r, t| {
+        answer(reply, self.fs.readlink(Ino(ino.0)), "readlink", |r, t| {
             r.data(&t)
         })
     }
@@ -580,7 +589,7 @@ impl Filesystem for FuseAdapter {
         };
         let r = self
             .fs
-            .create(parent.0, name, kind, mode, umask, caller(req));
+            .create(Ino(parent.0), name, kind, mode, umask, caller(req));
         self.entry(reply, r, "mknod");
     }
 
@@ -595,16 +604,16 @@ impl Filesystem for FuseAdapter {
     ) {
         let r = self
             .fs
-            .create(parent.0, name, NewKind::Dir, mode, umask, caller(req));
+            .create(Ino(parent.0), name, NewKind::Dir, mode, umask, caller(req));
         self.entry(reply, r, "mkdir");
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        self.empty(reply, self.fs.unlink(parent.0, name), "unlink");
+        self.empty(reply, self.fs.unlink(Ino(parent.0), name), "unlink");
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        self.empty(reply, self.fs.rmdir(parent.0, name), "rmdir");
+        self.empty(reply, self.fs.rmdir(Ino(parent.0), name), "rmdir");
     }
 
     fn symlink(
@@ -616,7 +625,7 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEntry,
     ) {
         let r = self.fs.create(
-            parent.0,
+            Ino(parent.0),
             link_name,
             NewKind::Symlink(target.as_os_str().as_bytes()),
             0o777,
@@ -639,9 +648,9 @@ impl Filesystem for FuseAdapter {
         self.empty(
             reply,
             self.fs.rename(
-                parent.0,
+                Ino(parent.0),
                 name,
-                newparent.0,
+                Ino(newparent.0),
                 newname,
                 flags.bits(),
                 caller(req),
@@ -659,7 +668,7 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEntry,
     ) {
         let r = self.fs.create(
-            newparent.0,
+            Ino(newparent.0),
             newname,
             NewKind::Link(ino.0),
             0,
@@ -673,8 +682,8 @@ impl Filesystem for FuseAdapter {
         if self.pt.is_enabled() {
             return self.open_passthrough(ino.0, flags.0, reply);
         }
-        answer(reply, self.fs.open(ino.0, flags.0), "open", |r, fh| {
-            r.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE)
+        answer(reply, self.fs.open(Ino(ino.0), flags.0), "open", |r, fh| {
+            r.opened(FileHandle(fh.0), FopenFlags::FOPEN_KEEP_CACHE)
         })
     }
 
@@ -689,9 +698,12 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        answer(reply, self.fs.read(fh.0, offset, size), "read", |r, d| {
-            r.data(&d)
-        })
+        answer(
+            reply,
+            self.fs.read(Fh(fh.0), offset, size),
+            "read",
+            |r, d| r.data(&d),
+        )
     }
 
     fn write(
@@ -708,9 +720,9 @@ impl Filesystem for FuseAdapter {
     ) {
         // A writer without CAP_FSETID: the kernel left clearing set-id bits to the daemon.
         let kill = self.killpriv && write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
-        let r = self.fs.write(fh.0, offset, data).and_then(|n| {
+        let r = self.fs.write(Fh(fh.0), offset, data).and_then(|n| {
             if kill {
-                self.fs.kill_set_ids(ino.0, caller(req))?;
+                self.fs.kill_set_ids(Ino(ino.0), caller(req))?;
             }
             Ok(n)
         });
@@ -742,7 +754,7 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEmpty,
     ) {
         self.pt.release_handle(fh.0);
-        self.fs.release(fh.0);
+        self.fs.release(Fh(fh.0));
         reply.ok();
     }
 
@@ -754,21 +766,21 @@ impl Filesystem for FuseAdapter {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        self.empty(reply, self.fs.fsync(fh.0, datasync), "fsync");
+        self.empty(reply, self.fs.fsync(Fh(fh.0), datasync), "fsync");
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.fs.opendir(ino.0) {
+        match self.fs.opendir(Ino(ino.0)) {
             // The kernel keeps listings (`FOPEN_CACHE_DIR`) across opens (`FOPEN_KEEP_CACHE`)
             // and drops one when it sees the directory change (every change goes through
             // it): a warm re-listing reaches the daemon only for the open and release. A
             // handle that may not use the cache (see `UnionFs::opendir`) still keeps it
             // (`FOPEN_KEEP_CACHE`) for the handle that does.
             Ok((fh, true)) => reply.opened(
-                FileHandle(fh),
+                FileHandle(fh.0),
                 FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
             ),
-            Ok((fh, false)) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+            Ok((fh, false)) => reply.opened(FileHandle(fh.0), FopenFlags::FOPEN_KEEP_CACHE),
             Err(e) => reply.error(errno(&e, "opendir")),
         }
     }
@@ -783,7 +795,7 @@ impl Filesystem for FuseAdapter {
     ) {
         match self
             .fs
-            .readdir_into(fh.0, offset, &mut DirReply(&mut reply))
+            .readdir_into(Fh(fh.0), offset, &mut DirReply(&mut reply))
         {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(&e, "readdir")),
@@ -802,7 +814,10 @@ impl Filesystem for FuseAdapter {
             reply: &mut reply,
             adapter: self,
         };
-        match self.fs.readdirplus_into(ino.0, fh.0, offset, &mut sink) {
+        match self
+            .fs
+            .readdirplus_into(Ino(ino.0), Fh(fh.0), offset, &mut sink)
+        {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno(&e, "readdirplus")),
         }
@@ -816,7 +831,7 @@ impl Filesystem for FuseAdapter {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        self.fs.releasedir(fh.0);
+        self.fs.releasedir(Fh(fh.0));
         reply.ok();
     }
 
@@ -828,7 +843,7 @@ impl Filesystem for FuseAdapter {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        self.empty(reply, self.fs.fsyncdir(ino.0), "fsyncdir");
+        self.empty(reply, self.fs.fsyncdir(Ino(ino.0)), "fsyncdir");
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
@@ -859,19 +874,23 @@ impl Filesystem for FuseAdapter {
     ) {
         self.empty(
             reply,
-            self.fs.setxattr(ino.0, name, value, flags, caller(req)),
+            self.fs
+                .setxattr(Ino(ino.0), name, value, flags, caller(req)),
             "setxattr",
         );
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        answer(reply, self.fs.getxattr(ino.0, name), "getxattr", |r, v| {
-            Self::xattr_reply(r, &v, size)
-        })
+        answer(
+            reply,
+            self.fs.getxattr(Ino(ino.0), name),
+            "getxattr",
+            |r, v| Self::xattr_reply(r, &v, size),
+        )
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        match self.fs.listxattr(ino.0) {
+        match self.fs.listxattr(Ino(ino.0)) {
             Ok(names) => {
                 let mut buf = Vec::new();
                 for n in names {
@@ -885,7 +904,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        self.empty(reply, self.fs.removexattr(ino.0, name), "removexattr");
+        self.empty(reply, self.fs.removexattr(Ino(ino.0), name), "removexattr");
     }
 
     fn create(
@@ -900,9 +919,9 @@ impl Filesystem for FuseAdapter {
     ) {
         match self
             .fs
-            .create_open(parent.0, name, flags, mode, umask, caller(req))
+            .create_open(Ino(parent.0), name, flags, mode, umask, caller(req))
         {
-            Ok((a, fh)) => self.created(a, fh, reply),
+            Ok((a, fh)) => self.created(a, fh.0, reply),
             Err(e) => reply.error(errno(&e, "create")),
         }
     }
@@ -916,8 +935,11 @@ impl Filesystem for FuseAdapter {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        match self.fs.tmpfile(parent.0, mode, umask, flags, caller(req)) {
-            Ok((a, fh)) => self.created(a, fh, reply),
+        match self
+            .fs
+            .tmpfile(Ino(parent.0), mode, umask, flags, caller(req))
+        {
+            Ok((a, fh)) => self.created(a, fh.0, reply),
             Err(e) => reply.error(errno(&e, "tmpfile")),
         }
     }
@@ -942,14 +964,14 @@ impl Filesystem for FuseAdapter {
         let r = match cmd {
             FS_IOC_GETFLAGS if out_size >= 4 => self
                 .fs
-                .fileattr_get(ino.0, FileAttr::Flags(0))
+                .fileattr_get(Ino(ino.0), FileAttr::Flags(0))
                 .map(|a| match a {
                     FileAttr::Flags(f) => f.to_ne_bytes().to_vec(),
                     FileAttr::Xattr(b) => b.to_vec(),
                 }),
             FS_IOC_FSGETXATTR if out_size as usize >= FSXATTR_SIZE => self
                 .fs
-                .fileattr_get(ino.0, FileAttr::Xattr([0; FSXATTR_SIZE]))
+                .fileattr_get(Ino(ino.0), FileAttr::Xattr([0; FSXATTR_SIZE]))
                 .map(|a| match a {
                     FileAttr::Flags(f) => f.to_ne_bytes().to_vec(),
                     FileAttr::Xattr(b) => b.to_vec(),
@@ -957,14 +979,14 @@ impl Filesystem for FuseAdapter {
             FS_IOC_SETFLAGS => match <[u8; 4]>::try_from(in_data.get(..4).unwrap_or_default()) {
                 Ok(b) => self
                     .fs
-                    .fileattr_set(ino.0, FileAttr::Flags(u32::from_ne_bytes(b)))
+                    .fileattr_set(Ino(ino.0), FileAttr::Flags(u32::from_ne_bytes(b)))
                     .map(|()| Vec::new()),
                 Err(_) => return reply.error(Errno::EINVAL),
             },
             FS_IOC_FSSETXATTR => match <[u8; FSXATTR_SIZE]>::try_from(in_data) {
                 Ok(b) => self
                     .fs
-                    .fileattr_set(ino.0, FileAttr::Xattr(b))
+                    .fileattr_set(Ino(ino.0), FileAttr::Xattr(b))
                     .map(|()| Vec::new()),
                 Err(_) => return reply.error(Errno::EINVAL),
             },
@@ -991,7 +1013,8 @@ impl Filesystem for FuseAdapter {
     ) {
         self.empty(
             reply,
-            self.fs.fallocate(fh.0, offset, length, mode, caller(req)),
+            self.fs
+                .fallocate(Fh(fh.0), offset, length, mode, caller(req)),
             "fallocate",
         );
     }
@@ -1007,7 +1030,7 @@ impl Filesystem for FuseAdapter {
     ) {
         answer(
             reply,
-            self.fs.lseek(fh.0, offset, whence),
+            self.fs.lseek(Fh(fh.0), offset, whence),
             "lseek",
             |r, o| r.offset(o),
         )
@@ -1028,7 +1051,7 @@ impl Filesystem for FuseAdapter {
     ) {
         match self
             .fs
-            .copy_file_range(fh_in.0, offset_in, fh_out.0, offset_out, len)
+            .copy_file_range(Fh(fh_in.0), offset_in, Fh(fh_out.0), offset_out, len)
         {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(errno(&e, "copy_file_range")),

@@ -17,6 +17,7 @@ use crate::sys;
 use crate::union::dirfd::LayerKey;
 use crate::union::inode::RealLoc;
 use crate::union::setid::KillSetIds;
+use crate::union::Ino;
 use crate::union::{Attr, Caller, Timespec, UnionFs};
 
 /// A time to set.
@@ -66,7 +67,7 @@ fn to_timestamp(t: Option<TimeSet>) -> rustix::fs::Timespec {
 
 impl UnionFs {
     /// stat of a node.
-    pub fn getattr(&self, ino: u64) -> Result<Attr> {
+    pub fn getattr(&self, Ino(ino): Ino) -> Result<Attr> {
         let loc = self.real(ino)?;
         // One fstatat by name unless the override xattr must be read too (then one handle
         // serves both).
@@ -122,7 +123,7 @@ impl UnionFs {
     /// The birth time of the real object behind `ino`, where its filesystem records one
     /// (statx `STATX_BTIME`): what kernel overlayfs reports, since it passes statx on to
     /// the upper or lower object (a copy-up is born at copy-up).
-    pub fn btime(&self, ino: u64) -> Result<Option<Timespec>> {
+    pub fn btime(&self, Ino(ino): Ino) -> Result<Option<Timespec>> {
         use rustix::fs::{statx, AtFlags, StatxFlags};
         let loc = self.real(ino)?;
         let sx = match &loc {
@@ -207,7 +208,7 @@ impl UnionFs {
     }
 
     /// Reads a symlink.
-    pub fn readlink(&self, ino: u64) -> Result<Vec<u8>> {
+    pub fn readlink(&self, Ino(ino): Ino) -> Result<Vec<u8>> {
         let loc = self.real(ino)?;
         let fd = self.open_real_path(&loc)?;
         let target = rustix::fs::readlinkat(&*fd, "", Vec::new()).at("readlink", loc.at())?;
@@ -215,7 +216,7 @@ impl UnionFs {
     }
 
     /// Changes attributes, copying the object up first.
-    pub fn setattr(&self, ino: u64, set: &SetAttr) -> Result<Attr> {
+    pub fn setattr(&self, Ino(ino): Ino, set: &SetAttr) -> Result<Attr> {
         if let Some(c) = crate::union::fileattr::setattr_change(set) {
             self.check_change(ino, c)?;
         }
@@ -356,12 +357,12 @@ impl UnionFs {
             // owner does the same here.
             sys::chown_at(dir.as_fd(), &child, None, None).at("chown", at)?;
         }
-        let a = self.getattr(ino)?;
+        let a = self.getattr(Ino(ino))?;
         match killed {
             // What the filesystem below kept of the set-id bits (it saw the daemon's
             // privilege, not the caller's) goes now.
             Some(mode) if a.mode & 0o7777 != mode => self.setattr(
-                ino,
+                Ino(ino),
                 &SetAttr {
                     mode: Some(mode),
                     ..SetAttr::default()
@@ -392,7 +393,7 @@ impl UnionFs {
 
     /// Reads one xattr. Private overlay xattrs do not exist for users; their own
     /// `trusted.overlay.*` ones are stored escaped.
-    pub fn getxattr(&self, ino: u64, name: &OsStr) -> Result<Vec<u8>> {
+    pub fn getxattr(&self, Ino(ino): Ino, name: &OsStr) -> Result<Vec<u8>> {
         let disk = match self.user_xattr_name(name) {
             Ok(n) => n,
             Err(_) => return Err(Self::no_data(Where::Unknown)),
@@ -422,7 +423,7 @@ impl UnionFs {
     }
 
     /// Lists xattrs, without the private ones, escaped ones under their user names.
-    pub fn listxattr(&self, ino: u64) -> Result<Vec<OsString>> {
+    pub fn listxattr(&self, Ino(ino): Ino) -> Result<Vec<OsString>> {
         let loc = self.real(ino)?;
         let fd = self.open_real_path(&loc)?;
         let names = sys::list_xattrs(fd.as_fd()).at("listxattr", loc.at())?;
@@ -448,7 +449,7 @@ impl UnionFs {
     /// Sets an xattr (copy-up first) on behalf of `caller`.
     pub fn setxattr(
         &self,
-        ino: u64,
+        Ino(ino): Ino,
         name: &OsStr,
         value: &[u8],
         flags: i32,
@@ -471,7 +472,7 @@ impl UnionFs {
     /// speak) or a fallocate (`file_modified`). The daemon acts with its own privilege, so
     /// the filesystem below keeps the bit.
     pub(crate) fn kill_sgid_of_outsider(&self, ino: u64, caller: Caller) -> Result<()> {
-        let a = self.getattr(ino)?;
+        let a = self.getattr(Ino(ino))?;
         if a.mode & libc::S_ISGID == 0
             || sys::process::in_group_or_capable(caller.pid, caller.gid, a.gid).unwrap_or(true)
         {
@@ -481,11 +482,11 @@ impl UnionFs {
             mode: Some(a.mode & 0o7777 & !libc::S_ISGID),
             ..SetAttr::default()
         };
-        self.setattr(ino, &set).map(drop)
+        self.setattr(Ino(ino), &set).map(drop)
     }
 
     /// Removes an xattr (copy-up first, unless it does not exist).
-    pub fn removexattr(&self, ino: u64, name: &OsStr) -> Result<()> {
+    pub fn removexattr(&self, Ino(ino): Ino, name: &OsStr) -> Result<()> {
         let disk = self.user_xattr_name(name)?;
         let loc = self.real(ino)?;
         let fd = self.open_real_path(&loc)?;

@@ -26,8 +26,10 @@ use crate::error::{Error, OsContext, Result, Where};
 use crate::format::{origin, whiteout, xattr};
 use crate::sys::{self, XattrFd};
 use crate::union::fileattr::{Prot, FS_NOATIME_FL, FS_SYNC_FL};
+use crate::union::inode::ROOT_INO;
 use crate::union::lookup::mark_literal;
-use crate::union::{UnionFs, ROOT};
+use crate::union::UnionFs;
+use crate::union::{Fh, Ino};
 use std::sync::Arc;
 
 /// Copies every xattr but the overlay's private ones from `src` to `dst`.
@@ -149,7 +151,7 @@ impl UnionFs {
                 if node.upper {
                     break;
                 }
-                if cur == ROOT {
+                if cur == ROOT_INO {
                     return Err(Error::Invariant("upper root missing"));
                 }
                 chain.push(cur);
@@ -742,14 +744,14 @@ impl UnionFs {
 impl UnionFs {
     /// Whether the object of `ino` lives in the upper layer (or the index) now, its data
     /// included (a metacopy file's data is still in a lower layer).
-    pub fn is_upper(&self, ino: u64) -> Result<bool> {
+    pub fn is_upper(&self, Ino(ino): Ino) -> Result<bool> {
         let nodes = self.nodes.read();
         let n = nodes.get(ino)?;
         Ok(n.detached().is_none() && (n.upper || n.index().is_some()) && n.data().is_none())
     }
 
     /// The open file behind a handle (for FUSE passthrough registration).
-    pub fn handle_file(&self, fh: u64) -> Result<Arc<crate::union::handle::FileHandle>> {
+    pub fn handle_file(&self, Fh(fh): Fh) -> Result<Arc<crate::union::handle::FileHandle>> {
         self.handles.file(fh)
     }
 }

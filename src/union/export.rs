@@ -43,8 +43,10 @@ use rustix::fs::{AtFlags, FileType};
 use crate::error::{Error, OsContext, Result, Where};
 use crate::sys;
 use crate::union::dirfd::LayerKey;
+use crate::union::inode::ROOT_INO;
 use crate::union::layer::LowerIdx;
-use crate::union::{Attr, UnionFs, ROOT};
+use crate::union::Ino;
+use crate::union::{Attr, UnionFs};
 
 /// The FUSE generation of an object with file handle `h`: a 32-bit FNV-1a hash of the
 /// handle type and bytes. Stable across remounts (no random seed): the kernel compares it
@@ -196,7 +198,7 @@ impl UnionFs {
     /// The kernel's `LOOKUP(ino, ".")` (`dotdot`: `LOOKUP(ino, "..")`): the node itself or
     /// its parent, with one more lookup counted. A node this daemon does not know is
     /// decoded from its number when the mount exports handles.
-    pub fn lookup_dot(&self, ino: u64, dotdot: bool) -> Result<Attr> {
+    pub fn lookup_dot(&self, Ino(ino): Ino, dotdot: bool) -> Result<Attr> {
         let target = {
             let mut nodes = self.nodes.write();
             match nodes.get(ino) {
@@ -212,13 +214,13 @@ impl UnionFs {
             }
         };
         match target {
-            Some(t) => match self.getattr(t) {
+            Some(t) => match self.getattr(Ino(t)) {
                 Ok(a) => Ok(Attr {
                     generation: self.nodes.read().generation(t),
                     ..a
                 }),
                 Err(e) => {
-                    self.forget(t, 1);
+                    self.forget(Ino(t), 1);
                     Err(e)
                 }
             },
@@ -322,23 +324,23 @@ impl UnionFs {
     /// that is `n`, stays pinned (the kernel's lookup), everything else is released.
     fn reach(&self, c: &Candidate, n: u64) -> Option<Attr> {
         let mut pinned = Vec::new();
-        let mut cur = ROOT;
+        let mut cur = ROOT_INO;
         let mut found = None;
-        let reached = c
-            .dir
-            .components()
-            .all(|comp| match self.lookup(cur, comp.as_os_str()) {
-                Ok(a) => {
-                    pinned.push(a.ino);
-                    cur = a.ino;
-                    a.is_dir()
-                }
-                Err(_) => false,
-            });
+        let reached =
+            c.dir
+                .components()
+                .all(|comp| match self.lookup(Ino(cur), comp.as_os_str()) {
+                    Ok(a) => {
+                        pinned.push(a.ino);
+                        cur = a.ino.0;
+                        a.is_dir()
+                    }
+                    Err(_) => false,
+                });
         if reached {
             for name in &c.names {
-                match self.lookup(cur, name) {
-                    Ok(a) if a.ino == n => {
+                match self.lookup(Ino(cur), name) {
+                    Ok(a) if a.ino == Ino(n) => {
                         found = Some(a);
                         break;
                     }

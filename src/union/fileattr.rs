@@ -25,6 +25,7 @@ use crate::format::xattr::XattrNs;
 use crate::sys;
 use crate::union::attr::{SetAttr, TimeSet};
 use crate::union::inode::RealLoc;
+use crate::union::Ino;
 use crate::union::UnionFs;
 
 /// `FS_APPEND_FL`.
@@ -304,7 +305,7 @@ impl UnionFs {
     }
 
     /// `FS_IOC_GETFLAGS` (`want` is `Flags(_)`) or `FS_IOC_FSGETXATTR` (`Xattr(_)`).
-    pub fn fileattr_get(&self, ino: u64, want: FileAttr) -> Result<FileAttr> {
+    pub fn fileattr_get(&self, Ino(ino): Ino, want: FileAttr) -> Result<FileAttr> {
         let loc = self.real(ino)?;
         let fd = self.open_for_ioctl(&loc)?;
         let real = match want {
@@ -320,7 +321,7 @@ impl UnionFs {
 
     /// `FS_IOC_SETFLAGS`/`FS_IOC_FSSETXATTR`: copy-up, protection flags into
     /// `overlay.protattr`, the rest to the real upper object.
-    pub fn fileattr_set(&self, ino: u64, set: FileAttr) -> Result<()> {
+    pub fn fileattr_set(&self, Ino(ino): Ino, set: FileAttr) -> Result<()> {
         let fmt = self.writable()?;
         self.prepare_write(ino)?;
         let old = self.prot(ino)?;

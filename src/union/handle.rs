@@ -24,6 +24,7 @@ use crate::union::dirfd::LayerKey;
 use crate::union::inode::RealLoc;
 use crate::union::readdir::Listing;
 use crate::union::UnionFs;
+use crate::union::{Fh, Ino};
 
 /// An open regular file.
 #[derive(Debug)]
@@ -129,7 +130,7 @@ pub(crate) fn wants_write(flags: i32) -> bool {
 
 impl UnionFs {
     /// Opens a file; opening for write copies it up first.
-    pub fn open(&self, ino: u64, flags: i32) -> Result<u64> {
+    pub fn open(&self, Ino(ino): Ino, flags: i32) -> Result<Fh> {
         let write = wants_write(flags);
         if write {
             self.check_change(ino, crate::union::fileattr::Change::Open(flags))?;
@@ -139,27 +140,29 @@ impl UnionFs {
         let loc = self.read_loc(ino)?;
         let file = self.open_loc(&loc, flags)?;
         let on_lower = matches!(loc, RealLoc::Lower(..));
-        Ok(self.handles.insert(Handle::File(Arc::new(FileHandle {
-            ino,
-            file,
-            writable: write,
-            on_lower,
-        }))))
+        Ok(Fh(self.handles.insert(Handle::File(Arc::new(
+            FileHandle {
+                ino,
+                file,
+                writable: write,
+                on_lower,
+            },
+        )))))
     }
 
-    pub(crate) fn register_file(&self, ino: u64, file: File, writable: bool) -> u64 {
-        self.handles.insert(Handle::File(Arc::new(FileHandle {
+    pub(crate) fn register_file(&self, ino: u64, file: File, writable: bool) -> Fh {
+        Fh(self.handles.insert(Handle::File(Arc::new(FileHandle {
             ino,
             file,
             writable,
             on_lower: false,
-        })))
+        }))))
     }
 
     /// The handle to read through: a lower one is moved to the upper copy made since.
     fn readable(&self, fh: u64) -> Result<Arc<FileHandle>> {
         let h = self.handles.file(fh)?;
-        if !h.on_lower || !self.is_upper(h.ino)? {
+        if !h.on_lower || !self.is_upper(Ino(h.ino))? {
             return Ok(h);
         }
         let loc = self.real(h.ino)?;
@@ -223,7 +226,7 @@ impl UnionFs {
         })
     }
 
-    pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
+    pub fn read(&self, Fh(fh): Fh, offset: u64, size: u32) -> Result<Vec<u8>> {
         let h = self.readable(fh)?;
         let mut buf = vec![0u8; size as usize];
         let mut done = 0;
@@ -239,7 +242,7 @@ impl UnionFs {
         Ok(buf)
     }
 
-    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32> {
+    pub fn write(&self, Fh(fh): Fh, offset: u64, data: &[u8]) -> Result<u32> {
         let h = self.handles.file(fh)?;
         if !h.writable {
             return Err(Error::BadHandle);
@@ -250,7 +253,7 @@ impl UnionFs {
         Ok(data.len() as u32)
     }
 
-    pub fn fsync(&self, fh: u64, datasync: bool) -> Result<()> {
+    pub fn fsync(&self, Fh(fh): Fh, datasync: bool) -> Result<()> {
         if self.opts.volatile {
             return Ok(());
         }
@@ -269,7 +272,7 @@ impl UnionFs {
     /// daemon's own fallocate keeps both bits, having the privilege).
     pub fn fallocate(
         &self,
-        fh: u64,
+        Fh(fh): Fh,
         offset: u64,
         length: u64,
         mode: i32,
@@ -282,7 +285,7 @@ impl UnionFs {
         self.kill_sgid_of_outsider(h.ino, caller)
     }
 
-    pub fn lseek(&self, fh: u64, offset: i64, whence: i32) -> Result<i64> {
+    pub fn lseek(&self, Fh(fh): Fh, offset: i64, whence: i32) -> Result<i64> {
         let h = self.readable(fh)?;
         let pos = match whence {
             libc::SEEK_DATA => rustix::fs::SeekFrom::Data(offset as u64),
@@ -297,9 +300,9 @@ impl UnionFs {
 
     pub fn copy_file_range(
         &self,
-        fh_in: u64,
+        Fh(fh_in): Fh,
         off_in: u64,
-        fh_out: u64,
+        Fh(fh_out): Fh,
         off_out: u64,
         len: u64,
     ) -> Result<u32> {
@@ -326,7 +329,7 @@ impl UnionFs {
         Ok(n as u32)
     }
 
-    pub fn release(&self, fh: u64) {
+    pub fn release(&self, Fh(fh): Fh) {
         self.handles.remove(fh);
     }
 
@@ -339,7 +342,7 @@ impl UnionFs {
     /// directories are): a handle opened while another one uses the cache would rebuild it
     /// from a newer snapshot under the older handle's offsets. So at most one open handle
     /// of a directory uses the kernel cache; others are served by the daemon.
-    pub fn opendir(&self, ino: u64) -> Result<(u64, bool)> {
+    pub fn opendir(&self, Ino(ino): Ino) -> Result<(Fh, bool)> {
         self.dir_info(ino)?;
         let kernel_cache = self.handles.cache_users.lock().insert(ino);
         let fh = self.handles.insert(Handle::Dir(Arc::new(DirHandle {
@@ -348,10 +351,10 @@ impl UnionFs {
             served: std::sync::atomic::AtomicBool::new(false),
             kernel_cache,
         })));
-        Ok((fh, kernel_cache))
+        Ok((Fh(fh), kernel_cache))
     }
 
-    pub fn releasedir(&self, fh: u64) {
+    pub fn releasedir(&self, Fh(fh): Fh) {
         if let Ok(d) = self.handles.dir(fh) {
             if d.kernel_cache {
                 self.handles.cache_users.lock().remove(&d.ino);
@@ -360,7 +363,7 @@ impl UnionFs {
         self.handles.remove(fh);
     }
 
-    pub fn fsyncdir(&self, ino: u64) -> Result<()> {
+    pub fn fsyncdir(&self, Ino(ino): Ino) -> Result<()> {
         if self.opts.volatile {
             return Ok(());
         }

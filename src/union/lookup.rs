@@ -30,9 +30,10 @@ use crate::error::{Error, OsContext, Result, Where};
 use crate::format::xattr::{self, OpaqueXattr, XattrNs};
 use crate::format::{origin, whiteout};
 use crate::sys;
-use crate::union::inode::{Lower, LowerRef, Node};
+use crate::union::inode::{Lower, LowerRef, Node, ROOT_INO};
 use crate::union::layer::LowerIdx;
 use crate::union::redirect::{self, Redirect};
+use crate::union::Ino;
 use crate::union::{check_name, Attr, UnionFs};
 
 /// How many names the lower index cache may hold in all (about 40 bytes each, plus the
@@ -631,7 +632,7 @@ impl UnionFs {
         let mut cur = self
             .nodes
             .read()
-            .get(crate::union::ROOT)?
+            .get(ROOT_INO)?
             .lower()
             .and_then(Lower::dir)
             .cloned();
@@ -1100,7 +1101,7 @@ impl UnionFs {
     }
 
     /// Looks up `name` in directory `parent`, pinning the result (one kernel lookup).
-    pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<Attr> {
+    pub fn lookup(&self, Ino(parent): Ino, name: &OsStr) -> Result<Attr> {
         check_name(name)?;
         let info = self.dir_info(parent)?;
         let r = self.resolve(&info, name)?;
@@ -1194,7 +1195,7 @@ impl UnionFs {
         drop(nodes);
         // The override xattr needs the object itself: stat it again through its node.
         if elsewhere || self.reads_override() {
-            return self.getattr(ino).map(|a| Attr { generation, ..a });
+            return self.getattr(Ino(ino)).map(|a| Attr { generation, ..a });
         }
         let shifted = r.upper.is_none()
             && r.index.is_none()

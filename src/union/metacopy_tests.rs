@@ -8,6 +8,7 @@ use std::path::Path;
 
 use crate::union::attr::SetAttr;
 use crate::union::tests::{read, set_xattr, walk, Fixture};
+use crate::union::Ino;
 
 const MARK: &str = "trusted.overlay.metacopy";
 
@@ -26,7 +27,7 @@ fn holds_data(p: &Path) -> bool {
     rustix::fs::seek(&f, rustix::fs::SeekFrom::Data(0)).is_ok()
 }
 
-fn chmod(fs: &crate::union::UnionFs, ino: u64, mode: u32) {
+fn chmod(fs: &crate::union::UnionFs, ino: Ino, mode: u32) {
     let set = SetAttr {
         mode: Some(mode),
         ..SetAttr::default()
@@ -193,7 +194,7 @@ fn renames_and_links_of_metacopy_files_get_redirects() {
     fs.create(
         sub,
         OsStr::new("h2"),
-        crate::union::mutate::NewKind::Link(h),
+        crate::union::mutate::NewKind::Link(h.0),
         0,
         0,
         c,

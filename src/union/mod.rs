@@ -50,8 +50,6 @@ use crate::format::xattr::XattrNs;
 use inode::{LowerRef, NodeTable, ROOT_INO};
 use layer::{LowerIdx, Stack, StackPaths};
 
-pub use inode::ROOT_INO as ROOT;
-
 /// A point in time with nanoseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Timespec {
@@ -59,10 +57,22 @@ pub struct Timespec {
     pub nsec: u32,
 }
 
+/// A node as the kernel names it (FUSE's node id; [`ROOT`] is the root): what every
+/// request on an inode carries across the core's boundary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct Ino(pub u64);
+
+/// The root directory's node.
+pub const ROOT: Ino = Ino(ROOT_INO);
+
+/// An open file or directory, as [`UnionFs::open`] and [`UnionFs::opendir`] give it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Fh(pub u64);
+
 /// Attributes of a merged object, as `stat` would show them through the mount.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Attr {
-    pub ino: u64,
+    pub ino: Ino,
     /// Full `st_mode` (type and permission bits).
     pub mode: u32,
     pub nlink: u32,
@@ -83,7 +93,7 @@ pub struct Attr {
 impl Attr {
     pub fn from_stat(ino: u64, st: &rustix::fs::Stat) -> Attr {
         Attr {
-            ino,
+            ino: Ino(ino),
             mode: st.st_mode,
             nlink: st.st_nlink as u32,
             uid: st.st_uid,
@@ -573,7 +583,7 @@ pub(crate) fn check_name(name: &OsStr) -> Result<()> {
 
 impl UnionFs {
     /// The kernel dropped `n` lookups of `ino`.
-    pub fn forget(&self, ino: u64, n: u64) {
+    pub fn forget(&self, Ino(ino): Ino, n: u64) {
         self.nodes.write().forget(ino, n);
     }
 }

@@ -15,6 +15,7 @@
 use crate::error::Result;
 use crate::sys;
 use crate::union::attr::SetAttr;
+use crate::union::Ino;
 use crate::union::{Caller, UnionFs};
 
 /// What kind of change clears set-id bits.
@@ -59,7 +60,7 @@ impl UnionFs {
         kill: KillSetIds,
         caller: Caller,
     ) -> Result<Option<u32>> {
-        let a = self.getattr(ino)?;
+        let a = self.getattr(Ino(ino))?;
         let keep = mode_after(a.mode, kill, || {
             // A task gone meanwhile changes nothing more: keep the bit.
             sys::process::in_group_or_capable(caller.pid, caller.gid, a.gid).unwrap_or(true)
@@ -69,11 +70,11 @@ impl UnionFs {
 
     /// Clears the set-id bits a data change of `ino` by `caller` (without CAP_FSETID)
     /// clears: a WRITE with `FUSE_WRITE_KILL_SUIDGID`.
-    pub fn kill_set_ids(&self, ino: u64, caller: Caller) -> Result<()> {
+    pub fn kill_set_ids(&self, Ino(ino): Ino, caller: Caller) -> Result<()> {
         match self.killed_mode(ino, KillSetIds::Data, caller)? {
             Some(mode) => self
                 .setattr(
-                    ino,
+                    Ino(ino),
                     &SetAttr {
                         mode: Some(mode),
                         ..SetAttr::default()

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use crate::error::Error;
 use crate::union::layer::StackPaths;
 use crate::union::mutate::NewKind;
+use crate::union::Ino;
 use crate::union::{Caller, CoreOptions, UnionFs, ROOT};
 
 pub(crate) struct Fixture {
@@ -97,7 +98,7 @@ impl Fixture {
     }
 }
 
-pub(crate) fn walk(fs: &UnionFs, path: &str) -> Result<u64, Error> {
+pub(crate) fn walk(fs: &UnionFs, path: &str) -> Result<Ino, Error> {
     let mut ino = ROOT;
     for c in path.split('/').filter(|c| !c.is_empty()) {
         ino = fs.lookup(ino, OsStr::new(c))?.ino;
@@ -411,7 +412,7 @@ fn hard_links_share_one_inode_across_copy_up() {
         .create(
             ROOT,
             OsStr::new("three"),
-            NewKind::Link(a),
+            NewKind::Link(a.0),
             0,
             0,
             Caller::ROOT,
@@ -491,7 +492,7 @@ fn forget_frees_nodes() {
     }
     let fs = f.fs();
     let d = walk(&fs, "d").unwrap();
-    let inos: Vec<u64> = (0..100)
+    let inos: Vec<Ino> = (0..100)
         .map(|i| fs.lookup(d, OsStr::new(&format!("f{i}"))).unwrap().ino)
         .collect();
     assert_eq!(fs.node_count(), 102);
@@ -540,7 +541,7 @@ fn open_dirs_snapshot_and_one_uses_the_kernel_cache() {
         a_cache && !b_cache,
         "one open handle at a time uses the kernel cache"
     );
-    let (first, start, _) = fs.listing(a, 0).unwrap();
+    let (first, start, _) = fs.listing(a.0, 0).unwrap();
     assert_eq!((first.entries.len(), start), (7, 0));
     // Stop after the third entry, remove the fourth and fifth, then read on.
     let after = first.offs[2];
@@ -548,17 +549,17 @@ fn open_dirs_snapshot_and_one_uses_the_kernel_cache() {
     for name in &gone {
         fs.unlink(d, name).unwrap();
     }
-    let (same, i, _) = fs.listing(a, after).unwrap();
+    let (same, i, _) = fs.listing(a.0, after).unwrap();
     assert_eq!(
         same.entries[i].name, gone[0],
         "the open handle keeps its snapshot"
     );
     // Another handle lists the directory as it is now, with the same offsets.
-    let (now, j, _) = fs.listing(b, after).unwrap();
+    let (now, j, _) = fs.listing(b.0, after).unwrap();
     assert!(now.entries[j..].iter().all(|e| !gone.contains(&e.name)));
     assert_eq!(now.entries.len(), 5);
     // rewinddir: a new snapshot.
-    let (fresh, _, _) = fs.listing(a, 0).unwrap();
+    let (fresh, _, _) = fs.listing(a.0, 0).unwrap();
     assert_eq!(fresh.entries.len(), 5);
     fs.releasedir(a);
     let (c, c_cache) = fs.opendir(d).unwrap();
@@ -586,7 +587,7 @@ fn tmpfile_is_unnamed_until_linked() {
         .create(
             b,
             OsStr::new("named"),
-            NewKind::Link(attr.ino),
+            NewKind::Link(attr.ino.0),
             0,
             0,
             Caller::ROOT,
@@ -716,7 +717,7 @@ fn copy_up_takes_the_lower_object_as_it_is_at_the_copy() {
         mtime: Some(crate::union::attr::TimeSet::Now),
         ..Default::default()
     };
-    let inos: Vec<u64> = ["open", "setid", "now_fifo", "now_link"]
+    let inos: Vec<Ino> = ["open", "setid", "now_fifo", "now_link"]
         .iter()
         .map(|n| walk(&fs, &format!("d/{n}")).unwrap())
         .collect();

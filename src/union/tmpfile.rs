@@ -20,18 +20,19 @@ use crate::union::fileattr::Change;
 use crate::union::inode::Node;
 use crate::union::mutate::made_with_ids;
 use crate::union::{Attr, Caller, UnionFs};
+use crate::union::{Fh, Ino};
 
 impl UnionFs {
     /// Makes an unnamed regular file in directory `parent` for `caller`, open with
     /// `flags`; returns its attributes (st_nlink 0) and the open handle.
     pub fn tmpfile(
         &self,
-        parent: u64,
+        Ino(parent): Ino,
         mode: u32,
         umask: u32,
         flags: i32,
         caller: Caller,
-    ) -> Result<(Attr, u64)> {
+    ) -> Result<(Attr, Fh)> {
         self.writable()?;
         let _ns = self.ns_change();
         self.dir_info(parent)?;
@@ -135,7 +136,7 @@ impl UnionFs {
             }
             ino
         };
-        match self.getattr(ino) {
+        match self.getattr(Ino(ino)) {
             Ok(attr) => Ok((
                 Attr { generation, ..attr },
                 self.register_file(ino, File::from(fd), true),

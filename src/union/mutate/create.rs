@@ -25,6 +25,7 @@ use crate::union::lookup::{DirInfo, Resolved};
 use crate::union::{check_name, Attr, Caller, UnionFs};
 
 use super::{made_with_ids, upper_slot, NewOwner, UpperSlot};
+use crate::union::{Fh, Ino};
 
 /// What to create.
 #[derive(Debug, Clone, Copy)]
@@ -52,7 +53,7 @@ impl UnionFs {
     /// make it is closed again.
     pub fn create(
         &self,
-        parent: u64,
+        Ino(parent): Ino,
         name: &OsStr,
         kind: NewKind<'_>,
         mode: u32,
@@ -69,13 +70,13 @@ impl UnionFs {
     /// attributes and the open handle.
     pub fn create_open(
         &self,
-        parent: u64,
+        Ino(parent): Ino,
         name: &OsStr,
         flags: i32,
         mode: u32,
         umask: u32,
         caller: Caller,
-    ) -> Result<(Attr, u64)> {
+    ) -> Result<(Attr, Fh)> {
         check_name(name)?;
         let _ns = self.ns_change();
         let kind = NewKind::File { flags };
@@ -83,7 +84,7 @@ impl UnionFs {
         let file = file.ok_or(Error::Invariant(
             "regular file created without its open file",
         ))?;
-        Ok((attr, self.register_file(attr.ino, file, true)))
+        Ok((attr, self.register_file(attr.ino.0, file, true)))
     }
 
     /// [`Self::create`] under `ns_lock`; also returns the open file of a regular file
@@ -124,7 +125,7 @@ impl UnionFs {
         let marks_dir = inner_wh
             || match kind {
                 NewKind::Link(src) => {
-                    let a = self.getattr(src)?;
+                    let a = self.getattr(Ino(src))?;
                     whiteout::is_chardev_whiteout(a.mode, a.rdev)
                 }
                 _ => false,
@@ -312,7 +313,7 @@ impl UnionFs {
         let r = self.new_resolved(&info, pfd.as_fd(), name, kind, inner_wh)?;
         let attr = self.pin(parent, name, &r, forced)?;
         if r.is_dir {
-            self.made_upper_dir(attr.ino);
+            self.made_upper_dir(attr.ino.0);
         }
         Ok((attr, file))
     }

@@ -249,7 +249,7 @@ impl UnionFs {
             return Ok((ino, false));
         }
         let attr = self.pin(parent, name, r, None)?;
-        Ok((attr.ino, true))
+        Ok((attr.ino.0, true))
     }
 
     /// True when the merged directory (resolved as `r` at `parent_info`/`name`) is empty.

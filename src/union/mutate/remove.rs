@@ -15,16 +15,17 @@ use crate::format::whiteout::WhiteoutKind;
 use crate::sys;
 use crate::union::fileattr::Change;
 use crate::union::layer::remove_tree;
+use crate::union::Ino;
 use crate::union::{check_name, UnionFs};
 
 impl UnionFs {
     /// Removes a non-directory.
-    pub fn unlink(&self, parent: u64, name: &OsStr) -> Result<()> {
+    pub fn unlink(&self, Ino(parent): Ino, name: &OsStr) -> Result<()> {
         self.remove(parent, name, false)
     }
 
     /// Removes an empty (merged) directory.
-    pub fn rmdir(&self, parent: u64, name: &OsStr) -> Result<()> {
+    pub fn rmdir(&self, Ino(parent): Ino, name: &OsStr) -> Result<()> {
         self.remove(parent, name, true)
     }
 

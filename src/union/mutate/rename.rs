@@ -22,6 +22,7 @@ use crate::union::lookup::{DirInfo, Resolved};
 use crate::union::{check_name, Caller, UnionFs};
 
 use super::{upper_slot, NewKind, UpperSlot};
+use crate::union::Ino;
 
 impl UnionFs {
     /// Renames with `flags` (`RENAME_NOREPLACE`, `RENAME_EXCHANGE`, `RENAME_WHITEOUT`) on
@@ -33,9 +34,9 @@ impl UnionFs {
     /// it so (the inner overlay's lower object shows there again).
     pub fn rename(
         &self,
-        parent: u64,
+        Ino(parent): Ino,
         name: &OsStr,
-        new_parent: u64,
+        Ino(new_parent): Ino,
         new_name: &OsStr,
         flags: u32,
         caller: Caller,
@@ -75,7 +76,7 @@ impl UnionFs {
         match made {
             // The kernel takes no reference on the whiteout.
             Ok((a, _)) => {
-                self.nodes.write().forget(a.ino, 1);
+                self.nodes.write().forget(a.ino.0, 1);
                 Ok(())
             }
             Err(e) => {

@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use crate::error::Result;
 use crate::union::readdir::DirEntry;
+use crate::union::Ino;
 use crate::union::UnionFs;
 
 /// A merged listing in cookie order: entry `i` is followed by offset `offs[i]`.
@@ -126,7 +127,7 @@ impl UnionFs {
             Some(l) if !rewind => l,
             old => match self
                 .upper_only(d.ino)
-                .and_then(|up| Ok((up, self.list_merged(d.ino)?)))
+                .and_then(|up| Ok((up, self.list_merged(Ino(d.ino))?)))
             {
                 Ok((upper_only, fresh)) => {
                     let mut fresh = Listing::new(fresh);

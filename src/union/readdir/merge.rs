@@ -10,6 +10,7 @@ use crate::error::{OsContext, Result, Where};
 use crate::format::whiteout;
 use crate::sys;
 use crate::union::lookup::{dir_marks, is_inner_whiteout, DirInfo, LowerChild};
+use crate::union::Ino;
 use crate::union::UnionFs;
 
 /// One entry of a merged listing.
@@ -22,7 +23,7 @@ pub struct DirEntry {
 
 impl UnionFs {
     /// The merged listing of directory `ino`, with `.` and `..` first.
-    pub fn list_merged(&self, ino: u64) -> Result<Vec<DirEntry>> {
+    pub fn list_merged(&self, Ino(ino): Ino) -> Result<Vec<DirEntry>> {
         let info = self.dir_info(ino)?;
         let parent = self.nodes.read().get(ino)?.parent;
         let mut out = vec![

@@ -12,6 +12,7 @@ use rustix::fs::FileType;
 
 use crate::error::{Error, Result};
 use crate::union::{Attr, UnionFs};
+use crate::union::{Fh, Ino};
 
 /// Where the entries of one READDIR go.
 pub trait DirSink {
@@ -34,7 +35,7 @@ fn is_dot(name: &OsStr) -> bool {
 impl UnionFs {
     /// Fills `sink` with the entries of open directory `fh` after `offset` (see
     /// [`Self::listing`]), until the sink is full or the listing ends.
-    pub fn readdir_into(&self, fh: u64, offset: u64, sink: &mut impl DirSink) -> Result<()> {
+    pub fn readdir_into(&self, Fh(fh): Fh, offset: u64, sink: &mut impl DirSink) -> Result<()> {
         let (dir, start, recheck) = self.listing(fh, offset)?;
         for (e, off) in dir.entries[start..].iter().zip(&dir.offs[start..]) {
             if recheck.as_ref().is_some_and(|r| !r.exists(&e.name)) {
@@ -52,8 +53,8 @@ impl UnionFs {
     /// lookup reference; one it refused holds none.
     pub fn readdirplus_into(
         &self,
-        parent: u64,
-        fh: u64,
+        Ino(parent): Ino,
+        Fh(fh): Fh,
         offset: u64,
         sink: &mut impl DirPlusSink,
     ) -> Result<()> {
@@ -63,12 +64,12 @@ impl UnionFs {
             let attr = if is_dot(&e.name) {
                 // The kernel ignores their attributes: no stat needed.
                 Attr {
-                    ino: e.ino,
+                    ino: Ino(e.ino),
                     mode: libc::S_IFDIR,
                     ..Attr::default()
                 }
             } else {
-                match self.lookup(parent, &e.name) {
+                match self.lookup(Ino(parent), &e.name) {
                     Ok(a) => a,
                     // Gone from an upper-only directory: not listed (see `Recheck`).
                     Err(Error::NotFound) if recheck.is_some() => continue,
@@ -80,14 +81,14 @@ impl UnionFs {
                     // first read or after a lookup), which gives the real d_ino.
                     Err(_) if added => break,
                     Err(_) => Attr {
-                        ino: 0,
+                        ino: Ino(0),
                         mode: e.kind.as_raw_mode(),
                         ..Attr::default()
                     },
                 }
             };
             if sink.add(&attr, *off, &e.name) {
-                if !is_dot(&e.name) && attr.ino != 0 {
+                if !is_dot(&e.name) && attr.ino != Ino(0) {
                     // Not sent: give the reference back.
                     self.forget(attr.ino, 1);
                 }
@@ -105,6 +106,7 @@ mod tests {
 
     use super::*;
     use crate::union::tests::{walk, Fixture};
+    use crate::union::{Fh, Ino};
 
     /// A reply buffer with room for `room` entries per request.
     struct Buffer {
@@ -136,7 +138,7 @@ mod tests {
 
     impl DirPlusSink for Buffer {
         fn add(&mut self, attr: &Attr, offset: u64, name: &OsStr) -> bool {
-            self.take(attr.ino, offset, name)
+            self.take(attr.ino.0, offset, name)
         }
     }
 
@@ -147,7 +149,7 @@ mod tests {
 
     /// `files` files `d/f0`… spread over the fixture's lowers; the core, `d` and an open
     /// handle of it.
-    fn open_dir(f: &Fixture, files: usize, lowers: usize) -> (UnionFs, u64, u64) {
+    fn open_dir(f: &Fixture, files: usize, lowers: usize) -> (UnionFs, Ino, Fh) {
         for i in 0..files {
             f.write(&f.l(i % lowers), &format!("d/f{i}"), "x");
         }
@@ -209,13 +211,13 @@ mod tests {
                 1,
                 "{name:?}: exactly one reference in all"
             );
-            fs.forget(*ino, 1);
+            fs.forget(Ino(*ino), 1);
             assert!(
                 fs.nodes.read().get(*ino).is_err(),
                 "{name:?} freed by its FORGET"
             );
         }
-        assert_eq!(lookups(&fs, d), 1, ". and .. take no reference");
+        assert_eq!(lookups(&fs, d.0), 1, ". and .. take no reference");
     }
 
     #[test]
@@ -236,7 +238,7 @@ mod tests {
             },
         );
         fs.releasedir(fh);
-        assert_eq!(lookups(&fs, d), 1);
+        assert_eq!(lookups(&fs, d.0), 1);
         names.sort();
         assert_eq!(names, [".", "..", "f0", "f1", "f2", "f3", "f4"]);
     }
@@ -249,7 +251,7 @@ mod tests {
         fs.readdirplus_into(d, fh, 0, &mut buf).unwrap();
         let offset = buf.got[2].1;
         // The snapshot's next two names are removed before the next read.
-        let (snap, start, _) = fs.listing(fh, offset).unwrap();
+        let (snap, start, _) = fs.listing(fh.0, offset).unwrap();
         let gone: Vec<OsString> = snap.entries[start..start + 2]
             .iter()
             .map(|e| e.name.clone())
