@@ -86,6 +86,18 @@ impl<B> Passthrough<B> {
         }
     }
 
+    /// Registers handle `fh` of `ino`, counted as a writer when `writer`; true when it is
+    /// the inode's first.
+    fn add_handle(&self, fh: u64, ino: u64, writer: bool) -> bool {
+        self.handles.lock().insert(fh, Handle { ino, writer });
+        writer && {
+            let mut w = self.writers.lock();
+            let n = w.entry(ino).or_insert(0);
+            *n += 1;
+            *n == 1
+        }
+    }
+
     /// Whether a passthrough handle of `ino` is open for writing.
     pub fn has_writer(&self, ino: u64) -> bool {
         self.writers.lock().contains_key(&ino)
@@ -131,11 +143,7 @@ impl<B> PassthroughGuard<'_, B> {
         match self.map.entry(ino).or_insert(Mode::Cached { opens: 0 }) {
             Mode::Cached { opens } | Mode::Passthrough { opens, .. } => *opens += 1,
         }
-        self.add_handle(fh, ino, false);
-    }
-
-    fn add_handle(&mut self, fh: u64, ino: u64, writer: bool) {
-        self.table.handles.lock().insert(fh, Handle { ino, writer });
+        self.table.add_handle(fh, ino, false);
     }
 
     /// Registers handle `fh`, a passthrough open of `ino` (for writing when `writable`),
@@ -155,23 +163,11 @@ impl<B> PassthroughGuard<'_, B> {
                 opens: 0,
             });
         }
-        if !matches!(self.map.get(&ino), Some(Mode::Passthrough { .. })) {
+        let Some(Mode::Passthrough { id, opens }) = self.map.get_mut(&ino) else {
             return Err(std::io::Error::from_raw_os_error(libc::EBUSY));
-        }
-        self.add_handle(fh, ino, writable);
-        let first_writer = writable && {
-            let mut w = self.table.writers.lock();
-            let n = w.entry(ino).or_insert(0);
-            *n += 1;
-            *n == 1
         };
-        match self.map.get_mut(&ino) {
-            Some(Mode::Passthrough { id, opens }) => {
-                *opens += 1;
-                Ok((id, first_writer))
-            }
-            _ => Err(std::io::Error::from_raw_os_error(libc::EBUSY)),
-        }
+        *opens += 1;
+        Ok((id, self.table.add_handle(fh, ino, writable)))
     }
 
     /// One registered open of `ino` ended; the mode (and backing) goes with the last one.

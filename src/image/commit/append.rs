@@ -124,9 +124,9 @@ pub fn append_to_image(
         .join(crate::image::description::DESCRIPTION_FILE)
         .is_file()
     {
-        append_unpacked(image, &new)
+        append_unpacked(image, new)
     } else if image.join("oci-layout").is_file() {
-        append_oci(image, &new, from)
+        append_oci(image, new, from)
     } else {
         Err(ImageError::Usage(format!(
             "{} is neither an unpacked image (rlayerfs-image.json) nor an OCI layout (oci-layout)",
@@ -137,6 +137,7 @@ pub fn append_to_image(
 
 /// What [`append_to_image`] adds: the layer blob (as its commit reported it), and the new
 /// image's name and platform.
+#[derive(Clone, Copy)]
 struct NewImage<'a> {
     layer: &'a Path,
     report: &'a CommitReport,
@@ -144,13 +145,15 @@ struct NewImage<'a> {
     platform: &'a Platform,
 }
 
-fn append_unpacked(dest: &Path, new: &NewImage<'_>) -> Result<AppendReport, ImageError> {
-    let &NewImage {
+fn append_unpacked(
+    dest: &Path,
+    NewImage {
         layer,
         report,
         tag,
         platform,
-    } = new;
+    }: NewImage<'_>,
+) -> Result<AppendReport, ImageError> {
     let mut desc = ImageDescription::read(dest)?;
     let dest_fd = component::open_dir_path(dest).map_err(|e| ImageError::io("open", dest, e))?;
     let layers_path = dest.join(LAYERS_DIR);
@@ -246,15 +249,14 @@ fn put_blob(layout: &Path, bytes: &[u8]) -> Result<(Digest, u64), ImageError> {
 
 fn append_oci(
     layout: &Path,
-    new: &NewImage<'_>,
-    from: Option<&str>,
-) -> Result<AppendReport, ImageError> {
-    let &NewImage {
+    NewImage {
         layer,
         report,
         tag,
         platform,
-    } = new;
+    }: NewImage<'_>,
+    from: Option<&str>,
+) -> Result<AppendReport, ImageError> {
     let fd = component::open_dir_path(layout).map_err(|e| ImageError::io("open", layout, e))?;
     let store = Store::Dir {
         fd,
