@@ -7,7 +7,7 @@
 
 #![allow(unsafe_code, clippy::undocumented_unsafe_blocks)]
 
-mod common;
+use crate::common;
 
 use std::fs::{self, OpenOptions};
 use std::io::{self, Read, Write};

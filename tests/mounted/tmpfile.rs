@@ -2,7 +2,7 @@
 //! `STATX_BTIME`, FUSE_STATX) through the mount, each observation compared with kernel
 //! overlayfs (`index=on,redirect_dir=on`) over a copy of the same layers.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::io::{Read, Seek, SeekFrom, Write};

@@ -5,11 +5,11 @@
 //! into a metacopy file leaves it marked: it still reads as the lower), and once space is
 //! freed the same copy-up succeeds.
 //!
-//! EIO from the upper is tested in `tests/eio.rs` (an ext4 upper shut down while mounted).
+//! EIO from the upper is tested in `eio` (an ext4 upper shut down while mounted).
 
 #![allow(unsafe_code, clippy::undocumented_unsafe_blocks)]
 
-mod common;
+use crate::common;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};

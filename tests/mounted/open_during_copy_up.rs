@@ -1,7 +1,7 @@
 //! A file open read-only from a lower layer while another open copies it up: as on kernel
 //! overlayfs, the reader moves to the upper copy and sees what the writer wrote.
 
-mod common;
+use crate::common;
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};

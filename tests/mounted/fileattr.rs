@@ -7,7 +7,7 @@
 //!
 //! Skips (with a message) when not root, /dev/fuse is missing, or `chattr` is not there.
 
-mod common;
+use crate::common;
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;

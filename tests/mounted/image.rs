@@ -6,7 +6,7 @@
 //! the container saw (canonical dump with mtimes to the second, as a tar keeps them). A chmod
 //! or chown leaves a metacopy file: commit reads its data from the lower layers.
 
-mod common;
+use crate::common;
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;

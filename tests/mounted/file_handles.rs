@@ -11,7 +11,7 @@
 //! Without `nfs_export` both refuse handles (`EOPNOTSUPP`), identifiers-only handles
 //! (`AT_HANDLE_FID`) still work. Skips when not root or /dev/fuse is missing.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::io::{Read, Write};

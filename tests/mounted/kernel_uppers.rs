@@ -5,7 +5,7 @@
 //! in place, `metacopy=off` refuses such files as the kernel does, and data-only lower
 //! layers (`datadir+`, `lowerdir=A::B`) are read as the kernel reads them.
 
-mod common;
+use crate::common;
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;
