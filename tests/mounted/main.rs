@@ -2,9 +2,10 @@
 //! (index=on, redirect_dir=on) over an identical copy of the layers as the reference: each
 //! test runs the same observation on both mounts (`common::live::same`) and requires equal
 //! results, plus checks of its own where the brief states an absolute requirement (sparse
-//! copy-up, statfs of the upper). Failure modes of the upper (`eio`, `enospc`), inode flags,
-//! file handles, unnamed files, mount flags, kernel-written uppers, id mappings and the image
-//! loop (`image`) are modules of the same crate, so that one build links them all.
+//! copy-up, statfs of the upper). Failure modes of the upper (`eio`, `enospc`), hostile
+//! layers, inode flags, file handles, unnamed files, mount flags, kernel-written uppers, id
+//! mappings, nested overlays, user-namespace mounts, the transports and the image loop
+//! (`image`) are modules of the same crate, so that one build links them all.
 //!
 //! Skips (with a message) when not root or /dev/fuse is missing. A watchdog detaches a hung
 //! mount so a deadlock fails the test instead of hanging the run.
@@ -20,6 +21,7 @@ mod enospc;
 mod file_handles;
 mod fileattr;
 mod hard_links;
+mod hostile;
 mod ids;
 mod image;
 mod inodes;
@@ -27,16 +29,19 @@ mod kernel_uppers;
 mod locks;
 mod mmap;
 mod mount_flags;
+mod nesting;
 mod open_during_copy_up;
 mod privileges;
 mod readdir;
 mod rename;
+mod rootless;
 mod statfs;
 mod tmpfile;
+mod transport;
 mod unlink;
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self};
+use std::io;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;

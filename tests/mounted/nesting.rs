@@ -9,7 +9,7 @@
 //! fuse-overlayfs, kernel overlayfs) must behave as on a plain directory, and what kernel
 //! overlayfs leaves in rlayerfs's upper must mean the same to kernel overlayfs reading it.
 
-mod common;
+use crate::common;
 
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};

@@ -2,7 +2,7 @@
 //! problem (and the entry), and nothing may be written outside DEST — nor DEST itself left
 //! behind. Canary files beside DEST and a canary directory that symlinks point at are checked.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::path::Path;

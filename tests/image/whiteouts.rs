@@ -2,7 +2,7 @@
 //! table: the unpacked top layer must hold overlay whiteouts/opaque dirs, and (as root) a
 //! kernel overlay mount of the unpacked layers must show the merged tree the spec describes.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};

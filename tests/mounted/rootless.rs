@@ -3,7 +3,7 @@
 //! `user.overlay.*`. What it writes must mean the same after a remount, and what kernel
 //! overlayfs with `userxattr` makes of it is pinned here.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

@@ -7,7 +7,7 @@
 //!
 //! Skips (with a message) when not root or /dev/fuse is missing.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::path::Path;

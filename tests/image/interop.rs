@@ -4,7 +4,7 @@
 //! with `append_to_image` is accepted by umoci and skopeo. Skipped, with a message, when
 //! umoci is not installed (`apt-get install umoci skopeo busybox-static`) or not root.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::path::Path;

@@ -3,7 +3,7 @@
 //! sparse files, whiteouts, opaque dirs); output is byte-for-byte deterministic; every
 //! whiteout/opaque encoding is exported as its OCI form.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::io::Read;

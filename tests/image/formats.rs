@@ -3,7 +3,7 @@
 //! by platform, references, metadata from PAX headers, GNU/PAX sparse files, the
 //! description file, and `commit --image` appends.
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;

@@ -4,7 +4,7 @@
 //! the layers (canary files keep content, mode, owner and times) and never hang. Also FIFOs
 //! where files are expected, and lower files swapped for symlinks during copy-up.
 
-mod common;
+use crate::common;
 
 use std::io::Read;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};

@@ -2,7 +2,7 @@
 //! unpacker, the image-archive detection and the JSON document parsers give errors, not
 //! panics, and never write outside DEST.
 
-mod common;
+use crate::common;
 
 use std::fs;
 
