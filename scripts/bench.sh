@@ -20,7 +20,9 @@
 # against full copies, whose data the sync writes out). Metadata-only copy-up differs too:
 # rlayerfs does it by default as root (kernel `metacopy=on`), the kernel's default here is
 # off; `kernel-metacopy` (metacopy=on) and `rlayerfs-nometacopy` (-o metacopy=off) are the
-# other variants, also only in the scenarios that write.
+# other variants, also only in the scenarios that write. `rlayerfs-base` is a second
+# rlayerfs binary (`--baseline PATH`, e.g. an older commit's) mounted as `rlayerfs` is, so
+# that a change is compared with what it replaces in the same run, interleaved.
 #
 # Needs root, /dev/fuse, losetup, mkfs.ext4, perl; git for the git scenario. Run
 # `scripts/bench.sh --help` for the options. Cold scenarios drop the page cache of the whole
@@ -37,7 +39,7 @@ say() { printf '%s\n' "$*"; }
 usage() {
     cat <<'EOF'
 usage: scripts/bench.sh [--quick] [--runs N] [--only LIST] [--systems LIST] [--pin]
-                        [--dir DIR] [--rlayerfs PATH] [--install]
+                        [--dir DIR] [--rlayerfs PATH] [--baseline PATH] [--install]
 
   --quick          small sizes and 1 run (smoke test, CI)
   --runs N         runs per system and scenario (default 3; 1 with --quick)
@@ -46,9 +48,9 @@ usage: scripts/bench.sh [--quick] [--runs N] [--only LIST] [--systems LIST] [--p
                    chmod chmod64k untar rm cpa git
   --systems LIST   comma-separated, from: kernel kernel-volatile kernel-metacopy
                    rlayerfs rlayerfs-volatile rlayerfs-classic rlayerfs-nometacopy
-                   fuse-overlayfs fuse-overlayfs2 plain
-                   (default: all of them); ratios are to `kernel`. `rlayerfs` serves
-                   over FUSE-over-io_uring where the kernel allows it (this script sets
+                   rlayerfs-base fuse-overlayfs fuse-overlayfs2 plain
+                   (default: all of them, rlayerfs-base only with --baseline);
+                   ratios are to `kernel`. `rlayerfs` serves over FUSE-over-io_uring where the kernel allows it (this script sets
                    the fuse module parameter enable_uring=Y for the run and restores it),
                    `rlayerfs-classic` over /dev/fuse read/write (-o uring=off). The -volatile
                    ones (no fsync of copy-ups), kernel-metacopy (metacopy=on) and
@@ -56,6 +58,8 @@ usage: scripts/bench.sh [--quick] [--runs N] [--only LIST] [--systems LIST] [--p
   --pin            run the daemons and the clients on CPU 0 (taskset -c 0)
   --dir DIR        where the ext4 image and the results go (default /var/tmp/rlayerfs-bench)
   --rlayerfs PATH  the rlayerfs binary (default: target/release/rlayerfs, built if missing)
+  --baseline PATH  a second rlayerfs binary, the system rlayerfs-base (mounted as rlayerfs):
+                   old and new side by side in one run
   --scale F        multiply the full sizes by F (e.g. 0.2); ignored with --quick
   --install        try `cargo install fuse-overlayfs` (2.0) into /opt/fuse-overlayfs2 if
                    it is missing (slow: minutes of compilation)
@@ -153,6 +157,8 @@ PIN=()
 SYSTEMS="kernel,kernel-volatile,kernel-metacopy,rlayerfs,rlayerfs-volatile,rlayerfs-classic,rlayerfs-nometacopy,fuse-overlayfs,fuse-overlayfs2,plain"
 BASE_DIR=/var/tmp/rlayerfs-bench
 RLAYERFS=
+BASELINE=
+SYSTEMS_GIVEN=0
 INSTALL=0
 SCALE=1
 CORE=0
@@ -163,10 +169,11 @@ while [ $# -gt 0 ]; do
     --quick) QUICK=1 ;;
     --runs) RUNS=$2; shift ;;
     --only) ONLY=$2; shift ;;
-    --systems) SYSTEMS=$2; shift ;;
+    --systems) SYSTEMS=$2; SYSTEMS_GIVEN=1; shift ;;
     --pin) PIN=(taskset -c 0) ;;
     --dir) BASE_DIR=$2; shift ;;
     --rlayerfs) RLAYERFS=$2; shift ;;
+    --baseline) BASELINE=$2; shift ;;
     --install) INSTALL=1 ;;
     --scale) SCALE=$2; shift ;;
     --core) CORE=1 ;;
@@ -181,7 +188,7 @@ if [ -n "$REPORT" ]; then
     [ -r "$REPORT" ] || { echo "cannot read $REPORT" >&2; exit 2; }
     present=()
     for s in kernel kernel-volatile kernel-metacopy rlayerfs rlayerfs-volatile rlayerfs-classic \
-        rlayerfs-nometacopy fuse-overlayfs fuse-overlayfs2 plain; do
+        rlayerfs-nometacopy rlayerfs-base fuse-overlayfs fuse-overlayfs2 plain; do
         awk -F'\t' -v s="$s" '$3 == s { f = 1 } END { exit !f }' "$REPORT" && present+=("$s")
     done
     summarize "$REPORT" "${present[*]}"
@@ -303,6 +310,7 @@ if [ "$CORE" = 1 ]; then
 fi
 
 say "prerequisites and systems:"
+if [ -n "$BASELINE" ] && [ "$SYSTEMS_GIVEN" = 0 ]; then SYSTEMS="$SYSTEMS,rlayerfs-base"; fi
 WANT_SYSTEMS=()
 IFS=, read -r -a WANT_SYSTEMS <<<"$SYSTEMS"
 HAVE_FUSE=1
@@ -354,6 +362,12 @@ for s in "${WANT_SYSTEMS[@]}"; do
         [ -x "$RLAYERFS" ] || die "no rlayerfs binary at $RLAYERFS"
         SYS+=("$s")
         ;;
+    rlayerfs-base)
+        [ "$HAVE_FUSE" = 1 ] || continue
+        [ -n "$BASELINE" ] || die "rlayerfs-base needs --baseline PATH"
+        [ -x "$BASELINE" ] || die "no rlayerfs binary at $BASELINE (--baseline)"
+        SYS+=("$s")
+        ;;
     fuse-overlayfs)
         [ "$HAVE_FUSE" = 1 ] || continue
         FO1=$(command -v fuse-overlayfs 2>/dev/null)
@@ -393,6 +407,7 @@ done
 [ "${#SYS[@]}" -gt 0 ] || die "no system left to measure"
 say "  systems: ${SYS[*]}"
 [ -n "$RLAYERFS" ] && say "  rlayerfs: $RLAYERFS"
+[ -n "$BASELINE" ] && say "  rlayerfs-base: $BASELINE"
 [ -n "$FO1" ] && say "  fuse-overlayfs 1.x: $FO1 ($("$FO1" --version 2>&1 | grep -m1 -o 'version [0-9.]*'))"
 [ -n "$FO2" ] && say "  fuse-overlayfs 2.0: $FO2 ($("$FO2" --version 2>&1 | grep -m1 -o 'version [0-9.]*'))"
 
@@ -727,6 +742,7 @@ mount_system() {
     rlayerfs-volatile) RLAYERFS_STATS=$STATS "${PIN[@]}" "$RLAYERFS" mount -o "$opts,volatile" "$M" ;;
     rlayerfs-classic) RLAYERFS_STATS=$STATS "${PIN[@]}" "$RLAYERFS" mount -o "$opts,uring=off" "$M" ;;
     rlayerfs-nometacopy) RLAYERFS_STATS=$STATS "${PIN[@]}" "$RLAYERFS" mount -o "$opts,metacopy=off" "$M" ;;
+    rlayerfs-base) RLAYERFS_STATS=$STATS "${PIN[@]}" "$BASELINE" mount -o "$opts" "$M" ;;
     fuse-overlayfs) "${PIN[@]}" "$FO1" -o "$opts" "$M" ;;
     fuse-overlayfs2) "${PIN[@]}" "$FO2" -o "$opts" "$M" ;;
     esac >>"$LOG" 2>&1 || return 1
