@@ -108,14 +108,13 @@ impl FuseAdapter {
     fn open_passthrough(&self, ino: u64, flags: i32, reply: ReplyOpen) {
         // Taken before the open: release removes a handle before it locks this table.
         let g = self.pt.lock();
-        let fh = match self.fs.open(Ino(ino), flags) {
-            Ok(fh) => fh,
-            Err(e) => return reply.error(errno(&e, "open")),
-        };
-        match self.fs.handle_file(fh) {
-            Ok(file) => self.reply_opened(g, ino, fh.0, &file, true, reply),
-            Err(e) => reply.error(errno(&e, "open")),
-        }
+        let r = self
+            .fs
+            .open(Ino(ino), flags)
+            .and_then(|fh| Ok((fh, self.fs.handle_file(fh)?)));
+        answer(reply, r, "open", |reply, (fh, file)| {
+            self.reply_opened(g, ino, fh.0, &file, true, reply)
+        })
     }
 
     /// The one choice of a new handle's I/O, for OPEN and for CREATE/TMPFILE: through
@@ -344,7 +343,22 @@ macro_rules! errno_reply {
     };
 }
 
-errno_reply!(ReplyAttr, ReplyData, ReplyIoctl, ReplyLseek, ReplyOpen, ReplyWrite, ReplyXattr);
+errno_reply!(
+    ReplyAttr,
+    ReplyCreate,
+    ReplyData,
+    ReplyDirectory,
+    ReplyDirectoryPlus,
+    ReplyEmpty,
+    ReplyEntry,
+    ReplyIoctl,
+    ReplyLseek,
+    ReplyOpen,
+    ReplyStatfs,
+    ReplyStatx,
+    ReplyWrite,
+    ReplyXattr
+);
 
 /// Answers `reply` with `ok` and the value of `r`, or with the errno of the failed `op`.
 fn answer<R: ErrnoReply, T>(
@@ -361,34 +375,32 @@ fn answer<R: ErrnoReply, T>(
 
 impl FuseAdapter {
     fn entry(&self, reply: ReplyEntry, r: crate::error::Result<Attr>, op: &'static str) {
-        match r {
-            Ok(a) => reply.entry(
+        answer(reply, r, op, |reply, a| {
+            reply.entry(
                 &self.attr_ttl(a.ino.0),
                 &to_fuse(&a),
                 Generation(a.generation.into()),
-            ),
-            Err(e) => reply.error(errno(&e, op)),
-        }
+            )
+        })
     }
 
     fn empty(&self, reply: ReplyEmpty, r: crate::error::Result<()>, op: &'static str) {
-        match r {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e, op)),
-        }
+        answer(reply, r, op, |reply, ()| reply.ok())
     }
 
-    /// Replies to a create or tmpfile with the new file `a` open as `fh`, in passthrough
-    /// mode where the other opens use it.
-    fn created(&self, a: Attr, fh: u64, reply: ReplyCreate) {
-        let reply = CreatedReply { reply, attr: a };
-        match (self.pt.is_enabled(), self.fs.handle_file(Fh(fh))) {
-            // New: the kernel has nothing cached of it to drop.
-            (true, Ok(f)) => {
-                self.reply_opened(self.pt.lock(), reply.attr.ino.0, fh, &f, false, reply)
+    /// Replies to a create or tmpfile with the new file open (`r`), in passthrough mode
+    /// where the other opens use it, or with the errno of the failed `op`.
+    fn created(&self, reply: ReplyCreate, r: crate::error::Result<(Attr, Fh)>, op: &'static str) {
+        answer(reply, r, op, |reply, (attr, fh)| {
+            let reply = CreatedReply { reply, attr };
+            match (self.pt.is_enabled(), self.fs.handle_file(fh)) {
+                // New: the kernel has nothing cached of it to drop.
+                (true, Ok(f)) => {
+                    self.reply_opened(self.pt.lock(), attr.ino.0, fh.0, &f, false, reply)
+                }
+                _ => reply.cached(self, FileHandle(fh.0)),
             }
-            _ => reply.cached(self, FileHandle(fh)),
-        }
+        })
     }
 
     fn xattr_reply(reply: ReplyXattr, data: &[u8], size: u32) {
@@ -501,14 +513,13 @@ impl Filesystem for FuseAdapter {
             .fs
             .getattr(Ino(ino.0))
             .and_then(|a| Ok((a, self.fs.btime(Ino(ino.0))?)));
-        match r {
-            Ok((a, btime)) => reply.statx(
+        answer(reply, r, "statx", |reply, (a, btime)| {
+            reply.statx(
                 &self.attr_ttl(a.ino.0),
                 &to_fuse(&a),
                 btime.map(system_time),
-            ),
-            Err(e) => reply.error(errno(&e, "statx")),
-        }
+            )
+        })
     }
 
     fn setattr(
@@ -770,19 +781,24 @@ impl Filesystem for FuseAdapter {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.fs.opendir(Ino(ino.0)) {
-            // The kernel keeps listings (`FOPEN_CACHE_DIR`) across opens (`FOPEN_KEEP_CACHE`)
-            // and drops one when it sees the directory change (every change goes through
-            // it): a warm re-listing reaches the daemon only for the open and release. A
-            // handle that may not use the cache (see `UnionFs::opendir`) still keeps it
-            // (`FOPEN_KEEP_CACHE`) for the handle that does.
-            Ok((fh, true)) => reply.opened(
-                FileHandle(fh.0),
-                FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE,
-            ),
-            Ok((fh, false)) => reply.opened(FileHandle(fh.0), FopenFlags::FOPEN_KEEP_CACHE),
-            Err(e) => reply.error(errno(&e, "opendir")),
-        }
+        answer(
+            reply,
+            self.fs.opendir(Ino(ino.0)),
+            "opendir",
+            |reply, (fh, cache)| {
+                // The kernel keeps listings (`FOPEN_CACHE_DIR`) across opens (`FOPEN_KEEP_CACHE`)
+                // and drops one when it sees the directory change (every change goes through
+                // it): a warm re-listing reaches the daemon only for the open and release. A
+                // handle that may not use the cache (see `UnionFs::opendir`) still keeps it
+                // (`FOPEN_KEEP_CACHE`) for the handle that does.
+                let flags = if cache {
+                    FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE
+                } else {
+                    FopenFlags::FOPEN_KEEP_CACHE
+                };
+                reply.opened(FileHandle(fh.0), flags)
+            },
+        )
     }
 
     fn readdir(
@@ -793,13 +809,10 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        match self
+        let r = self
             .fs
-            .readdir_into(Fh(fh.0), offset, &mut DirReply(&mut reply))
-        {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e, "readdir")),
-        }
+            .readdir_into(Fh(fh.0), offset, &mut DirReply(&mut reply));
+        answer(reply, r, "readdir", |reply, ()| reply.ok())
     }
 
     fn readdirplus(
@@ -814,13 +827,10 @@ impl Filesystem for FuseAdapter {
             reply: &mut reply,
             adapter: self,
         };
-        match self
+        let r = self
             .fs
-            .readdirplus_into(Ino(ino.0), Fh(fh.0), offset, &mut sink)
-        {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&e, "readdirplus")),
-        }
+            .readdirplus_into(Ino(ino.0), Fh(fh.0), offset, &mut sink);
+        answer(reply, r, "readdirplus", |reply, ()| reply.ok())
     }
 
     fn releasedir(
@@ -847,8 +857,8 @@ impl Filesystem for FuseAdapter {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        match self.fs.statfs() {
-            Ok(s) => reply.statfs(
+        answer(reply, self.fs.statfs(), "statfs", |reply, s| {
+            reply.statfs(
                 s.f_blocks,
                 s.f_bfree,
                 s.f_bavail,
@@ -857,9 +867,8 @@ impl Filesystem for FuseAdapter {
                 s.f_bsize as u32,
                 s.f_namemax as u32,
                 s.f_frsize as u32,
-            ),
-            Err(e) => reply.error(errno(&e, "statfs")),
-        }
+            )
+        })
     }
 
     fn setxattr(
@@ -890,17 +899,19 @@ impl Filesystem for FuseAdapter {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        match self.fs.listxattr(Ino(ino.0)) {
-            Ok(names) => {
+        answer(
+            reply,
+            self.fs.listxattr(Ino(ino.0)),
+            "listxattr",
+            |reply, names| {
                 let mut buf = Vec::new();
                 for n in names {
                     buf.extend_from_slice(n.as_bytes());
                     buf.push(0);
                 }
                 Self::xattr_reply(reply, &buf, size)
-            }
-            Err(e) => reply.error(errno(&e, "listxattr")),
-        }
+            },
+        )
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -917,13 +928,10 @@ impl Filesystem for FuseAdapter {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        match self
+        let r = self
             .fs
-            .create_open(Ino(parent.0), name, flags, mode, umask, caller(req))
-        {
-            Ok((a, fh)) => self.created(a, fh.0, reply),
-            Err(e) => reply.error(errno(&e, "create")),
-        }
+            .create_open(Ino(parent.0), name, flags, mode, umask, caller(req));
+        self.created(reply, r, "create")
     }
 
     fn tmpfile(
@@ -935,13 +943,10 @@ impl Filesystem for FuseAdapter {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        match self
+        let r = self
             .fs
-            .tmpfile(Ino(parent.0), mode, umask, flags, caller(req))
-        {
-            Ok((a, fh)) => self.created(a, fh.0, reply),
-            Err(e) => reply.error(errno(&e, "tmpfile")),
-        }
+            .tmpfile(Ino(parent.0), mode, umask, flags, caller(req));
+        self.created(reply, r, "tmpfile")
     }
 
     fn ioctl(
@@ -1049,12 +1054,9 @@ impl Filesystem for FuseAdapter {
         _flags: CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
-        match self
+        let r = self
             .fs
-            .copy_file_range(Fh(fh_in.0), offset_in, Fh(fh_out.0), offset_out, len)
-        {
-            Ok(n) => reply.written(n),
-            Err(e) => reply.error(errno(&e, "copy_file_range")),
-        }
+            .copy_file_range(Fh(fh_in.0), offset_in, Fh(fh_out.0), offset_out, len);
+        answer(reply, r, "copy_file_range", |reply, n| reply.written(n))
     }
 }

@@ -18,7 +18,6 @@ use crate::format::override_stat::OverrideStat;
 use crate::sys;
 use crate::union::fileattr::Change;
 use crate::union::inode::Node;
-use crate::union::mutate::made_with_ids;
 use crate::union::{Attr, Caller, UnionFs};
 use crate::union::{Fh, Ino};
 
@@ -77,13 +76,7 @@ impl UnionFs {
                 .at("set override xattr", Where::Upper)?;
             }
             None => {
-                if !made_with_ids(
-                    &pst,
-                    own.parent_override,
-                    own.setgid_parent,
-                    own.uid,
-                    own.gid,
-                ) {
+                if !own.made_with(&pst) {
                     let chown = sys::chown_at(
                         fd.as_fd(),
                         std::ffi::OsStr::new(""),

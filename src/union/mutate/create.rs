@@ -24,7 +24,7 @@ use crate::union::layer::remove_tree;
 use crate::union::lookup::{DirInfo, Resolved};
 use crate::union::{check_name, Attr, Caller, UnionFs};
 
-use super::{made_with_ids, upper_slot, NewOwner, UpperSlot};
+use super::{upper_slot, UpperSlot};
 use crate::union::{Fh, Ino};
 
 /// What to create.
@@ -154,14 +154,8 @@ impl UnionFs {
         } else {
             (work, &tmp)
         };
-        let NewOwner {
-            default_acl,
-            perm,
-            parent_override,
-            setgid_parent,
-            uid,
-            gid,
-        } = self.new_owner(pfd.as_fd(), &pst, mode, umask, caller);
+        let own = self.new_owner(pfd.as_fd(), &pst, mode, umask, caller);
+        let perm = own.perm;
         let ids = &self.opts.ids;
         let squash = ids.squashing();
         // xattr_permissions: directories and regular files (and stand-ins for devices the
@@ -213,17 +207,16 @@ impl UnionFs {
             };
             // Made in place by the daemon, the object already has the daemon's ids (the
             // parent's group under a setgid parent): a chown would change nothing.
-            let ids_given =
-                in_place && made_with_ids(&pst, parent_override, setgid_parent, uid, gid);
+            let ids_given = in_place && own.made_with(&pst);
             if let Some(name) = overridden {
-                let sgid_dir = if is_dir && setgid_parent {
+                let sgid_dir = if is_dir && own.setgid_parent {
                     libc::S_ISGID
                 } else {
                     0
                 };
                 let over = OverrideStat {
-                    uid,
-                    gid,
+                    uid: own.uid,
+                    gid: own.gid,
                     mode: perm | sgid_dir,
                     kind: stand_in,
                 };
@@ -234,8 +227,8 @@ impl UnionFs {
                 let chown = rustix::fs::chownat(
                     tdir,
                     tname,
-                    Some(rustix::fs::Uid::from_raw(uid)),
-                    Some(rustix::fs::Gid::from_raw(gid)),
+                    Some(rustix::fs::Uid::from_raw(own.uid)),
+                    Some(rustix::fs::Gid::from_raw(own.gid)),
                     AtFlags::SYMLINK_NOFOLLOW,
                 );
                 if let Err(e) = chown {
@@ -244,7 +237,7 @@ impl UnionFs {
                     }
                 }
             }
-            let want_sgid_dir = is_dir && setgid_parent && tdir.as_raw_fd_eq(work);
+            let want_sgid_dir = is_dir && own.setgid_parent && tdir.as_raw_fd_eq(work);
             if override_name.is_none()
                 && !matches!(kind, NewKind::Symlink(_))
                 && (perm & 0o6000 != 0 || want_sgid_dir || inner_wh)
@@ -264,7 +257,7 @@ impl UnionFs {
                 .at("chmod new", Where::Upper)?;
             }
             if let (Some(default), false) = (
-                &default_acl,
+                &own.default_acl,
                 in_place || matches!(kind, NewKind::Symlink(_)),
             ) {
                 // Built in the work directory: give it what the parent would have.

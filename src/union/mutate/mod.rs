@@ -76,22 +76,20 @@ pub(crate) struct NewOwner {
     pub(crate) gid: u32,
 }
 
-/// Whether an object the daemon made itself in upper dir `pst` already has the owner it
-/// should get (the daemon's ids; the parent's group under a setgid parent): then a chown
-/// would change nothing.
-pub(crate) fn made_with_ids(
-    pst: &rustix::fs::Stat,
-    parent_override: Option<OverrideStat>,
-    setgid_parent: bool,
-    uid: u32,
-    gid: u32,
-) -> bool {
-    let kernel_gid = if setgid_parent {
-        pst.st_gid
-    } else {
-        rustix::process::getegid().as_raw()
-    };
-    parent_override.is_none() && uid == rustix::process::geteuid().as_raw() && gid == kernel_gid
+impl NewOwner {
+    /// Whether an object the daemon made itself in upper dir `pst` already has this owner
+    /// (its own ids, the parent's group under a set-group-id parent), so that a chown
+    /// would change nothing.
+    pub(crate) fn made_with(&self, pst: &rustix::fs::Stat) -> bool {
+        let kernel_gid = if self.setgid_parent {
+            pst.st_gid
+        } else {
+            rustix::process::getegid().as_raw()
+        };
+        self.parent_override.is_none()
+            && self.uid == rustix::process::geteuid().as_raw()
+            && self.gid == kernel_gid
+    }
 }
 
 impl UnionFs {
