@@ -138,8 +138,13 @@ impl DirFdCache {
         }
         match base {
             Some(fd) => Ok(fd),
-            // The layer root itself.
-            None => Ok(Arc::new(open_child_dir(root, OsStr::new("."))?)),
+            // The layer root itself, kept like any other directory: without it every
+            // request in the root directory would open and close it again.
+            None => {
+                let fd = Arc::new(open_child_dir(root, OsStr::new("."))?);
+                self.store(layer, PathBuf::new(), fd.clone());
+                Ok(fd)
+            }
         }
     }
 }
@@ -181,5 +186,13 @@ mod tests {
             .dir(LayerKey::Upper, root.as_fd(), Path::new(""))
             .unwrap();
         assert!(rustix::fs::fstat(&*r).is_ok());
+        // The root is kept too: the second ask gives the same fd, and forgetting the
+        // whole upper drops it.
+        let again = cache
+            .dir(LayerKey::Upper, root.as_fd(), Path::new(""))
+            .unwrap();
+        assert!(Arc::ptr_eq(&r, &again));
+        cache.invalidate_upper(Path::new(""));
+        assert!(cache.cached(LayerKey::Upper, Path::new("")).is_none());
     }
 }
