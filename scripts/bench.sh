@@ -39,7 +39,8 @@ say() { printf '%s\n' "$*"; }
 usage() {
     cat <<'EOF'
 usage: scripts/bench.sh [--quick] [--runs N] [--only LIST] [--systems LIST] [--pin]
-                        [--dir DIR] [--rlayerfs PATH] [--baseline PATH] [--install]
+                        [--dir DIR] [--rlayerfs PATH] [--baseline PATH] [--mount-opts OPTS]
+                        [--install]
 
   --quick          small sizes and 1 run (smoke test, CI)
   --runs N         runs per system and scenario (default 3; 1 with --quick)
@@ -50,9 +51,9 @@ usage: scripts/bench.sh [--quick] [--runs N] [--only LIST] [--systems LIST] [--p
                    rlayerfs rlayerfs-volatile rlayerfs-classic rlayerfs-nometacopy
                    rlayerfs-base fuse-overlayfs fuse-overlayfs2 plain
                    (default: all of them, rlayerfs-base only with --baseline);
-                   ratios are to `kernel`. `rlayerfs` serves over FUSE-over-io_uring where the kernel allows it (this script sets
-                   the fuse module parameter enable_uring=Y for the run and restores it),
-                   `rlayerfs-classic` over /dev/fuse read/write (-o uring=off). The -volatile
+                   ratios are to `kernel`. `rlayerfs` serves over FUSE-over-io_uring
+                   where the kernel allows it (this script sets the fuse module
+                   parameter enable_uring=Y for the run and restores it), `rlayerfs-classic` over /dev/fuse read/write (-o uring=off). The -volatile
                    ones (no fsync of copy-ups), kernel-metacopy (metacopy=on) and
                    rlayerfs-nometacopy (-o metacopy=off) run only in the scenarios that write
   --pin            run the daemons and the clients on CPU 0 (taskset -c 0)
@@ -60,6 +61,8 @@ usage: scripts/bench.sh [--quick] [--runs N] [--only LIST] [--systems LIST] [--p
   --rlayerfs PATH  the rlayerfs binary (default: target/release/rlayerfs, built if missing)
   --baseline PATH  a second rlayerfs binary, the system rlayerfs-base (mounted as rlayerfs):
                    old and new side by side in one run
+  --mount-opts OPTS  more -o options for every rlayerfs system (e.g. uring=off: the
+                   classic transport, whose speed is steadier from mount to mount)
   --scale F        multiply the full sizes by F (e.g. 0.2); ignored with --quick
   --install        try `cargo install fuse-overlayfs` (2.0) into /opt/fuse-overlayfs2 if
                    it is missing (slow: minutes of compilation)
@@ -158,6 +161,7 @@ SYSTEMS="kernel,kernel-volatile,kernel-metacopy,rlayerfs,rlayerfs-volatile,rlaye
 BASE_DIR=/var/tmp/rlayerfs-bench
 RLAYERFS=
 BASELINE=
+MOUNT_OPTS=
 SYSTEMS_GIVEN=0
 INSTALL=0
 SCALE=1
@@ -174,6 +178,7 @@ while [ $# -gt 0 ]; do
     --dir) BASE_DIR=$2; shift ;;
     --rlayerfs) RLAYERFS=$2; shift ;;
     --baseline) BASELINE=$2; shift ;;
+    --mount-opts) MOUNT_OPTS=$2; shift ;;
     --install) INSTALL=1 ;;
     --scale) SCALE=$2; shift ;;
     --core) CORE=1 ;;
@@ -408,6 +413,7 @@ done
 say "  systems: ${SYS[*]}"
 [ -n "$RLAYERFS" ] && say "  rlayerfs: $RLAYERFS"
 [ -n "$BASELINE" ] && say "  rlayerfs-base: $BASELINE"
+[ -n "$MOUNT_OPTS" ] && say "  rlayerfs options: $MOUNT_OPTS"
 [ -n "$FO1" ] && say "  fuse-overlayfs 1.x: $FO1 ($("$FO1" --version 2>&1 | grep -m1 -o 'version [0-9.]*'))"
 [ -n "$FO2" ] && say "  fuse-overlayfs 2.0: $FO2 ($("$FO2" --version 2>&1 | grep -m1 -o 'version [0-9.]*'))"
 
@@ -734,6 +740,7 @@ mount_system() {
     mkdir -p "$x/u" "$x/w" "$M"
     case "$SYSNAME" in rlayerfs*) STATS=$x/stats.json ;; esac
     local opts="lowerdir=$ld,upperdir=$x/u,workdir=$x/w"
+    case "$SYSNAME" in rlayerfs*) [ -n "$MOUNT_OPTS" ] && opts="$opts,$MOUNT_OPTS" ;; esac
     case "$SYSNAME" in
     kernel) mount -t overlay overlay -o "$opts" "$M" ;;
     kernel-volatile) mount -t overlay overlay -o "$opts,volatile" "$M" ;;
