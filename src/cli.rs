@@ -331,6 +331,8 @@ MOUNT OPTIONS (-o, comma separated, may be repeated; unknown ones get one warnin
                               enable_uring=Y): one worker per CPU serves the requests
                               issued on that CPU; auto (default) falls back to /dev/fuse
                               read/write when unavailable, on refuses to mount then
+    uring_sched=idle|normal   scheduling policy of the io_uring workers: idle (default,
+                              SCHED_IDLE) keeps the clients they wake on their CPU
     writeback=0|1             accepted; the FUSE writeback cache is never used (it would
                               disable passthrough)
     noxattrs[=0|1]            accepted (fuse-overlayfs: refuse user xattrs)

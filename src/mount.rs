@@ -330,7 +330,7 @@ pub fn run(req: MountRequest) -> Result<i32, String> {
     let pt = Arc::new(Passthrough::default());
     let want_passthrough = req.passthrough && rustix::process::geteuid().is_root();
     let core = fs.clone();
-    let transport = crate::transport::Transport::plan(o.uring)?;
+    let transport = crate::transport::Transport::plan(o.uring, o.uring_sched)?;
     let adapter =
         FuseAdapter::new(fs, ttl, pt.clone(), want_passthrough).with_transport(transport.clone());
     let notifier_slot = adapter.notifier_slot();

@@ -292,6 +292,8 @@ pub struct MountOptions {
     pub writeback: Option<bool>,
     /// `uring=auto|on|off`: serve requests over FUSE-over-io_uring when the kernel offers it.
     pub uring: crate::transport::UringChoice,
+    /// `uring_sched=idle|normal`: the scheduling policy of the io_uring queue workers.
+    pub uring_sched: crate::transport::QueueSched,
     /// `noxattrs` / `noxattrs=N`: refuse user xattrs.
     pub noxattrs: bool,
     /// `static_nlink`: directories report st_nlink 1.
@@ -335,6 +337,7 @@ impl Default for MountOptions {
             threaded: None,
             writeback: None,
             uring: crate::transport::UringChoice::Auto,
+            uring_sched: crate::transport::QueueSched::Idle,
             noxattrs: false,
             static_nlink: false,
             noacl: false,
@@ -516,6 +519,14 @@ impl MountOptions {
                     "on" | "1" => UringChoice::On,
                     "off" | "0" => UringChoice::Off,
                     _ => return Err("must be auto, on or off".into()),
+                }
+            }
+            "uring_sched" => {
+                use crate::transport::QueueSched;
+                self.uring_sched = match value()?.as_str() {
+                    "idle" => QueueSched::Idle,
+                    "normal" => QueueSched::Normal,
+                    _ => return Err("must be idle or normal".into()),
                 }
             }
             "uidmapping" => self.uid_mappings = parse_mappings(&value()?)?,
@@ -953,6 +964,10 @@ mod tests {
             o.uring = crate::transport::UringChoice::Off
         }),
         ("uring=auto", |_| {}),
+        ("uring_sched=normal", |o| {
+            o.uring_sched = crate::transport::QueueSched::Normal
+        }),
+        ("uring_sched=idle", |_| {}),
         ("writeback=1", |o| o.writeback = Some(true)),
         ("noxattrs", |o| o.noxattrs = true),
         ("noxattrs=1", |o| o.noxattrs = true),
@@ -1112,6 +1127,7 @@ mod tests {
         ("threaded=", "not an integer"),
         ("uring=yes", "must be auto, on or off"),
         ("uring", "needs a value"),
+        ("uring_sched=fifo", "must be idle or normal"),
         ("uidmapping=1:2", "got 2 number(s)"),
         ("uidmapping=1:2:3:4", "got 4 number(s)"),
         ("uidmapping=a:b:c", "`a` is not an id"),

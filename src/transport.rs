@@ -6,6 +6,18 @@
 //! the rings: the kernel still sends FORGET and INTERRUPT, and everything until the rings are
 //! registered, that way.
 //!
+//! The queue workers run at the `SCHED_IDLE` policy (`-o uring_sched=idle`, the default).
+//! The kernel wakes the client whose reply a worker commits with a plain wake-up, while the
+//! worker still runs on the client's CPU; a CPU that runs only `SCHED_IDLE` work counts as
+//! idle when the scheduler places the woken client, so the client stays where it was (and
+//! preempts the worker, which is about to sleep until its next request anyway). At the
+//! normal policy the CPU looks busy and the scheduler may move the client to another idle
+//! CPU, whose queue then answers its next request and moves it back: measured on 2 CPUs,
+//! `cp -a` of 3,000 files ran either at 1.4-1.6 s (the client stays) or at 2.2-2.9 s
+//! (12,000-28,000 migrations of the client) from mount to mount, and at `SCHED_IDLE` at
+//! 1.2-1.5 s every time. The workers keep up under load: with four busy loops per CPU the
+//! same copy took as long at either policy. `uring_sched=normal` keeps the normal policy.
+//!
 //! The choice (`-o uring=auto|on|off`) is made in two steps: before the mount, whether this
 //! process can make a ring at all ([`Transport::plan`]); in INIT, whether the kernel offers
 //! `FUSE_OVER_IO_URING` (the adapter asks for it only with a plan). `auto` falls back to the
@@ -33,6 +45,16 @@ pub enum UringChoice {
     Off,
 }
 
+/// `-o uring_sched=`: the scheduling policy of the queue workers (see module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum QueueSched {
+    /// `SCHED_IDLE`: the clients they wake stay on their CPU.
+    #[default]
+    Idle,
+    /// The policy the daemon was started with.
+    Normal,
+}
+
 /// Ring entries per queue: requests the kernel can hand one CPU's worker at once.
 const DEPTH: usize = 8;
 /// The kernel's smallest payload buffer (`FUSE_MIN_READ_BUFFER`).
@@ -44,6 +66,7 @@ const IDLE_CHECK: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 pub struct Transport {
     choice: UringChoice,
+    sched: QueueSched,
     /// A ring can be made here (checked before the mount).
     ring_possible: bool,
     /// INIT negotiated `FUSE_OVER_IO_URING`.
@@ -55,7 +78,7 @@ pub struct Transport {
 impl Transport {
     /// Decides what may be tried before the mount. `Err` only for `uring=on` when this process
     /// cannot make a ring.
-    pub fn plan(choice: UringChoice) -> Result<Arc<Transport>, String> {
+    pub fn plan(choice: UringChoice, sched: QueueSched) -> Result<Arc<Transport>, String> {
         let ring_possible = match choice {
             UringChoice::Off => false,
             _ => match Queue::probe() {
@@ -71,6 +94,7 @@ impl Transport {
         };
         Ok(Arc::new(Transport {
             choice,
+            sched,
             ring_possible,
             negotiated: AtomicBool::new(false),
             ring_requests: AtomicU64::new(0),
@@ -81,6 +105,7 @@ impl Transport {
     pub fn classic() -> Arc<Transport> {
         Arc::new(Transport {
             choice: UringChoice::Off,
+            sched: QueueSched::Normal,
             ring_possible: false,
             negotiated: AtomicBool::new(false),
             ring_requests: AtomicU64::new(0),
@@ -168,7 +193,7 @@ impl Transport {
             let me = self.clone();
             let worker = std::thread::Builder::new()
                 .name(format!("uring-{qid}"))
-                .spawn(move || serve(d, &fuse, qid, payload, &me.ring_requests))?;
+                .spawn(move || serve(d, &fuse, qid, payload, me.sched, &me.ring_requests))?;
             workers.push(worker);
         }
         Ok(workers)
@@ -275,8 +300,14 @@ fn serve<FS: Filesystem>(
     fuse: &OwnedFd,
     qid: usize,
     payload: usize,
+    sched: QueueSched,
     served: &AtomicU64,
 ) -> std::io::Result<()> {
+    if sched == QueueSched::Idle {
+        if let Err(e) = crate::sys::process::set_idle_policy() {
+            tracing::debug!(qid, error = %e, "queue worker keeps the normal policy");
+        }
+    }
     if let Err(e) = fuse_uring::pin_to_cpu(qid) {
         // An offline CPU or one outside the daemon's affinity: its queue must exist all the
         // same, served from wherever this thread may run.

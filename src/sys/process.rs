@@ -4,6 +4,19 @@
 use std::os::fd::AsRawFd;
 use std::path::Path;
 
+/// Moves the calling thread to the `SCHED_IDLE` policy (see `crate::transport`, why the
+/// io_uring queue workers run at it).
+pub fn set_idle_policy() -> std::io::Result<()> {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: `param` is a valid sched_param for the call's duration; pid 0 is this thread.
+    #[allow(unsafe_code)]
+    let r = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Forks. The parent returns `Ok(true)` (it should exit 0: the mount is live); the child
 /// returns `Ok(false)` after detaching from the terminal and pointing stdin/stdout/stderr
 /// at /dev/null (or stderr at `log`), so a caller waiting on our output (podman) is not

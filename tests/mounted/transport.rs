@@ -3,7 +3,8 @@
 //! with `-o uring=auto|on|off`. The whole suite runs on both transports in CI (`.ci/run`
 //! switches the module parameter); these tests check the choice itself: which transport
 //! served the requests (the daemon's request report, `SIGUSR1` / `$RLAYERFS_STATS`), its
-//! worker threads, and the refusal of `uring=on` where io_uring cannot be had.
+//! worker threads and their scheduling policy (`uring_sched=`), and the refusal of
+//! `uring=on` where io_uring cannot be had.
 //!
 //! Skips (with a message) when not root or /dev/fuse is missing.
 
@@ -162,5 +163,52 @@ fn uring_on_and_off() {
             !common::mount::is_mounted(&dirs.mnt),
             "nothing stays mounted"
         );
+    }
+}
+
+/// The scheduling policy (`/proc/PID/task/TID/stat` field 41) of each `uring-N` worker.
+fn worker_policies(pid: i32) -> Vec<u32> {
+    let mut policies = Vec::new();
+    for e in fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let dir = e.unwrap().path();
+        let comm = fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if !comm.trim().starts_with("uring-") {
+            continue;
+        }
+        let stat = fs::read_to_string(dir.join("stat")).unwrap();
+        // Fields after the parenthesised command start at field 3.
+        let rest = stat.rsplit_once(')').unwrap().1;
+        let policy = rest.split_whitespace().nth(41 - 3).unwrap();
+        policies.push(policy.parse().unwrap());
+    }
+    policies
+}
+
+/// The io_uring workers run at `SCHED_IDLE` by default and at the normal policy with
+/// `uring_sched=normal`, and serve the same requests either way.
+#[test]
+fn uring_workers_scheduling_policy() {
+    if !can_mount() {
+        return;
+    }
+    if !uring_enabled() {
+        eprintln!("SKIP {}: io_uring not offered", common::test_name());
+        return;
+    }
+    for (opt, want) in [
+        ("", libc::SCHED_IDLE),
+        (",uring_sched=normal", libc::SCHED_OTHER),
+    ] {
+        let stack = new_stack();
+        let dirs = MountDirs::of(&stack);
+        let m = FuseMount::mount_with(&dirs, &format!("{}{opt}", dirs.options())).unwrap();
+        workload(m.path());
+        let policies = worker_policies(m.daemons()[0]);
+        assert!(!policies.is_empty(), "no uring workers ({opt:?})");
+        assert!(
+            policies.iter().all(|&p| p == want as u32),
+            "policies {policies:?}, want {want} ({opt:?})"
+        );
+        m.unmount().unwrap();
     }
 }
