@@ -681,7 +681,7 @@ impl Filesystem for FuseAdapter {
         let r = self.fs.create(
             Ino(newparent.0),
             newname,
-            NewKind::Link(ino.0),
+            NewKind::Link(Ino(ino.0)),
             0,
             0,
             caller(req),

@@ -194,7 +194,7 @@ fn renames_and_links_of_metacopy_files_get_redirects() {
     fs.create(
         sub,
         OsStr::new("h2"),
-        crate::union::mutate::NewKind::Link(h.0),
+        crate::union::mutate::NewKind::Link(h),
         0,
         0,
         c,

@@ -412,7 +412,7 @@ fn hard_links_share_one_inode_across_copy_up() {
         .create(
             ROOT,
             OsStr::new("three"),
-            NewKind::Link(a.0),
+            NewKind::Link(a),
             0,
             0,
             Caller::ROOT,
@@ -587,7 +587,7 @@ fn tmpfile_is_unnamed_until_linked() {
         .create(
             b,
             OsStr::new("named"),
-            NewKind::Link(attr.ino.0),
+            NewKind::Link(attr.ino),
             0,
             0,
             Caller::ROOT,

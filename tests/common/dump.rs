@@ -147,9 +147,9 @@ fn walk(path: &Path, rel: &str, opts: DumpOptions, out: &mut Vec<Raw>) {
     }
 }
 
-fn describe(path: &Path, m: &fs::Metadata, opts: DumpOptions) -> String {
-    let ft = m.file_type();
-    let kind = if ft.is_dir() {
+/// The dump's name of a file type: dir, file, symlink, fifo, chr, blk or sock.
+pub fn kind_name(ft: fs::FileType) -> &'static str {
+    if ft.is_dir() {
         "dir"
     } else if ft.is_file() {
         "file"
@@ -163,7 +163,12 @@ fn describe(path: &Path, m: &fs::Metadata, opts: DumpOptions) -> String {
         "blk"
     } else {
         "sock"
-    };
+    }
+}
+
+fn describe(path: &Path, m: &fs::Metadata, opts: DumpOptions) -> String {
+    let ft = m.file_type();
+    let kind = kind_name(ft);
     let mut s = format!("{kind} {:04o} {}:{}", m.mode() & 0o7777, m.uid(), m.gid());
     if ft.is_file() {
         s.push_str(&format!(" size={}", m.len()));

@@ -46,7 +46,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::common::dump::is_private_xattr;
+use crate::common::dump::{is_private_xattr, kind_name as kind};
 use crate::common::fixture::Stack;
 use crate::common::live::{Watchdog, TEST_LIMIT};
 use crate::common::ops::{Op, RenameFlags};
@@ -88,24 +88,6 @@ fn content(got: io::Result<Vec<u8>>, candidates: &[(&str, &[u8])]) -> String {
         first.len(),
         candidates[0].0
     )
-}
-
-fn kind(ft: fs::FileType) -> &'static str {
-    if ft.is_dir() {
-        "dir"
-    } else if ft.is_file() {
-        "file"
-    } else if ft.is_symlink() {
-        "symlink"
-    } else if ft.is_fifo() {
-        "fifo"
-    } else if ft.is_char_device() {
-        "chr"
-    } else if ft.is_block_device() {
-        "blk"
-    } else {
-        "sock"
-    }
 }
 
 /// Type, mode, owner, nanosecond mtime, rdev, and size/nlink for non-directories (lstat).

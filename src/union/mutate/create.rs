@@ -41,7 +41,7 @@ pub enum NewKind<'a> {
         rdev: u64,
     },
     /// A hard link to this inode.
-    Link(u64),
+    Link(Ino),
 }
 
 fn is_root() -> bool {
@@ -114,7 +114,7 @@ impl UnionFs {
         self.check_change(parent, Change::AddEntry)?;
         // An unnamed upper file (O_TMPFILE) is linked through its handle.
         let unnamed = match kind {
-            NewKind::Link(src) => self.prepare_link_source(fmt, src)?,
+            NewKind::Link(Ino(src)) => self.prepare_link_source(fmt, src)?,
             _ => None,
         };
         self.copy_up(parent)?;
@@ -125,7 +125,7 @@ impl UnionFs {
         let marks_dir = inner_wh
             || match kind {
                 NewKind::Link(src) => {
-                    let a = self.getattr(Ino(src))?;
+                    let a = self.getattr(src)?;
                     whiteout::is_chardev_whiteout(a.mode, a.rdev)
                 }
                 _ => false,
@@ -298,7 +298,7 @@ impl UnionFs {
         if !in_place {
             publish(work, &tmp, pfd.as_fd(), name, slot)?;
         }
-        let forced = if let NewKind::Link(src) = kind {
+        let forced = if let NewKind::Link(Ino(src)) = kind {
             Some(src)
         } else {
             None
@@ -438,7 +438,7 @@ impl UnionFs {
                 .at("link", Where::Upper)?;
                 return Ok(Made::Link);
             }
-            NewKind::Link(src) => {
+            NewKind::Link(Ino(src)) => {
                 let (sp, sn) = {
                     let nodes = self.nodes.read();
                     let n = nodes.get(src)?;
