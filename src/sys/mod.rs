@@ -230,6 +230,67 @@ fn getxattrat(
     Err(Errno::NOSYS)
 }
 
+/// `listxattrat(2)` (Linux 6.13) is missing: set at the first ENOSYS.
+static NO_LISTXATTRAT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// The system call number of `listxattrat` (the same in every architecture's table).
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+const SYS_LISTXATTRAT: libc::c_long = 465;
+
+/// Lists the xattr names of `child` (one name component) in directory `dir` into `buf`,
+/// never following a symlink there: one `listxattrat` call, without opening the object.
+/// The size of the list (names each ending in NUL); ERANGE when `buf` is too small.
+/// `None` where the kernel lacks the call (remembered after the first ENOSYS) or `child`
+/// is not one component: the caller asks by name instead.
+pub fn list_xattr_names_at(
+    dir: BorrowedFd<'_>,
+    child: &OsStr,
+    buf: &mut [u8],
+) -> Option<Result<usize>> {
+    use std::sync::atomic::Ordering;
+    if NO_LISTXATTRAT.load(Ordering::Relaxed) || child.as_bytes().contains(&b'/') {
+        return None;
+    }
+    let c = match CString::new(child.as_bytes()) {
+        Ok(c) => c,
+        Err(_) => return Some(Err(Errno::INVAL)),
+    };
+    match listxattrat(dir, &c, buf) {
+        Err(Errno::NOSYS) => {
+            NO_LISTXATTRAT.store(true, Ordering::Relaxed);
+            None
+        }
+        r => Some(r),
+    }
+}
+
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+fn listxattrat(dir: BorrowedFd<'_>, child: &CStr, buf: &mut [u8]) -> Result<usize> {
+    // SAFETY: `child` is a NUL-terminated string that outlives the call; `buf` is
+    // writable for the length passed (the kernel writes at most that many bytes).
+    #[allow(unsafe_code)]
+    let r = unsafe {
+        libc::syscall(
+            SYS_LISTXATTRAT,
+            dir.as_raw_fd(),
+            child.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+            buf.as_mut_ptr(),
+            buf.len(),
+        )
+    };
+    if r < 0 {
+        Err(Errno::from_io_error(&std::io::Error::last_os_error()).unwrap_or(Errno::IO))
+    } else {
+        Ok(r as usize)
+    }
+}
+
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+fn listxattrat(_: BorrowedFd<'_>, _: &CStr, _: &mut [u8]) -> Result<usize> {
+    Err(Errno::NOSYS)
+}
+
 /// Reads one xattr of `child` (one name component) in directory `dir`, never following a
 /// symlink there: one `getxattrat` call, without opening the object. Where the kernel
 /// lacks it, opens an `O_PATH` handle and uses [`get_xattr`]. `Ok(None)` when absent.

@@ -225,8 +225,16 @@ impl UnionFs {
             Some((kill, caller)) => self.killed_mode(ino, kill, caller)?,
             None => None,
         };
+        // A chmod alone is done on the copy a copy-up makes, before it has a name.
+        let chmod_only = set.uid.is_none()
+            && set.gid.is_none()
+            && set.size.is_none()
+            && self.opts.ids.override_write.is_none();
+        let mut mode_done = false;
         if set.size.is_some() {
             self.prepare_data(ino)?;
+        } else if let (Some(mode), true) = (set.mode, chmod_only) {
+            mode_done = self.prepare_chmod(ino, mode)?;
         } else {
             self.prepare_write(ino)?;
         }
@@ -304,7 +312,7 @@ impl UnionFs {
                         r => r.at("chown", at)?,
                     }
                 }
-                if let Some(mode) = set.mode {
+                if let Some(mode) = set.mode.filter(|_| !mode_done) {
                     match sys::chmod_at(dir.as_fd(), &child, mode & 0o7777) {
                         // A symlink's mode cannot change.
                         Err(rustix::io::Errno::OPNOTSUPP) => return Err(Error::NotSupported),

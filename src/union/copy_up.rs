@@ -33,7 +33,8 @@ use crate::union::{Fh, Ino};
 use std::sync::Arc;
 
 /// Copies every xattr but the overlay's private ones from `src` to `dst`.
-pub(crate) fn copy_xattrs(src: XattrFd<'_>, dst: XattrFd<'_>, at: Where) -> Result<()> {
+pub(crate) fn copy_xattrs(src: XattrFd<'_>, dst: XattrFd<'_>, at: Where) -> Result<CopiedXattrs> {
+    let mut copied = CopiedXattrs { access_acl: false };
     for name in src.list().at("listxattr", at)? {
         if xattr::is_private_xattr(&name) {
             continue;
@@ -46,11 +47,22 @@ pub(crate) fn copy_xattrs(src: XattrFd<'_>, dst: XattrFd<'_>, at: Where) -> Resu
             // The upper filesystem cannot hold this namespace: the kernel skips it too.
             Err(rustix::io::Errno::NOTSUP) => {
                 tracing::debug!(?name, "xattr not supported by the upper filesystem");
+                continue;
             }
             Err(e) => return Err(Error::os("setxattr", e, Where::Upper)),
         }
+        copied.access_acl |= name == ACCESS_ACL_XATTR;
     }
-    Ok(())
+    Ok(copied)
+}
+
+/// The access ACL: setting it sets the group bits of the mode too (to its mask).
+const ACCESS_ACL_XATTR: &str = "system.posix_acl_access";
+
+/// What [`copy_xattrs`] copied that matters to the steps after it.
+pub(crate) struct CopiedXattrs {
+    /// An access ACL, which changed the copy's mode.
+    pub access_acl: bool,
 }
 
 /// The inode flags of the lower file open at `lfd` that its copy gets, as kernel
@@ -75,6 +87,9 @@ struct TmpfileCopy<'a> {
     data: &'a crate::union::inode::DataLoc,
     meta_only: bool,
     origin: Option<&'a [u8]>,
+    /// The permission bits the copy gets instead of the lower file's: a chmod that caused
+    /// the copy-up, done on the copy before it has a name.
+    mode: Option<u32>,
 }
 
 /// Puts a directory's access and modification times back when dropped.
@@ -141,6 +156,13 @@ impl UnionFs {
     /// regular file is copied up as a metacopy file when the mount does that. A metacopy
     /// file already up stays one (see [`Self::copy_up_data`]). Caller holds `ns_lock`.
     pub(crate) fn copy_up_with(&self, ino: u64, data: bool) -> Result<()> {
+        self.copy_up_chain(ino, data, None).map(|_| ())
+    }
+
+    /// [`Self::copy_up_with`], where `ino` (if it is copied up now, through an unnamed
+    /// file) gets the permission bits `mode` instead of its lower file's: true when it
+    /// did, so that the caller's chmod is done.
+    fn copy_up_chain(&self, ino: u64, data: bool, mode: Option<u32>) -> Result<bool> {
         // Ancestors first, top down, without recursion (trees may be thousands deep).
         let mut chain = Vec::new();
         {
@@ -159,20 +181,23 @@ impl UnionFs {
             }
         }
         let target = ino;
+        let mut mode_done = false;
         for ino in chain.into_iter().rev() {
-            self.copy_up_one(ino, data && ino == target)?;
+            let last = ino == target;
+            mode_done = self.copy_up_one(ino, data && last, mode.filter(|_| last))?;
         }
-        Ok(())
+        Ok(mode_done)
     }
 
     /// Copies up one object whose parent is already in the upper layer, with its data
-    /// when `want_data` or when the mount does no metacopy.
-    fn copy_up_one(&self, ino: u64, want_data: bool) -> Result<()> {
+    /// when `want_data` or when the mount does no metacopy; true when the copy was given
+    /// the permission bits `mode`.
+    fn copy_up_one(&self, ino: u64, want_data: bool, mode: Option<u32>) -> Result<bool> {
         let (parent, name, lower, index, data_src, lower_reg) = {
             let nodes = self.nodes.read();
             let node = nodes.get(ino)?;
             if node.upper {
-                return Ok(());
+                return Ok(false);
             }
             if node.detached().is_some() {
                 return Err(Error::NotFound);
@@ -216,11 +241,10 @@ impl UnionFs {
             if let Ok(n) = self.nodes.write().get_mut(ino) {
                 n.upper = true;
             }
-            return if linked {
-                self.adjust_nlink(ino, -1)
-            } else {
-                Ok(())
-            };
+            if linked {
+                self.adjust_nlink(ino, -1)?;
+            }
+            return Ok(false);
         }
         let (top, lower_path) = lower.ok_or(Error::Invariant("node without upper or lower"))?;
         let at = Where::Lower(top);
@@ -275,11 +299,12 @@ impl UnionFs {
                 data: &data_loc,
                 meta_only,
                 origin: origin.as_deref(),
+                mode,
             };
             if self.copy_up_tmpfile(plan, pfd.as_fd(), &name)? {
                 self.note_copied_up(ino, (None, 0), meta_only.then_some(data_loc));
                 tracing::debug!(ino, path = ?lower_path, meta_only, "copied up (tmpfile)");
-                return Ok(());
+                return Ok(mode.is_some());
             }
         }
         let work = self.work_dir()?;
@@ -371,7 +396,7 @@ impl UnionFs {
         };
         self.note_copied_up(ino, (index_entry, offset), meta_only.then_some(data_loc));
         tracing::debug!(ino, path = ?lower_path, meta_only, "copied up");
-        Ok(())
+        Ok(false)
     }
 
     /// Records in the node of `ino` that its object is in the upper layer now: with its
@@ -453,7 +478,10 @@ impl UnionFs {
         let tmp_flags = OFlags::TMPFILE | OFlags::WRONLY | OFlags::CLOEXEC;
         // Made with the lower file's permission bits (less the umask), so that where the
         // owner is right already no chmod is needed. Nothing can reach it before the link.
-        let owner = self.disk_owner(c.st, c.layer);
+        let mut owner = self.disk_owner(c.st, c.layer);
+        if let Some(mode) = c.mode {
+            owner.st_mode = (owner.st_mode & libc::S_IFMT) | (mode & 0o7777);
+        }
         let want_mode = owner.st_mode & 0o7777;
         let copy = match rustix::fs::openat(work, ".", tmp_flags, Mode::from_raw_mode(want_mode)) {
             Ok(fd) => fd,
@@ -493,7 +521,12 @@ impl UnionFs {
         } else {
             copy_owner_mode(fd, OsStr::new(""), &owner)?;
         }
-        copy_xattrs(XattrFd::Open(lower.as_fd()), XattrFd::Open(fd), at)?;
+        let copied = copy_xattrs(XattrFd::Open(lower.as_fd()), XattrFd::Open(fd), at)?;
+        if copied.access_acl && c.mode.is_some() {
+            // The ACL set the group bits to its mask; the chmod sets the mask, as a chmod
+            // after the copy-up would.
+            sys::chmod_at(fd, OsStr::new(""), want_mode).at("chmod copy", Where::Work)?;
+        }
         if let Some(wanted) = fileattr_to_copy(lower.as_fd()) {
             self.apply_fileattr(fd, wanted)?;
         }
@@ -762,16 +795,22 @@ impl UnionFs {
     /// regular file under `metacopy`), unless it has no name any more (then it is written
     /// where it is, if that is not a lower layer).
     pub(crate) fn prepare_write(&self, ino: u64) -> Result<()> {
-        self.prepare(ino, false)
+        self.prepare(ino, false, None).map(|_| ())
+    }
+
+    /// [`Self::prepare_write`] for a chmod to `mode`: true when the copy-up this caused
+    /// gave the copy that mode already (one change of the upper file the less).
+    pub(crate) fn prepare_chmod(&self, ino: u64, mode: u32) -> Result<bool> {
+        self.prepare(ino, false, Some(mode))
     }
 
     /// Makes the data of `ino` writable too (open for writing, truncate): as
     /// [`Self::prepare_write`], and the data of a metacopy file is copied up.
     pub(crate) fn prepare_data(&self, ino: u64) -> Result<()> {
-        self.prepare(ino, true)
+        self.prepare(ino, true, None).map(|_| ())
     }
 
-    fn prepare(&self, ino: u64, data: bool) -> Result<()> {
+    fn prepare(&self, ino: u64, data: bool, mode: Option<u32>) -> Result<bool> {
         self.writable()?;
         let _ns = self.ns_change();
         let (detached, lower) = {
@@ -779,16 +818,16 @@ impl UnionFs {
             let n = nodes.get(ino)?;
             (n.detached().is_some(), n.detached_lower)
         };
-        match (detached, lower) {
-            (false, _) => self.copy_up_with(ino, data)?,
-            (true, false) => {}
+        let mode_done = match (detached, lower) {
+            (false, _) => self.copy_up_chain(ino, data, mode)?,
+            (true, false) => false,
             // A nameless lower object (unlinked while open, or left to passthrough
             // readers) cannot be made writable.
             (true, true) => return Err(Error::Stale),
-        }
+        };
         if data {
             self.copy_up_data(ino)?;
         }
-        Ok(())
+        Ok(mode_done)
     }
 }

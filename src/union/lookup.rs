@@ -304,6 +304,54 @@ pub(crate) fn is_xattr_whiteout(dir: BorrowedFd<'_>, name: &OsStr) -> Result<boo
     Ok(false)
 }
 
+/// Whether `st` is a zero-size regular file: the only kind of object that can be an
+/// xattr whiteout or an inner overlay's whiteout.
+pub(crate) fn is_empty_file(st: &Stat) -> bool {
+    st.st_mode & libc::S_IFMT == libc::S_IFREG && st.st_size == 0
+}
+
+/// The xattr names of one zero-size regular file, listed once. Whiteouts in xattr form
+/// (this overlay's or an inner one's) and metacopy files of empty data are all such files,
+/// told apart by xattrs alone: one listing answers what would otherwise be a read per
+/// mark and namespace (five for a lookup), and most such files carry no xattr at all.
+pub(crate) struct EmptyFileXattrs {
+    buf: [u8; 512],
+    /// The length of the list; `None` when it could not be listed (no `listxattrat`, or
+    /// too long a list): then every question is read by name.
+    len: Option<usize>,
+}
+
+impl EmptyFileXattrs {
+    pub(crate) fn list(dir: BorrowedFd<'_>, name: &OsStr) -> Result<Self> {
+        let mut x = EmptyFileXattrs {
+            buf: [0; 512],
+            len: None,
+        };
+        match sys::list_xattr_names_at(dir, name, &mut x.buf) {
+            Some(Ok(n)) => x.len = Some(n),
+            None | Some(Err(Errno::RANGE)) => {}
+            Some(Err(e)) => return Err(Error::os("listxattr", e, Where::Unknown)),
+        }
+        Ok(x)
+    }
+
+    /// Whether `name` in `dir` has one of the xattrs `names`.
+    pub(crate) fn any(&self, dir: BorrowedFd<'_>, name: &OsStr, names: &[&OsStr]) -> Result<bool> {
+        if let Some(len) = self.len {
+            let listed = || self.buf[..len].split(|&b| b == 0);
+            return Ok(names.iter().any(|n| listed().any(|l| l == n.as_bytes())));
+        }
+        for n in names {
+            match sys::get_xattr_at(dir, name, n) {
+                Ok(Some(_)) => return Ok(true),
+                Ok(None) | Err(Errno::NOENT) => {}
+                Err(e) => return Err(Error::os("getxattr", e, Where::Unknown)),
+            }
+        }
+        Ok(false)
+    }
+}
+
 /// Whether `name` in `dir` (stat `st`) is an inner overlay's whiteout as this overlay
 /// stores it: a zero-size regular file with the mark of
 /// [`xattr::INNER_WHITEOUT_XATTRS`]. Others cost no xattr read.
@@ -686,14 +734,24 @@ impl UnionFs {
             let pfd = self.upper_dir(pu)?;
             match rustix::fs::statat(&pfd, name, AtFlags::SYMLINK_NOFOLLOW) {
                 Ok(mut st) => {
-                    if stat_is_whiteout(pfd.as_fd(), name, &st, true)? {
+                    let empty = match is_empty_file(&st) {
+                        true => Some(EmptyFileXattrs::list(pfd.as_fd(), name)?),
+                        false => None,
+                    };
+                    let has = |names: &[&OsStr]| match &empty {
+                        Some(x) => x.any(pfd.as_fd(), name, names),
+                        None => Ok(false),
+                    };
+                    if whiteout::is_chardev_whiteout(st.st_mode, st.st_rdev)
+                        || has(&xattr::WHITEOUT_XATTRS.map(OsStr::new))?
+                    {
                         return Err(Error::NotFound);
                     }
                     // A `.wh.*` entry of the upper is a whiteout file unless marked literal.
                     if whiteout::is_reserved_name(name) && !is_literal(pfd.as_fd(), name)? {
                         return Err(Error::NotFound);
                     }
-                    if is_inner_whiteout(pfd.as_fd(), name, &st)? {
+                    if has(&xattr::INNER_WHITEOUT_XATTRS.map(OsStr::new))? {
                         inner_whiteout = true;
                         show_inner_whiteout(&mut st);
                     }
@@ -711,7 +769,11 @@ impl UnionFs {
                         // regular file is asked for the metacopy mark: its blocks tell
                         // nothing (the xattrs may take a block of their own, a small file
                         // needs one block either way).
-                        if st.st_mode & libc::S_IFMT == libc::S_IFREG
+                        let may_be_metacopy = match &empty {
+                            Some(_) => has(&[self.metacopy_xattr()])?,
+                            None => st.st_mode & libc::S_IFMT == libc::S_IFREG,
+                        };
+                        if may_be_metacopy
                             && self.metacopy_mark_at(pfd.as_fd(), name, Where::Upper)?
                         {
                             upper_meta =
@@ -771,6 +833,8 @@ impl UnionFs {
                 return Err(Error::NotFound);
             }
         }
+        // A zero-size lower file whose xattrs were listed and show no metacopy mark.
+        let mut lower_not_metacopy = false;
         let lower_stat = match &lower {
             Some(l) => match l.top() {
                 Some(top) => {
@@ -779,12 +843,20 @@ impl UnionFs {
                     // Kernel overlayfs's lookup takes a zero-size file with the whiteout
                     // xattr for a whiteout in any directory (`ovl_path_is_whiteout`); only
                     // its readdir wants the directory marked (see `build_lower_dir`).
-                    if upper.is_none() && self.lower_is_xattr_whiteout(top, &path, &st)? {
-                        return Err(Error::NotFound);
-                    }
-                    if upper.is_none() && self.lower_is_inner_whiteout(top, &path, &st)? {
-                        inner_whiteout = true;
-                        show_inner_whiteout(&mut st);
+                    if upper.is_none() && is_empty_file(&st) {
+                        let key = crate::union::dirfd::LayerKey::Lower(top);
+                        if let (pfd, Some(leaf), _) = self.parent_in(key, &path)? {
+                            let x = EmptyFileXattrs::list(pfd.as_fd(), leaf)?;
+                            let has = |names: &[&OsStr]| x.any(pfd.as_fd(), leaf, names);
+                            if has(&xattr::WHITEOUT_XATTRS.map(OsStr::new))? {
+                                return Err(Error::NotFound);
+                            }
+                            if has(&xattr::INNER_WHITEOUT_XATTRS.map(OsStr::new))? {
+                                inner_whiteout = true;
+                                show_inner_whiteout(&mut st);
+                            }
+                            lower_not_metacopy = !has(&[self.metacopy_xattr()])?;
+                        }
                     }
                     Some(st)
                 }
@@ -803,6 +875,7 @@ impl UnionFs {
             (&upper, &lower, &lower_stat)
         {
             if st.st_mode & libc::S_IFMT == libc::S_IFREG
+                && !lower_not_metacopy
                 && self.lower_entry_is_metacopy(dir, name, *layer)?
             {
                 let at = Where::Lower(*layer);
@@ -873,14 +946,6 @@ impl UnionFs {
         st: &Stat,
     ) -> Result<bool> {
         self.ask_empty_lower_file(layer, path, st, is_xattr_whiteout)
-    }
-
-    /// Whether the lower object at `path` of layer `layer` (stat `st`) is an inner
-    /// overlay's whiteout.
-    fn lower_is_inner_whiteout(&self, layer: LowerIdx, path: &Path, st: &Stat) -> Result<bool> {
-        self.ask_empty_lower_file(layer, path, st, |dir, name| {
-            is_inner_whiteout(dir, name, st)
-        })
     }
 
     /// `ask` about the lower object at `path` of `layer` (stat `st`), by its name in its

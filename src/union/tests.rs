@@ -753,6 +753,55 @@ fn copy_up_takes_the_lower_object_as_it_is_at_the_copy() {
 }
 
 #[test]
+fn empty_files_are_told_apart_by_their_xattrs() {
+    // A lookup lists a zero-size file's xattr names once and answers every mark from the
+    // list; a list too long for its buffer is read by name. Both must agree, in either
+    // namespace, in the upper and the lowers.
+    let f = Fixture::new(2);
+    let many: Vec<String> = (0..40)
+        .map(|i| format!("user.some-long-attribute-name-{i:03}"))
+        .collect();
+    let cases: [(&str, &[&str], bool); 6] = [
+        ("trusted", &["trusted.overlay.whiteout"], false),
+        ("user", &["user.overlay.whiteout"], false),
+        ("other", &["user.other", "trusted.other"], true),
+        ("none", &[], true),
+        ("long_whiteout", &["trusted.overlay.whiteout"], false),
+        ("long_visible", &[], true),
+    ];
+    for (n, marks, _) in cases {
+        for (layer, dir) in [(f.l(0), "d"), (f.u(), "u")] {
+            let under = if dir == "d" { f.l(1) } else { f.l(0) };
+            f.write(&under, &format!("{dir}/{n}"), "real");
+            f.write(&layer, &format!("{dir}/{n}"), "");
+            let p = layer.join(format!("{dir}/{n}"));
+            for m in marks {
+                set_xattr(&p, m, b"y");
+            }
+            if n.starts_with("long") {
+                for m in &many {
+                    set_xattr(&p, m, b"1");
+                }
+            }
+        }
+    }
+    let fs = f.fs();
+    for (n, _, visible) in cases {
+        for dir in ["d", "u"] {
+            let path = format!("{dir}/{n}");
+            match walk(&fs, &path) {
+                Ok(_) => {
+                    assert!(visible, "{path} shows, but is a whiteout");
+                    assert_eq!(read(&fs, &path), "", "{path}: the empty file shows");
+                }
+                Err(Error::NotFound) => assert!(!visible, "{path} is hidden"),
+                Err(e) => panic!("{path}: {e}"),
+            }
+        }
+    }
+}
+
+#[test]
 fn xattr_whiteout_in_an_unmarked_directory_hides_on_lookup_and_needs_no_whiteout() {
     // Kernel overlayfs's lookup takes a zero-size file with the whiteout xattr for a
     // whiteout whether or not its directory is marked `opaque=x` (`ovl_path_is_whiteout`),

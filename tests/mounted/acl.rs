@@ -233,3 +233,46 @@ fn setfacl_by_owner_outside_group_clears_sgid() {
             .collect::<Vec<_>>()
     });
 }
+
+/// A chmod that copies a lower file up is done on the copy before it is published; an
+/// access ACL copied with it must not undo the new mode, and the chmod sets the ACL's
+/// mask, as a chmod after the copy-up does on the kernel.
+#[test]
+fn chmod_of_lower_files_with_acls_sets_mode_and_mask() {
+    let name = common::test_name();
+    if !can_mount() {
+        return;
+    }
+    let stack = Stack::new(1);
+    let l = stack.lower(0);
+    for (n, mode) in [
+        ("acl_file", 0o664),
+        ("acl_setgid", 0o2775),
+        ("plain", 0o644),
+    ] {
+        l.file_with(n, b"data", mode, 1000, 1001);
+    }
+    set_acl(&l.path("acl_file"), false, "u:65534:rwx,g:100:r-x");
+    set_acl(&l.path("acl_setgid"), false, "u:1000:rw-");
+    let (pair, _wd) = pair(name, &stack);
+    same(
+        &pair,
+        "chmod of lower files, with and without ACLs",
+        |root, _| {
+            [
+                ("acl_file", 0o600),
+                ("acl_setgid", 0o2751),
+                ("plain", 0o4710),
+            ]
+            .iter()
+            .map(|(n, mode)| {
+                let p = root.join(n);
+                let r = fs::set_permissions(&p, fs::Permissions::from_mode(*mode));
+                let line = describe(&p);
+                // The mtime is the lower file's; ctime (the wall clock) is not shown.
+                format!("{n}: chmod {:?} {line} {:?}", errno(r), xattrs(&p))
+            })
+            .collect::<Vec<_>>()
+        },
+    );
+}
